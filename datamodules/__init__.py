@@ -1,0 +1,1 @@
+"""seqstab's datamodules, and the base classes for your own: see :mod:`datamodules.base`."""

@@ -1,0 +1,122 @@
+"""The batch contract every seqstab task consumes, and what a custom datamodule implements.
+
+Batch contract
+--------------
+A batch is a ``dict`` of tensors, batch-first, time on dim 1::
+
+    x     (B, L) int64 token ids                  -- language model
+          (B, L, input_size) float                -- forecast, regression, classification
+    y     (B, L) int64 next token                 -- language model: y[:, t] = x[:, t + 1] in the stream
+          (B, L, horizon, output_size) float      -- forecast: the `horizon` values after step t
+          (B, L, output_size) float               -- regression
+          (B, L) int64 class index                -- classification
+    mask  (B, L) bool, optional                   -- steps that carry loss; absent = every step
+
+``x``, ``y`` and ``mask`` share ``B`` and ``L``: truncated BPTT cuts all of them along dim 1 into
+chunks of ``tbptt_steps`` and the loss of a chunk counts only its masked steps.
+
+A datamodule states two more things through :class:`DataSpec`, the single object the CLI links
+into the model (``data.spec`` -> ``model.spec``):
+
+* the sizes the model needs (``vocab_size``, ``input_size``, ``output_size``, ``horizon``), and
+* ``stateful``: consecutive *training* batches continue the same ``B`` streams (a token stream cut
+  into ``B`` rows; one long series). The task then carries the hidden state from one batch to the
+  next and resets it at each epoch start; validation and test carry it within their own pass.
+
+Writing your own: subclass :class:`SeqDataModule`, compute the data in ``__init__`` or lazily,
+return a :class:`DataSpec` from ``spec`` and implement the dataloaders. ``datamodules.example``
+is a complete one to copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import Dataset
+
+from seqstab.errors import DataError
+
+__all__ = ["DataError", "DataSpec", "SeqDataModule", "StreamWindows", "batchify"]
+
+TaskKind = Literal["lm", "forecast", "regression", "classification"]
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a datamodule tells the model about its batches.
+
+    Args:
+        kind: Which task the batches are for: ``lm``, ``forecast``, ``regression`` or ``classification``.
+        vocab_size: Number of token ids (``lm``).
+        input_size: Features per time step in ``x`` (every kind but ``lm``).
+        output_size: Targets per step (``forecast``, ``regression``) or number of classes (``classification``).
+        horizon: Future steps predicted at each time step (``forecast``).
+        stateful: Consecutive training batches continue the same streams, so the hidden state carries over.
+        char_level: Tokens are characters: the language model also reports bits per character.
+        chance_loss: The loss a memoryless baseline reaches on this data, to read results against; None if unknown.
+        target_scale: Per-target standard deviation the datamodule divided ``y`` by (``forecast``), so metrics are
+            reported in the original units; None if ``y`` is not normalised.
+    """
+
+    kind: TaskKind
+    vocab_size: int = 0
+    input_size: int = 0
+    output_size: int = 1
+    horizon: int = 1
+    stateful: bool = False
+    char_level: bool = False
+    chance_loss: float | None = None
+    target_scale: tuple[float, ...] | None = None
+
+
+class SeqDataModule(pl.LightningDataModule):
+    """Base class of seqstab datamodules: subclasses provide :attr:`spec` and the dataloaders."""
+
+    @property
+    def spec(self) -> DataSpec:
+        raise NotImplementedError(f"{type(self).__name__} must define the `spec` property")
+
+
+class StreamWindows(Dataset):
+    """Consecutive windows over ``B`` parallel streams: item ``i`` is the ``i``-th window of every stream.
+
+    This is the classic word-LM ``batchify`` + ``get_batch``: a stream is cut into ``B`` rows and read
+    left to right, so batch ``i + 1`` continues batch ``i`` row by row (stateful truncated BPTT).
+    Use it with ``DataLoader(dataset, batch_size=None, shuffle=False)``: each item is already a batch.
+
+    Args:
+        x: Inputs ``(B, N, ...)``.
+        y: Targets ``(B, N, ...)`` aligned with ``x`` (the target of step ``t`` sits at ``t``).
+        window: Window length ``L``; the last window may be shorter.
+        mask: Optional ``(B, N)`` bool mask of steps that carry loss.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, window: int, mask: torch.Tensor | None = None):
+        if x.shape[:2] != y.shape[:2]:
+            raise ValueError(f"x {tuple(x.shape)} and y {tuple(y.shape)} must share (B, N)")
+        if window < 1:
+            raise ValueError(f"window={window}: must be >= 1")
+        self.x, self.y, self.mask, self.window = x, y, mask, window
+
+    def __len__(self) -> int:
+        return -(-self.x.shape[1] // self.window)  # ceil(N / L)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        t = slice(i * self.window, (i + 1) * self.window)
+        batch = {"x": self.x[:, t], "y": self.y[:, t]}  # (B, L, ...)
+        if self.mask is not None:
+            batch["mask"] = self.mask[:, t]
+        return batch
+
+
+def batchify(stream: torch.Tensor, num_streams: int) -> torch.Tensor:
+    """Cut a 1-D (or ``(N, F)``) stream into ``num_streams`` equal rows, dropping the remainder: ``(B, N // B, ...)``."""
+    n = stream.shape[0] // num_streams
+    if n == 0:
+        raise DataError(f"a stream of {stream.shape[0]} steps cannot be cut into {num_streams} streams")
+    return stream[: n * num_streams].reshape(num_streams, n, *stream.shape[1:])

@@ -1,0 +1,5 @@
+import sys
+
+from seqstab.train import main
+
+sys.exit(main())

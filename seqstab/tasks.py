@@ -1,0 +1,465 @@
+"""LightningModules: each wraps one :class:`~seqstab.nets.RecurrentNet` and trains through one loop.
+
+The one optimization path (``SeqTask.training_step``), for every task and every feature::
+
+    for chunk in chunks(batch, tbptt_steps):            # seqstab.tbptt: chunks of LENGTH k
+        forward from the carried hidden state           # monitor.arm: gradient-flow hooks on h_t
+        loss (masked; token mean or sum over time)
+        manual_backward                                 # DDP all-reduce happens here
+        unscale (AMP)                                   # clipping must see unscaled gradients
+        clipping policy -> ClipResult                   # one fused norm pass, no host sync
+        read back loss + norms                          # the one host sync of the update
+        explosion guard -> step | skip | stop
+        optimizer.step, scheduler.step
+        log (one logging step per update)
+        detach hidden                                   # cut the graph at the chunk boundary
+
+Nothing else steps an optimizer, clips or measures norms. New behaviour is an object plugged into a station.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from datamodules.base import DataSpec
+from seqstab import tbptt
+from seqstab.clipping import ClipPolicy, ClipResult, NoClip
+from seqstab.errors import ConfigError, check_positive
+from seqstab.guard import Action, ExplosionGuard
+from seqstab.monitor import GradMonitor
+from seqstab.nets import Cell, Hidden, Init, Nonlinearity, RecurrentNet
+
+
+@dataclass
+class Update:
+    """One update of the optimization path, as the guard and the monitor see it.
+
+    Attributes:
+        step: Index of this update (0-based; skipped updates count too).
+        chunk: The chunk trained on (``x``, ``y``, optional ``mask``), ``(B, k, ...)``.
+        hidden_in: The (detached) hidden state the chunk started from; None for zeros.
+        clip: What the clipping policy did (device tensors).
+        values: ``train/loss`` and the clip results read back as floats (``grad/norm_total`` ...).
+    """
+
+    step: int
+    chunk: dict[str, torch.Tensor]
+    hidden_in: Hidden | None
+    clip: ClipResult
+    values: dict[str, float]
+
+
+class SeqTask(pl.LightningModule):
+    """Base of seqstab's tasks: the recurrent net, the truncated-BPTT loop and its stations.
+
+    Args:
+        spec: Sizes and statefulness of the data; the CLI links it from ``data.spec``.
+        hidden_size: Units per recurrent layer.
+        num_layers: Stacked recurrent layers.
+        cell: ``rnn`` (vanilla), ``lstm`` or ``gru``.
+        nonlinearity: For ``cell: rnn``: ``tanh``, ``relu`` or ``linear``.
+        dropout: Dropout between stacked layers (and on the task's input and output where it has them).
+        init: Recurrent initialisation: ``default``, ``uniform``, ``xavier``, ``orthogonal`` or ``identity``.
+        init_scale: The ``a`` of ``uniform`` (±a) initialisation.
+        spectral_radius: Rescale each gate block of ``W_hh`` to exactly this spectral radius after init.
+        residual: Residual connections between stacked layers.
+        layer_norm: Layer normalisation between stacked layers.
+        tbptt_steps: Chunk length ``k`` of truncated BPTT; None trains on the whole batch (full BPTT).
+        clipping: Clipping policy (``seqstab.clipping``); None measures only (``NoClip``).
+        guard: Explosion guard (``seqstab.guard.ExplosionGuard``); None never intervenes.
+        monitor: What to measure and how often (``seqstab.monitor.GradMonitor``); None uses its defaults.
+        scheduler_interval: Step the LR scheduler after every ``step`` (update) or every ``epoch``.
+    """
+
+    def __init__(
+        self,
+        spec: DataSpec | None = None,
+        hidden_size: int = 128,
+        num_layers: int = 1,
+        cell: Cell = "lstm",
+        nonlinearity: Nonlinearity = "tanh",
+        dropout: float = 0.0,
+        init: Init = "default",
+        init_scale: float = 0.1,
+        spectral_radius: float | None = None,
+        residual: bool = False,
+        layer_norm: bool = False,
+        tbptt_steps: int | None = None,
+        clipping: ClipPolicy | None = None,
+        guard: ExplosionGuard | None = None,
+        monitor: GradMonitor | None = None,
+        scheduler_interval: Literal["step", "epoch"] = "epoch",
+    ):
+        super().__init__()
+        if spec is None:
+            raise ConfigError("spec is missing: the task needs its data's DataSpec (the CLI links data.spec)")
+        check_positive(tbptt_steps=tbptt_steps)
+        if scheduler_interval not in ("step", "epoch"):
+            raise ConfigError(f"scheduler_interval={scheduler_interval!r}: must be 'step' or 'epoch'")
+        self.save_hyperparameters(ignore=["clipping", "guard", "monitor"])
+        self.automatic_optimization = False
+        self.spec = spec
+        self.tbptt_steps = tbptt_steps
+        self.clipping = clipping or NoClip()
+        self.guard = guard
+        self.monitor = monitor or GradMonitor()
+        self.scheduler_interval = scheduler_interval
+        self.encoder, input_size = self.build_encoder(spec, hidden_size, dropout, init_scale if init == "uniform" else None)
+        self.net = RecurrentNet(
+            input_size,
+            hidden_size,
+            num_layers,
+            cell,
+            nonlinearity,
+            dropout,
+            init,
+            init_scale,
+            spectral_radius,
+            residual,
+            layer_norm,
+        )
+        self.head = self.build_head(spec, hidden_size, dropout, init_scale if init == "uniform" else None)
+        self.carry = {"train": tbptt.HiddenCarry(), "val": tbptt.HiddenCarry(), "test": tbptt.HiddenCarry()}
+        self.updates = 0  # updates attempted so far: the x axis of every per-update log
+        self._eval_sums: dict[str, torch.Tensor] = {}
+
+    # -- what a task defines -------------------------------------------------------------------------------
+
+    def build_encoder(
+        self, spec: DataSpec, hidden_size: int, dropout: float, uniform: float | None
+    ) -> tuple[nn.Module, int]:
+        """Module applied to ``x`` before the net, and the net's input size. Default: identity on features."""
+        return nn.Identity(), spec.input_size
+
+    def build_head(self, spec: DataSpec, hidden_size: int, dropout: float, uniform: float | None) -> nn.Module:
+        """Module mapping the net's ``(B, L, H)`` output to predictions."""
+        raise NotImplementedError
+
+    def step_losses(self, out: torch.Tensor, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-step terms ``(B, L)``: ``loss`` is trained on; every term is averaged over masked steps in eval."""
+        raise NotImplementedError
+
+    def eval_metrics(self, means: dict[str, float]) -> dict[str, float]:
+        """Turn eval means of :meth:`step_losses` terms into the logged metrics (without the split prefix)."""
+        return {"loss": means["loss"]}
+
+    def reduce_loss(self, per_step: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Training loss of a chunk from per-step losses ``(B, k)``: the mean over its (masked) steps."""
+        if mask is None:
+            return per_step.mean()
+        return (per_step * mask).sum() / mask.sum().clamp(min=1)
+
+    # -- forward -------------------------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor, hidden: Hidden | None = None) -> tuple[torch.Tensor, Hidden]:
+        out, hidden = self.net(self.encoder(x), hidden)  # (B, L, H)
+        return self.head(out), hidden
+
+    # -- the one optimization path ------------------------------------------------------------------------
+
+    def on_train_epoch_start(self) -> None:
+        self.carry["train"].reset()
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        optimizer = self.optimizers()
+        carry = self.carry["train"]
+        hidden = carry.get(batch["x"].shape[0]) if self.spec.stateful else None
+        for chunk in tbptt.chunks(batch, self.tbptt_steps):
+            if self._out_of_steps():
+                break
+            self.monitor.arm(self, self.updates)
+            out, new_hidden = self(chunk["x"], hidden)
+            loss = self.reduce_loss(self.step_losses(out, chunk)["loss"], chunk.get("mask"))
+            optimizer.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            self._unscale(optimizer)
+            clip = self.clipping(self._trained_params())
+            values = self._read_back(loss, clip, self.monitor.step_tensors(self, self.updates))
+            update = Update(self.updates, chunk, hidden, clip, values)
+            action = self.guard.check(self, update) if self.guard is not None else Action.STEP
+            if action is Action.STEP:
+                optimizer.step()
+                if self.scheduler_interval == "step":
+                    self._step_schedulers()
+            else:
+                self._skip_step(optimizer)
+            self._log_update(update)
+            self.updates += 1
+            hidden = tbptt.detach(new_hidden)
+            if action is Action.STOP:
+                self.trainer.should_stop = True
+                break
+        if self.spec.stateful:
+            carry.put(hidden)
+
+    def _trained_params(self) -> list[torch.Tensor]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def _out_of_steps(self) -> bool:
+        max_steps = self.trainer.max_steps
+        return max_steps is not None and 0 <= max_steps <= self.trainer.global_step
+
+    def _scaler(self) -> torch.amp.GradScaler | None:
+        return getattr(self.trainer.precision_plugin, "scaler", None)
+
+    def _unscale(self, optimizer) -> None:
+        """Under 16-bit AMP with a GradScaler the policy must see unscaled gradients (Lightning #18089)."""
+        scaler = self._scaler()
+        if scaler is not None:
+            scaler.unscale_(optimizer.optimizer)
+
+    def _skip_step(self, optimizer) -> None:
+        """The update is not applied; a GradScaler still closes its iteration so the next unscale is legal."""
+        optimizer.zero_grad(set_to_none=True)
+        scaler = self._scaler()
+        if scaler is not None:
+            scaler.update()
+
+    def _read_back(self, loss: torch.Tensor, clip: ClipResult, extra: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The single host synchronisation of an update: loss, clip results and monitor tensors in one transfer."""
+        tensors = {
+            "train/loss": loss.detach(),
+            "grad/norm_total": clip.pre_norm,
+            "grad/norm_total_clipped": clip.post_norm,
+            "grad/clipped": clip.clipped,
+        }
+        if clip.threshold is not None:
+            tensors["grad/clip_threshold"] = clip.threshold
+        tensors.update(extra)
+        stacked = torch.stack([t.detach().float().reshape(()) for t in tensors.values()])
+        return dict(zip(tensors, stacked.tolist(), strict=True))
+
+    def _log_update(self, update: Update) -> None:
+        metrics = dict(update.values)
+        metrics["train/lr"] = self.optimizers().param_groups[0]["lr"]
+        if self.logger is not None:
+            self.logger.log_metrics(metrics, step=update.step)
+        self.monitor.emit(self, update)
+        self.log("loss", update.values["train/loss"], prog_bar=True, logger=False)
+
+    def _step_schedulers(self, metrics: dict[str, Any] | None = None) -> None:
+        scheduler = self.lr_schedulers()
+        if scheduler is None:
+            return
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            monitor = getattr(scheduler, "monitor", "val/loss")
+            value = (metrics or {}).get(monitor)
+            if value is not None:
+                scheduler.step(value)
+            return
+        scheduler.step()
+
+    def on_train_epoch_end(self) -> None:
+        scheduler = self.lr_schedulers()
+        if self.scheduler_interval == "epoch" and not isinstance(
+            scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau
+        ):
+            self._step_schedulers()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Adam(lr=1e-3) unless the config names an optimizer (``--optimizer``, ``--lr_scheduler``)."""
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+    # -- evaluation: whole batches, hidden state carried within the pass when the data is stateful ---------
+
+    def _eval_step(self, batch: dict[str, torch.Tensor], split: str) -> None:
+        carry = self.carry[split]
+        hidden = carry.get(batch["x"].shape[0]) if self.spec.stateful else None
+        out, hidden = self(batch["x"], hidden)
+        if self.spec.stateful:
+            carry.put(hidden)
+        terms = self.step_losses(out, batch)
+        mask = batch.get("mask")
+        weight = torch.ones_like(terms["loss"]) if mask is None else mask.to(terms["loss"].dtype)
+        for name, value in terms.items():
+            self._eval_sums[name] = self._eval_sums.get(name, 0) + (value.detach() * weight).sum().double()
+        self._eval_sums["_count"] = self._eval_sums.get("_count", 0) + weight.sum().double()
+
+    def _eval_epoch_end(self, split: str) -> dict[str, float]:
+        sums = {k: self.trainer.strategy.reduce(v, reduce_op="sum") for k, v in self._eval_sums.items()}
+        self._eval_sums = {}
+        if not sums:
+            return {}
+        count = sums.pop("_count").clamp(min=1)
+        means = {name: (value / count).item() for name, value in sums.items()}
+        metrics = {f"{split}/{name}": value for name, value in self.eval_metrics(means).items()}
+        if self.trainer.sanity_checking:
+            return metrics
+        for name, value in metrics.items():
+            self.log(name, value, logger=False, prog_bar=name == f"{split}/loss")
+        if self.logger is not None:
+            self.logger.log_metrics(metrics, step=self.updates)
+        return metrics
+
+    def on_validation_epoch_start(self) -> None:
+        self.carry["val"].reset()
+        self._eval_sums = {}
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = self._eval_epoch_end("val")
+        if not self.trainer.sanity_checking:
+            self._step_schedulers(metrics)
+
+    def on_test_epoch_start(self) -> None:
+        self.carry["test"].reset()
+        self._eval_sums = {}
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        out, _ = self(batch["x"])
+        return out
+
+    # -- checkpoint: the loop's own state ------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["seqstab"] = {"updates": self.updates, "clipping": self.clipping.state_dict()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("seqstab", {})
+        self.updates = state.get("updates", 0)
+        self.clipping.load_state_dict(state.get("clipping", {}))
+
+
+def _uniform_(module: nn.Module, scale: float | None) -> nn.Module:
+    if scale is not None:
+        with torch.no_grad():
+            for p in module.parameters():
+                p.uniform_(-scale, scale)
+    return module
+
+
+class LanguageModel(SeqTask):
+    """Next-token prediction: embedding → recurrent net → decoder; cross-entropy.
+
+    Logs ``val/loss`` (token mean), ``val/ppl`` and, for character-level data, ``val/bpc``.
+
+    Args:
+        embedding_size: Embedding width; None uses ``hidden_size``.
+        tie_weights: Share the embedding and decoder weights (needs ``embedding_size == hidden_size``).
+        loss_reduction: ``token_mean`` (pytorch/examples; clip 0.25) or ``sum_over_time`` — summed over the
+            chunk's steps, averaged over the batch (Zaremba et al. 2014; clip 5). Evaluation is always per token.
+        **kwargs: The net, truncation and stations: see :class:`SeqTask`.
+    """
+
+    def __init__(
+        self,
+        embedding_size: int | None = None,
+        tie_weights: bool = False,
+        loss_reduction: Literal["token_mean", "sum_over_time"] = "token_mean",
+        **kwargs,
+    ):
+        check_positive(embedding_size=embedding_size)
+        if loss_reduction not in ("token_mean", "sum_over_time"):
+            raise ConfigError(f"loss_reduction={loss_reduction!r}: must be 'token_mean' or 'sum_over_time'")
+        self.embedding_size, self.tie_weights, self.loss_reduction = embedding_size, tie_weights, loss_reduction
+        super().__init__(**kwargs)
+        if tie_weights:
+            if self.head[1].weight.shape != self.encoder[0].weight.shape:
+                raise ConfigError(
+                    f"tie_weights=True: embedding_size={self.encoder[0].weight.shape[1]} must equal hidden_size"
+                )
+            self.head[1].weight = self.encoder[0].weight
+
+    def build_encoder(self, spec, hidden_size, dropout, uniform):
+        check_positive(vocab_size=spec.vocab_size)
+        size = self.embedding_size or hidden_size
+        return nn.Sequential(_uniform_(nn.Embedding(spec.vocab_size, size), uniform), nn.Dropout(dropout)), size
+
+    def build_head(self, spec, hidden_size, dropout, uniform):
+        return nn.Sequential(nn.Dropout(dropout), _uniform_(nn.Linear(hidden_size, spec.vocab_size), uniform))
+
+    def step_losses(self, out, batch):
+        ce = F.cross_entropy(out.flatten(0, 1), batch["y"].flatten(), reduction="none")  # (B*L,)
+        return {"loss": ce.view_as(batch["y"])}  # (B, L)
+
+    def reduce_loss(self, per_step, mask):
+        if self.loss_reduction == "sum_over_time":
+            kept = per_step if mask is None else per_step * mask
+            return kept.sum() / per_step.shape[0]  # sum over time, mean over the batch
+        return super().reduce_loss(per_step, mask)
+
+    def eval_metrics(self, means):
+        metrics = {"loss": means["loss"], "ppl": math.exp(min(means["loss"], 700.0))}
+        if self.spec.char_level:
+            metrics["bpc"] = means["loss"] / math.log(2)
+        return metrics
+
+
+class Forecaster(SeqTask):
+    """Real-valued features in; at every step, the next ``horizon`` values of the targets out. MSE loss.
+
+    Reports ``val/mae`` and ``val/rmse`` in the data's original units (the datamodule's normalisation undone).
+
+    Args:
+        **kwargs: The net, truncation and stations: see :class:`SeqTask`.
+    """
+
+    def build_head(self, spec, hidden_size, dropout, uniform):
+        check_positive(input_size=spec.input_size, output_size=spec.output_size, horizon=spec.horizon)
+        return nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden_size, spec.horizon * spec.output_size))
+
+    def forward(self, x, hidden=None):
+        out, hidden = super().forward(x, hidden)
+        return out.unflatten(-1, (self.spec.horizon, self.spec.output_size)), hidden  # (B, L, horizon, C)
+
+    def step_losses(self, out, batch):
+        err = out - batch["y"]  # (B, L, horizon, C), normalised units
+        scale = torch.as_tensor(self.spec.target_scale or 1.0, dtype=err.dtype, device=err.device)
+        return {
+            "loss": err.pow(2).mean(dim=(-2, -1)),
+            "abs": (err * scale).abs().mean(dim=(-2, -1)),
+            "sq": (err * scale).pow(2).mean(dim=(-2, -1)),
+        }
+
+    def eval_metrics(self, means):
+        return {"loss": means["loss"], "mae": means["abs"], "rmse": math.sqrt(means["sq"])}
+
+
+class SequenceRegressor(SeqTask):
+    """Regression on marked steps (e.g. the adding problem: the last step). MSE loss.
+
+    Args:
+        **kwargs: The net, truncation and stations: see :class:`SeqTask`.
+    """
+
+    def build_head(self, spec, hidden_size, dropout, uniform):
+        check_positive(input_size=spec.input_size, output_size=spec.output_size)
+        return nn.Linear(hidden_size, spec.output_size)
+
+    def step_losses(self, out, batch):
+        return {"loss": (out - batch["y"]).pow(2).mean(dim=-1)}  # (B, L)
+
+
+class SequenceClassifier(SeqTask):
+    """Classification on marked steps (copying memory, temporal order). Cross-entropy; reports accuracy.
+
+    Args:
+        **kwargs: The net, truncation and stations: see :class:`SeqTask`.
+    """
+
+    def build_head(self, spec, hidden_size, dropout, uniform):
+        check_positive(input_size=spec.input_size, output_size=spec.output_size)
+        return nn.Linear(hidden_size, spec.output_size)
+
+    def step_losses(self, out, batch):
+        ce = F.cross_entropy(out.flatten(0, 1), batch["y"].flatten(), reduction="none").view_as(batch["y"])
+        correct = (out.argmax(dim=-1) == batch["y"]).to(out.dtype)
+        return {"loss": ce, "acc": correct}  # (B, L) each
+
+    def eval_metrics(self, means):
+        return {"loss": means["loss"], "acc": means["acc"]}

@@ -1,0 +1,74 @@
+"""Truncated backpropagation through time: how a batch becomes chunks, and where the graph is cut.
+
+::
+
+    batch  x, y, mask: (B, L, ...)          tbptt_steps = k           (k = None: one chunk, full BPTT)
+    ┌───────────── chunk 0 ─────────────┬──────────── chunk 1 ─────────────┬── chunk 2 ──┐
+    │ t = 0 … k-1                       │ t = k … 2k-1                      │ t = 2k … L-1│  (last may be shorter)
+    └───────────────────────────────────┴───────────────────────────────────┴─────────────┘
+    h_carry ─► forward ─► loss ─► backward ─► update ─► detach ─► forward ─► … ─► detach ─► h_carry
+                                                          ✂ graph cut: no gradient crosses a chunk boundary
+
+    stateful data (batch i+1 continues batch i's B streams): h_carry survives to the next batch,
+                   and is reset to zeros at each epoch start and before validation/test;
+    stateless data: every batch starts from zeros.
+
+Chunks have LENGTH k (``torch.split``), not k pieces (``tensor_split``, as in Lightning's old docs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+
+from seqstab.nets import Hidden
+
+
+def chunks(batch: dict[str, torch.Tensor], steps: int | None) -> Iterator[dict[str, torch.Tensor]]:
+    """Cut every tensor of ``batch`` along time (dim 1) into consecutive chunks of length ``steps``."""
+    length = batch["x"].shape[1]
+    if steps is None or steps >= length:
+        yield batch
+        return
+    pieces = {key: value.split(steps, dim=1) for key, value in batch.items()}  # each (B, <=k, ...)
+    for i in range(len(pieces["x"])):
+        yield {key: parts[i] for key, parts in pieces.items()}
+
+
+def map_hidden(fn: Callable[[torch.Tensor], torch.Tensor], hidden: Hidden | None) -> Hidden | None:
+    """Apply ``fn`` to every tensor of a hidden state (a tuple of ``h`` or ``(h, c)`` per layer)."""
+    if hidden is None:
+        return None
+    return tuple(tuple(fn(t) for t in state) if isinstance(state, tuple) else fn(state) for state in hidden)
+
+
+def detach(hidden: Hidden | None) -> Hidden | None:
+    """Cut the graph at a chunk boundary: same values, no history."""
+    return map_hidden(torch.Tensor.detach, hidden)
+
+
+def batch_size_of(hidden: Hidden) -> int:
+    first = hidden[0][0] if isinstance(hidden[0], tuple) else hidden[0]
+    return first.shape[1]  # (1, B, H)
+
+
+class HiddenCarry:
+    """The hidden state one pass (train, val or test) carries from batch to batch when its data is stateful.
+
+    A batch whose size differs from the carried state's (e.g. a last, smaller batch) starts from zeros.
+    """
+
+    def __init__(self) -> None:
+        self.state: Hidden | None = None
+
+    def reset(self) -> None:
+        self.state = None
+
+    def get(self, batch_size: int) -> Hidden | None:
+        if self.state is not None and batch_size_of(self.state) != batch_size:
+            return None
+        return self.state
+
+    def put(self, hidden: Hidden | None) -> None:
+        self.state = detach(hidden)
