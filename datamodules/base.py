@@ -115,7 +115,7 @@ class StreamWindows(Dataset):
 
 
 def batchify(stream: torch.Tensor, num_streams: int) -> torch.Tensor:
-    """Cut a 1-D (or ``(N, F)``) stream into ``num_streams`` equal rows, dropping the remainder: ``(B, N // B, ...)``."""
+    """Cut a stream ``(N, ...)`` into ``num_streams`` equal rows ``(B, N // B, ...)``, dropping the remainder."""
     n = stream.shape[0] // num_streams
     if n == 0:
         raise DataError(f"a stream of {stream.shape[0]} steps cannot be cut into {num_streams} streams")

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from datamodules.base import DataSpec, SeqDataModule
+from seqstab.errors import check_positive
 
 
 class _SampledTask(SeqDataModule):
@@ -25,14 +26,11 @@ class _SampledTask(SeqDataModule):
         num_workers: int = 0,
     ):
         super().__init__()
-        for name, value in {"seq_len": seq_len, "num_train": num_train, "num_val": num_val, "num_test": num_test}.items():
-            if value < 1:
-                raise ValueError(f"{name}={value}: must be >= 1")
-        if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size}: must be >= 1")
+        check_positive(seq_len=seq_len, num_train=num_train, num_val=num_val, num_test=num_test, batch_size=batch_size)
         self.seq_len, self.batch_size, self.num_workers = seq_len, batch_size, num_workers
         g = torch.Generator().manual_seed(seed)  # one generator, fixed order: the data is a function of the seed
-        self.splits = {name: self.sample(n, g) for name, n in (("train", num_train), ("val", num_val), ("test", num_test))}
+        sizes = {"train": num_train, "val": num_val, "test": num_test}
+        self.splits = {split: self.sample(n, g) for split, n in sizes.items()}  # split -> (x, y, mask)
 
     def sample(self, n: int, g: torch.Generator) -> tuple[torch.Tensor, ...]:
         """Return ``(x, y, mask)`` tensors for ``n`` sequences."""

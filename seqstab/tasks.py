@@ -111,7 +111,8 @@ class SeqTask(pl.LightningModule):
         self.guard = guard
         self.monitor = monitor or GradMonitor()
         self.scheduler_interval = scheduler_interval
-        self.encoder, input_size = self.build_encoder(spec, hidden_size, dropout, init_scale if init == "uniform" else None)
+        uniform = init_scale if init == "uniform" else None  # Zaremba et al. init the embedding and decoder too
+        self.encoder, input_size = self.build_encoder(spec, hidden_size, dropout, uniform)
         self.net = RecurrentNet(
             input_size,
             hidden_size,
@@ -125,7 +126,7 @@ class SeqTask(pl.LightningModule):
             residual,
             layer_norm,
         )
-        self.head = self.build_head(spec, hidden_size, dropout, init_scale if init == "uniform" else None)
+        self.head = self.build_head(spec, hidden_size, dropout, uniform)
         self.carry = {"train": tbptt.HiddenCarry(), "val": tbptt.HiddenCarry(), "test": tbptt.HiddenCarry()}
         self.updates = 0  # updates attempted so far: the x axis of every per-update log
         self._eval_sums: dict[str, torch.Tensor] = {}
@@ -258,9 +259,7 @@ class SeqTask(pl.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         scheduler = self.lr_schedulers()
-        if self.scheduler_interval == "epoch" and not isinstance(
-            scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau
-        ):
+        if self.scheduler_interval == "epoch" and not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self._step_schedulers()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
