@@ -44,10 +44,7 @@ class SeqstabCLI(LightningCLI):
             seed_everything_default=0,
             trainer_defaults={"logger": lazy_instance(TensorBoardLogger, save_dir="runs", name="seqstab")},
             save_config_kwargs={"overwrite": True},
-            parser_kwargs={
-                **no_exit,
-                **{cmd: {**no_exit, "default_config_files": [str(DEFAULT_CONFIG)]} for cmd in SUBCOMMANDS},
-            },
+            parser_kwargs={**no_exit, **{cmd: no_exit for cmd in SUBCOMMANDS}},
             args=args,
             run=run,
         )
@@ -60,23 +57,68 @@ class SeqstabCLI(LightningCLI):
             print(f"\nView it in TensorBoard:\n  tensorboard --logdir {self.trainer.log_dir}\n")
 
 
+def with_default(args: list[str]) -> list[str]:
+    """Run the embedded default experiment (``seqstab/default.yaml``) unless a config, model or data is chosen.
+
+    ``[]`` becomes ``fit`` on the default; ``fit --trainer.max_epochs 1`` overrides the default.
+    """
+    if not args:
+        args = ["fit"]
+    if args[0] not in SUBCOMMANDS:
+        return args
+    chosen = {"-c", "--config", "--model", "--data"}
+    if any(arg.split("=")[0] in chosen for arg in args[1:]):
+        return args
+    return [args[0], "--config", str(DEFAULT_CONFIG), *args[1:]]
+
+
+def user_error(err: BaseException) -> str | None:
+    """The one-line message for a user mistake (bad argument, config or data), or None for a bug."""
+    if isinstance(err, ArgumentError):
+        return parser_message(str(err))
+    while err is not None:  # jsonargparse wraps errors raised while instantiating classes
+        if isinstance(err, SeqstabError):
+            return one_line(str(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def parser_message(message: str) -> str:
+    """Shorten jsonargparse's nested union/subclass report to ``key.path: what is wrong``."""
+    message = one_line(message)
+    keys = []
+    while nested := re.match(r'Parser key "([^"]+)": .*?Problem with given class_path \'([^\']+)\': (.*)', message):
+        keys.append(nested.group(1))
+        message = re.sub(r" - Expected a <class 'NoneType'>.*$", "", nested.group(3))
+        if not message.startswith("Parser key"):
+            message = f"class_path {nested.group(2)!r}: {message}"
+    leaf = re.match(r'Parser key "([^"]+)": (.*)', message)
+    if leaf:
+        keys.append(leaf.group(1))
+        message = leaf.group(2)
+    return f"{'.'.join(keys)}: {message}" if keys else message
+
+
 def one_line(message: str) -> str:
-    """Squeeze a parser or validation message onto one line."""
     return re.sub(r"\s+", " ", message).strip()
 
 
 def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=r".*configure_optimizers` will be overridden.*")
-    args = sys.argv[1:] if argv is None else list(argv)
+    warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")  # we pass args on purpose
+    args = with_default(sys.argv[1:] if argv is None else list(argv))
     runs_before = _existing_runs()
     try:
-        SeqstabCLI(args=args or ["fit"])
-    except (ArgumentError, SeqstabError) as err:
-        _remove_new_runs(runs_before)
-        print(f"seqstab.train: error: {one_line(str(err))}", file=sys.stderr)
-        return 2
+        SeqstabCLI(args=args)
     except SystemExit as exit_:  # --help, --print_config and jsonargparse's own exits
         return exit_.code if isinstance(exit_.code, int) else 0
+    except Exception as err:
+        message = user_error(err)
+        if message is None:
+            raise
+        _remove_new_runs(runs_before)
+        print(f"seqstab.train: error: {message}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -1,0 +1,98 @@
+"""Small shared pieces for tests: a tiny stream datamodule, recording stations, a quiet Trainer, CLI runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from datamodules.base import DataSpec, SeqDataModule, StreamWindows
+from seqstab.clipping import ClipResult, NoClip
+from seqstab.guard import Action, ExplosionGuard
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+class TinyStream(SeqDataModule):
+    """``num_streams`` random real-valued streams, read in windows of ``window`` steps (stateful)."""
+
+    def __init__(self, num_streams=3, length=24, window=8, input_size=2, stateful=True, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(num_streams, length, input_size, generator=g)  # (B, N, F)
+        self.y = torch.randn(num_streams, length, 1, generator=g)  # (B, N, 1)
+        self.window, self.stateful, self.input_size = window, stateful, input_size
+
+    @property
+    def spec(self) -> DataSpec:
+        return DataSpec(kind="regression", input_size=self.input_size, output_size=1, stateful=self.stateful)
+
+    def train_dataloader(self):
+        return DataLoader(StreamWindows(self.x, self.y, self.window), batch_size=None)
+
+    def val_dataloader(self):
+        return DataLoader(StreamWindows(self.x, self.y, self.window), batch_size=None)
+
+
+class RecordingClip(NoClip):
+    """NoClip that keeps a copy of the gradients it was handed at every update."""
+
+    def __init__(self):
+        self.grads: list[list[torch.Tensor]] = []
+
+    def clip(self, params) -> ClipResult:
+        self.grads.append([p.grad.detach().clone() for p in params])
+        return super().clip(params)
+
+
+class RecordingGuard(ExplosionGuard):
+    """Always steps; keeps each update's starting hidden state."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden_in = []
+
+    def check(self, task, update) -> Action:
+        self.hidden_in.append(update.hidden_in)
+        return Action.STEP
+
+
+def quiet_trainer(**kwargs) -> pl.Trainer:
+    defaults = dict(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        accelerator="cpu",
+    )
+    return pl.Trainer(**{**defaults, **kwargs})
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``python -m seqstab.train ARGS`` the way a user does; quiet progress bar unless asked."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, "-m", "seqstab.train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar series in a run directory's TensorBoard events, read with TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}

@@ -1,0 +1,73 @@
+"""``python -m seqstab.train`` as a user runs it: the default experiment, overrides, bad input."""
+
+from __future__ import annotations
+
+import pytest
+
+from seqstab.train import main
+from tests.helpers import run_cli, scalars
+
+TINY = ["--data.num_train", "100", "--data.num_val", "50", "--trainer.max_epochs", "1"]
+QUIET = ["--trainer.enable_progress_bar", "false"]
+
+
+def test_default_experiment_writes_tensorboard_events(tmp_path):
+    result = run_cli("fit", *TINY, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    run_dir = tmp_path / "runs" / "seqstab" / "version_0"
+    assert f"tensorboard --logdir {run_dir.relative_to(tmp_path)}" in result.stdout
+    series = scalars(run_dir)
+    steps = [step for step, _ in series["train/loss"]]
+    assert steps == list(range(2))  # 100 sequences / batch 50: one logging step per update
+    for tag in ("grad/norm_total", "grad/norm_total_clipped", "grad/clipped", "grad/clip_threshold", "train/lr"):
+        assert len(series[tag]) == 2, tag
+    assert "val/loss" in series
+    assert (run_dir / "config.yaml").is_file()
+
+
+def test_no_arguments_runs_the_embedded_default(tmp_path, monkeypatch):
+    """``python -m seqstab.train`` alone means ``fit`` on seqstab/default.yaml (checked without training)."""
+    from seqstab import train
+
+    assert train.with_default([]) == ["fit", "--config", str(train.DEFAULT_CONFIG)]
+    assert train.with_default(["fit", "--trainer.max_epochs", "1"])[1:3] == ["--config", str(train.DEFAULT_CONFIG)]
+    assert train.with_default(["fit", "-c", "x.yaml"]) == ["fit", "-c", "x.yaml"]
+    result = run_cli("fit", "--print_config", cwd=tmp_path)
+    assert result.returncode == 0
+    assert "seqstab.tasks.SequenceRegressor" in result.stdout and "AddingProblem" in result.stdout
+
+
+def test_dotted_override_reaches_the_model(tmp_path):
+    result = run_cli("fit", "--model.hidden_size", "7", "--print_config", cwd=tmp_path)
+    assert result.returncode == 0
+    assert "hidden_size: 7" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--model.bogus", "3"], "Option 'bogus' is not accepted"),
+        (["--config", "missing.yaml"], "missing.yaml"),
+        (["--model.tbptt_steps", "0"], "tbptt_steps=0"),
+        (["--model.hidden_size", "-1"], "hidden_size=-1"),
+        (["--model.nonlinearity", "sigmoid"], "model.nonlinearity"),
+        (["--model", "seqstab.tasks.Nope"], "seqstab.tasks.Nope"),
+    ],
+)
+def test_bad_input_is_one_line_no_traceback_no_run_dir(tmp_path, monkeypatch, capsys, args, needle):
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", *args, *QUIET]) == 2  # in-process: the same entry point as `python -m seqstab.train`
+    stderr = capsys.readouterr().err
+    errors = [line for line in stderr.splitlines() if line.startswith("seqstab.train: error:")]
+    assert len(errors) == 1 and needle in errors[0], stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_config_key_in_yaml(tmp_path):
+    (tmp_path / "bad.yaml").write_text(
+        "model:\n  class_path: seqstab.tasks.SequenceRegressor\n  init_args:\n    hidden_sise: 8\n"
+        "data:\n  class_path: datamodules.synthetic.AddingProblem\n"
+    )
+    result = run_cli("fit", "--config", "bad.yaml", *QUIET, cwd=tmp_path)
+    assert result.returncode == 2 and "hidden_sise" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists()

@@ -1,0 +1,85 @@
+"""Recurrent nets without Lightning: layout, cells, initialisation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seqstab.errors import ConfigError
+from seqstab.nets import RecurrentNet, gate_blocks, spectral_radius
+
+
+@pytest.mark.parametrize(
+    "cell,nonlinearity", [("rnn", "tanh"), ("rnn", "relu"), ("rnn", "linear"), ("lstm", "tanh"), ("gru", "tanh")]
+)
+def test_layout_and_hidden_state(cell, nonlinearity):
+    net = RecurrentNet(3, hidden_size=6, num_layers=2, cell=cell, nonlinearity=nonlinearity, dropout=0.1)
+    out, hidden = net(torch.randn(4, 7, 3))  # (B, L, F)
+    assert out.shape == (4, 7, 6)
+    assert len(hidden) == 2
+    for state in hidden:
+        for t in state if cell == "lstm" else (state,):
+            assert t.shape == (1, 4, 6)
+    out2, _ = net(torch.randn(4, 2, 3), hidden)  # continues from a carried state
+    assert out2.shape == (4, 2, 6)
+
+
+def test_linear_rnn_is_linear():
+    net = RecurrentNet(2, hidden_size=4, cell="rnn", nonlinearity="linear")
+    with torch.no_grad():
+        for p in net.layers[0].parameters():
+            if p.dim() == 1:
+                p.zero_()
+    x = torch.randn(3, 5, 2)
+    a, _ = net(x)
+    b, _ = net(2 * x)
+    torch.testing.assert_close(b, 2 * a)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("init", ["default", "uniform", "xavier", "orthogonal", "identity"])
+@pytest.mark.parametrize("rho", [0.5, 1.5])
+def test_spectral_radius_is_exact(cell, init, rho):
+    torch.manual_seed(0)
+    net = RecurrentNet(3, hidden_size=16, num_layers=2, cell=cell, init=init, spectral_radius=rho)
+    for w in net.recurrent_weights():
+        blocks = gate_blocks(w)
+        assert len(blocks) == {"rnn": 1, "lstm": 4, "gru": 3}[cell]
+        for block in blocks:
+            assert abs(spectral_radius(block) - rho) < 1e-4
+
+
+def test_named_inits():
+    torch.manual_seed(0)
+    irnn = RecurrentNet(2, hidden_size=5, cell="rnn", nonlinearity="relu", init="identity")
+    torch.testing.assert_close(irnn.layers[0].weight_hh_l0, torch.eye(5))
+    assert torch.all(irnn.layers[0].bias_hh_l0 == 0)
+    ortho = RecurrentNet(2, hidden_size=5, cell="lstm", init="orthogonal")
+    for block in gate_blocks(ortho.layers[0].weight_hh_l0):
+        torch.testing.assert_close(block @ block.T, torch.eye(5), atol=1e-5, rtol=0)
+    uni = RecurrentNet(2, hidden_size=5, cell="lstm", init="uniform", init_scale=0.05)
+    assert all(p.abs().max() <= 0.05 for p in uni.parameters())
+
+
+def test_residual_and_layer_norm_between_layers():
+    net = RecurrentNet(4, hidden_size=4, num_layers=3, cell="gru", residual=True, layer_norm=True)
+    assert len(net.norms) == 2
+    out, _ = net(torch.randn(2, 3, 4))
+    assert out.shape == (2, 3, 4)
+
+
+@pytest.mark.parametrize(
+    "kwargs,needle",
+    [
+        ({"hidden_size": -1}, "hidden_size=-1"),
+        ({"num_layers": 0}, "num_layers=0"),
+        ({"cell": "transformer"}, "cell='transformer'"),
+        ({"nonlinearity": "sigmoid"}, "nonlinearity='sigmoid'"),
+        ({"cell": "lstm", "nonlinearity": "relu"}, "nonlinearity='relu'"),
+        ({"dropout": 1.0}, "dropout=1.0"),
+        ({"spectral_radius": 0.0}, "spectral_radius=0.0"),
+    ],
+)
+def test_bad_settings_name_key_and_value(kwargs, needle):
+    with pytest.raises(ConfigError, match=needle.replace("(", r"\(")):
+        RecurrentNet(3, **{"cell": "rnn", **kwargs})
