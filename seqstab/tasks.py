@@ -187,8 +187,7 @@ class SeqTask(pl.LightningModule):
             action = self.guard.check(self, update) if self.guard is not None else Action.STEP
             if action is Action.STEP:
                 optimizer.step()
-                if self.scheduler_interval == "step":
-                    self._step_schedulers()
+                self._step_scheduler("step")
             else:
                 self._skip_step(optimizer)
             self._log_update(update)
@@ -245,22 +244,20 @@ class SeqTask(pl.LightningModule):
         self.monitor.emit(self, update)
         self.log("loss", update.values["train/loss"], prog_bar=True, logger=False)
 
-    def _step_schedulers(self, metrics: dict[str, Any] | None = None) -> None:
+    def _step_scheduler(self, event: Literal["step", "epoch", "validation"], metrics: dict | None = None) -> None:
+        """Step the LR scheduler on its event: ReduceLROnPlateau after validation, others per ``scheduler_interval``."""
         scheduler = self.lr_schedulers()
         if scheduler is None:
             return
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            monitor = getattr(scheduler, "monitor", "val/loss")
-            value = (metrics or {}).get(monitor)
-            if value is not None:
+            value = (metrics or {}).get(getattr(scheduler, "monitor", "val/loss"))
+            if event == "validation" and value is not None:
                 scheduler.step(value)
-            return
-        scheduler.step()
+        elif event == self.scheduler_interval:
+            scheduler.step()
 
     def on_train_epoch_end(self) -> None:
-        scheduler = self.lr_schedulers()
-        if self.scheduler_interval == "epoch" and not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            self._step_schedulers()
+        self._step_scheduler("epoch")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """Adam(lr=1e-3) unless the config names an optimizer (``--optimizer``, ``--lr_scheduler``)."""
@@ -307,7 +304,7 @@ class SeqTask(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         metrics = self._eval_epoch_end("val")
         if not self.trainer.sanity_checking:
-            self._step_schedulers(metrics)
+            self._step_scheduler("validation", metrics)
 
     def on_test_epoch_start(self) -> None:
         self.carry["test"].reset()

@@ -71,3 +71,31 @@ def test_unknown_config_key_in_yaml(tmp_path):
     result = run_cli("fit", "--config", "bad.yaml", *QUIET, cwd=tmp_path)
     assert result.returncode == 2 and "hidden_sise" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_optimizer_and_scheduler_come_from_the_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["fit", *TINY[:4], "--trainer.max_epochs", "3", *QUIET]
+    args += ["--optimizer", "SGD", "--optimizer.lr", "0.5", "--optimizer.weight_decay", "0.01"]
+    args += ["--lr_scheduler", "StepLR", "--lr_scheduler.step_size", "1", "--lr_scheduler.gamma", "0.5"]
+    assert main(args) == 0
+    lr = [value for _, value in scalars(tmp_path / "runs" / "seqstab" / "version_0")["train/lr"]]
+    assert lr == [0.5, 0.5, 0.25, 0.25, 0.125, 0.125]  # two updates per epoch, halved once per epoch
+
+
+def test_plateau_scheduler_steps_on_validation(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["fit", *TINY[:4], "--trainer.max_epochs", "4", *QUIET, "--optimizer", "SGD"]
+    args += [
+        "--lr_scheduler",
+        "ReduceLROnPlateau",
+        "--lr_scheduler.monitor",
+        "val/loss",
+        "--lr_scheduler.patience",
+        "0",
+    ]
+    args += ["--optimizer.lr", "1e-4", "--lr_scheduler.factor", "0.5", "--lr_scheduler.threshold", "0.5"]
+    assert main(args) == 0
+    lr = [value for _, value in scalars(tmp_path / "runs" / "seqstab" / "version_0")["train/lr"]]
+    # patience 0 and never a 50% gain: validation 1 sets the best, validations 2 and 3 halve the lr
+    assert lr[0] == pytest.approx(1e-4) and lr[-1] == pytest.approx(2.5e-5)
