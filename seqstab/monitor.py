@@ -1,29 +1,584 @@
-"""What the optimization path measures beyond the per-update norms, and how often."""
+"""What the optimization path measures beyond the per-update norms, and how often: :class:`GradMonitor`.
+
+The monitor hangs off ``SeqTask.training_step`` at five stations::
+
+    fit start      start(task)          HPARAMS entry (hyperparameters + final-metric tags), custom-scalars layout
+    per update     arm(task, step)      before the forward: on a flow step, hook every recurrent layer
+                   step_tensors(...)    after backward, before clipping: per-module norms as device tensors (read
+                                        back with the loss in the update's one sync); gradient flow; host copies
+                                        of what emit needs, queued behind that same sync
+                   emit(task, update)   after the step: write what is due (flow scalars, spectra, histograms, image)
+    fit end        finish(task)         the final gradient-flow heatmap
+
+On a step where nothing is due each station returns after an integer test or two.
+
+Gradient flow through time
+--------------------------
+For the chunk being trained, ``‖∂L/∂h_t‖`` for t = 1..k, per recurrent layer (norm over batch and units).
+A hook on a layer's output sequence sees only the gradient reaching ``h_t`` from outside the layer (the head,
+the layer above); the part that flows back through the recurrence stays inside the fused cuDNN/ATen kernel.
+:func:`hidden_state_grads` recovers it without a Python loop over time and without touching the training
+step: one extra run of the layer's fused kernel (detached weights, measurement only) on its input widened by a
+zero perturbation ``δ_t`` with ``W_ih`` widened by ``W_hh``::
+
+    gates_t = [W_ih | W_hh] [x_t ; δ_t] + W_hh h_{t-1} + b      ≡  the step with h_{t-1} + δ_t in place of h_{t-1}
+
+so back-propagating the hooked output gradient through it gives ``∂L/∂δ_t = W_hh^T ∂L/∂gates_t``, the recurrent
+part of ``∂L/∂h_{t-1}``; ``∂L/∂h_t = ∂L/∂out_t + ∂L/∂δ_{t+1}``. Exact for vanilla RNN (tanh, relu, linear) and
+LSTM; the GRU's reset gate multiplies only the hidden part, so GRU layers are replayed step by step instead.
+Summaries: ``grad_flow/first`` = ‖∂L/∂h_1‖, ``grad_flow/last`` = ‖∂L/∂h_k‖ and
+``grad_flow/growth`` = (‖∂L/∂h_1‖ / ‖∂L/∂h_k‖)^(1/(k−1)), the per-step factor by which the gradient grows going
+back in time (> 1 explodes, < 1 vanishes), for the bottom layer; with several layers also ``.../layer_<i>``.
+A chunk without loss (all its steps masked out) has no gradient flow and is not logged.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import inspect
+import warnings
+from collections import defaultdict
+from dataclasses import asdict, is_dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
+from torch import nn
+
+from seqstab.errors import check_positive
+from seqstab.spectra import recurrent_spectra
 
 if TYPE_CHECKING:
     from seqstab.tasks import SeqTask, Update
 
+HEATMAP_TAG = "grad_flow/heatmap"
+
 
 class GradMonitor:
-    """Measurements hung off the optimization path.
+    """Gradient observability: per-module norms, gradient flow through time, recurrent spectra, histograms.
 
-    Three hooks, called by ``SeqTask.training_step`` at every update:
-      * :meth:`arm` before the forward pass (e.g. record hidden-state sequences for gradient flow);
-      * :meth:`step_tensors` after clipping: device tensors to read back with the loss in the update's one sync;
-      * :meth:`emit` after the step: write what is due (images, histograms, spectra) to the logger.
+    The per-update scalars (``train/loss``, ``train/lr``, ``grad/norm_total``, ``grad/norm_total_clipped``,
+    ``grad/clipped``, ``grad/clip_threshold``) are always logged by the task; this object adds the rest.
+    Set it in YAML as ``model.init_args.monitor: {class_path: seqstab.monitor.GradMonitor, init_args: {...}}``.
+
+    Args:
+        grad_flow_every_n_steps: Measure ``‖∂L/∂h_t‖`` for every time step of the chunk and every recurrent layer
+            every this many updates (``grad_flow/first``, ``grad_flow/last``, ``grad_flow/growth``, and a column of
+            the ``grad_flow/heatmap`` image). None turns it off.
+        spectrum_every_n_steps: Log σ_max and the spectral radius of each layer's ``W_hh`` (each gate block for
+            LSTM/GRU) every this many updates (``rnn/...``). None turns it off.
+        histogram_every_n_steps: Histograms of the gradient (pre-clip) and the weights of every module every this
+            many updates (``hist/grad/<module>``, ``hist/weight/<module>``). None (default) turns them off.
+        per_module: Log ``grad/norm/<module>`` (pre-clip, like ``grad/norm_total``) and ``weight/norm/<module>``
+            every ``trainer.log_every_n_steps`` updates. Recurrent layers are split into their input-to-hidden
+            (``<path>.ih``) and hidden-to-hidden (``<path>.hh``) weights, biases included.
+        heatmap_every_n_steps: Redraw the ``grad_flow/heatmap`` image (time step × training step) every this many
+            updates; it is always drawn at the end of fit. None draws it only at the end.
+        dashboard: At fit start, register the run in TensorBoard's HPARAMS tab (hyperparameters, with the final
+            values of ``train/loss``, ``val/*``, ``grad/norm_total``, ``grad_flow/growth`` as its metrics) and write a
+            custom-scalars layout grouping loss, pre/post-clip norms, gradient flow and spectra on one page.
     """
 
+    def __init__(
+        self,
+        grad_flow_every_n_steps: int | None = 50,
+        spectrum_every_n_steps: int | None = 100,
+        histogram_every_n_steps: int | None = None,
+        per_module: bool = True,
+        heatmap_every_n_steps: int | None = 1000,
+        dashboard: bool = True,
+    ):
+        check_positive(
+            grad_flow_every_n_steps=grad_flow_every_n_steps,
+            spectrum_every_n_steps=spectrum_every_n_steps,
+            histogram_every_n_steps=histogram_every_n_steps,
+            heatmap_every_n_steps=heatmap_every_n_steps,
+        )
+        self.grad_flow_every_n_steps = grad_flow_every_n_steps
+        self.spectrum_every_n_steps = spectrum_every_n_steps
+        self.histogram_every_n_steps = histogram_every_n_steps
+        self.per_module = per_module
+        self.heatmap_every_n_steps = heatmap_every_n_steps
+        self.dashboard = dashboard
+        self._reset()
+
+    def _reset(self) -> None:
+        self._probe: FlowProbe | None = None  # hooks of the flow step in progress
+        self._flow: tuple[int, HostCopy] | None = None  # (step, (L, k) norms) awaiting emit
+        self._weights: tuple[int, list[HostCopy]] | None = None  # (step, W_hh snapshots) awaiting emit
+        self._hist: tuple[int, dict[str, HostCopy]] | None = None  # (step, tag -> values) awaiting emit
+        self._groups: ModuleGroups | None = None
+        self.flow_history: list[tuple[int, np.ndarray]] = []  # (step, (L, k) norms): the heatmap's columns
+        self._drawn = 0  # columns in the last heatmap drawn
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_") and k != "flow_history")
+        return f"GradMonitor({args})"
+
+    def __getstate__(self) -> dict[str, Any]:  # hooks and pending copies do not travel (e.g. to spawned workers)
+        state = dict(self.__dict__)
+        state.update(_probe=None, _flow=None, _weights=None, _hist=None, _groups=None)
+        return state
+
+    # -- stations ------------------------------------------------------------------------------------------
+
+    def start(self, task: SeqTask) -> None:
+        """Fit start: forget the previous fit; register the run in HPARAMS and write the custom-scalars layout."""
+        self._reset()
+        if self.dashboard and _writes(task):
+            write_dashboard(task, flow=self.grad_flow_every_n_steps is not None)
+
     def arm(self, task: SeqTask, step: int) -> None:
-        pass
+        """Before the forward pass: on a flow step, hook every recurrent layer's input and output gradient."""
+        if self._probe is not None:  # left by an update that did not reach step_tensors
+            self._probe.remove()
+            self._probe = None
+        if _due(self.grad_flow_every_n_steps, step) and _writes(task):
+            self._probe = FlowProbe(task.net.layers)
 
     def step_tensors(self, task: SeqTask, step: int) -> dict[str, torch.Tensor]:
-        return {}
+        """After backward, before clipping: device tensors read back with the loss; host copies for :meth:`emit`."""
+        if self._probe is not None:
+            norms = self._probe.norms(_loss_scale(task))  # (L, k)
+            self._probe = None
+            self._flow = (step, HostCopy(norms))
+        every_log = task.trainer.log_every_n_steps if self.per_module else None
+        modules, spectra, hist = (
+            _due(n, step) for n in (every_log, self.spectrum_every_n_steps, self.histogram_every_n_steps)
+        )
+        if not (modules or spectra or hist) or not _writes(task):
+            return {}
+        groups = self._module_groups(task)
+        if spectra:
+            self._weights = (step, [HostCopy(w) for w in task.net.recurrent_weights()])
+        if hist:
+            self._hist = (step, groups.histogram_copies())
+        return groups.norms() if modules else {}
 
     def emit(self, task: SeqTask, update: Update) -> None:
-        pass
+        """After the step: write what is due to the logger (the host copies are complete after the update's sync)."""
+        if self._flow is not None:
+            self._emit_flow(task, *self._flow)
+            self._flow = None
+        if self._weights is not None:
+            step, copies = self._weights
+            self._weights = None
+            metrics = recurrent_spectra([c.get() for c in copies], task.net.cell)
+            task.logger.log_metrics(metrics, step=step)
+        if self._hist is not None:
+            step, copies = self._hist
+            self._hist = None
+            _write_histograms(task, step, copies)
+        if _due(self.heatmap_every_n_steps, update.step) and len(self.flow_history) > self._drawn:
+            self._draw_heatmap(task, update.step)
+
+    def finish(self, task: SeqTask) -> None:
+        """Fit end: draw the gradient-flow heatmap with every column measured."""
+        if self._probe is not None:
+            self._probe.remove()
+            self._probe = None
+        if len(self.flow_history) > self._drawn and _writes(task):
+            self._draw_heatmap(task, self.flow_history[-1][0])
+        for writer in _tensorboard_writers(task):
+            writer.flush()
+
+    # -- what emit writes ----------------------------------------------------------------------------------
+
+    def _emit_flow(self, task: SeqTask, step: int, copy: HostCopy) -> None:
+        norms = copy.get().double().numpy()  # (L, k)
+        if not np.any(norms > 0):  # no loss in this chunk: no gradient to follow
+            return
+        self.flow_history.append((step, norms))
+        metrics: dict[str, float] = {}
+        for i, layer_norms in enumerate(norms):
+            summary = flow_summary(layer_norms)
+            if i == 0:
+                metrics.update({f"grad_flow/{name}": value for name, value in summary.items()})
+            if len(norms) > 1:
+                metrics.update({f"grad_flow/{name}/layer_{i}": value for name, value in summary.items()})
+        task.logger.log_metrics(metrics, step=step)
+
+    def _draw_heatmap(self, task: SeqTask, step: int) -> None:
+        image = render_heatmap(self.flow_history)  # (H, W, 3) uint8
+        for writer in _tensorboard_writers(task):
+            writer.add_image(HEATMAP_TAG, image, global_step=step, dataformats="HWC")
+        self._drawn = len(self.flow_history)
+
+    def _module_groups(self, task: SeqTask) -> ModuleGroups:
+        if self._groups is None:
+            self._groups = ModuleGroups(task)
+        return self._groups
+
+
+def _due(every: int | None, step: int) -> bool:
+    return every is not None and step % every == 0
+
+
+def _writes(task: SeqTask) -> bool:
+    """Whether anything measured here would be written: a logger is attached and this is rank zero."""
+    return task.logger is not None and task.trainer.is_global_zero
+
+
+def _loss_scale(task: SeqTask) -> torch.Tensor | None:
+    """The AMP GradScaler's current scale (on the device, no sync): hooked gradients are scaled by it."""
+    scaler = getattr(task.trainer.precision_plugin, "scaler", None)
+    return getattr(scaler, "_scale", None) if scaler is not None else None
+
+
+def _tensorboard_writers(task: SeqTask) -> list:
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    return [logger.experiment for logger in task.loggers if isinstance(logger, TensorBoardLogger)]
+
+
+class HostCopy:
+    """A copy of a tensor on the host, queued behind the work already on its device: no synchronisation.
+
+    The update's one sync (the loss read-back) completes it; :meth:`get` only waits for it in case it did not.
+    """
+
+    def __init__(self, tensor: torch.Tensor):
+        cuda = tensor.is_cuda
+        self.tensor = tensor.detach().to("cpu", non_blocking=cuda, copy=True)
+        self.event = None
+        if cuda:
+            self.event = torch.cuda.Event()
+            self.event.record()
+
+    def get(self) -> torch.Tensor:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.tensor
+
+
+# -- per-module norms --------------------------------------------------------------------------------------
+
+
+class ModuleGroups:
+    """The task's trained parameters grouped by module path, recurrent layers split into ``.ih`` and ``.hh``.
+
+    Args:
+        task: The task whose parameters are grouped (shared parameters count once, under their first owner).
+    """
+
+    def __init__(self, task: SeqTask):
+        recurrent = {id(layer) for layer in task.net.layers}
+        recurrent_paths = {name for name, module in task.named_modules() if id(module) in recurrent}
+        self.names: list[str] = []
+        self.params: list[torch.Tensor] = []
+        index: list[int] = []
+        for name, param in task.named_parameters():
+            if not param.requires_grad:
+                continue
+            owner, _, leaf = name.rpartition(".")
+            group = f"{owner}.{'hh' if '_hh' in leaf else 'ih'}" if owner in recurrent_paths else (owner or leaf)
+            if group not in self.names:
+                self.names.append(group)
+            index.append(self.names.index(group))
+            self.params.append(param)
+        device = self.params[0].device if self.params else torch.device("cpu")
+        self.index = torch.tensor(index, device=device)  # (P,) group of each parameter
+
+    def norms(self) -> dict[str, torch.Tensor]:
+        """``grad/norm/<group>`` and ``weight/norm/<group>`` as 0-dim device tensors (two fused passes)."""
+        have = [i for i, p in enumerate(self.params) if p.grad is not None]
+        grad_sq = self._group_sum_sq([self.params[i].grad for i in have], have)
+        weight_sq = self._group_sum_sq([p.detach() for p in self.params], range(len(self.params)))
+        grads, weights = grad_sq.sqrt(), weight_sq.sqrt()  # (G,) each
+        tensors = {f"grad/norm/{name}": grads[g] for g, name in enumerate(self.names)}
+        tensors.update({f"weight/norm/{name}": weights[g] for g, name in enumerate(self.names)})
+        return tensors
+
+    def _group_sum_sq(self, tensors: list[torch.Tensor], which) -> torch.Tensor:
+        total = torch.zeros(len(self.names), device=self.index.device)
+        if not tensors:
+            return total
+        squares = torch.stack([n.float() for n in torch._foreach_norm(tensors)]).square()  # (P',)
+        index = self.index if len(tensors) == len(self.params) else self.index[list(which)]
+        return total.index_add_(0, index, squares)
+
+    def histogram_copies(self) -> dict[str, HostCopy]:
+        """Every group's gradient (pre-clip) and weights, flattened, copied to the host."""
+        grads: dict[str, list[torch.Tensor]] = defaultdict(list)
+        weights: dict[str, list[torch.Tensor]] = defaultdict(list)
+        for param, g in zip(self.params, self.index.tolist(), strict=True):
+            weights[self.names[g]].append(param.detach().flatten())
+            if param.grad is not None:
+                grads[self.names[g]].append(param.grad.detach().flatten())
+        copies = {f"hist/grad/{name}": HostCopy(torch.cat(parts)) for name, parts in grads.items()}
+        copies.update({f"hist/weight/{name}": HostCopy(torch.cat(parts)) for name, parts in weights.items()})
+        return copies
+
+
+def _write_histograms(task: SeqTask, step: int, copies: dict[str, HostCopy]) -> None:
+    writers = _tensorboard_writers(task)
+    for tag, copy in copies.items():
+        values = copy.get().float().numpy()
+        values = values[np.isfinite(values)]
+        if values.size:
+            for writer in writers:
+                writer.add_histogram(tag, values, global_step=step)
+
+
+# -- gradient flow through time ----------------------------------------------------------------------------
+
+
+class FlowProbe:
+    """Hooks one forward + backward of a stack of recurrent layers to measure ``‖∂L/∂h_t‖`` per layer and step.
+
+    Each layer is called as ``layer(x, hx) -> (out, state)`` with ``out`` of shape ``(B, k, H)`` (as in
+    :class:`~seqstab.nets.RecurrentNet`). The forward hook keeps the layer's input and start state; a tensor
+    hook on ``out`` keeps ``∂L/∂out``. :meth:`norms`, after backward, adds the gradient through the recurrence.
+
+    Args:
+        layers: The recurrent layers, bottom first.
+    """
+
+    def __init__(self, layers):
+        self.layers = list(layers)
+        self.inputs: list[tuple[torch.Tensor, Any] | None] = [None] * len(self.layers)
+        self.out_grads: list[torch.Tensor | None] = [None] * len(self.layers)
+        self.handles = [layer.register_forward_hook(partial(self._forward, i)) for i, layer in enumerate(self.layers)]
+
+    def _forward(self, i: int, module: nn.Module, args: tuple, output: tuple) -> None:
+        hx = args[1] if len(args) > 1 else None
+        self.inputs[i] = (args[0].detach(), _detach(hx))
+        out = output[0]  # (B, k, H)
+        if out.requires_grad:
+            self.handles.append(out.register_hook(partial(self._backward, i)))
+
+    def _backward(self, i: int, grad: torch.Tensor) -> None:
+        self.out_grads[i] = grad
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+    def norms(self, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """``(L, k)``: ``‖∂L/∂h_t‖`` over batch and units, for each layer and step; divided by the AMP ``scale``."""
+        self.remove()
+        rows = []
+        for layer, inputs, out_grad in zip(self.layers, self.inputs, self.out_grads, strict=True):
+            if inputs is None:
+                raise RuntimeError("FlowProbe.norms: a recurrent layer was not run between arm and step_tensors")
+            x, hx = inputs
+            if out_grad is None:  # the loss does not depend on this layer's output
+                rows.append(x.new_zeros(x.shape[1], dtype=torch.float32))
+                continue
+            total = hidden_state_grads(layer, x, hx, out_grad)  # (B, k, H)
+            rows.append(torch.linalg.vector_norm(total.float(), dim=(0, 2)))  # (k,)
+        self.inputs, self.out_grads = [None] * len(self.layers), [None] * len(self.layers)
+        norms = torch.stack(rows)  # (L, k)
+        return norms if scale is None else norms / scale.float()
+
+
+def _detach(hx):
+    if hx is None:
+        return None
+    return tuple(h.detach() for h in hx) if isinstance(hx, tuple) else hx.detach()
+
+
+def hidden_state_grads(layer: nn.Module, x: torch.Tensor, hx, out_grad: torch.Tensor) -> torch.Tensor:
+    """``∂L/∂h_t`` of one recurrent layer for every step of its chunk, through the recurrence: ``(B, k, H)``.
+
+    Args:
+        layer: ``nn.RNN``, ``nn.LSTM``, ``nn.GRU`` (single layer, batch first) or a layer with their parameter names.
+        x: The layer's input ``(B, k, I)``.
+        hx: Its start state (``(1, B, H)``, ``(h, c)`` for LSTM, or None for zeros).
+        out_grad: ``∂L/∂out`` ``(B, k, H)``: the gradient reaching the output sequence from outside the layer.
+    """
+    if isinstance(layer, nn.GRU):
+        return _unrolled_gru_grads(layer, x, hx, out_grad)
+    hidden = layer.weight_hh_l0.shape[1]
+    w_ih, w_hh, b_ih, b_hh = (
+        getattr(layer, n).detach() for n in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
+    )
+    with torch.enable_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*weights are not part of single contiguous chunk.*")
+        delta = x.new_zeros(*x.shape[:2], hidden, requires_grad=True)  # (B, k, H): perturbs h_{t-1} at step t
+        wide_x = torch.cat([x, delta], dim=-1)  # (B, k, I + H)
+        weights = [torch.cat([w_ih, w_hh], dim=1), w_hh, b_ih, b_hh]  # W_ih widened to (G * H, I + H)
+        out = _run_fused(layer, wide_x, hx, weights)  # (B, k, H)
+        (through,) = torch.autograd.grad(out, delta, grad_outputs=out_grad.to(out.dtype))  # (B, k, H)
+    total = out_grad.clone()
+    total[:, :-1] += through[:, 1:].to(total.dtype)  # h_t feeds step t+1; h_k's successor is past the graph cut
+    return total
+
+
+def _run_fused(layer: nn.Module, x: torch.Tensor, hx, weights: list[torch.Tensor]) -> torch.Tensor:
+    """Run one layer's kernel on ``x`` with the given ``[W_ih, W_hh, b_ih, b_hh]``: the output ``(B, k, H)``."""
+    batch, hidden = x.shape[0], weights[1].shape[1]
+    if isinstance(layer, nn.LSTM):
+        h0, c0 = hx if hx is not None else (x.new_zeros(1, batch, hidden), x.new_zeros(1, batch, hidden))
+        return torch.lstm(x, (h0, c0), weights, True, 1, 0.0, layer.training, False, True)[0]
+    if isinstance(layer, nn.RNN):
+        kernel = torch.rnn_tanh if layer.nonlinearity == "tanh" else torch.rnn_relu
+        h0 = hx if hx is not None else x.new_zeros(1, batch, hidden)
+        return kernel(x, h0, weights, True, 1, 0.0, layer.training, False, True)[0]
+    names = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")  # e.g. seqstab.nets.LinearRNN
+    return torch.func.functional_call(layer, dict(zip(names, weights, strict=True)), (x, hx))[0]
+
+
+def _unrolled_gru_grads(layer: nn.GRU, x: torch.Tensor, hx, out_grad: torch.Tensor) -> torch.Tensor:
+    """GRU: replay step by step with the fused cell (measurement only), keeping each ``h_t`` in the graph."""
+    weights = [
+        layer.weight_ih_l0.detach(),
+        layer.weight_hh_l0.detach(),
+        layer.bias_ih_l0.detach(),
+        layer.bias_hh_l0.detach(),
+    ]
+    with torch.enable_grad():
+        h = hx[0] if hx is not None else x.new_zeros(x.shape[0], layer.hidden_size)  # (B, H)
+        h = h.detach().requires_grad_(True)
+        states = []
+        for t in range(x.shape[1]):
+            h = torch.gru_cell(x[:, t], h, *weights)
+            states.append(h)
+        grads = torch.autograd.grad(torch.stack(states, dim=1), states, grad_outputs=out_grad.to(h.dtype))
+    return torch.stack(grads, dim=1)  # (B, k, H)
+
+
+def flow_summary(norms: np.ndarray) -> dict[str, float]:
+    """``first`` = ‖∂L/∂h_1‖, ``last`` = ‖∂L/∂h_k‖, ``growth`` = (first / last)^(1/(k−1)) (when k > 1, last > 0)."""
+    first, last = float(norms[0]), float(norms[-1])
+    summary = {"first": first, "last": last}
+    if len(norms) > 1 and last > 0 and np.isfinite(first) and np.isfinite(last):
+        summary["growth"] = (first / last) ** (1.0 / (len(norms) - 1))
+    return summary
+
+
+def render_heatmap(history: list[tuple[int, np.ndarray]]) -> np.ndarray:
+    """The ``grad_flow/heatmap`` image: ``‖∂L/∂h_t‖`` by time step (y) and training step (x), log colour scale.
+
+    Args:
+        history: ``(training step, (L, k) norms)`` per measurement; one panel per layer. Returns ``(H, W, 3)`` uint8.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import LogNorm
+    from matplotlib.figure import Figure
+
+    steps = np.array([step for step, _ in history], dtype=float)
+    layers = history[0][1].shape[0]
+    length = max(norms.shape[1] for _, norms in history)
+    data = np.full((layers, length, len(history)), np.nan)  # (L, k, columns); a shorter chunk leaves NaN on top
+    for c, (_, norms) in enumerate(history):
+        data[:, : norms.shape[1], c] = norms
+    data[~(data > 0) | ~np.isfinite(data)] = np.nan  # zero or non-finite: no colour
+    gap = np.diff(steps).min() if len(steps) > 1 else 1.0
+    x_edges = np.concatenate([[steps[0] - gap / 2], (steps[1:] + steps[:-1]) / 2, [steps[-1] + gap / 2]])
+    y_edges = np.arange(length + 1) + 0.5  # time step t = 1..k at the cell centres
+    finite = data[np.isfinite(data)]
+    low, high = (finite.min(), finite.max()) if finite.size else (1e-8, 1.0)
+    norm = LogNorm(vmin=low, vmax=high if high > low else low * 10)
+
+    fig = Figure(figsize=(7.0, 1.0 + 1.9 * layers), dpi=90, layout="constrained")
+    canvas = FigureCanvasAgg(fig)
+    axes = fig.subplots(layers, 1, squeeze=False, sharex=True)[:, 0]
+    for i, ax in enumerate(axes):
+        mesh = ax.pcolormesh(x_edges, y_edges, np.ma.masked_invalid(data[i]), norm=norm, cmap="magma", shading="flat")
+        ax.set_ylabel(f"layer {i}: time step t" if layers > 1 else "time step t")
+    axes[-1].set_xlabel("training step")
+    fig.colorbar(mesh, ax=list(axes), label="‖∂L/∂h_t‖ (log scale)")
+    fig.suptitle("Gradient flow through time: ‖∂L/∂h_t‖ per chunk (bright at small t = exploding)", fontsize=9)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+# -- TensorBoard dashboard: HPARAMS and custom scalars -----------------------------------------------------
+
+
+def custom_scalars_layout() -> dict:
+    """One page with the loss, pre/post-clip norms, gradient flow and spectra (TensorBoard's CUSTOM SCALARS tab)."""
+    return {
+        "seqstab": {
+            "loss": ["Multiline", [r"^train/loss$", r"^val/loss$"]],
+            "gradient norm: pre-clip, post-clip, threshold": [
+                "Multiline",
+                [r"^grad/norm_total$", r"^grad/norm_total_clipped$", r"^grad/clip_threshold$"],
+            ],
+            "gradient flow: ‖∂L/∂h_1‖ and ‖∂L/∂h_k‖": ["Multiline", [r"^grad_flow/first", r"^grad_flow/last"]],
+            "gradient flow: growth per step back in time (>1 explodes)": ["Multiline", [r"^grad_flow/growth"]],
+            "W_hh: σ_max and spectral radius vs Pascanu bound": ["Multiline", [r"^rnn/"]],
+            "clipped updates and explosion events": ["Multiline", [r"^grad/clipped$", r"^explosion/events$"]],
+        }
+    }
+
+
+def write_dashboard(task: SeqTask, flow: bool = True) -> None:
+    """Register the run in HPARAMS (hyperparameters + metric tags) and write the custom-scalars layout.
+
+    Written at fit start, before Lightning's own ``log_hyperparams``: TensorBoard keeps the first HPARAMS entry
+    of a run. Its metric columns show the last value of each tagged series, i.e. the run's final metrics.
+    """
+    writers = _tensorboard_writers(task)
+    if not writers:
+        return
+    from torch.utils.tensorboard.summary import hparams
+
+    experiment, start, end = hparams(hparam_values(task), {tag: 0.0 for tag in metric_tags(task, flow)})
+    for writer in writers:
+        file_writer = writer._get_file_writer()
+        for summary in (experiment, start, end):
+            file_writer.add_summary(summary)
+        writer.add_custom_scalars(custom_scalars_layout())
+
+
+def metric_tags(task: SeqTask, flow: bool = True) -> list[str]:
+    """The tags shown as HPARAMS metric columns: training loss, the task's eval metrics, norm, gradient flow."""
+    try:
+        evals = [f"val/{name}" for name in task.eval_metrics(defaultdict(lambda: 1.0))]
+    except Exception:  # a task whose eval_metrics needs more than numbers
+        evals = ["val/loss"]
+    tags = ["train/loss", *evals, "grad/norm_total"]
+    if flow:
+        tags.append("grad_flow/growth")
+    if task.guard is not None:
+        tags.append("explosion/events")
+    return tags
+
+
+def hparam_values(task: SeqTask) -> dict[str, Any]:
+    """Flat ``name -> int | float | str | bool`` of the run: the task's hyperparameters, data, stations, optimizer."""
+    values: dict[str, Any] = {"task": type(task).__name__}
+    for key, value in task.hparams.items():
+        if not key.startswith("_"):  # LightningCLI's _class_path, _instantiator
+            _flatten(values, key, asdict(value) if is_dataclass(value) else value)
+    trainer = task.trainer
+    datamodule = getattr(trainer, "datamodule", None)
+    if datamodule is not None:
+        values["data"] = type(datamodule).__name__
+        for key, value in getattr(datamodule, "hparams", {}).items():
+            _flatten(values, f"data.{key}", value)
+    for name in ("clipping", "guard"):
+        station = getattr(task, name, None)
+        values[name] = type(station).__name__ if station is not None else "None"
+        for key in _init_args(station):
+            if hasattr(station, key):
+                _flatten(values, f"{name}.{key}", getattr(station, key))
+    if trainer.optimizers:
+        optimizer = trainer.optimizers[0]
+        values["optimizer"] = type(optimizer).__name__
+        values["lr"] = optimizer.param_groups[0]["lr"]
+    values["max_epochs"] = trainer.max_epochs if trainer.max_epochs is not None else -1
+    values["max_steps"] = trainer.max_steps
+    values["precision"] = str(trainer.precision)
+    return values
+
+
+def _init_args(obj: Any) -> list[str]:
+    """The constructor's argument names of ``obj``'s class: its configuration, not its running state."""
+    if obj is None:
+        return []
+    params = inspect.signature(type(obj).__init__).parameters.values()
+    return [p.name for p in params if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+
+def _flatten(out: dict[str, Any], key: str, value: Any) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(out, f"{key}.{k}", v)
+    elif isinstance(value, bool | int | float | str):
+        out[key] = value
+    else:
+        out[key] = str(value)

@@ -165,6 +165,12 @@ class SeqTask(pl.LightningModule):
 
     # -- the one optimization path ------------------------------------------------------------------------
 
+    def on_fit_start(self) -> None:
+        self.monitor.start(self)
+
+    def on_fit_end(self) -> None:
+        self.monitor.finish(self)
+
     def on_train_epoch_start(self) -> None:
         self.carry["train"].reset()
 
@@ -181,8 +187,9 @@ class SeqTask(pl.LightningModule):
             optimizer.zero_grad(set_to_none=True)
             self.manual_backward(loss)
             self._unscale(optimizer)
+            measured = self.monitor.step_tensors(self, self.updates)  # before clipping: pre-clip per-module norms
             clip = self.clipping(self._trained_params())
-            values = self._read_back(loss, clip, self.monitor.step_tensors(self, self.updates))
+            values = self._read_back(loss, clip, measured)
             update = Update(self.updates, chunk, hidden, clip, values)
             action = self.guard.check(self, update) if self.guard is not None else Action.STEP
             if action is Action.STEP:

@@ -42,7 +42,9 @@ class SeqstabCLI(LightningCLI):
             subclass_mode_model=True,
             subclass_mode_data=True,
             seed_everything_default=0,
-            trainer_defaults={"logger": lazy_instance(TensorBoardLogger, save_dir="runs", name="seqstab")},
+            trainer_defaults={
+                "logger": lazy_instance(TensorBoardLogger, save_dir="runs", name="seqstab", default_hp_metric=False)
+            },
             save_config_kwargs={"overwrite": True},
             parser_kwargs={**no_exit, **{cmd: no_exit for cmd in SUBCOMMANDS}},
             args=args,
