@@ -472,14 +472,19 @@ def render_heatmap(history: list[tuple[int, np.ndarray]]) -> np.ndarray:
     low, high = (finite.min(), finite.max()) if finite.size else (1e-8, 1.0)
     norm = LogNorm(vmin=low, vmax=high if high > low else low * 10)
 
-    fig = Figure(figsize=(7.0, 1.0 + 1.9 * layers), dpi=90, layout="constrained")
+    height = 0.9 + 1.7 * layers  # inches: fixed margins, no layout engine (it costs more than the drawing)
+    fig = Figure(figsize=(7.0, height), dpi=90)
     canvas = FigureCanvasAgg(fig)
-    axes = fig.subplots(layers, 1, squeeze=False, sharex=True)[:, 0]
-    for i, ax in enumerate(axes):
+    top, bottom, panel = 1 - 0.35 / height, 0.55 / height, 1.7 / height
+    for i in range(layers):
+        ax = fig.add_axes((0.1, top - (i + 1) * panel + 0.12 / height, 0.74, panel - 0.24 / height))
         mesh = ax.pcolormesh(x_edges, y_edges, np.ma.masked_invalid(data[i]), norm=norm, cmap="magma", shading="flat")
-        ax.set_ylabel(f"layer {i}: time step t" if layers > 1 else "time step t")
-    axes[-1].set_xlabel("training step")
-    fig.colorbar(mesh, ax=list(axes), label="‖∂L/∂h_t‖ (log scale)")
+        ax.set_ylabel(f"layer {i}: time step t" if layers > 1 else "time step t", fontsize=8)
+        ax.tick_params(labelsize=7, labelbottom=i == layers - 1)
+    ax.set_xlabel("training step", fontsize=8)
+    bar = fig.colorbar(mesh, cax=fig.add_axes((0.87, bottom, 0.025, top - bottom)))
+    bar.set_label("‖∂L/∂h_t‖ (log scale)", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
     fig.suptitle("Gradient flow through time: ‖∂L/∂h_t‖ per chunk (bright at small t = exploding)", fontsize=9)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()

@@ -1,0 +1,247 @@
+"""Gradient observability: what GradMonitor writes to TensorBoard, checked by reading the event files back."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from pytorch_lightning.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import metadata as hparams_metadata
+from torch.utils.data import DataLoader
+
+from datamodules.base import DataSpec, SeqDataModule, StreamWindows
+from datamodules.synthetic import AddingProblem
+from seqstab.monitor import FlowProbe, GradMonitor, flow_summary
+from seqstab.nets import RecurrentNet
+from seqstab.spectra import recurrent_spectra
+from seqstab.tasks import LanguageModel, SequenceRegressor
+from tests.helpers import quiet_trainer, run_cli
+
+EVERYTHING = {
+    k: 0 for k in ("scalars", "images", "histograms", "tensors", "compressedHistograms", "audio", "distributions")
+}
+
+
+def events(run_dir) -> EventAccumulator:
+    acc = EventAccumulator(str(run_dir), size_guidance=EVERYTHING)
+    acc.Reload()
+    return acc
+
+
+def series(acc: EventAccumulator, tag: str) -> list[tuple[int, float]]:
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+# -- the theory check ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rho", [0.9, 1.1, 1.5])
+def test_linear_rnn_gradient_growth_is_the_spectral_radius(tmp_path, rho):
+    """W_hh = ρ·Q (Q orthogonal), loss on the last step only: ∂L/∂h_t = (W_hh^T)^(k−t) ∂L/∂h_k, so
+    ‖∂L/∂h_t‖ = ρ^(k−t) ‖∂L/∂h_k‖ exactly and grad_flow/growth = ρ."""
+    torch.manual_seed(0)
+    data = AddingProblem(seq_len=25, num_train=16, num_val=16, num_test=16, batch_size=16)  # mask: last step only
+    model = SequenceRegressor(
+        spec=data.spec,
+        cell="rnn",
+        nonlinearity="linear",
+        hidden_size=16,
+        init="orthogonal",
+        spectral_radius=rho,
+        monitor=GradMonitor(grad_flow_every_n_steps=1, spectrum_every_n_steps=1, heatmap_every_n_steps=None),
+    )
+    logger = TensorBoardLogger(tmp_path, name="theory", default_hp_metric=False)
+    quiet_trainer(logger=logger, max_steps=1).fit(model, data)
+    acc = events(logger.log_dir)
+    ((step, growth),) = series(acc, "grad_flow/growth")
+    assert step == 0 and growth == pytest.approx(rho, rel=0.01)
+    ((_, first),), ((_, last),) = series(acc, "grad_flow/first"), series(acc, "grad_flow/last")
+    assert first / last == pytest.approx(rho**24, rel=0.01)
+    ((_, radius),), ((_, sigma),) = series(acc, "rnn/spectral_radius/layer_0"), series(acc, "rnn/sigma_max/layer_0")
+    assert radius == pytest.approx(rho, rel=1e-4) and sigma == pytest.approx(rho, rel=1e-4)  # ρ·Q: all σ_i = ρ
+    assert "grad_flow/heatmap" in acc.Tags()["images"]  # drawn at the end of fit
+
+
+# -- the gradient-flow measurement against an unrolled reference --------------------------------------------
+
+
+def _unrolled_hidden_grad_norms(net: RecurrentNet, x, hidden, weight) -> torch.Tensor:
+    """‖∂L/∂h_t‖ per layer and step from a step-by-step unroll with the cell functions: (L, k)."""
+    batch, length, _ = x.shape
+    states = [None if hidden is None else hidden[i] for i in range(net.num_layers)]
+    kept: list[list[torch.Tensor]] = [[] for _ in range(net.num_layers)]
+    outputs = []
+    for t in range(length):
+        inp = x[:, t]
+        for i, layer in enumerate(net.layers):
+            w = [layer.weight_ih_l0, layer.weight_hh_l0, layer.bias_ih_l0, layer.bias_hh_l0]
+            zeros = x.new_zeros(batch, net.hidden_size)
+            if net.cell == "lstm":
+                h, c = torch.lstm_cell(inp, states[i] or (zeros, zeros), *w)
+                states[i] = (h, c)
+            else:
+                prev = zeros if states[i] is None else states[i]
+                if net.cell == "gru":
+                    h = torch.gru_cell(inp, prev, *w)
+                elif net.nonlinearity == "linear":
+                    h = inp @ w[0].T + w[2] + w[3] + prev @ w[1].T
+                else:
+                    h = {"tanh": torch.rnn_tanh_cell, "relu": torch.rnn_relu_cell}[net.nonlinearity](inp, prev, *w)
+                states[i] = h
+            kept[i].append(h)
+            inp = h
+        outputs.append(inp)
+    loss = (torch.tanh(torch.stack(outputs, dim=1)) * weight).sum()
+    flat = [h for layer in kept for h in layer]
+    grads = torch.autograd.grad(loss, flat)
+    return torch.stack([g.norm() for g in grads]).view(net.num_layers, length)
+
+
+@pytest.mark.parametrize(
+    "cell,nonlinearity", [("rnn", "tanh"), ("rnn", "relu"), ("rnn", "linear"), ("lstm", "tanh"), ("gru", "tanh")]
+)
+def test_flow_probe_matches_unrolled_backprop_through_time(cell, nonlinearity):
+    torch.manual_seed(1)
+    net = RecurrentNet(3, 5, num_layers=2, cell=cell, nonlinearity=nonlinearity).double()
+    x = torch.randn(4, 7, 3, dtype=torch.double)  # (B, k, I)
+    weight = torch.randn(4, 7, 5, dtype=torch.double)  # a loss on every step, through both layers
+    _, carried = net(torch.randn(4, 3, 3, dtype=torch.double))  # a non-zero start state, as under TBPTT
+    carried = tuple(tuple(s.detach() for s in st) if isinstance(st, tuple) else st.detach() for st in carried)
+
+    probe = FlowProbe(net.layers)
+    out, _ = net(x, carried)
+    (torch.tanh(out) * weight).sum().backward()
+    measured = probe.norms()  # (L, k)
+
+    hidden = [(st[0][0], st[1][0]) if cell == "lstm" else st[0] for st in carried]  # (B, H) per layer
+    expected = _unrolled_hidden_grad_norms(net, x, hidden, weight)
+    assert measured.shape == (2, 7)
+    assert torch.allclose(measured.double(), expected, rtol=1e-5)
+    assert not measured[:, :-1].eq(measured[:, -1:]).all()  # the recurrent part is really in there
+    assert all(len(layer._forward_hooks) == 0 for layer in net.layers)  # hooks removed
+
+
+def test_flow_summary_edges():
+    assert flow_summary(np.array([8.0, 4.0, 2.0])) == {"first": 8.0, "last": 2.0, "growth": 2.0}
+    assert "growth" not in flow_summary(np.array([3.0]))  # k = 1: no step to grow over
+    assert "growth" not in flow_summary(np.array([1.0, 0.0]))  # no gradient at h_k
+
+
+def test_lstm_spectra_per_gate_block():
+    hidden = 4
+    weight = torch.zeros(4 * hidden, hidden)
+    for g, scale in enumerate([0.5, 2.0, 3.0, 0.25]):  # gates i, f, g, o
+        weight[g * hidden : (g + 1) * hidden] = scale * torch.linalg.qr(torch.randn(hidden, hidden)).Q
+    weight[3 * hidden] = float("nan")  # an exploded block is left out, the others still reported
+    spectra = recurrent_spectra([weight], "lstm")
+    assert spectra["rnn/sigma_max/layer_0/gate_f"] == pytest.approx(2.0)
+    assert spectra["rnn/spectral_radius/layer_0/gate_g"] == pytest.approx(3.0)
+    assert spectra["rnn/sigma_max/layer_0/gate_i"] == pytest.approx(0.5)
+    assert not any(tag.endswith("gate_o") for tag in spectra) and "rnn/pascanu_bound" not in spectra
+
+
+# -- nothing costly when not due ---------------------------------------------------------------------------
+
+
+def test_monitor_does_nothing_when_not_due():
+    net = RecurrentNet(2, 3, cell="lstm")
+    trainer = SimpleNamespace(log_every_n_steps=50, is_global_zero=True)
+    task = SimpleNamespace(net=net, logger=object(), loggers=[], trainer=trainer)
+    monitor = GradMonitor()  # flow every 50, spectra every 100, histograms off, per-module every log step
+    for step in (1, 49, 51):
+        monitor.arm(task, step)
+        assert not net.layers[0]._forward_hooks
+        assert monitor.step_tensors(task, step) == {}
+        assert monitor._flow is None and monitor._weights is None and monitor._hist is None
+    task.logger = None  # nothing is measured when nothing would be written, even when due
+    monitor.arm(task, 0)
+    assert not net.layers[0]._forward_hooks and monitor.step_tensors(task, 0) == {}
+
+
+# -- a user's run, read back from the event files ----------------------------------------------------------
+
+
+def test_cli_run_writes_every_monitor_tag(tmp_path):
+    """The default experiment (tanh RNN, ρ = 1.5, NormClip(max_norm=1)) with every measurement switched on."""
+    args = ["--data.seq_len", "30", "--data.num_train", "150", "--data.num_val", "50", "--trainer.max_epochs", "1"]
+    args += ["--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "2", "--model.num_layers", "2"]
+    args += ["--model.monitor", "seqstab.monitor.GradMonitor", "--model.monitor.grad_flow_every_n_steps", "1"]
+    args += ["--model.monitor.spectrum_every_n_steps", "2", "--model.monitor.histogram_every_n_steps", "2"]
+    result = run_cli("fit", *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    acc = events(tmp_path / "runs" / "seqstab" / "version_0")
+    tags = acc.Tags()
+    updates = list(range(3))  # 150 sequences / batch 50
+
+    assert [s for s, _ in series(acc, "grad/norm_total")] == updates  # every step
+    clipped = series(acc, "grad/norm_total_clipped")
+    assert [s for s, _ in clipped] == updates and all(v <= 1.0 * (1 + 1e-6) for _, v in clipped)
+    assert any(v > 1.0 for _, v in series(acc, "grad/norm_total"))  # the explosion is there, pre-clip
+
+    for group in ("net.layers.0.ih", "net.layers.0.hh", "net.layers.1.hh", "head"):  # every log_every_n_steps
+        assert [s for s, _ in series(acc, f"grad/norm/{group}")] == [0, 2]
+        assert [s for s, _ in series(acc, f"weight/norm/{group}")] == [0, 2]
+    assert "hist/grad/net.layers.0.hh" in tags["histograms"] and "hist/weight/head" in tags["histograms"]
+
+    for tag in ("grad_flow/first", "grad_flow/last", "grad_flow/growth", "grad_flow/growth/layer_1"):
+        assert [s for s, _ in series(acc, tag)] == updates, tag
+    assert all(v > 0 for _, v in series(acc, "grad_flow/growth"))
+    images = acc.Images("grad_flow/heatmap")
+    assert images and images[-1].step == 2 and images[-1].width > 100
+
+    for layer in (0, 1):
+        assert [s for s, _ in series(acc, f"rnn/spectral_radius/layer_{layer}")] == [0, 2]
+    ((_, radius), _) = series(acc, "rnn/spectral_radius/layer_0")
+    assert radius == pytest.approx(1.5, rel=1e-4)  # the configured spectral radius, measured before step 0
+
+    experiment = hparams_metadata.parse_experiment_plugin_data(
+        acc.PluginTagToContent("hparams")[hparams_metadata.EXPERIMENT_TAG]
+    )
+    hparams = {h.name for h in experiment.hparam_infos}
+    assert {"hidden_size", "cell", "spectral_radius", "clipping", "clipping.max_norm", "optimizer"} <= hparams
+    assert {"train/loss", "val/loss", "grad/norm_total", "grad_flow/growth"} <= {
+        m.name.tag for m in experiment.metric_infos
+    }
+    assert "hp_metric" not in tags["scalars"]
+    assert "custom_scalars__config__" in acc.PluginTagToContent("custom_scalars")
+
+
+# -- a language model under truncated BPTT -----------------------------------------------------------------
+
+
+class _TokenStream(SeqDataModule):
+    def __init__(self, vocab_size=30, streams=4, length=48, window=16):
+        super().__init__()
+        tokens = torch.randint(0, vocab_size, (streams, length + 1), generator=torch.Generator().manual_seed(0))
+        self.vocab_size, self.window = vocab_size, window
+        self.x, self.y = tokens[:, :-1], tokens[:, 1:]  # (B, N)
+
+    @property
+    def spec(self) -> DataSpec:
+        return DataSpec(kind="lm", vocab_size=self.vocab_size, stateful=True)
+
+    def train_dataloader(self):
+        return DataLoader(StreamWindows(self.x, self.y, self.window), batch_size=None)
+
+
+def test_language_model_module_paths_and_chunks(tmp_path):
+    data = _TokenStream()
+    model = LanguageModel(
+        spec=data.spec,
+        hidden_size=8,
+        num_layers=2,
+        tbptt_steps=6,  # windows of 16 -> chunks of 6, 6, 4
+        monitor=GradMonitor(grad_flow_every_n_steps=2, spectrum_every_n_steps=3, heatmap_every_n_steps=8),
+    )
+    logger = TensorBoardLogger(tmp_path, name="lm", default_hp_metric=False)
+    quiet_trainer(logger=logger, max_epochs=1, log_every_n_steps=4).fit(model, data)
+    acc = events(logger.log_dir)
+    groups = {t.removeprefix("grad/norm/") for t in acc.Tags()["scalars"] if t.startswith("grad/norm/")}
+    assert groups == {"encoder.0", "net.layers.0.ih", "net.layers.0.hh", "net.layers.1.ih", "net.layers.1.hh", "head.1"}
+    assert [s for s, _ in series(acc, "grad/norm/encoder.0")] == [0, 4, 8]  # 9 updates, log_every_n_steps=4
+    assert [s for s, _ in series(acc, "grad_flow/growth")] == [0, 2, 4, 6, 8]
+    assert [s for s, _ in series(acc, "rnn/sigma_max/layer_1/gate_f")] == [0, 3, 6]
+    assert [i.step for i in acc.Images("grad_flow/heatmap")] == [0, 8]  # every 8 steps (the end of fit adds none)
