@@ -1,39 +1,353 @@
-"""Explosion guard: the station after clipping that decides step | skip | stop."""
+"""Explosion guard: the station after clipping that decides step | skip | stop, and records what happened.
+
+At every update ``SeqTask.training_step`` calls :meth:`ExplosionGuard.check` with the update's pre-clip global
+gradient norm already read back as a float (the loop's one host sync). When nothing happens the guard costs a
+comparison, a deque append and, once warmed up, the median of at most ``window`` floats (a few microseconds).
+
+An **event** is an update whose pre-clip norm is
+
+  * non-finite (inf or nan), or
+  * above ``max_norm`` (an absolute bound, off by default), or
+  * above ``spike_factor`` × the median of the last ``window`` finite, non-zero norms (after ``min_history`` of them).
+
+Per event, on rank 0 and only when the run has a logger (its directory is ``trainer.log_dir``):
+
+  * ``explosion/events`` (the cumulative count of events, logged at every update) steps up;
+  * a text entry ``explosion/event`` in TensorBoard and a line in ``explosions.jsonl``: update, epoch, norm,
+    its ratio to the median, the parameter with the largest gradient norm (computed only now: events are rare);
+  * on the first event, a replay snapshot ``snapshot_update_<N>.pt`` (:func:`save_snapshot`, replayed by
+    ``python -m seqstab.replay``).
+
+A non-finite update is never applied, whatever the policy. No checkpoint holding non-finite weights is ever
+written: :func:`check_finite_weights` runs in ``SeqTask.on_save_checkpoint`` and refuses.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import json
 import math
-from typing import TYPE_CHECKING
+import os
+import statistics
+import sys
+from collections import deque
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+from seqstab.errors import ConfigError, SeqstabError
 
 if TYPE_CHECKING:
     from seqstab.tasks import SeqTask, Update
 
+EVENTS_FILE = "explosions.jsonl"
+SNAPSHOT_FORMAT = "seqstab.snapshot/1"
+
 
 class Action(enum.Enum):
-    STEP = "step"
-    SKIP = "skip"
-    STOP = "stop"
+    STEP = "step"  # apply the update
+    SKIP = "skip"  # drop the update (the gradient is zeroed, the weights and optimizer state stay as they are)
+    STOP = "stop"  # drop the update and end the run after this update
+
+
+class NonFiniteWeightsError(SeqstabError):
+    """Refusal to save a checkpoint whose weights hold inf or nan."""
 
 
 class ExplosionGuard:
-    """Flags an update whose pre-clip norm is non-finite.
+    """Flags updates whose pre-clip gradient norm is non-finite or spikes, and skips, stops or warns.
 
     Args:
-        policy: What to do on a flagged update: ``warn`` (apply it anyway, unless non-finite), ``skip`` or ``stop``.
+        policy: What a flagged update gets: ``warn`` (applied anyway, unless non-finite), ``skip`` (not applied)
+            or ``stop`` (not applied; the run ends cleanly after a one-line summary). A non-finite update is never
+            applied under any policy.
+        spike_factor: Flag a norm above this multiple of the running median. 10 sits well outside the 2-5x
+            update-to-update swings of healthy training. None turns spike detection off.
+        window: How many recent finite, non-zero norms the running median covers. Flagged norms enter it too, so a
+            lasting change of level stops counting as a spike after ``window / 2`` updates.
+        min_history: Norms needed in the window before spike detection starts (the first updates have no baseline).
+        max_norm: Also flag any norm above this absolute value; None (default) turns it off.
+        snapshot: Save a replay snapshot (model, optimizer, the chunk, its hidden state, RNG state) at the first event.
     """
 
-    def __init__(self, policy: str = "skip"):
+    def __init__(
+        self,
+        policy: Literal["warn", "skip", "stop"] = "skip",
+        spike_factor: float | None = 10.0,
+        window: int = 50,
+        min_history: int = 5,
+        max_norm: float | None = None,
+        snapshot: bool = True,
+    ):
+        if policy not in ("warn", "skip", "stop"):
+            raise ConfigError(f"guard policy={policy!r}: must be 'warn', 'skip' or 'stop'")
+        if spike_factor is not None and not spike_factor > 1:
+            raise ConfigError(f"guard spike_factor={spike_factor!r}: must be > 1 (or null to turn it off)")
+        if not window >= 1:
+            raise ConfigError(f"guard window={window!r}: must be >= 1")
+        if not 1 <= min_history <= window:
+            raise ConfigError(f"guard min_history={min_history!r}: must be in [1, window={window}]")
+        if max_norm is not None and not max_norm > 0:
+            raise ConfigError(f"guard max_norm={max_norm!r}: must be > 0")
         self.policy = policy
+        self.spike_factor = None if spike_factor is None else float(spike_factor)
+        self.window = int(window)
+        self.min_history = int(min_history)
+        self.max_norm = None if max_norm is None else float(max_norm)
+        self.snapshot = snapshot
+        self._norms: deque[float] = deque(maxlen=self.window)
+        self.events = 0
+        self.first_event: int | None = None  # update index of the first event
+        self.snapshot_path: str | None = None
+        self._rng: dict[str, torch.Tensor] | None = None
+
+    # -- the station -----------------------------------------------------------------------------------------
+
+    def arm(self, task: SeqTask, step: int) -> None:
+        """Before the forward pass: keep the RNG state the snapshot needs to replay dropout (until it is taken)."""
+        if self.snapshot and self.snapshot_path is None:
+            self._rng = rng_state(task.device)
 
     def check(self, task: SeqTask, update: Update) -> Action:
+        """Decide what happens to ``update``; add ``explosion/events`` to its logged values."""
         norm = update.values["grad/norm_total"]
-        if math.isfinite(norm):
+        reason, median = self.detect(norm)
+        if math.isfinite(norm) and norm > 0:
+            self._norms.append(norm)
+        if reason is None:
+            update.values["explosion/events"] = float(self.events)
             return Action.STEP
-        return Action.STOP if self.policy == "stop" else Action.SKIP
+        self.events += 1
+        update.values["explosion/events"] = float(self.events)
+        action = self._action(math.isfinite(norm))
+        self._record(task, update, reason, median, action)
+        return action
 
-    def state_dict(self) -> dict:
+    def detect(self, norm: float) -> tuple[str | None, float | None]:
+        """Why ``norm`` is an event (``non-finite``, ``max_norm``, ``spike``) or None; and the median it met."""
+        if not math.isfinite(norm):
+            return "non-finite", self._median()
+        if self.max_norm is not None and norm > self.max_norm:
+            return "max_norm", self._median()
+        median = self._median()
+        if self.spike_factor is not None and median is not None and norm > self.spike_factor * median:
+            return "spike", median
+        return None, median
+
+    def _median(self) -> float | None:
+        if len(self._norms) < self.min_history:
+            return None
+        return statistics.median(self._norms)
+
+    def _action(self, finite: bool) -> Action:
+        if self.policy == "stop":
+            return Action.STOP
+        if self.policy == "skip" or not finite:
+            return Action.SKIP
+        return Action.STEP
+
+    # -- what an event leaves behind ------------------------------------------------------------------------
+
+    def _record(self, task: SeqTask, update: Update, reason: str, median: float | None, action: Action) -> None:
+        norm = update.values["grad/norm_total"]
+        modules = grad_norms(task)  # one sync, on events only
+        largest = max(modules, key=lambda name: _sortable(modules[name])) if modules else None
+        trainer = task.trainer
+        event = {
+            "update": update.step,
+            "global_step": trainer.global_step,
+            "epoch": trainer.current_epoch,
+            "reason": reason,
+            "action": action.value,
+            "norm": _json_float(norm),
+            "median": _json_float(median),
+            "ratio": _json_float(norm / median if median else None),
+            "loss": _json_float(update.values.get("train/loss")),
+            "module": largest,
+            "module_norm": _json_float(modules.get(largest)) if largest else None,
+        }
+        run_dir = _run_dir(task)
+        first = self.first_event is None
+        if first:
+            self.first_event = update.step
+            if self.snapshot and run_dir is not None:
+                path = run_dir / f"snapshot_update_{update.step}.pt"
+                save_snapshot(path, task, update, modules, self._rng)
+                self.snapshot_path = str(path)
+                event["snapshot"] = path.name
+        if run_dir is not None:
+            with open(run_dir / EVENTS_FILE, "a") as f:
+                f.write(json.dumps(event) + "\n")
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                add_text = getattr(getattr(logger, "experiment", None), "add_text", None)
+                if add_text is not None:
+                    add_text("explosion/event", _markdown(event), global_step=update.step)
+            if first or action is Action.STOP:
+                print(self._summary(event, action), flush=True)
+
+    def _summary(self, event: dict[str, Any], action: Action) -> str:
+        what = {Action.STEP: "applied (policy warn)", Action.SKIP: "not applied", Action.STOP: "stopping the run"}
+        ratio = ""
+        if isinstance(event["ratio"], float):
+            ratio = f" = {event['ratio']:.3g}x the median {event['median']:.3g}"
+        norm = event["norm"] if isinstance(event["norm"], str) else f"{event['norm']:.4g}"
+        line = (
+            f"seqstab: explosion guard: {event['reason']} at update {event['update']} (epoch {event['epoch']}): "
+            f"pre-clip grad norm {norm}{ratio}; largest in {event['module']}; {what[action]}; "
+            f"{self.events} event(s) so far"
+        )
+        if self.snapshot_path:
+            line += f"; replay: python -m seqstab.replay {self.snapshot_path}"
+        return line
+
+    # -- checkpoint ------------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain values only (checkpoints load with ``weights_only=True``)."""
+        return {
+            "norms": list(self._norms),
+            "events": self.events,
+            "first_event": self.first_event,
+            "snapshot_path": self.snapshot_path,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._norms = deque((float(n) for n in state.get("norms", [])), maxlen=self.window)
+        self.events = int(state.get("events", 0))
+        self.first_event = state.get("first_event")
+        self.snapshot_path = state.get("snapshot_path")
+
+    def __repr__(self) -> str:
+        return (
+            f"ExplosionGuard(policy={self.policy!r}, spike_factor={self.spike_factor}, window={self.window}, "
+            f"min_history={self.min_history}, max_norm={self.max_norm}, snapshot={self.snapshot})"
+        )
+
+
+# -- helpers shared with replay -------------------------------------------------------------------------------
+
+
+def grad_norms(task: torch.nn.Module) -> dict[str, float]:
+    """L2 norm of each parameter's gradient, by parameter name, in one host transfer."""
+    named = [(name, p.grad) for name, p in task.named_parameters() if p.grad is not None]
+    if not named:
         return {}
+    norms = torch.stack([torch.linalg.vector_norm(g.detach().float()) for _, g in named]).tolist()
+    return {name: norm for (name, _), norm in zip(named, norms, strict=True)}
 
-    def load_state_dict(self, state: dict) -> None:
-        pass
+
+def check_finite_weights(state_dict: dict[str, torch.Tensor], where: str = "checkpoint") -> None:
+    """Raise :class:`NonFiniteWeightsError` naming the first tensor of ``state_dict`` that holds inf or nan."""
+    floats = [(k, v) for k, v in state_dict.items() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+    if not floats:
+        return
+    finite = torch.stack([torch.isfinite(v).all() for _, v in floats]).tolist()  # one sync
+    for (name, _), ok in zip(floats, finite, strict=True):
+        if not ok:
+            raise NonFiniteWeightsError(f"refusing to save the {where}: {name} holds inf or nan")
+
+
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def save_snapshot(
+    path: Path, task: SeqTask, update: Update, modules: dict[str, float], rng: dict[str, torch.Tensor] | None
+) -> None:
+    """Everything ``python -m seqstab.replay`` needs to recompute this update's gradient, as plain tensors/dicts.
+
+    Written with ``torch.save``; loads with ``torch.load(path, weights_only=True)``.
+    """
+    run_dir = path.parent
+    config = run_dir / "config.yaml"
+    snapshot = {
+        "format": SNAPSHOT_FORMAT,
+        "update": update.step,
+        "global_step": task.trainer.global_step,
+        "epoch": task.trainer.current_epoch,
+        "seed": os.environ.get("PL_GLOBAL_SEED"),
+        "task_class": f"{type(task).__module__}.{type(task).__qualname__}",
+        "hparams": _plain_or_none({k: v for k, v in task.hparams.items() if not k.startswith("_")}),
+        "state_dict": _to_cpu(task.state_dict()),
+        "optimizer": _to_cpu(task.trainer.optimizers[0].state_dict()) if task.trainer.optimizers else None,
+        "chunk": {k: v.detach().cpu().clone() for k, v in update.chunk.items()},
+        "hidden_in": _to_cpu(update.hidden_in),
+        "rng": rng,
+        "num_threads": torch.get_num_threads(),
+        "device": str(task.device),
+        "logged": {
+            "grad/norm_total": update.values["grad/norm_total"],
+            "train/loss": update.values.get("train/loss"),
+            "grad_norms": modules,  # after clipping: what the guard saw
+        },
+        "config_yaml": config.read_text() if config.is_file() else None,
+        "versions": {"torch": str(torch.__version__), "python": sys.version.split()[0]},
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(snapshot, tmp)
+    os.replace(tmp, path)
+
+
+def _run_dir(task: SeqTask) -> Path | None:
+    """The run directory (``trainer.log_dir``) on rank 0 of a run with a logger; None otherwise."""
+    trainer = task.trainer
+    if not trainer.loggers or not trainer.is_global_zero or trainer.log_dir is None:
+        return None
+    path = Path(trainer.log_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def _plain(obj: Any) -> Any:
+    """Hyperparameters as types ``torch.load(weights_only=True)`` accepts (dataclasses become dicts)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj)
+    if obj is None:
+        return None
+    for kind in (bool, int, float, str):  # exact builtins: subclasses (TorchVersion, enums) would pickle as globals
+        if isinstance(obj, kind):
+            return kind(obj)
+    raise TypeError(f"hyperparameter value {obj!r} is not a plain type")
+
+
+def _plain_or_none(hparams: dict[str, Any]) -> dict[str, Any] | None:
+    """Plain hyperparameters, or None when one is not (replay then says it cannot rebuild the task)."""
+    try:
+        return _plain(hparams)
+    except TypeError:
+        return None
+
+
+def _sortable(value: float) -> float:
+    return math.inf if math.isnan(value) else value
+
+
+def _json_float(value: float | None) -> float | str | None:
+    """JSON has no inf/nan: write them as the strings ``"inf"``, ``"-inf"``, ``"nan"``."""
+    if value is None or math.isfinite(value):
+        return value
+    return str(value)
+
+
+def _markdown(event: dict[str, Any]) -> str:
+    return " | ".join(f"**{k}**: {v}" for k, v in event.items())

@@ -32,7 +32,7 @@ from datamodules.base import DataSpec
 from seqstab import tbptt
 from seqstab.clipping import ClipPolicy, ClipResult, NoClip
 from seqstab.errors import ConfigError, check_positive
-from seqstab.guard import Action, ExplosionGuard
+from seqstab.guard import Action, ExplosionGuard, check_finite_weights
 from seqstab.monitor import GradMonitor
 from seqstab.nets import Cell, Hidden, Init, Nonlinearity, RecurrentNet
 
@@ -73,7 +73,8 @@ class SeqTask(pl.LightningModule):
         layer_norm: Layer normalisation between stacked layers.
         tbptt_steps: Chunk length ``k`` of truncated BPTT; None trains on the whole batch (full BPTT).
         clipping: Clipping policy (``seqstab.clipping``); None measures only (``NoClip``).
-        guard: Explosion guard (``seqstab.guard.ExplosionGuard``); None never intervenes.
+        guard: Explosion guard (``seqstab.guard.ExplosionGuard``); None uses ``ExplosionGuard(policy='warn',
+            snapshot=False)``: events are logged, non-finite updates are skipped, nothing else changes.
         monitor: What to measure and how often (``seqstab.monitor.GradMonitor``); None uses its defaults.
         scheduler_interval: Step the LR scheduler after every ``step`` (update) or every ``epoch``.
     """
@@ -108,7 +109,7 @@ class SeqTask(pl.LightningModule):
         self.spec = spec
         self.tbptt_steps = tbptt_steps
         self.clipping = clipping or NoClip()
-        self.guard = guard
+        self.guard = guard if guard is not None else ExplosionGuard(policy="warn", snapshot=False)
         self.monitor = monitor or GradMonitor()
         self.scheduler_interval = scheduler_interval
         uniform = init_scale if init == "uniform" else None  # Zaremba et al. init the embedding and decoder too
@@ -182,6 +183,8 @@ class SeqTask(pl.LightningModule):
             if self._out_of_steps():
                 break
             self.monitor.arm(self, self.updates)
+            if self.guard is not None:
+                self.guard.arm(self, self.updates)  # RNG state for the replay snapshot
             out, new_hidden = self(chunk["x"], hidden)
             loss = self.reduce_loss(self.step_losses(out, chunk)["loss"], chunk.get("mask"))
             optimizer.zero_grad(set_to_none=True)
@@ -330,12 +333,17 @@ class SeqTask(pl.LightningModule):
     # -- checkpoint: the loop's own state ------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_finite_weights(checkpoint["state_dict"])  # never write a checkpoint holding inf/nan weights
         checkpoint["seqstab"] = {"updates": self.updates, "clipping": self.clipping.state_dict()}
+        if self.guard is not None:
+            checkpoint["seqstab"]["guard"] = self.guard.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("seqstab", {})
         self.updates = state.get("updates", 0)
         self.clipping.load_state_dict(state.get("clipping", {}))
+        if self.guard is not None:
+            self.guard.load_state_dict(state.get("guard", {}))
 
 
 def _uniform_(module: nn.Module, scale: float | None) -> nn.Module:

@@ -25,6 +25,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from datamodules.base import SeqDataModule
 from seqstab.errors import SeqstabError
+from seqstab.manifest import ManifestCallback
 from seqstab.tasks import SeqTask
 
 DEFAULT_CONFIG = resources.files("seqstab") / "default.yaml"
@@ -43,7 +44,8 @@ class SeqstabCLI(LightningCLI):
             subclass_mode_data=True,
             seed_everything_default=0,
             trainer_defaults={
-                "logger": lazy_instance(TensorBoardLogger, save_dir="runs", name="seqstab", default_hp_metric=False)
+                "logger": lazy_instance(TensorBoardLogger, save_dir="runs", name="seqstab", default_hp_metric=False),
+                "callbacks": [ManifestCallback()],  # manifest.json in every run directory
             },
             save_config_kwargs={"overwrite": True},
             parser_kwargs={**no_exit, **{cmd: no_exit for cmd in SUBCOMMANDS}},
