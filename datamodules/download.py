@@ -1,0 +1,151 @@
+"""Download, verify and extract the files a datamodule fetches on first use.
+
+Nothing half-written ever carries a final name: a download goes to a hidden temporary file beside its
+destination and is renamed only after its checksum matched; an archive is extracted into a hidden temporary
+directory and renamed only after every entry was checked to stay inside it. A failure leaves nothing behind,
+so a file or directory with its final name in the cache is complete and verified (that is the cache hit).
+
+Where files go: ``cache_dir`` when given, else ``$SEQSTAB_CACHE``, else ``~/.cache/seqstab``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from seqstab.errors import DataError
+
+__all__ = ["CACHE_ENV", "Remote", "cache_root", "extract", "fetch", "file_digest"]
+
+CACHE_ENV = "SEQSTAB_CACHE"
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The cache directory: ``cache_dir``, else ``$SEQSTAB_CACHE``, else ``~/.cache/seqstab``."""
+    if cache_dir:
+        return Path(cache_dir).expanduser()
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    return Path.home() / ".cache" / "seqstab"
+
+
+@dataclass(frozen=True)
+class Remote:
+    """A published file and the checksum it must have.
+
+    Args:
+        url: Where to download it from (``http(s)://`` or ``file://``).
+        sha256: Expected SHA-256 hex digest; None skips the check unless ``md5`` is given.
+        md5: Expected MD5 hex digest, only for files whose publisher gives no SHA-256.
+    """
+
+    url: str
+    sha256: str | None = None
+    md5: str | None = None
+
+    @property
+    def filename(self) -> str:
+        return PurePosixPath(urllib.request.urlparse(self.url).path).name or "download"
+
+
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch(remote: Remote, dest: Path, timeout: float = 60.0) -> Path:
+    """Download ``remote`` to ``dest`` unless ``dest`` exists; verify its checksum before giving it that name.
+
+    Raises:
+        DataError: the download failed or the checksum did not match (nothing is left at ``dest``).
+    """
+    dest = Path(dest)
+    if dest.is_file():
+        return dest  # only verified downloads are ever renamed to a final name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    tmp = Path(tmp_name)
+    digests = {"sha256": hashlib.sha256(), "md5": hashlib.md5()}
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(remote.url, timeout=timeout) as response:
+            for block in iter(lambda: response.read(1 << 20), b""):
+                out.write(block)
+                for digest in digests.values():
+                    digest.update(block)
+        for algorithm in ("sha256", "md5"):
+            expected = getattr(remote, algorithm)
+            got = digests[algorithm].hexdigest()
+            if expected is not None and got != expected.lower():
+                raise DataError(
+                    f"checksum mismatch for {remote.url}: {algorithm} is {got}, expected {expected}; "
+                    f"nothing was written to {dest.parent}"
+                )
+        os.replace(tmp, dest)
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, DataError):
+            raise
+        reason = getattr(err, "reason", None) or err
+        raise DataError(
+            f"could not download {remote.url}: {reason}; put the file at {dest} or point data_dir at a local copy"
+        ) from err
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return dest
+
+
+def extract(archive: Path, dest: Path) -> Path:
+    """Extract a zip or tar archive into the directory ``dest`` unless it exists.
+
+    Every entry is checked before anything is written: an absolute path, a ``..`` component, a link or a
+    device entry is rejected and nothing is extracted.
+
+    Raises:
+        DataError: not an archive, or an unsafe entry (the message names it).
+    """
+    archive, dest = Path(archive), Path(dest)
+    if dest.is_dir():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part"))
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as zf:
+                for name in zf.namelist():
+                    _check_entry(archive, name, dest)
+                zf.extractall(tmp)
+        elif tarfile.is_tarfile(archive):
+            with tarfile.open(archive) as tf:
+                members = tf.getmembers()
+                for member in members:
+                    _check_entry(archive, member.name, dest)
+                    if not (member.isfile() or member.isdir()):
+                        raise DataError(
+                            f"{archive.name}: entry {member.name!r} is a link or device; nothing was extracted"
+                        )
+                tf.extractall(tmp, members=members, filter="data")
+        else:
+            raise DataError(f"{archive}: not a zip or tar archive")
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def _check_entry(archive: Path, name: str, dest: Path) -> None:
+    path = PurePosixPath(name.replace("\\", "/"))
+    if path.is_absolute() or ".." in path.parts or (path.parts and ":" in path.parts[0]):
+        raise DataError(f"{archive.name}: entry {name!r} would extract outside {dest}; nothing was extracted")
