@@ -1,0 +1,553 @@
+"""Time series for forecasting: any CSV file, and synthetic series that need no file.
+
+A series is ``N`` rows of ``C`` columns, the targets first, then the extra input features. It is split in time
+(train, then val, then test: no row in two splits), normalised with the train split's mean and standard
+deviation, and served in one of two ways::
+
+    windows  (stateless; train shuffled)            stream  (stateful truncated BPTT over the whole split)
+    x[t] = row[s + t]              t < L            the split's rows as ``num_streams`` contiguous rows,
+    y[t] = targets[s + t + 1 : s + t + 1 + H]       read in consecutive windows of L steps; the hidden
+    window starts s = 0, stride, 2·stride, ...      state carries from one window to the next
+
+``H`` is the horizon: every step predicts the next ``H`` values of the targets, ``y`` is ``(B, L, H, targets)``.
+A window never reaches past its split: inputs and targets come from the same split's rows. The model reports
+metrics in the original units (``DataSpec.target_scale`` = the train standard deviation of each target).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+
+from datamodules.base import DataSpec, SeqDataModule, StreamWindows, batchify
+from datamodules.download import Remote, cache_root, fetch
+from seqstab.errors import ConfigError, DataError, check_positive
+
+__all__ = ["CSVSeries", "MackeyGlass", "Series", "SumOfSines", "WindowDataset", "parse_date", "window_starts"]
+
+Mode = Literal["windows", "stream"]
+SPLITS = ("train", "val", "test")
+MISSING = {"", "na", "n/a", "nan", "null", "none", "?"}
+
+
+@dataclass
+class Series:
+    """A loaded series.
+
+    Attributes:
+        values: ``(N, C)`` float64, the ``num_targets`` target columns first, then the features.
+        columns: Names of the ``C`` columns.
+        num_targets: How many leading columns are predicted.
+        dates: One datetime per row, or None.
+        source: What to name in messages (a file path or a generator).
+    """
+
+    values: np.ndarray
+    columns: list[str]
+    num_targets: int
+    dates: list[datetime] | None
+    source: str
+
+
+def window_starts(rows: int, length: int, horizon: int, stride: int) -> torch.Tensor:
+    """Window starts ``s`` that fit in ``rows``: inputs ``[s, s + length)``, targets up to ``s + length + horizon``."""
+    last = rows - length - horizon  # the last start whose targets stay inside the rows
+    return torch.arange(0, last + 1, stride) if last >= 0 else torch.zeros(0, dtype=torch.long)
+
+
+def future(targets: torch.Tensor, horizon: int) -> torch.Tensor:
+    """``(n, T)`` targets -> ``(n - horizon, horizon, T)``: row ``t`` holds ``targets[t + 1 : t + 1 + horizon]``."""
+    if targets.shape[0] <= horizon:
+        return targets.new_zeros(0, horizon, targets.shape[1])
+    return targets[1:].unfold(0, horizon, 1).permute(0, 2, 1)  # (n - horizon, horizon, T)
+
+
+class WindowDataset(Dataset):
+    """Windows over one split's rows; item = a list of window indices (use a ``BatchSampler``) -> a batch.
+
+    Args:
+        rows: ``(n, C)`` inputs of the split.
+        targets: ``(n, T)`` targets of the split.
+        length: Window length ``L``.
+        horizon: Future steps predicted at each step ``H``.
+        stride: Rows between consecutive window starts.
+    """
+
+    def __init__(self, rows: torch.Tensor, targets: torch.Tensor, length: int, horizon: int, stride: int):
+        self.rows, self.future = rows, future(targets, horizon)  # (n, C), (n - H, H, T)
+        self.starts = window_starts(rows.shape[0], length, horizon, stride)
+        self.offsets = torch.arange(length)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        steps = self.starts[torch.as_tensor(indices)][:, None] + self.offsets  # (B, L) row of each step
+        return {"x": self.rows[steps], "y": self.future[steps]}  # (B, L, C), (B, L, H, T)
+
+
+class _SeriesModule(SeqDataModule):
+    """Split, normalise and window a :class:`Series`; subclasses implement :meth:`load`."""
+
+    def __init__(
+        self,
+        input_length: int = 48,
+        horizon: int = 1,
+        stride: int = 1,
+        mode: Mode = "windows",
+        split: tuple[float, float] = (0.7, 0.1),
+        normalize: bool = True,
+        batch_size: int = 32,
+        num_streams: int = 1,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        check_positive(
+            input_length=input_length, horizon=horizon, stride=stride, batch_size=batch_size, num_streams=num_streams
+        )
+        if mode not in ("windows", "stream"):
+            raise ConfigError(f"mode={mode!r}: must be 'windows' or 'stream'")
+        train, val = split
+        if not (train > 0 and val > 0 and train + val < 1):
+            raise ConfigError(f"split={list(split)}: need train > 0, val > 0 and train + val < 1 (test gets the rest)")
+        self.input_length, self.horizon, self.stride, self.mode = input_length, horizon, stride, mode
+        self.split = (float(train), float(val))
+        self.normalize, self.batch_size, self.num_streams, self.num_workers = (
+            normalize,
+            batch_size,
+            num_streams,
+            num_workers,
+        )
+        self._data: dict[str, torch.Tensor] | None = None
+
+    def load(self) -> Series:
+        raise NotImplementedError
+
+    def split_rows(self, series: Series) -> tuple[int, int]:
+        """First row of val and of test."""
+        n = len(series.values)
+        return round(n * self.split[0]), round(n * (self.split[0] + self.split[1]))
+
+    # -- prepared data ---------------------------------------------------------------------------------------------
+
+    @property
+    def data(self) -> dict[str, torch.Tensor]:
+        """Normalised float32 rows per split (``train``/``val``/``test``) plus ``mean`` and ``std``."""
+        if self._data is None:
+            self._data = self._prepare()
+        return self._data
+
+    def _prepare(self) -> dict[str, torch.Tensor]:
+        series = self.load()
+        values, source = series.values, series.source
+        need = self.input_length + self.horizon
+        if len(values) < need:
+            raise DataError(f"{source}: the series has {len(values)} rows, fewer than input_length + horizon = {need}")
+        val_at, test_at = self.split_rows(series)
+        bounds = {"train": (0, val_at), "val": (val_at, test_at), "test": (test_at, len(values))}
+        train = values[:val_at]
+        mean = train.mean(axis=0) if self.normalize and len(train) else np.zeros(values.shape[1])
+        std = train.std(axis=0) if self.normalize and len(train) else np.ones(values.shape[1])
+        std = np.where(std > 0, std, 1.0)  # a constant column stays as it is, shifted
+        normed = torch.from_numpy((values - mean) / std).float()  # (N, C)
+        data = {split: normed[a:b] for split, (a, b) in bounds.items()}
+        for split, (a, b) in bounds.items():
+            self._check_split(split, data[split], series, a, b)
+        self.num_targets, self.num_columns = series.num_targets, values.shape[1]
+        self.bounds = bounds
+        return {**data, "mean": torch.from_numpy(mean), "std": torch.from_numpy(std)}
+
+    def _check_split(self, split: str, rows: torch.Tensor, series: Series, a: int, b: int) -> None:
+        where = f"rows {a}-{b - 1}" if b > a else "no rows"
+        if series.dates is not None and b > a:
+            where += f", {series.dates[a]:%Y-%m-%d %H:%M} to {series.dates[b - 1]:%Y-%m-%d %H:%M}"
+        if self.mode == "windows":
+            if len(window_starts(len(rows), self.input_length, self.horizon, self.stride)) == 0:
+                raise DataError(
+                    f"{series.source}: the {split} split ({where}) has zero windows of input_length "
+                    f"{self.input_length} + horizon {self.horizon}; shorten them or enlarge the split"
+                )
+        else:
+            streams = self.num_streams if split == "train" else 1
+            if len(rows) - self.horizon < streams:
+                raise DataError(
+                    f"{series.source}: the {split} split ({where}) is too short for {streams} stream(s) "
+                    f"with horizon {self.horizon}"
+                )
+
+    @property
+    def spec(self) -> DataSpec:
+        data = self.data
+        scale = tuple(float(s) for s in data["std"][: self.num_targets]) if self.normalize else None
+        return DataSpec(
+            kind="forecast",
+            input_size=self.num_columns,
+            output_size=self.num_targets,
+            horizon=self.horizon,
+            stateful=self.mode == "stream",
+            target_scale=scale,
+        )
+
+    def denormalize(self, y: torch.Tensor) -> torch.Tensor:
+        """Targets ``(..., T)`` in normalised units back to the original units."""
+        mean, std = (self.data[k][: self.num_targets].to(y) for k in ("mean", "std"))
+        return y * std + mean
+
+    # -- loaders ---------------------------------------------------------------------------------------------------
+
+    def _loader(self, split: str) -> DataLoader:
+        rows = self.data[split]  # (n, C)
+        targets = rows[:, : self.num_targets]  # (n, T)
+        if self.mode == "stream":
+            streams = self.num_streams if split == "train" else 1
+            x = batchify(rows[: len(rows) - self.horizon], streams)  # (B, n', C)
+            y = batchify(future(targets, self.horizon), streams)  # (B, n', H, T)
+            return DataLoader(StreamWindows(x, y, self.input_length), batch_size=None)
+        dataset = WindowDataset(rows, targets, self.input_length, self.horizon, self.stride)
+        order = RandomSampler(dataset) if split == "train" else SequentialSampler(dataset)
+        sampler = BatchSampler(order, self.batch_size, drop_last=False)
+        return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=self.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+
+# -- CSV --------------------------------------------------------------------------------------------------------
+
+
+_DATE_FORMATS = ("%Y-%m", "%Y/%m/%d", "%Y/%m/%d %H:%M:%S", "%Y/%m/%d %H:%M", "%d.%m.%Y", "%m/%d/%Y", "%Y")
+
+
+def parse_date(text: str) -> datetime | None:
+    """ISO 8601 (``2016-07-01 00:00:00``, ``1949-01``) and a few common layouts; None if it is not a date."""
+    text = text.strip()
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        pass
+    for layout in _DATE_FORMATS:
+        try:
+            return datetime.strptime(text, layout)
+        except ValueError:
+            continue
+    return None
+
+
+class CSVSeries(_SeriesModule):
+    """Forecast the target column(s) of a CSV file, univariate or multivariate.
+
+    The file has a header row. Rows are in chronological order; a datetime column is parsed when present.
+    Inputs at each step are the targets and the ``features`` columns; outputs are the next ``horizon`` values of
+    the targets. Statistics for normalisation come from the train split only.
+
+    Args:
+        target: Column(s) to predict.
+        path: The CSV file. If it does not exist and ``url`` is set, ``url`` is downloaded to it first.
+        features: Further input columns, not predicted.
+        date_column: The datetime column; None detects one: the first other column whose first value is a date.
+        missing: An empty or NA cell is an ``error`` naming its line, or is filled with the value above (``ffill``).
+        url: Where to download the file from when ``path`` is None or missing (``path`` None: into the cache).
+        sha256: SHA-256 the download must have; None skips the check.
+        split_dates: First date of val and first date of test (e.g. ``["1958-01", "1959-01"]``); replaces ``split``.
+        input_length: Window length ``L`` (in ``stream`` mode: steps per batch).
+        horizon: Future steps predicted at each step.
+        stride: Rows between window starts (``windows`` mode).
+        mode: ``windows`` (stateless, shuffled) or ``stream`` (one long stream per split, stateful truncated BPTT).
+        split: Fractions of the rows for train and val; test gets the rest.
+        normalize: Standardise every column with the train split's mean and standard deviation.
+        batch_size: Windows per batch (``windows`` mode).
+        num_streams: Contiguous pieces the train split is cut into (``stream`` mode); val and test use one.
+        num_workers: DataLoader worker processes (``windows`` mode).
+        cache_dir: Where a download goes when ``path`` is None; None uses ``$SEQSTAB_CACHE`` or ``~/.cache/seqstab``.
+    """
+
+    def __init__(
+        self,
+        target: str | list[str],
+        path: str | None = None,
+        features: list[str] | None = None,
+        date_column: str | None = None,
+        missing: Literal["error", "ffill"] = "error",
+        url: str | None = None,
+        sha256: str | None = None,
+        split_dates: tuple[str, str] | None = None,
+        input_length: int = 48,
+        horizon: int = 1,
+        stride: int = 1,
+        mode: Mode = "windows",
+        split: tuple[float, float] = (0.7, 0.1),
+        normalize: bool = True,
+        batch_size: int = 32,
+        num_streams: int = 1,
+        num_workers: int = 0,
+        cache_dir: str | None = None,
+    ):
+        super().__init__(input_length, horizon, stride, mode, split, normalize, batch_size, num_streams, num_workers)
+        self.targets = [target] if isinstance(target, str) else list(target)
+        if not self.targets or not all(self.targets):
+            raise ConfigError(f"target={target!r}: name at least one column to predict")
+        self.features = list(features or [])
+        if path is None and url is None:
+            raise ConfigError("path and url are both unset: give the CSV file (path) or where to download it (url)")
+        if missing not in ("error", "ffill"):
+            raise ConfigError(f"missing={missing!r}: must be 'error' or 'ffill'")
+        self.path, self.url, self.sha256, self.cache_dir = path, url, sha256, cache_dir
+        self.date_column, self.missing = date_column, missing
+        self.split_dates = None
+        if split_dates is not None:
+            parsed = [parse_date(d) for d in split_dates]
+            if None in parsed or len(parsed) != 2 or parsed[0] >= parsed[1]:
+                raise ConfigError(f"split_dates={list(split_dates)}: need two increasing dates (val start, test start)")
+            self.split_dates = tuple(parsed)
+
+    def file(self) -> Path:
+        """The CSV file, downloaded and verified first if it is missing and ``url`` is set."""
+        if self.path is not None and (Path(self.path).is_file() or self.url is None):
+            return Path(self.path)
+        remote = Remote(self.url, self.sha256)
+        dest = Path(self.path) if self.path is not None else cache_root(self.cache_dir) / "series" / remote.filename
+        return fetch(remote, dest)
+
+    def prepare_data(self) -> None:
+        self.file()
+
+    def load(self) -> Series:
+        path = self.file()
+        from datamodules.text import read_text  # one reader for every text file: empty, missing, bad UTF-8
+
+        rows = csv.reader(io.StringIO(read_text(path)))
+        header = [name.strip() for name in next(rows)]
+        wanted = self.targets + self.features
+        for name in wanted + ([self.date_column] if self.date_column else []):
+            if name not in header:
+                raise DataError(f"{path}: no column {name!r} (columns: {', '.join(header)})")
+        if len(set(wanted)) != len(wanted):
+            raise ConfigError(f"target + features = {wanted}: a column is named twice")
+        records = [(rows.line_num, row) for row in rows if row]
+        if not records:
+            raise DataError(f"{path}: no data rows after the header")
+        width = len(header)
+        for line, row in records:
+            if len(row) != width:
+                raise DataError(f"{path} line {line}: {len(row)} fields, the header has {width}")
+        date_index = self._date_index(header, wanted, records)
+        dates = None
+        if date_index is not None:
+            dates = [self._date(path, line, row[date_index], header[date_index]) for line, row in records]
+            for (line, _), before, after in zip(records[1:], dates, dates[1:], strict=False):
+                if after < before:
+                    raise DataError(f"{path} line {line}: date {after} is earlier than the row above; sort the file")
+        columns = [self._column(path, header, name, records) for name in wanted]
+        if self.split_dates is not None and dates is None:
+            raise ConfigError(f"split_dates is set but {path} has no date column (set date_column)")
+        return Series(np.stack(columns, axis=1), wanted, len(self.targets), dates, str(path))
+
+    def _date_index(self, header, wanted, records) -> int | None:
+        if self.date_column:
+            return header.index(self.date_column)
+        first = records[0][1]
+        for i, name in enumerate(header):
+            if name not in wanted and parse_date(first[i]) is not None:
+                return i
+        return None
+
+    @staticmethod
+    def _date(path, line, text, column) -> datetime:
+        date = parse_date(text)
+        if date is None:
+            raise DataError(f"{path} line {line}: column {column!r} value {text!r} is not a date")
+        return date
+
+    def _column(self, path, header, name, records) -> np.ndarray:
+        i = header.index(name)
+        try:  # fast path: every cell a finite number
+            out = np.array([row[i] for _, row in records], dtype=np.float64)
+            if np.isfinite(out).all():
+                return out
+        except ValueError:
+            pass
+        out = np.empty(len(records))  # slow path: find the line to name, or forward-fill
+        last = math.nan
+        for k, (line, row) in enumerate(records):
+            text = row[i].strip()
+            if text.lower() in MISSING:
+                if self.missing == "error":
+                    raise DataError(
+                        f"{path} line {line}: column {name!r} is missing a value ({text!r}); set missing: ffill "
+                        "to forward-fill"
+                    )
+                if math.isnan(last):
+                    raise DataError(f"{path} line {line}: column {name!r} is missing a value and none precedes it")
+                out[k] = last
+                continue
+            try:
+                last = out[k] = float(text)
+            except ValueError:
+                raise DataError(f"{path} line {line}: column {name!r} value {text!r} is not a number") from None
+            if not math.isfinite(last):
+                raise DataError(f"{path} line {line}: column {name!r} value {text!r} is not finite")
+        return out
+
+    def split_rows(self, series: Series) -> tuple[int, int]:
+        if self.split_dates is None:
+            return super().split_rows(series)
+        val_start, test_start = self.split_dates
+        val_at = sum(d < val_start for d in series.dates)
+        test_at = sum(d < test_start for d in series.dates)
+        return val_at, test_at
+
+
+# -- synthetic series -------------------------------------------------------------------------------------------
+
+
+class SumOfSines(_SeriesModule):
+    """A sum of sines with Gaussian noise: ``x_t = Σ_k sin(2π t / p_k + φ_k) + noise · ε_t``, phases from ``seed``.
+
+    Args:
+        length: Rows ``N``.
+        periods: The periods ``p_k`` in steps.
+        noise: Standard deviation of the added noise.
+        seed: Seed of the phases and the noise.
+        input_length: Window length ``L`` (in ``stream`` mode: steps per batch).
+        horizon: Future steps predicted at each step.
+        stride: Rows between window starts (``windows`` mode).
+        mode: ``windows`` (stateless, shuffled) or ``stream`` (stateful truncated BPTT over each split).
+        split: Fractions of the rows for train and val; test gets the rest.
+        normalize: Standardise with the train split's mean and standard deviation.
+        batch_size: Windows per batch (``windows`` mode).
+        num_streams: Contiguous pieces the train split is cut into (``stream`` mode).
+        num_workers: DataLoader worker processes (``windows`` mode).
+    """
+
+    def __init__(
+        self,
+        length: int = 4000,
+        periods: tuple[float, ...] = (17.0, 31.0, 67.0),
+        noise: float = 0.1,
+        seed: int = 0,
+        input_length: int = 48,
+        horizon: int = 1,
+        stride: int = 1,
+        mode: Mode = "windows",
+        split: tuple[float, float] = (0.7, 0.1),
+        normalize: bool = True,
+        batch_size: int = 32,
+        num_streams: int = 1,
+        num_workers: int = 0,
+    ):
+        super().__init__(input_length, horizon, stride, mode, split, normalize, batch_size, num_streams, num_workers)
+        check_positive(length=length, **{f"periods[{i}]": p for i, p in enumerate(periods)})
+        if noise < 0:
+            raise ConfigError(f"noise={noise}: must be >= 0")
+        self.length, self.periods, self.noise, self.seed = length, [float(p) for p in periods], float(noise), seed
+
+    def load(self) -> Series:
+        rng = np.random.default_rng(self.seed)
+        t = np.arange(self.length)[:, None]  # (N, 1)
+        phases = rng.uniform(0, 2 * np.pi, size=len(self.periods))  # (K,)
+        x = np.sin(2 * np.pi * t / np.asarray(self.periods) + phases).sum(axis=1)  # (N,)
+        x = x + self.noise * rng.standard_normal(self.length)
+        return Series(x[:, None], ["x"], 1, None, f"SumOfSines(seed={self.seed})")
+
+
+def mackey_glass(length: int, tau: float = 17.0, a: float = 0.2, b: float = 0.1, n: float = 10.0, x0: float = 1.2,
+                 dt: float = 0.1, sample_every: float = 1.0, discard: int = 500) -> np.ndarray:  # fmt: skip
+    """Mackey–Glass ``dx/dt = a·x(t-τ) / (1 + x(t-τ)^n) - b·x(t)``, history ``x0`` for ``t <= 0``, integrated
+    with 4th-order Runge–Kutta at step ``dt`` (delayed values linearly interpolated), sampled every
+    ``sample_every`` time units after dropping ``discard`` samples of transient. Returns ``(length,)``."""
+    lag = round(tau / dt)
+    per_sample = round(sample_every / dt)
+    if not (math.isclose(lag * dt, tau) and math.isclose(per_sample * dt, sample_every)):
+        raise ConfigError(f"tau={tau} and sample_every={sample_every} must be multiples of dt={dt}")
+    steps = (length + discard) * per_sample
+    x = np.empty(lag + steps + 1)
+    x[: lag + 1] = x0  # history: x(t) = x0 for t in [-tau, 0]
+
+    def f(now: float, delayed: float) -> float:
+        return a * delayed / (1.0 + delayed**n) - b * now
+
+    for i in range(lag, lag + steps):
+        d0, d1 = x[i - lag], x[i - lag + 1]
+        dh = 0.5 * (d0 + d1)
+        xi = x[i]
+        k1 = f(xi, d0)
+        k2 = f(xi + 0.5 * dt * k1, dh)
+        k3 = f(xi + 0.5 * dt * k2, dh)
+        k4 = f(xi + dt * k3, d1)
+        x[i + 1] = xi + dt / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4)
+    return x[lag::per_sample][discard : discard + length]
+
+
+class MackeyGlass(_SeriesModule):
+    """The Mackey–Glass delay equation (a=0.2, b=0.1, n=10, τ=17: chaotic), sampled once per time unit.
+
+    Args:
+        length: Rows ``N``.
+        tau: Delay τ.
+        a: Production rate.
+        b: Decay rate.
+        n: Exponent.
+        x0: Constant history for ``t <= 0``.
+        noise: Standard deviation of Gaussian noise added to the samples (seeded).
+        seed: Seed of the noise.
+        input_length: Window length ``L`` (in ``stream`` mode: steps per batch).
+        horizon: Future steps predicted at each step.
+        stride: Rows between window starts (``windows`` mode).
+        mode: ``windows`` (stateless, shuffled) or ``stream`` (stateful truncated BPTT over each split).
+        split: Fractions of the rows for train and val; test gets the rest.
+        normalize: Standardise with the train split's mean and standard deviation.
+        batch_size: Windows per batch (``windows`` mode).
+        num_streams: Contiguous pieces the train split is cut into (``stream`` mode).
+        num_workers: DataLoader worker processes (``windows`` mode).
+    """
+
+    def __init__(
+        self,
+        length: int = 4000,
+        tau: float = 17.0,
+        a: float = 0.2,
+        b: float = 0.1,
+        n: float = 10.0,
+        x0: float = 1.2,
+        noise: float = 0.0,
+        seed: int = 0,
+        input_length: int = 48,
+        horizon: int = 1,
+        stride: int = 1,
+        mode: Mode = "windows",
+        split: tuple[float, float] = (0.7, 0.1),
+        normalize: bool = True,
+        batch_size: int = 32,
+        num_streams: int = 1,
+        num_workers: int = 0,
+    ):
+        super().__init__(input_length, horizon, stride, mode, split, normalize, batch_size, num_streams, num_workers)
+        check_positive(length=length, tau=tau)
+        if noise < 0:
+            raise ConfigError(f"noise={noise}: must be >= 0")
+        self.length, self.tau, self.a, self.b, self.n, self.x0 = length, tau, a, b, n, x0
+        self.noise, self.seed = float(noise), seed
+
+    def load(self) -> Series:
+        x = mackey_glass(self.length, self.tau, self.a, self.b, self.n, self.x0)
+        if self.noise:
+            x = x + self.noise * np.random.default_rng(self.seed).standard_normal(self.length)
+        return Series(x[:, None], ["x"], 1, None, f"MackeyGlass(tau={self.tau})")

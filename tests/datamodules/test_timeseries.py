@@ -1,0 +1,198 @@
+"""Time series: CSV parsing, chronological splits, train-only normalisation, windows and streams, bad files."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from datetime import datetime
+
+import numpy as np
+import pytest
+import torch
+
+from datamodules.timeseries import CSVSeries, MackeyGlass, SumOfSines, mackey_glass
+from seqstab.errors import ConfigError, DataError
+from tests.data_paths import SHARED_DATA
+
+SERIES = SHARED_DATA / "timeseries"
+ETTH1 = SERIES / "ETTh1.csv"
+LOADS = ["HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL"]
+
+
+def _etth1_columns() -> np.ndarray:
+    with open(ETTH1, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return np.array([[float(r[c]) for c in ["OT", *LOADS]] for r in rows])  # (N, 7), target first
+
+
+def test_etth1_normalisation_statistics_come_from_the_train_split_only():
+    dm = CSVSeries(target="OT", features=LOADS, path=str(ETTH1), input_length=24, horizon=6, split=(0.6, 0.2))
+    raw = _etth1_columns()
+    n_train = round(len(raw) * 0.6)
+    data = dm.data  # loads, splits and normalises
+    assert dm.bounds["train"] == (0, n_train) and dm.bounds["test"][1] == len(raw) == 17_420
+    np.testing.assert_allclose(data["mean"].numpy(), raw[:n_train].mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(data["std"].numpy(), raw[:n_train].std(axis=0), rtol=1e-12)
+    assert not np.allclose(dm.data["mean"].numpy(), raw.mean(axis=0), rtol=1e-3)  # not the whole file's mean
+    spec = dm.spec
+    assert spec.kind == "forecast" and spec.input_size == 7 and spec.output_size == 1 and spec.horizon == 6
+    assert spec.target_scale == pytest.approx((raw[:n_train, 0].std(),)) and not spec.stateful
+    val = dm.data["val"].double()
+    np.testing.assert_allclose(dm.denormalize(val[:, :1]).numpy(), raw[n_train : n_train + len(val), :1], atol=1e-4)
+
+
+def test_etth1_no_window_crosses_a_split_and_targets_are_aligned():
+    dm = CSVSeries(target="OT", features=LOADS, path=str(ETTH1), input_length=24, horizon=6, stride=5, batch_size=64)
+    for split, loader in (("val", dm.val_dataloader()), ("test", dm.test_dataloader())):
+        rows = dm.data[split]  # the split's normalised rows alone
+        starts = iter(range(0, len(rows), 5))
+        seen = 0
+        for batch in loader:
+            assert batch["x"].shape[1:] == (24, 7) and batch["y"].shape[1:] == (24, 6, 1)
+            for x, y in zip(batch["x"], batch["y"], strict=True):
+                s = next(starts)
+                assert torch.equal(x, rows[s : s + 24])
+                assert torch.equal(y[-1, :, 0], rows[s + 24 : s + 30, 0])  # the last step's 6 next values
+                seen += 1
+        assert seen == (len(rows) - 30) // 5 + 1, split  # every window that fits, none that does not
+    train = next(iter(dm.train_dataloader()))
+    assert train["x"].shape == (64, 24, 7)
+
+
+@pytest.mark.parametrize(
+    "name,column,rows,first,last",
+    [
+        ("airline-passengers.csv", "Passengers", 144, datetime(1949, 1, 1), datetime(1960, 12, 1)),
+        ("monthly-sunspots.csv", "Sunspots", 2820, datetime(1749, 1, 1), datetime(1983, 12, 1)),
+    ],
+)
+def test_jbrownlee_series_load_with_their_date_columns(name, column, rows, first, last):
+    series = CSVSeries(target=column, path=str(SERIES / name)).load()  # CRLF, quoted header, no final newline
+    assert series.values.shape == (rows, 1) and series.columns == [column]
+    assert series.dates[0] == first and series.dates[-1] == last
+
+
+def test_airline_split_by_date():
+    path = str(SERIES / "airline-passengers.csv")
+    dm = CSVSeries(target="Passengers", path=path, split_dates=("1957-01", "1959-01"), input_length=12)
+    _ = dm.data  # loads, splits and normalises
+    assert dm.bounds == {"train": (0, 96), "val": (96, 120), "test": (120, 144)}
+    assert dm.data["val"].shape == (24, 1)
+    assert float(dm.denormalize(dm.data["val"][:1])) == pytest.approx(315.0)  # January 1957
+
+
+def test_stream_mode_is_stateful_and_reads_each_split_in_order():
+    dm = CSVSeries(target="Sunspots", path=str(SERIES / "monthly-sunspots.csv"), mode="stream", input_length=100)
+    assert dm.spec.stateful
+    batches = list(dm.train_dataloader())
+    x = torch.cat([b["x"] for b in batches], dim=1)  # (1, n - 1, 1)
+    y = torch.cat([b["y"] for b in batches], dim=1)  # (1, n - 1, 1, 1)
+    train = dm.data["train"]
+    assert torch.equal(x[0], train[:-1]) and torch.equal(y[0, :, 0], train[1:])
+    assert [b["x"].shape[1] for b in batches[:-1]] == [100] * (len(batches) - 1)
+    dm2 = CSVSeries(target="Sunspots", path=str(SERIES / "monthly-sunspots.csv"), mode="stream", num_streams=4)
+    assert next(iter(dm2.train_dataloader()))["x"].shape == (4, 48, 1)
+    assert next(iter(dm2.val_dataloader()))["x"].shape == (1, 48, 1)
+
+
+def test_multivariate_targets(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_text("t,a,b,c\n" + "".join(f"{i},{i},{2 * i},{i % 3}\n" for i in range(60)))
+    dm = CSVSeries(target=["a", "b"], features=["c"], path=str(path), input_length=5, horizon=3, split=(0.5, 0.25))
+    spec = dm.spec
+    assert (spec.input_size, spec.output_size, spec.horizon) == (3, 2, 3) and len(spec.target_scale) == 2
+    batch = dm.val_dataloader().dataset[[0]]
+    assert batch["y"].shape == (1, 5, 3, 2)
+    assert dm.load().dates is None  # column t holds plain numbers, not dates
+
+
+def _csv(tmp_path, text, name="s.csv"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "content,kwargs,needle",
+    [
+        (None, {}, "s.csv: no such file"),
+        ("", {}, "s.csv: the file is empty"),
+        ("date,v\n", {}, "s.csv: no data rows"),
+        ("date,v\n2020-01-01,1\n2020-01-02,abc\n", {}, "s.csv line 3: column 'v' value 'abc' is not a number"),
+        ("date,v\n2020-01-01,1\n2020-01-02,\n", {}, "s.csv line 3: column 'v' is missing a value"),
+        (
+            "date,v\n2020-01-01,NA\n2020-01-02,1\n",
+            {"missing": "ffill"},
+            "line 2: column 'v' is missing a value and none",
+        ),
+        ("date,v\n2020-01-01,1\n2020-01-02,2,3\n", {}, "s.csv line 3: 3 fields, the header has 2"),
+        ("date,w\n2020-01-01,1\n", {}, "s.csv: no column 'v' (columns: date, w)"),
+        ("date,v\n2020-01-02,1\n2020-01-01,2\n", {}, "s.csv line 3: date 2020-01-01 00:00:00 is earlier"),
+        ("date,v\n2020-01-01,1\nsoon,2\n", {"date_column": "date"}, "line 3: column 'date' value 'soon' is not a date"),
+        ("v\n" + "1\n" * 5, {"input_length": 5}, "s.csv: the series has 5 rows, fewer than input_length + horizon = 6"),
+        ("v\n" + "1\n" * 40, {"input_length": 5}, "the val split (rows 28-31) has zero windows of input_length 5"),
+    ],
+)
+def test_bad_csv_is_one_line_data_error(tmp_path, content, kwargs, needle):
+    path = str(tmp_path / "s.csv") if content is None else _csv(tmp_path, content)
+    with pytest.raises(DataError) as err:
+        _ = CSVSeries(target="v", path=path, **{"split": (0.7, 0.1), **kwargs}).spec
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_invalid_utf8_csv_names_the_line(tmp_path):
+    path = tmp_path / "s.csv"
+    path.write_bytes(b"v\n1\n\xfe\n")
+    with pytest.raises(DataError, match=r"s.csv line 3: invalid UTF-8"):
+        _ = CSVSeries(target="v", path=str(path)).spec
+
+
+def test_forward_fill(tmp_path):
+    path = _csv(tmp_path, "v\n1\n\n2\nnan\n\n5\n")  # blank lines are skipped, 'nan' is a missing value
+    assert CSVSeries(target="v", path=path, missing="ffill").load().values[:, 0].tolist() == [1, 2, 2, 5]
+
+
+def test_csv_downloaded_into_the_cache_by_url(tmp_path):
+    source = tmp_path / "remote.csv"
+    source.write_text("v\n" + "".join(f"{i}\n" for i in range(50)))
+    sha = hashlib.sha256(source.read_bytes()).hexdigest()
+    dm = CSVSeries(target="v", url=source.as_uri(), sha256=sha, cache_dir=str(tmp_path / "cache"), input_length=4)
+    assert dm.spec.input_size == 1
+    assert (tmp_path / "cache" / "series" / "remote.csv").read_bytes() == source.read_bytes()
+
+
+def test_bad_settings_are_config_errors():
+    with pytest.raises(ConfigError, match="target="):
+        CSVSeries(target=[], path="x.csv")
+    with pytest.raises(ConfigError, match="path and url are both unset"):
+        CSVSeries(target="v")
+    with pytest.raises(ConfigError, match="mode='batches'"):
+        CSVSeries(target="v", path="x.csv", mode="batches")
+    with pytest.raises(ConfigError, match="split="):
+        CSVSeries(target="v", path="x.csv", split=(0.8, 0.3))
+    with pytest.raises(ConfigError, match="split_dates="):
+        CSVSeries(target="v", path="x.csv", split_dates=("2020-02", "2020-01"))
+    with pytest.raises(ConfigError, match="horizon=0"):
+        SumOfSines(horizon=0)
+
+
+def test_sum_of_sines_is_a_function_of_the_seed():
+    a, b, c = SumOfSines(seed=1).load(), SumOfSines(seed=1).load(), SumOfSines(seed=2).load()
+    assert np.array_equal(a.values, b.values) and not np.array_equal(a.values, c.values)
+    clean = SumOfSines(noise=0.0, periods=(10.0,), length=100).load().values[:, 0]
+    np.testing.assert_allclose(clean[10:], clean[:-10], atol=1e-9)  # period 10
+
+
+def test_mackey_glass_solves_its_delay_equation():
+    x = mackey_glass(1500)
+    dx = (x[2:] - x[:-2]) / 2  # central difference at t = 1 .. N-2
+
+    def residual(tau):
+        t = np.arange(max(tau, 1), len(x) - 1)
+        rhs = 0.2 * x[t - tau] / (1 + x[t - tau] ** 10) - 0.1 * x[t]
+        return np.abs(dx[t - 1] - rhs).max()
+
+    assert residual(17) < 0.005 < residual(16)  # tau = 17, a = 0.2, b = 0.1, n = 10
+    assert x.min() > 0.3 and x.max() < 1.5 and x.std() > 0.15  # the chaotic attractor, not a fixed point
+    dm = MackeyGlass(length=600, input_length=20, horizon=5)
+    assert dm.spec.horizon == 5 and len(dm.train_dataloader()) > 0
