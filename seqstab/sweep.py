@@ -1,0 +1,496 @@
+"""``python -m seqstab.sweep --config configs/sweeps/<name>.yaml``: many ordinary runs, one report.
+
+A sweep file names a base config, overrides shared by every run, a grid over config keys and/or a list of named
+variants (each a set of overrides). Every combination is an ordinary ``python -m seqstab.train fit`` run in its
+own directory under one sweep directory; finished runs are skipped when the sweep is started again. At the end
+(and with ``--report-only``) the sweep reads every run's TensorBoard events, ``explosions.jsonl`` and
+``manifest.json`` and writes ``report.md``, ``report.csv`` and PNG plots.
+
+Sweep file (keys are the dotted keys of ``python -m seqstab.train``, without the leading ``--``)::
+
+    # python -m seqstab.sweep --config configs/sweeps/explode.yaml
+    name: explode                          # sweep directory <out>/<name>; default: the file's stem
+    base: ../explode/adding_rnn.yaml       # config file(s) every run starts from, relative to this file
+    args:                                  # overrides shared by every run
+      trainer.max_epochs: 5
+    grid:                                  # cartesian product
+      data.seq_len: [50, 100, 200, 400]
+    variants:                              # named override sets, each crossed with the grid
+      noclip: {}
+      normclip: {model.clipping: {class_path: seqstab.clipping.NormClip, init_args: {max_norm: 1.0}}}
+      tbptt20: {model.tbptt_steps: 20, data.seq_len: [200, 400]}  # a grid key set in a variant: only these
+    plot:
+      x: data.seq_len                      # the x axis of the "against T" plots; default: the first grid key
+
+Run directory of a combination: ``<out>/<name>/<variant>-<key>=<value>...`` (``train.log``, TensorBoard events,
+``config.yaml``, ``manifest.json``, ``explosions.jsonl``, checkpoints, and ``done.json`` once it finished).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import math
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from seqstab.errors import ConfigError, SeqstabError
+
+DONE_FILE = "done.json"
+SWEEP_KEYS = {"name", "base", "args", "grid", "variants", "plot"}
+TRAIN_TAIL = 20  # final train loss: mean over the last this many updates
+
+
+@dataclass
+class Run:
+    """One combination of a sweep: its id, the swept values and the full override list."""
+
+    id: str
+    variant: str | None
+    values: dict[str, Any]  # swept key -> value (grid keys and the variant's own keys)
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Sweep:
+    """A parsed sweep file."""
+
+    name: str
+    base: list[Path]
+    args: dict[str, Any]
+    grid: dict[str, list[Any]]
+    variants: dict[str, dict[str, Any]] | None
+    x: str | None
+
+    @classmethod
+    def load(cls, path: str | Path) -> Sweep:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"sweep config {path}: no such file")
+        try:
+            spec = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"sweep config {path}: not valid YAML ({' '.join(str(err).split())})") from None
+        if not isinstance(spec, dict):
+            raise ConfigError(f"sweep config {path}: must be a mapping with keys {sorted(SWEEP_KEYS)}")
+        unknown = set(spec) - SWEEP_KEYS
+        if unknown:
+            raise ConfigError(f"sweep config {path}: unknown key(s) {sorted(unknown)}; allowed: {sorted(SWEEP_KEYS)}")
+        bases = spec.get("base") or []
+        bases = [bases] if isinstance(bases, str) else list(bases)
+        resolved = []
+        for base in bases:
+            candidate = (path.parent / base).resolve()
+            if not candidate.is_file():
+                raise ConfigError(f"sweep config {path}: base {base!r} not found (looked at {candidate})")
+            resolved.append(candidate)
+        grid = spec.get("grid") or {}
+        if not isinstance(grid, dict) or any(not isinstance(v, list) or not v for v in grid.values()):
+            raise ConfigError(f"sweep config {path}: grid must map each key to a non-empty list of values")
+        variants = spec.get("variants")
+        if variants is not None:
+            if isinstance(variants, list):  # a list of names with their overrides: [{name: {...}}, ...]
+                variants = {k: v for item in variants for k, v in item.items()}
+            if not isinstance(variants, dict) or not variants:
+                raise ConfigError(f"sweep config {path}: variants must map names to override mappings")
+            for vname, overrides in variants.items():
+                if not re.fullmatch(r"[A-Za-z0-9_.+-]+", str(vname)):
+                    raise ConfigError(f"sweep config {path}: variant name {vname!r} must match [A-Za-z0-9_.+-]+")
+                if overrides is not None and not isinstance(overrides, dict):
+                    raise ConfigError(f"sweep config {path}: variant {vname!r} must map keys to values")
+            variants = {str(k): dict(v or {}) for k, v in variants.items()}
+        args = spec.get("args") or {}
+        if not isinstance(args, dict):
+            raise ConfigError(f"sweep config {path}: args must map keys to values")
+        plot = spec.get("plot") or {}
+        x = plot.get("x") if isinstance(plot, dict) else None
+        if x is None and grid:
+            x = next(iter(grid))
+        return cls(str(spec.get("name") or path.stem), resolved, args, grid, variants, x)
+
+    def runs(self) -> list[Run]:
+        """Every combination, in order. A variant setting a grid key runs at that value only (a list: those values)."""
+        runs: dict[str, Run] = {}
+        keys = list(self.grid)
+        variants = self.variants.items() if self.variants else [(None, {})]
+        for variant, overrides in variants:
+            axes = {k: _pinned(overrides[k]) if k in overrides else v for k, v in self.grid.items()}
+            own = {k: v for k, v in overrides.items() if k not in self.grid}
+            for combo in itertools.product(*axes.values()):
+                values = dict(zip(keys, combo, strict=True))
+                run_id = _run_id(variant, values)
+                if run_id not in runs:
+                    runs[run_id] = Run(run_id, variant, values, {**self.args, **values, **own})
+        return list(runs.values())
+
+
+def _pinned(value: Any) -> list[Any]:
+    """A variant's value for a grid key: a list keeps those grid values, anything else pins the key to it."""
+    return list(value) if isinstance(value, list) else [value]
+
+
+def _run_id(variant: str | None, values: dict[str, Any]) -> str:
+    parts = [variant] if variant else []
+    short = _short_names(list(values))
+    parts += [f"{short[k]}={_format_value(v)}" for k, v in values.items()]
+    return re.sub(r"[^A-Za-z0-9_.=+-]", "_", "-".join(parts)) or "run"
+
+
+def _short_names(keys: list[str]) -> dict[str, str]:
+    """Last component of each dotted key, unless two keys share it."""
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last, strict=True)}
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, dict) and "class_path" in value:
+        return str(value["class_path"]).rsplit(".", 1)[-1]
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def command(sweep: Sweep, run: Run, run_dir: Path) -> list[str]:
+    """The ``python -m seqstab.train fit`` command line of one run, logging into ``run_dir``."""
+    cmd = [sys.executable, "-m", "seqstab.train", "fit"]
+    for base in sweep.base:
+        cmd += ["--config", str(base)]
+    for key, value in run.overrides.items():
+        cmd += [f"--{key}", _cli_value(value)]
+    cmd += [
+        "--trainer.logger.init_args.save_dir",
+        str(run_dir.parent),
+        "--trainer.logger.init_args.name",
+        "",
+        "--trainer.logger.init_args.version",
+        run_dir.name,
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
+    return cmd
+
+
+def _cli_value(value: Any) -> str:
+    """A value as jsonargparse reads it from the command line (YAML; JSON for mappings and lists)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return str(value)
+
+
+# -- running ------------------------------------------------------------------------------------------------
+
+
+def is_done(run_dir: Path) -> bool:
+    return (run_dir / DONE_FILE).is_file()
+
+
+def execute(sweep: Sweep, run: Run, run_dir: Path, threads: int | None) -> dict[str, Any]:
+    """Run one combination to completion; on success mark it done (atomically). Returns its outcome."""
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # an interrupted attempt: start clean
+    run_dir.mkdir(parents=True)
+    cmd = command(sweep, run, run_dir)
+    env = dict(os.environ)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    start = time.perf_counter()
+    with open(run_dir / "train.log", "w") as log:
+        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+    outcome = {"run": run.id, "exit_code": code, "wall_s": round(time.perf_counter() - start, 3), "command": cmd}
+    if code == 0:
+        tmp = run_dir / (DONE_FILE + ".tmp")
+        tmp.write_text(json.dumps(outcome, indent=2) + "\n")
+        os.replace(tmp, run_dir / DONE_FILE)
+    return outcome
+
+
+def run_sweep(sweep: Sweep, out: Path, jobs: int = 1, threads: int | None = None) -> list[dict[str, Any]]:
+    """Run every unfinished combination (``jobs`` at a time) under ``out/<name>``, with a progress bar."""
+    from tqdm import tqdm
+
+    sweep_dir = out / sweep.name
+    runs = sweep.runs()
+    todo = [r for r in runs if not is_done(sweep_dir / r.id)]
+    if threads is None and jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+    outcomes = []
+    bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc=f"sweep {sweep.name}", unit="run")
+    with bar, ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = {pool.submit(execute, sweep, r, sweep_dir / r.id, threads): r for r in todo}
+        for future in as_completed(futures):
+            outcome = future.result()
+            outcomes.append(outcome)
+            bar.set_postfix_str(f"{outcome['run']} ({'ok' if outcome['exit_code'] == 0 else 'FAILED'})")
+            bar.update()
+    return outcomes
+
+
+# -- reading runs back --------------------------------------------------------------------------------------
+
+
+def read_run(run_dir: Path) -> dict[str, Any]:
+    """Scalars, explosion events, manifest and outcome of one run directory."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    if run_dir.is_dir():
+        acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+        acc.Reload()
+        scalars = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    events_file = run_dir / "explosions.jsonl"
+    events = [json.loads(line) for line in events_file.read_text().splitlines()] if events_file.is_file() else []
+    return {
+        "scalars": scalars,
+        "events": events,
+        "manifest": _read_json(run_dir / "manifest.json"),
+        "done": _read_json(run_dir / DONE_FILE),
+    }
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def summarize(run: Run, data: dict[str, Any]) -> dict[str, Any]:
+    """One report row: swept values, explosion steps, norms, clipping, final metrics, chance baseline, wall time."""
+    scalars, events, done = data["scalars"], data["events"], data["done"]
+    norms = [v for _, v in scalars.get("grad/norm_total", [])]
+    finite = [v for v in norms if math.isfinite(v)]
+    nonfinite_steps = [s for s, v in scalars.get("grad/norm_total", []) if not math.isfinite(v)]
+    clipped = [v for _, v in scalars.get("grad/clipped", [])]
+    train = [v for _, v in scalars.get("train/loss", [])][-TRAIN_TAIL:]
+    growth = [v for _, v in scalars.get("grad_flow/growth", []) if math.isfinite(v)]
+    row: dict[str, Any] = {"run": run.id, "variant": run.variant or ""}
+    row.update({k: _format_value(v) for k, v in run.values.items()})
+    row.update(
+        {
+            "status": "done" if done else "missing",
+            "updates": len(norms),
+            "first_explosion_step": events[0]["update"] if events else None,
+            "first_nonfinite_step": nonfinite_steps[0] if nonfinite_steps else None,
+            "max_pre_clip_norm": max(finite) if finite else None,
+            "frac_clipped": sum(clipped) / len(clipped) if clipped else None,
+            "final_train_loss": statistics.fmean(train) if train else None,
+        }
+    )
+    for tag in sorted(t for t in scalars if t.startswith("val/")):
+        row[f"final_{tag}"] = scalars[tag][-1][1]
+    manifest = data["manifest"] or {}
+    row["chance_loss"] = (manifest.get("task") or {}).get("chance_loss")
+    row["grad_flow_growth"] = statistics.median(growth) if growth else None
+    row["wall_s"] = done["wall_s"] if done else None
+    return row
+
+
+def write_report(sweep: Sweep, out: Path) -> list[dict[str, Any]]:
+    """Write ``report.csv``, ``report.md`` and the plots into the sweep directory; return the rows."""
+    sweep_dir = out / sweep.name
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    runs = sweep.runs()
+    data = {r.id: read_run(sweep_dir / r.id) for r in runs}
+    rows = [summarize(r, data[r.id]) for r in runs]
+    columns: list[str] = []
+    for row in rows:
+        columns += [c for c in row if c not in columns]
+    with open(sweep_dir / "report.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows({c: _csv_cell(row.get(c)) for c in columns} for row in rows)
+    plots = write_plots(sweep, runs, data, rows, sweep_dir)
+    (sweep_dir / "report.md").write_text(_markdown(sweep, rows, columns, plots))
+    return rows
+
+
+def _csv_cell(value: Any) -> Any:
+    if isinstance(value, float):
+        return repr(value)
+    return "" if value is None else value
+
+
+def _md_cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _markdown(sweep: Sweep, rows: list[dict[str, Any]], columns: list[str], plots: list[str]) -> str:
+    shown = [c for c in columns if c != "run"]
+    total = sum(r["wall_s"] or 0 for r in rows)
+    lines = [
+        f"# Sweep `{sweep.name}`",
+        "",
+        f"{len(rows)} runs from {', '.join(f'`{p.name}`' for p in sweep.base) or 'the default config'}; "
+        f"{sum(r['status'] == 'done' for r in rows)} finished, {total:.0f} s of run wall time in all.",
+        "",
+        "Steps are update indices (the x axis of every per-update TensorBoard scalar). `first_explosion_step`: "
+        "the first explosion-guard event; `max_pre_clip_norm`: the largest finite pre-clip gradient norm; "
+        f"`final_train_loss`: mean of the last {TRAIN_TAIL} updates; `final_val/*`: the last validation; "
+        "`grad_flow_growth`: median over the run, where the monitor logged it.",
+        "",
+        "| " + " | ".join(shown) + " |",
+        "| " + " | ".join("---" for _ in shown) + " |",
+    ]
+    lines += ["| " + " | ".join(_md_cell(r.get(c)) for c in shown) + " |" for r in rows]
+    lines += [""] + [f"![{p}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+# -- plots ----------------------------------------------------------------------------------------------------
+
+
+def write_plots(
+    sweep: Sweep, runs: list[Run], data: dict[str, Any], rows: list[dict[str, Any]], sweep_dir: Path
+) -> list[str]:
+    """``norms.png`` always; ``growth_vs_<x>.png`` and ``metric_vs_<x>.png`` when the sweep has an x key."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    groups: dict[str, list[Run]] = {}
+    for r in runs:
+        groups.setdefault(r.variant or "runs", []).append(r)
+    cols = min(3, len(groups))
+    nrows = math.ceil(len(groups) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.4 * nrows), squeeze=False, sharey=True)
+    for ax, (group, members) in zip(axes.flat, groups.items(), strict=False):
+        for r in members:
+            series = data[r.id]["scalars"].get("grad/norm_total", [])
+            steps = [s for s, _ in series]
+            values = [v if math.isfinite(v) else math.nan for _, v in series]
+            label = ", ".join(f"{k.rsplit('.', 1)[-1]}={_format_value(v)}" for k, v in r.values.items()) or r.id
+            (line,) = ax.plot(steps, values, lw=0.9, label=label)
+            bad = [s for s, v in series if not math.isfinite(v)]
+            if bad:
+                ax.axvline(bad[0], color=line.get_color(), ls=":", lw=0.9)
+        ax.set_yscale("log")
+        ax.set_title(group)
+        ax.set_xlabel("update")
+        ax.set_ylabel("pre-clip grad norm")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(groups) :]:
+        ax.axis("off")
+    fig.suptitle(f"{sweep.name}: pre-clip gradient norm (dotted: first non-finite)")
+    fig.tight_layout()
+    fig.savefig(sweep_dir / "norms.png", dpi=90)
+    plt.close(fig)
+    written.append("norms.png")
+    if sweep.x is None:
+        return written
+    xname = sweep.x.rsplit(".", 1)[-1]
+    by_group: dict[str, list[tuple[Run, dict[str, Any]]]] = {}
+    for r, row in zip(runs, rows, strict=True):
+        if sweep.x in r.values and _is_number(r.values[sweep.x]):
+            by_group.setdefault(_group_label(r, sweep.x), []).append((r, row))
+    metric = "final_val/loss" if any("final_val/loss" in row for row in rows) else "final_train_loss"
+    for name, column, ylabel, log in (
+        (f"growth_vs_{xname}.png", "grad_flow_growth", "grad_flow/growth (median)", False),
+        (f"metric_vs_{xname}.png", metric, metric, True),
+    ):
+        points = {
+            g: sorted((float(r.values[sweep.x]), row[column]) for r, row in members if _is_number(row.get(column)))
+            for g, members in by_group.items()
+        }
+        points = {g: p for g, p in points.items() if p}
+        if not points:
+            continue
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        for g, p in points.items():
+            ax.plot([x for x, _ in p], [y for _, y in p], marker="o", label=g)
+        if column == metric:
+            chance = [row["chance_loss"] for row in rows if _is_number(row.get("chance_loss"))]
+            if chance and "loss" in metric:
+                ax.axhline(chance[0], color="grey", ls="--", lw=1, label="chance")
+        if log and all(y > 0 for p in points.values() for _, y in p):
+            ax.set_yscale("log")
+        ax.set_xlabel(xname)
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{sweep.name}: {ylabel} against {xname}")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(sweep_dir / name, dpi=90)
+        plt.close(fig)
+        written.append(name)
+    return written
+
+
+def _group_label(run: Run, x: str) -> str:
+    others = [f"{k.rsplit('.', 1)[-1]}={_format_value(v)}" for k, v in run.values.items() if k != x]
+    return ", ".join(([run.variant] if run.variant else []) + others) or "runs"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# -- command line ---------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m seqstab.sweep",
+        description="Run a grid of seqstab trainings (resumable) and write report.md, report.csv and plots.",
+    )
+    parser.add_argument("--config", "-c", required=True, type=Path, help="sweep YAML (configs/sweeps/<name>.yaml)")
+    parser.add_argument("--out", type=Path, default=Path("runs/sweeps"), help="where the sweep directory goes")
+    parser.add_argument("--jobs", "-j", type=int, default=1, help="runs in parallel (processes); default 1")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads per run (OMP_NUM_THREADS); default cores / jobs"
+    )
+    parser.add_argument("--list", action="store_true", help="print each run's id and command, run nothing")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the report from the finished runs")
+    args = parser.parse_args(argv)
+    try:
+        if args.jobs < 1:
+            raise ConfigError(f"--jobs={args.jobs}: must be >= 1")
+        if args.threads is not None and args.threads < 1:
+            raise ConfigError(f"--threads={args.threads}: must be >= 1")
+        sweep = Sweep.load(args.config)
+        sweep_dir = args.out / sweep.name
+        if args.list:
+            for r in sweep.runs():
+                state = "done" if is_done(sweep_dir / r.id) else "todo"
+                print(f"{r.id} [{state}]: {' '.join(command(sweep, r, sweep_dir / r.id)[1:])}")
+            return 0
+        start = time.perf_counter()
+        outcomes = [] if args.report_only else run_sweep(sweep, args.out, args.jobs, args.threads)
+        rows = write_report(sweep, args.out)
+    except SeqstabError as err:
+        print(f"seqstab.sweep: error: {err}", file=sys.stderr)
+        return 2
+    failed = [o for o in outcomes if o["exit_code"] != 0]
+    print(
+        f"sweep {sweep.name}: {len(outcomes)} run(s) now, {sum(r['status'] == 'done' for r in rows)}/{len(rows)} "
+        f"done, {time.perf_counter() - start:.1f} s; report: {sweep_dir / 'report.md'}"
+    )
+    for o in failed:
+        print(f"  FAILED {o['run']} (exit {o['exit_code']}): see {sweep_dir / o['run'] / 'train.log'}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
