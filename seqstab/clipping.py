@@ -172,7 +172,7 @@ class NormClip(ClipPolicy):
     def clip(self, params: list[torch.Tensor]) -> ClipResult:
         grads = grads_of(params)
         norm = global_norm(grads, self.norm_type)
-        threshold = torch.tensor(self.max_norm, dtype=norm.dtype, device=norm.device)
+        threshold = torch.full_like(norm, self.max_norm)  # a fill, not a host-to-device copy (which syncs)
         clipped, scale = _scale_to(norm, threshold)
         _rescale_(grads, scale)
         return ClipResult(norm, norm * scale, clipped, threshold)
@@ -368,7 +368,7 @@ class ZClip(ClipPolicy):
         else:
             target, threshold = self._adapt(norm)
         if self.max_grad_norm is not None:
-            cap = torch.tensor(self.max_grad_norm, dtype=norm.dtype, device=norm.device)
+            cap = torch.full_like(norm, self.max_grad_norm)
             target = torch.minimum(target, cap)
             threshold = cap if threshold is None else torch.minimum(threshold, cap)
         clipped, scale = _scale_to(norm, target)
