@@ -98,7 +98,7 @@ def fetch(remote: Remote, dest: Path, timeout: float = 60.0) -> Path:
             raise
         reason = getattr(err, "reason", None) or err
         raise DataError(
-            f"could not download {remote.url}: {reason}; put the file at {dest} or point data_dir at a local copy"
+            f"could not download {remote.url}: {reason}; place the file at {dest} yourself or use a local copy"
         ) from err
     except BaseException:
         tmp.unlink(missing_ok=True)

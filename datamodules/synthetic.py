@@ -5,11 +5,13 @@ Every task exposes its chance baseline in ``spec.chance_loss`` so a result reads
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from datamodules.base import DataSpec, SeqDataModule
-from seqstab.errors import check_positive
+from seqstab.errors import ConfigError, check_positive
 
 
 class _SampledTask(SeqDataModule):
@@ -102,3 +104,118 @@ class AddingProblem(_SampledTask):
     @property
     def spec(self) -> DataSpec:
         return DataSpec(kind="regression", input_size=2, output_size=1, chance_loss=1 / 6)
+
+
+class CopyingMemory(_SampledTask):
+    """Copying memory (Arjovsky, Shah & Bengio 2016): recall ``copy_length`` symbols after a gap of ``seq_len``.
+
+    Input one-hot over ``num_symbols + 2`` (the symbols, blank, delimiter); length ``seq_len + 2·copy_length``::
+
+        s_1 … s_K   blank × (T - 1)   delimiter   blank × K          (K = copy_length, T = seq_len)
+        target:     blank × (T + K)                s_1 … s_K
+
+    Every step is scored (classes: the symbols, then blank). A memoryless model that outputs blank for the first
+    ``T + K`` steps and a uniform guess for the last ``K`` reaches cross-entropy ``K·log(num_symbols) / (T + 2K)``:
+    the chance baseline, ``10·log(8)/(T+20)`` with the defaults.
+
+    Args:
+        seq_len: Delay ``T`` between the last symbol and the delimiter's echo.
+        copy_length: Symbols to copy ``K``.
+        num_symbols: Alphabet size.
+        num_train: Training sequences.
+        num_val: Validation sequences.
+        num_test: Test sequences.
+        batch_size: Sequences per batch.
+        seed: Seed of the data; the same seed gives the same sequences.
+        num_workers: DataLoader worker processes.
+    """
+
+    def __init__(
+        self,
+        seq_len: int = 100,
+        copy_length: int = 10,
+        num_symbols: int = 8,
+        num_train: int = 10_000,
+        num_val: int = 1_000,
+        num_test: int = 1_000,
+        batch_size: int = 64,
+        seed: int = 0,
+        num_workers: int = 0,
+    ):
+        check_positive(copy_length=copy_length, num_symbols=num_symbols)
+        self.copy_length, self.num_symbols = copy_length, num_symbols
+        super().__init__(seq_len, num_train, num_val, num_test, batch_size, seed, num_workers)
+
+    def sample(self, n: int, g: torch.Generator) -> tuple[torch.Tensor, ...]:
+        t, k, blank = self.seq_len, self.copy_length, self.num_symbols
+        length = t + 2 * k
+        symbols = torch.randint(0, self.num_symbols, (n, k), generator=g)  # (N, K)
+        tokens = torch.full((n, length), blank)  # (N, T + 2K)
+        tokens[:, :k] = symbols
+        tokens[:, t + k - 1] = blank + 1  # the delimiter
+        x = torch.nn.functional.one_hot(tokens, self.num_symbols + 2).float()  # (N, T + 2K, S + 2)
+        y = torch.full((n, length), blank)  # (N, T + 2K) class ids
+        y[:, -k:] = symbols
+        return x, y, torch.ones(n, length, dtype=torch.bool)
+
+    @property
+    def spec(self) -> DataSpec:
+        chance = self.copy_length * math.log(self.num_symbols) / (self.seq_len + 2 * self.copy_length)
+        return DataSpec(
+            kind="classification", input_size=self.num_symbols + 2, output_size=self.num_symbols + 1, chance_loss=chance
+        )
+
+
+class TemporalOrder(_SampledTask):
+    """Temporal order (Hochreiter & Schmidhuber 1997, experiment 6a), as Pascanu et al. (2013) generate it.
+
+    Each of ``seq_len`` steps is one of 6 symbols, one-hot: ``A``, ``B`` (relevant) and ``c``-``f``
+    (distractors). One relevant symbol sits at a random step in ``[T/10, 2T/10)``, another in ``[5T/10, 6T/10)``;
+    every other step is a random distractor. At the last step the model names their order, one of 4 classes
+    (``AA``, ``BA``, ``AB``, ``BB`` = first + 2·second). Chance: cross-entropy ``log 4`` ≈ 1.386, accuracy 25%.
+
+    Args:
+        seq_len: Sequence length ``T`` (at least 10).
+        num_train: Training sequences.
+        num_val: Validation sequences.
+        num_test: Test sequences.
+        batch_size: Sequences per batch.
+        seed: Seed of the data; the same seed gives the same sequences.
+        num_workers: DataLoader worker processes.
+    """
+
+    def __init__(
+        self,
+        seq_len: int = 100,
+        num_train: int = 10_000,
+        num_val: int = 1_000,
+        num_test: int = 1_000,
+        batch_size: int = 64,
+        seed: int = 0,
+        num_workers: int = 0,
+    ):
+        if seq_len < 10:
+            raise ConfigError(f"seq_len={seq_len}: the temporal order task needs at least 10 steps")
+        super().__init__(seq_len, num_train, num_val, num_test, batch_size, seed, num_workers)
+
+    def sample(self, n: int, g: torch.Generator) -> tuple[torch.Tensor, ...]:
+        t = self.seq_len
+        span = t // 10
+        tokens = torch.randint(2, 6, (n, t), generator=g)  # (N, T) distractors c..f
+        first_at = torch.randint(span, 2 * span, (n,), generator=g)
+        second_at = torch.randint(5 * span, 6 * span, (n,), generator=g)
+        first = torch.randint(0, 2, (n,), generator=g)  # A = 0, B = 1
+        second = torch.randint(0, 2, (n,), generator=g)
+        rows = torch.arange(n)
+        tokens[rows, first_at] = first
+        tokens[rows, second_at] = second
+        x = torch.nn.functional.one_hot(tokens, 6).float()  # (N, T, 6)
+        y = torch.zeros(n, t, dtype=torch.long)
+        y[:, -1] = first + 2 * second  # (N, T): the class at the last step
+        mask = torch.zeros(n, t, dtype=torch.bool)
+        mask[:, -1] = True
+        return x, y, mask
+
+    @property
+    def spec(self) -> DataSpec:
+        return DataSpec(kind="classification", input_size=6, output_size=4, chance_loss=math.log(4))
