@@ -69,21 +69,29 @@ def rebuild_task(snapshot: dict[str, Any]) -> torch.nn.Module:
 
 
 def replay(snapshot: dict[str, Any]) -> dict[str, Any]:
-    """Recompute the snapshot's update: its loss, pre-clip global gradient norm and per-parameter norms."""
-    if snapshot.get("num_threads"):
-        torch.set_num_threads(int(snapshot["num_threads"]))
-    task = rebuild_task(snapshot)
-    task.train()
-    rng = snapshot.get("rng") or {}
-    if "torch" in rng:
-        torch.set_rng_state(rng["torch"])
-    chunk = snapshot["chunk"]
-    out, _ = task(chunk["x"], snapshot.get("hidden_in"))  # the forward of SeqTask.training_step
-    loss = task.reduce_loss(task.step_losses(out, chunk)["loss"], chunk.get("mask"))
-    loss.backward()
-    params = [p for p in task.parameters() if p.requires_grad]
-    norm = global_norm(grads_of(params)).item()  # the measurement every clipping policy reports as pre_norm
-    return {"loss": loss.item(), "norm": norm, "grad_norms": grad_norms(task)}
+    """Recompute the snapshot's update: its loss, pre-clip global gradient norm and per-parameter norms.
+
+    Runs with the run's thread count and RNG state; the caller's thread count and RNG state are restored after.
+    """
+    threads = torch.get_num_threads()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            if snapshot.get("num_threads"):
+                torch.set_num_threads(int(snapshot["num_threads"]))  # CPU kernels' summation order follows it
+            task = rebuild_task(snapshot)
+            task.train()
+            rng = snapshot.get("rng") or {}
+            if "torch" in rng:
+                torch.set_rng_state(rng["torch"])  # the dropout masks of the original forward
+            chunk = snapshot["chunk"]
+            out, _ = task(chunk["x"], snapshot.get("hidden_in"))  # the forward of SeqTask.training_step
+            loss = task.reduce_loss(task.step_losses(out, chunk)["loss"], chunk.get("mask"))
+            loss.backward()
+            params = [p for p in task.parameters() if p.requires_grad]
+            norm = global_norm(grads_of(params)).item()  # what every clipping policy reports as pre_norm
+            return {"loss": loss.item(), "norm": norm, "grad_norms": grad_norms(task)}
+    finally:
+        torch.set_num_threads(threads)
 
 
 def same_bits(a: float | None, b: float | None) -> bool:

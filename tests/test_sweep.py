@@ -1,0 +1,169 @@
+"""``python -m seqstab.sweep``: the grid x variants schema, a tiny sweep end to end, resuming, the shipped sweeps."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from seqstab.sweep import DONE_FILE, Sweep
+from seqstab.sweep import main as sweep_main
+from seqstab.train import main as train_main
+from tests.helpers import REPO
+
+BASE = """\
+model:
+  class_path: seqstab.tasks.SequenceRegressor
+  init_args: {cell: rnn, hidden_size: 8, spectral_radius: 1.5}
+data:
+  class_path: datamodules.synthetic.AddingProblem
+  init_args: {seq_len: 6, num_train: 100, num_val: 50, num_test: 50, batch_size: 50}
+trainer: {max_epochs: 2, enable_model_summary: false}
+"""
+
+TINY = """\
+# python -m seqstab.sweep --config tiny.yaml
+base: base.yaml
+args:
+  optimizer: {class_path: torch.optim.SGD, init_args: {lr: 0.1}}
+grid:
+  data.seq_len: [6, 12]
+variants:
+  noclip: {}
+  normclip:
+    model.clipping: {class_path: seqstab.clipping.NormClip, init_args: {max_norm: 0.5}}
+"""
+
+
+def write_sweep(root: Path, text: str = TINY) -> Path:
+    (root / "base.yaml").write_text(BASE)
+    (root / "tiny.yaml").write_text(text)
+    return root / "tiny.yaml"
+
+
+def test_grid_times_variants_and_pinned_grid_keys(tmp_path):
+    path = write_sweep(
+        tmp_path,
+        TINY
+        + "  short: {data.seq_len: 6, model.hidden_size: 4}\n"
+        + "  some: {data.seq_len: [12], model.hidden_size: 2}\n",
+    )
+    runs = Sweep.load(path).runs()
+    assert [r.id for r in runs] == [
+        "noclip-seq_len=6",
+        "noclip-seq_len=12",
+        "normclip-seq_len=6",
+        "normclip-seq_len=12",
+        "short-seq_len=6",
+        "some-seq_len=12",
+    ]
+    short = runs[4]
+    assert short.values == {"data.seq_len": 6}
+    assert short.overrides == {
+        "optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.1}},
+        "data.seq_len": 6,
+        "model.hidden_size": 4,
+    }
+    assert runs[2].overrides["model.clipping"]["class_path"] == "seqstab.clipping.NormClip"
+
+
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("base: nope.yaml\n", "base 'nope.yaml' not found"),
+        ("grid: {data.seq_len: 5}\n", "grid must map each key to a non-empty list"),
+        ("variants: {'a b': {}}\n", "variant name 'a b'"),
+        ("gird: {}\n", "unknown key(s) ['gird']"),
+        ("grid: [\n", "not valid YAML"),
+    ],
+)
+def test_bad_sweep_file_is_a_one_line_error(tmp_path, capsys, text, needle):
+    (tmp_path / "bad.yaml").write_text(text)
+    assert sweep_main(["--config", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("seqstab.sweep: error:") and needle in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_tiny_sweep_writes_report_and_plots_and_resumes(tmp_path, capsys):
+    path = write_sweep(tmp_path)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "seqstab.sweep", "--config", str(path), "--out", "out", "--jobs", "2"]
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep_dir = tmp_path / "out" / "tiny"
+    assert "4 run(s) now, 4/4 done" in result.stdout
+    assert "4/4" in result.stderr  # the progress bar
+
+    with open(sweep_dir / "report.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["run"] for r in rows] == [
+        "noclip-seq_len=6",
+        "noclip-seq_len=12",
+        "normclip-seq_len=6",
+        "normclip-seq_len=12",
+    ]
+    for column in (
+        "variant",
+        "data.seq_len",
+        "first_explosion_step",
+        "first_nonfinite_step",
+        "max_pre_clip_norm",
+        "frac_clipped",
+        "final_train_loss",
+        "final_val/loss",
+        "chance_loss",
+        "wall_s",
+    ):
+        assert column in rows[0], column
+    assert all(r["status"] == "done" and r["updates"] == "4" for r in rows)
+    assert float(rows[0]["chance_loss"]) == pytest.approx(1 / 6)
+    assert float(rows[0]["frac_clipped"]) == 0.0 and float(rows[2]["frac_clipped"]) > 0  # NormClip at 0.5 clips
+    assert [r["data.seq_len"] for r in rows] == ["6", "12", "6", "12"]
+    report = (sweep_dir / "report.md").read_text()
+    assert "| noclip | 6 | done |" in report and "![norms.png](norms.png)" in report
+    for png in ("norms.png", "metric_vs_seq_len.png"):
+        assert (sweep_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    for r in rows:  # each run is an ordinary run directory
+        run_dir = sweep_dir / r["run"]
+        assert {"config.yaml", "manifest.json", DONE_FILE, "train.log"} <= {p.name for p in run_dir.iterdir()}
+
+    # rerun: everything is finished, nothing runs again
+    events = sorted(sweep_dir.rglob("events.out.tfevents.*"))
+    assert sweep_main(["--config", str(path), "--out", str(tmp_path / "out")]) == 0
+    assert "0 run(s) now, 4/4 done" in capsys.readouterr().out
+    assert sorted(sweep_dir.rglob("events.out.tfevents.*")) == events
+
+    # an interrupted run (no done marker) is run again from scratch, the others are kept
+    (sweep_dir / "normclip-seq_len=12" / DONE_FILE).unlink()
+    assert sweep_main(["--config", str(path), "--out", str(tmp_path / "out")]) == 0
+    assert "1 run(s) now, 4/4 done" in capsys.readouterr().out
+    assert len(list((sweep_dir / "normclip-seq_len=12").glob("events.out.tfevents.*"))) == 1
+    assert sorted(p for p in sweep_dir.rglob("events.out.tfevents.*") if "normclip-seq_len=12" not in str(p)) == [
+        p for p in events if "normclip-seq_len=12" not in str(p)
+    ]
+
+
+SHIPPED = sorted((REPO / "configs" / "sweeps").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_sweep_variants_parse(path, tmp_path, monkeypatch, capsys):
+    """Each variant of each shipped sweep is a config the CLI accepts (checked with --print_config, not trained)."""
+    monkeypatch.chdir(tmp_path)
+    sweep = Sweep.load(path)
+    seen = set()
+    for run in sweep.runs():
+        if run.variant in seen:
+            continue
+        seen.add(run.variant)
+        from seqstab.sweep import command
+
+        args = command(sweep, run, tmp_path / "out" / run.id)[3:]  # after `python -m seqstab.train`
+        assert train_main([*args, "--print_config"]) == 0, (run.id, capsys.readouterr().err[-2000:])
+    assert seen == set(sweep.variants or [None])
+    capsys.readouterr()
