@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from seqstab.sweep import DONE_FILE, Sweep
+from seqstab.sweep import DONE_FILE, Sweep, command
 from seqstab.sweep import main as sweep_main
 from seqstab.train import main as train_main
 from tests.helpers import REPO
@@ -161,8 +161,6 @@ def test_shipped_sweep_variants_parse(path, tmp_path, monkeypatch, capsys):
         if run.variant in seen:
             continue
         seen.add(run.variant)
-        from seqstab.sweep import command
-
         args = command(sweep, run, tmp_path / "out" / run.id)[3:]  # after `python -m seqstab.train`
         assert train_main([*args, "--print_config"]) == 0, (run.id, capsys.readouterr().err[-2000:])
     assert seen == set(sweep.variants or [None])
