@@ -2,7 +2,7 @@
 
 At every update ``SeqTask.training_step`` calls :meth:`ExplosionGuard.check` with the update's pre-clip global
 gradient norm already read back as a float (the loop's one host sync). When nothing happens the guard costs a
-comparison, a deque append and, once warmed up, the median of at most ``window`` floats (a few microseconds).
+comparison and a sorted insert into a window of at most ``window`` floats (about a microsecond).
 
 An **event** is an update whose pre-clip norm is
 
@@ -24,12 +24,12 @@ written: :func:`check_finite_weights` runs in ``SeqTask.on_save_checkpoint`` and
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import enum
 import json
 import math
 import os
-import statistics
 import sys
 from collections import deque
 from pathlib import Path
@@ -97,7 +97,8 @@ class ExplosionGuard:
         self.min_history = int(min_history)
         self.max_norm = None if max_norm is None else float(max_norm)
         self.snapshot = snapshot
-        self._norms: deque[float] = deque(maxlen=self.window)
+        self._norms: deque[float] = deque()  # the last `window` finite, non-zero norms, oldest first
+        self._sorted: list[float] = []  # the same values, sorted
         self.events = 0
         self.first_event: int | None = None  # update index of the first event
         self.snapshot_path: str | None = None
@@ -115,7 +116,7 @@ class ExplosionGuard:
         norm = update.values["grad/norm_total"]
         reason, median = self.detect(norm)
         if math.isfinite(norm) and norm > 0:
-            self._norms.append(norm)
+            self._remember(norm)
         if reason is None:
             update.values["explosion/events"] = float(self.events)
             return Action.STEP
@@ -136,10 +137,19 @@ class ExplosionGuard:
             return "spike", median
         return None, median
 
+    def _remember(self, norm: float) -> None:
+        """Add ``norm`` to the window: a deque in arrival order plus the same values kept sorted (for the median)."""
+        if len(self._norms) == self.window:
+            del self._sorted[bisect.bisect_left(self._sorted, self._norms.popleft())]
+        self._norms.append(norm)
+        bisect.insort(self._sorted, norm)
+
     def _median(self) -> float | None:
-        if len(self._norms) < self.min_history:
+        n = len(self._sorted)
+        if n < self.min_history:
             return None
-        return statistics.median(self._norms)
+        mid = n // 2
+        return self._sorted[mid] if n % 2 else (self._sorted[mid - 1] + self._sorted[mid]) / 2
 
     def _action(self, finite: bool) -> Action:
         if self.policy == "stop":
@@ -215,7 +225,9 @@ class ExplosionGuard:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._norms = deque((float(n) for n in state.get("norms", [])), maxlen=self.window)
+        self._norms, self._sorted = deque(), []
+        for norm in state.get("norms", [])[-self.window :]:
+            self._remember(float(norm))
         self.events = int(state.get("events", 0))
         self.first_event = state.get("first_event")
         self.snapshot_path = state.get("snapshot_path")
