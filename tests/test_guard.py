@@ -218,3 +218,14 @@ def test_check_costs_microseconds_when_nothing_happens():
         assert guard.check(None, update) is Action.STEP
     per_update = (time.perf_counter() - start) / len(updates)
     assert per_update < 200e-6, f"{per_update * 1e6:.1f} µs per update"  # measured ~3 µs; generous under load
+
+
+@pytest.mark.parametrize("seq_len", [100, 200, 400])
+def test_unclipped_config_explodes_at_every_length(seq_len, tmp_path, monkeypatch):
+    """configs/explode/adding_rnn.yaml: a guard event above 1e6 (or non-finite) within 10 updates (T = 50: above)."""
+    monkeypatch.chdir(tmp_path)
+    args = ["fit", "--config", str(EXPLODE), *QUIET, "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "0"]
+    args += ["--data.seq_len", str(seq_len), "--data.num_train", "500", "--trainer.enable_checkpointing", "false"]
+    assert main(args) == 0
+    lines = (tmp_path / "runs" / "seqstab" / "version_0" / "explosions.jsonl").read_text().splitlines()
+    assert any(e["norm"] in ("inf", "nan") or e["norm"] > 1e6 for e in map(json.loads, lines))
