@@ -49,8 +49,6 @@ def config_overrides(config_path: str | Path) -> list[str]:
         local = SHARED_DATA / "timeseries" / PurePosixPath(init_args["url"]).name
         if local.is_file():
             extra += ["--data.path", str(local)]
-    try:
+    if path.is_relative_to(REPO / "configs"):
         extra += SMALLER.get(path.relative_to(REPO / "configs").as_posix(), [])
-    except ValueError:
-        pass
     return extra
