@@ -1,0 +1,96 @@
+"""Overhead of the explosion guard: the same training step with ``guard: ExplosionGuard`` and without.
+
+    python benchmarks/bench_guard.py                      # ~3 min on 2 cores; --help for the knobs
+
+Two workloads, each through ``Trainer.fit`` with the TensorBoard logger and ``NormClip``:
+
+* ``lm``: the throughput benchmark's WikiText-2 word LM (2×200 LSTM, batch 20, bptt 35): the guard's cost
+  against a realistic update (~0.4 s on 2 cores);
+* ``small``: the embedded default experiment (vanilla tanh RNN, 64 units, adding problem T = 100, batch 50):
+  an update of a few milliseconds, where any per-update Python cost shows.
+
+Runs alternate guard / no guard round by round; the figure is the ratio of the median update's speed
+(over all rounds) with and without the guard, in wall time and in the process's CPU time; the ratio of per-run
+medians is printed beside it.
+(The gradient-flow monitor's overhead is measured by ``bench_monitor.py``.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import _common
+import torch
+from bench_throughput import BATCH, Rows, fit_timed, make_language_model
+
+from datamodules.base import batchify
+from datamodules.synthetic import AddingProblem
+from seqstab.clipping import NormClip
+from seqstab.guard import ExplosionGuard
+from seqstab.tasks import SequenceRegressor
+
+
+def lm_run(rows, vocab_size, updates, warmup, guard) -> list[tuple[float, float]]:
+    torch.manual_seed(0)
+    model = make_language_model(vocab_size, guard=ExplosionGuard() if guard else None)
+    return fit_timed(model, Rows(rows, vocab_size), updates, warmup)
+
+
+def small_run(updates, warmup, guard) -> list[tuple[float, float]]:
+    torch.manual_seed(0)
+    data = AddingProblem(seq_len=100, num_train=(updates + warmup) * 50, num_val=50, num_test=50, batch_size=50)
+    model = SequenceRegressor(
+        spec=data.spec,
+        cell="rnn",
+        hidden_size=64,
+        spectral_radius=1.5,
+        clipping=NormClip(1.0),
+        guard=ExplosionGuard() if guard else None,
+    )
+    return fit_timed(model, data, updates, warmup)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--lm-updates", type=int, default=10, help="timed updates per lm run")
+    parser.add_argument("--small-updates", type=int, default=300, help="timed updates per small run")
+    parser.add_argument("--workloads", default="lm,small")
+    parser.add_argument("--data-dir", default=str(_common.WIKITEXT2))
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, = cores)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    print(f"machine: {_common.machine()}")
+
+    runners = {}
+    if "lm" in args.workloads:
+        ids, vocab_size = _common.wikitext2_ids(_common.Path(args.data_dir))
+        rows = batchify(ids, BATCH)[:, : (args.lm_updates + 3) * 35 + 1].contiguous()
+        runners["lm"] = lambda guard: lm_run(rows, vocab_size, args.lm_updates, 3, guard)
+    if "small" in args.workloads:
+        runners["small"] = lambda guard: small_run(args.small_updates, 20, guard)
+
+    print("| workload | updates/s without guard | with guard | ratio | CPU-time ratio | ratio of run medians |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, run in runners.items():
+        times = {False: [], True: []}  # (wall, cpu) of every timed update, pooled over rounds
+        runs = {False: [], True: []}  # wall updates/s of each whole run
+        for r in range(args.rounds):
+            for guard in (bool(r % 2), not r % 2):  # alternate who goes first
+                seconds = run(guard)
+                times[guard] += seconds
+                runs[guard].append(len(seconds) / sum(w for w, _ in seconds))
+        wall = {g: 1 / _common.median([w for w, _ in times[g]]) for g in times}
+        cpu = {g: 1 / _common.median([c for _, c in times[g]]) for g in times}
+        print(
+            f"| {name} | {wall[False]:,.2f} | {wall[True]:,.2f} | {wall[True] / wall[False]:.3f} "
+            f"| {cpu[True] / cpu[False]:.3f} | {_common.median(runs[True]) / _common.median(runs[False]):.3f} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

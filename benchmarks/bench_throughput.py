@@ -1,0 +1,300 @@
+"""Throughput: seqstab (LanguageModel through a Lightning Trainer) against the bare pytorch/examples word-LM loop.
+
+    python benchmarks/bench_throughput.py                 # ~4 min on 2 cores; --help for the knobs
+
+Both train the same model on the same data: a 2×200 LSTM word LM (embedding 200, dropout 0.2) over the
+WikiText-2 vocabulary (33,278 words, pytorch/examples tokenization), batch 20, windows of 35 tokens, stateful
+(hidden state carried, detached at each window), SGD lr 20, global-norm clipping at 0.25.
+
+* ``bare``: the classic loop written here: batchify, get_batch windows, repackage_hidden, clip_grad_norm_,
+  SGD, one ``loss.item()`` per update -- pytorch/examples ``word_language_model`` (one 2-layer ``nn.LSTM``,
+  sequence-first).
+* ``seqstab``: ``seqstab.tasks.LanguageModel`` with ``NormClip(0.25)`` trained by ``Trainer.fit`` with the
+  TensorBoard logger writing every update's loss, pre/post-clip norms, clip flag, threshold and LR;
+  progress bar off (``seqstab``) and on (``seqstab+bar``, written to a file).
+* ``bare+net`` (diagnostic): the bare loop driving seqstab's own ``LanguageModel`` module (batch-first, one
+  ``nn.LSTM`` per layer), to separate the cost of the module from the cost of the loop and Lightning.
+
+Runs are interleaved round by round; each run times ``--updates`` updates after ``--warmup`` untimed ones, each
+update from the end of the previous one to its own end (Lightning's loop, data fetching and hooks included).
+Headline: tokens/s of the median update over all rounds (robust to other processes' bursts on a shared machine),
+and its ratio against ``bare``; the median over whole runs is printed beside it. On a machine shared with other
+work, wall time measures the neighbours as much as the code: the tokens per CPU-second of the process (all its
+threads) are printed too, and ``--threads 1`` keeps OpenMP from spinning on cores others hold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import io
+import logging
+import pstats
+import tempfile
+import time
+
+import _common
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from datamodules.base import DataSpec, SeqDataModule, StreamWindows, batchify
+from seqstab.clipping import NormClip
+from seqstab.tasks import LanguageModel
+
+BATCH, BPTT, SIZE, LAYERS, DROPOUT, LR, CLIP = 20, 35, 200, 2, 0.2, 20.0, 0.25
+
+
+# -- the bare loop, as pytorch/examples word_language_model writes it -------------------------------------------
+
+
+class WordLM(nn.Module):
+    """pytorch/examples ``RNNModel`` (LSTM): embedding → dropout → nn.LSTM(num_layers) → dropout → decoder."""
+
+    def __init__(self, vocab_size: int):
+        super().__init__()
+        self.drop = nn.Dropout(DROPOUT)
+        self.encoder = nn.Embedding(vocab_size, SIZE)
+        self.rnn = nn.LSTM(SIZE, SIZE, LAYERS, dropout=DROPOUT)
+        self.decoder = nn.Linear(SIZE, vocab_size)
+        nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
+        nn.init.zeros_(self.decoder.bias)
+        nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+
+    def forward(self, tokens, hidden):
+        out, hidden = self.rnn(self.drop(self.encoder(tokens)), hidden)  # (L, B, H)
+        return self.decoder(self.drop(out)), hidden  # (L, B, V)
+
+
+def repackage_hidden(h):
+    return h.detach() if isinstance(h, torch.Tensor) else tuple(repackage_hidden(v) for v in h)
+
+
+def get_batch(source: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    seq_len = min(BPTT, len(source) - 1 - i)
+    return source[i : i + seq_len], source[i + 1 : i + 1 + seq_len]  # (L, B) each
+
+
+def run_bare(
+    columns: torch.Tensor, vocab_size: int, updates: int, warmup: int, seqstab_net: bool = False
+) -> list[tuple[float, float]]:
+    """The classic loop over ``columns`` ``(N, B)``; returns ``(wall, cpu)`` seconds of each timed update."""
+    torch.manual_seed(0)
+    if seqstab_net:
+        model = make_language_model(vocab_size)
+        hidden = None
+    else:
+        model = WordLM(vocab_size)
+        hidden = tuple(torch.zeros(LAYERS, BATCH, SIZE) for _ in range(2))
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    total_loss = 0.0
+    stamps = []
+    for i in range(0, (updates + warmup) * BPTT, BPTT):
+        data, targets = get_batch(columns, i)
+        hidden = repackage_hidden(hidden) if hidden is not None else None
+        optimizer.zero_grad(set_to_none=True)
+        if seqstab_net:
+            output, hidden = model(data.T, hidden)  # batch-first (B, L, V)
+            targets = targets.T
+        else:
+            output, hidden = model(data, hidden)
+        loss = F.cross_entropy(output.reshape(-1, vocab_size), targets.reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+        optimizer.step()
+        total_loss += loss.item()
+        stamps.append(stamp())
+    return intervals(stamps, warmup)
+
+
+def stamp() -> tuple[float, float]:
+    """Wall clock and this process's CPU time (all its threads: torch's, the TensorBoard writer's)."""
+    return time.perf_counter(), time.process_time()
+
+
+def intervals(stamps: list[tuple[float, float]], warmup: int) -> list[tuple[float, float]]:
+    """``(wall, cpu)`` seconds between consecutive update ends, for the updates after the first ``warmup``."""
+    pairs = zip(stamps[warmup - 1 : -1], stamps[warmup:], strict=True)
+    return [(b[0] - a[0], b[1] - a[1]) for a, b in pairs]
+
+
+# -- seqstab: LanguageModel through Trainer.fit -------------------------------------------------------------------
+
+
+class SGDLanguageModel(LanguageModel):
+    """LanguageModel with the optimizer a config's ``optimizer: torch.optim.SGD`` would give it."""
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=LR)
+
+
+def make_language_model(vocab_size: int, **kwargs) -> SGDLanguageModel:
+    spec = DataSpec(kind="lm", vocab_size=vocab_size, stateful=True)
+    return SGDLanguageModel(
+        spec=spec,
+        hidden_size=SIZE,
+        num_layers=LAYERS,
+        dropout=DROPOUT,
+        init="uniform",
+        init_scale=0.1,
+        clipping=NormClip(CLIP),
+        **kwargs,
+    )
+
+
+class Rows(SeqDataModule):
+    """The same token stream as the bare loop, cut into ``B`` rows and read in windows of ``BPTT`` (stateful)."""
+
+    def __init__(self, rows: torch.Tensor, vocab_size: int):
+        super().__init__()
+        self.rows, self.vocab_size = rows, vocab_size  # (B, N)
+
+    @property
+    def spec(self) -> DataSpec:
+        return DataSpec(kind="lm", vocab_size=self.vocab_size, stateful=True)
+
+    def train_dataloader(self):
+        return DataLoader(StreamWindows(self.rows[:, :-1], self.rows[:, 1:], BPTT), batch_size=None)
+
+
+class Stopwatch(pl.Callback):
+    """Stamps the end of every training batch: what lies between two stamps is one whole update, Lightning's
+    loop, data fetching and hooks included."""
+
+    def __init__(self):
+        self.stamps: list[tuple[float, float]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.stamps.append(stamp())
+
+
+def fit_timed(
+    model: pl.LightningModule, data: pl.LightningDataModule, updates: int, warmup: int, **trainer
+) -> list[tuple[float, float]]:
+    """``Trainer.fit`` for ``warmup + updates`` updates, TensorBoard logger on; ``(wall, cpu)`` s per timed update."""
+    watch = Stopwatch()
+    with tempfile.TemporaryDirectory() as logdir, open(f"{logdir}/stdout.txt", "w") as sink:
+        options = dict(
+            accelerator="cpu",
+            max_steps=updates + warmup,
+            max_epochs=1,
+            logger=pl.loggers.TensorBoardLogger(logdir, name="bench"),
+            callbacks=[watch],
+            enable_progress_bar=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+        )
+        trainer = pl.Trainer(**{**options, **trainer})
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):  # progress bar, Lightning's notes
+            trainer.fit(model, data)
+    assert model.updates == updates + warmup, f"{model.updates} updates, expected {updates + warmup}"
+    return intervals(watch.stamps, warmup)
+
+
+def run_seqstab(rows, vocab_size: int, updates: int, warmup: int, progress_bar: bool) -> list[tuple[float, float]]:
+    torch.manual_seed(0)
+    model = make_language_model(vocab_size)
+    return fit_timed(model, Rows(rows, vocab_size), updates, warmup, enable_progress_bar=progress_bar)
+
+
+# -- FLOPs ----------------------------------------------------------------------------------------------------------
+
+
+def flops_per_token(vocab_size: int) -> float:
+    """Training FLOPs per token: 3 × forward (backward ≈ 2 × forward: gradients w.r.t. inputs and weights).
+
+    Forward per token: each LSTM layer 2·4H·(I + H) multiply-adds for the gate pre-activations (elementwise gate
+    work, ~30H, is < 5% and left out); the decoder 2·H·V; the embedding is a lookup (0). Softmax/cross-entropy
+    (~5V), clipping and the SGD update (a few FLOPs per parameter per update, /700 tokens) are left out (< 2%).
+    """
+    lstm = LAYERS * 2 * 4 * SIZE * (SIZE + SIZE)
+    decoder = 2 * SIZE * vocab_size
+    return 3 * (lstm + decoder)
+
+
+def profile_seqstab(rows, vocab_size, updates, warmup, top: int) -> None:
+    """cProfile one seqstab run; print the top functions by own time and by cumulative time."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    run_seqstab(rows, vocab_size, updates, warmup, progress_bar=False)
+    profiler.disable()
+    for key in ("tottime", "cumulative"):
+        out = io.StringIO()
+        pstats.Stats(profiler, stream=out).sort_stats(key).print_stats(top)
+        print(out.getvalue())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--updates", type=int, default=20, help="timed updates per run")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed updates before timing")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (one run of each variant each)")
+    parser.add_argument("--variants", default="bare,seqstab,seqstab+bar,bare+net")
+    parser.add_argument("--data-dir", default=str(_common.WIKITEXT2), help="WikiText-2 train/valid/test.txt")
+    parser.add_argument("--profile", action="store_true", help="cProfile one seqstab run instead of timing")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, = cores)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)  # no GPU/TPU notes between rounds
+
+    ids, vocab_size = _common.wikitext2_ids(_common.Path(args.data_dir))
+    need = (args.updates + args.warmup) * BPTT + 1
+    rows = batchify(ids, BATCH)[:, :need].contiguous()  # (B, N): row b is stream b
+    columns = rows.T.contiguous()  # (N, B): pytorch/examples layout
+    print(f"machine: {_common.machine()}")
+    print(f"model: 2×{SIZE} LSTM, vocab {vocab_size:,}, batch {BATCH}, bptt {BPTT}, NormClip {CLIP}, SGD lr {LR}")
+    if args.profile:
+        profile_seqstab(rows, vocab_size, args.updates, args.warmup, top=25)
+        return
+
+    runners = {
+        "bare": lambda: run_bare(columns, vocab_size, args.updates, args.warmup),
+        "bare+net": lambda: run_bare(columns, vocab_size, args.updates, args.warmup, seqstab_net=True),
+        "seqstab": lambda: run_seqstab(rows, vocab_size, args.updates, args.warmup, progress_bar=False),
+        "seqstab+bar": lambda: run_seqstab(rows, vocab_size, args.updates, args.warmup, progress_bar=True),
+    }
+    variants = args.variants.split(",")
+    times: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}  # every timed update, pooled
+    run_rates: dict[str, list[float]] = {v: [] for v in variants}  # wall tokens/s of each whole run
+    tokens = BATCH * BPTT
+    for r in range(args.rounds):
+        order = variants[r % len(variants) :] + variants[: r % len(variants)]  # rotate who goes first
+        for variant in order:
+            seconds = runners[variant]()
+            times[variant] += seconds
+            run_rates[variant].append(len(seconds) * tokens / sum(wall for wall, _ in seconds))
+        print(f"round {r + 1}: " + ", ".join(f"{v} {run_rates[v][-1]:,.0f}" for v in variants), flush=True)
+
+    peak = _common.matmul_gflops()
+    flops = flops_per_token(vocab_size)
+    base = variants[0]
+    wall = {v: tokens / _common.median([w for w, _ in times[v]]) for v in variants}  # tokens/s, median update
+    cpu = {v: tokens / _common.median([c for _, c in times[v]]) for v in variants}  # tokens per CPU-second
+    print(f"\nmatmul peak (float32 2048² torch.mm, best of 10, {torch.get_num_threads()} threads): {peak:,.0f} GFLOP/s")
+    print(f"training FLOPs per token (3 × forward, see flops_per_token): {flops / 1e6:.1f} MFLOP")
+    print(f"{args.rounds} interleaved rounds × {args.updates} timed updates ({args.updates * tokens:,} tokens) per run")
+    print(
+        f"| variant | tokens/s (median update) | ratio vs {base} | tokens/s per run: median (min–max) "
+        f"| tokens per CPU-second (median update) | CPU ratio vs {base} | effective GFLOP/s | % of matmul peak |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for v in variants:
+        gflops = wall[v] * flops / 1e9
+        print(
+            f"| {v} | {wall[v]:,.0f} | {wall[v] / wall[base]:.3f} | {_common.spread(run_rates[v])} "
+            f"| {cpu[v]:,.0f} | {cpu[v] / cpu[base]:.3f} | {gflops:.1f} | {100 * gflops / peak:.0f}% |"
+        )
+    for v in variants[1:]:
+        paired = sorted(s / b for s, b in zip(run_rates[v], run_rates[base], strict=True))
+        print(f"per-round wall ratios {v}/{base}: {', '.join(f'{p:.3f}' for p in paired)}")
+
+
+if __name__ == "__main__":
+    main()
