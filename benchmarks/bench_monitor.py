@@ -1,0 +1,246 @@
+"""What gradient observability costs, on the word-LM benchmark model. Printed, never asserted.
+
+    python benchmarks/bench_monitor.py                      # WikiText-2 from ../shared/data (or --data-dir DIR)
+    python benchmarks/bench_monitor.py --synthetic          # random tokens, WikiText-2's vocabulary size (33,278)
+    python benchmarks/bench_monitor.py --steps 100 --rounds 5
+
+The model is pytorch/examples' word LM as ``configs/lm/wikitext2_lstm.yaml`` trains it: embedding 200, 2 × 200
+LSTM, dropout 0.2, decoder to 33,278 words, 20 streams × 35 tokens per update, SGD (lr 1 here: no clipping is
+involved, and the update must stay finite so every configuration does the same work). Every configuration trains
+through seqstab's own loop (``SeqTask.training_step`` under a Lightning Trainer) from the same seed on the same
+batches; only what is measured and logged changes:
+
+    bare          no norm measured (a policy that returns constants), no logger, monitor off
+    log           NoClip: global pre-clip norm every update, all per-update scalars to TensorBoard;
+                  per-module grad/weight norms every log_every_n_steps (50, the default)
+    log+flow/50   log + gradient flow through time every 50 updates
+    defaults      GradMonitor() as shipped: log + flow every 50 + W_hh spectra every 100 + HPARAMS/custom scalars
+
+Runs are interleaved (round-robin, order rotated each round); each timed window is ``--steps`` updates (a multiple
+of 100, so every periodic measurement falls in it at its true rate) after ``--warmup`` updates. Reported: the
+median over rounds of ms per update, and the median over rounds of each configuration's time over bare's in the
+same round (paired, so slow drifts of a shared machine cancel). The heatmap image is redrawn every 1000 updates
+(and at the end of fit), outside the window: its cost is timed alone and shown amortised.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `python benchmarks/bench_monitor.py` from a checkout finds seqstab and datamodules
+    sys.path.insert(0, str(REPO))
+
+import pytorch_lightning as pl  # noqa: E402
+from pytorch_lightning.loggers import TensorBoardLogger  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from datamodules.base import DataSpec, SeqDataModule, StreamWindows, batchify  # noqa: E402
+from seqstab.clipping import ClipPolicy, ClipResult, NoClip  # noqa: E402
+from seqstab.monitor import GradMonitor, render_heatmap  # noqa: E402
+from seqstab.tasks import LanguageModel  # noqa: E402
+
+WIKITEXT2 = REPO.parent / "shared" / "data" / "wikitext-2"
+VOCAB = 33_278  # WikiText-2 word types
+
+
+class Unmeasured(ClipPolicy):
+    """The bare loop: no norm is computed (constant results), so nothing is measured at all."""
+
+    def clip(self, params: list[torch.Tensor]) -> ClipResult:
+        zero = torch.zeros((), device=params[0].device)
+        return ClipResult(zero, zero, torch.zeros((), dtype=torch.bool, device=zero.device))
+
+
+def configurations() -> dict[str, dict]:
+    off = dict(grad_flow_every_n_steps=None, spectrum_every_n_steps=None, heatmap_every_n_steps=None)
+    return {
+        "bare": dict(clipping=Unmeasured(), monitor=GradMonitor(**off, per_module=False, dashboard=False), log=False),
+        "log": dict(clipping=NoClip(), monitor=GradMonitor(**off), log=True),
+        "log+flow/50": dict(clipping=NoClip(), monitor=GradMonitor(spectrum_every_n_steps=None), log=True),
+        "defaults": dict(clipping=NoClip(), monitor=GradMonitor(), log=True),
+    }
+
+
+class SGDLanguageModel(LanguageModel):
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=1.0)
+
+
+class Stream(SeqDataModule):
+    """A token stream cut into 20 rows, read 35 tokens at a time (pytorch/examples' batchify + get_batch)."""
+
+    def __init__(self, ids: torch.Tensor, vocab_size: int, batch_size: int = 20, bptt: int = 35):
+        super().__init__()
+        rows = batchify(ids, batch_size)  # (B, n)
+        self.windows = StreamWindows(rows[:, :-1], rows[:, 1:], bptt)
+        self.vocab_size = vocab_size
+
+    @property
+    def spec(self) -> DataSpec:
+        return DataSpec(kind="lm", vocab_size=self.vocab_size, stateful=True)
+
+    def train_dataloader(self):
+        return DataLoader(self.windows, batch_size=None)
+
+
+def wikitext2_stream(data_dir: Path) -> tuple[torch.Tensor, int, str]:
+    """Train ids of WikiText-2 through seqstab's own datamodule; falls back to a plain word split if absent."""
+    try:
+        from datamodules.text import WikiText2
+
+        data = WikiText2(data_dir=str(data_dir))
+        return data.corpus.streams["train"], data.spec.vocab_size, "WikiText-2 (datamodules.text.WikiText2)"
+    except ImportError:
+        index: dict[str, int] = {}
+        with open(data_dir / "train.txt", encoding="utf8") as f:
+            ids = [index.setdefault(w, len(index)) for line in f for w in line.split() + ["<eos>"]]
+        return torch.tensor(ids), VOCAB, "WikiText-2 train.txt (whitespace split; vocabulary size 33,278)"
+
+
+def synthetic_stream(tokens: int) -> tuple[torch.Tensor, int, str]:
+    ids = torch.randint(0, VOCAB, (tokens,), generator=torch.Generator().manual_seed(0))
+    return ids, VOCAB, f"synthetic token stream, vocabulary {VOCAB:,} (WikiText-2's)"
+
+
+class StepClock(pl.Callback):
+    """Wall time of updates ``warmup .. end`` (one update per batch here: bptt 35 = the batch)."""
+
+    def __init__(self, warmup: int):
+        self.warmup, self.start, self.end, self.count = warmup, None, None, 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == self.warmup:
+            self._sync(pl_module)
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if batch_idx >= self.warmup:
+            self._sync(pl_module)
+            self.end, self.count = time.perf_counter(), batch_idx - self.warmup + 1
+
+    @staticmethod
+    def _sync(module):
+        if module.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def ms_per_step(self) -> float:
+        return (self.end - self.start) / self.count * 1e3
+
+
+def time_run(name: str, data: Stream, warmup: int, steps: int, workdir: str) -> float:
+    config = configurations()[name]
+    pl.seed_everything(0, verbose=False)
+    model = SGDLanguageModel(
+        spec=data.spec,
+        hidden_size=200,
+        num_layers=2,
+        dropout=0.2,
+        clipping=config["clipping"],
+        monitor=config["monitor"],
+    )
+    clock = StepClock(warmup)
+    logger = (
+        TensorBoardLogger(workdir, name=name.replace("/", "_"), default_hp_metric=False) if config["log"] else False
+    )
+    trainer = pl.Trainer(
+        max_steps=warmup + steps,
+        logger=logger,
+        callbacks=[clock],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        log_every_n_steps=50,
+    )
+    trainer.fit(model, data)
+    assert clock.count == steps, f"{name}: timed {clock.count} updates, expected {steps}"
+    return clock.ms_per_step()
+
+
+def heatmap_ms(repeats: int = 3) -> float:
+    """One redraw of grad_flow/heatmap for a run 1000 updates in (20 columns, 2 layers × 35 steps)."""
+    rng = np.random.default_rng(0)
+    history = [(50 * c, np.exp(rng.normal(size=(2, 35)))) for c in range(20)]
+    render_heatmap(history)  # warm-up: matplotlib import and fonts
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        render_heatmap(history)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
+    return (
+        f"{cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"Lightning {pl.__version__}{load}"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=WIKITEXT2, help="WikiText-2 train/valid/test.txt")
+    parser.add_argument("--synthetic", action="store_true", help="random tokens with WikiText-2's vocabulary size")
+    parser.add_argument("--steps", type=int, default=100, help="timed updates per run (a multiple of 100)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed updates first")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over the configurations")
+    parser.add_argument("--only", nargs="*", help="configurations to run (bare is always included)")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    needed = (args.warmup + args.steps + 1) * 20 * 35 + 1
+    if args.synthetic or not (args.data_dir / "train.txt").is_file():
+        ids, vocab, source = synthetic_stream(needed)
+    else:
+        ids, vocab, source = wikitext2_stream(args.data_dir)
+    data = Stream(ids[: needed * 2], vocab)  # only the first batches are read
+    names = ["bare", *[n for n in configurations() if n != "bare" and (not args.only or n in args.only)]]
+    print(f"machine: {machine()}")
+    print(f"data: {source}; 2 x 200 LSTM, batch 20, bptt 35; {args.rounds} rounds x {args.steps} timed updates")
+
+    times: dict[str, list[float]] = {n: [] for n in names}
+    with tempfile.TemporaryDirectory() as workdir:
+        for r in range(args.rounds):
+            order = names[r % len(names) :] + names[: r % len(names)]
+            for name in order:
+                times[name].append(time_run(name, data, args.warmup, args.steps, workdir))
+            print(f"round {r + 1}: " + ", ".join(f"{n} {times[n][-1]:.1f} ms" for n in names), flush=True)
+
+    bare = times["bare"]
+    print(f"\n{'configuration':<14} {'ms/update (median)':>19} {'vs bare (paired median)':>24}")
+    for name in names:
+        ratios = [t / b for t, b in zip(times[name], bare, strict=True)]
+        overhead = (statistics.median(ratios) - 1) * 100
+        print(f"{name:<14} {statistics.median(times[name]):>19.1f} {overhead:>+23.1f}%")
+    draw = heatmap_ms()
+    per_step = statistics.median(bare)
+    print(
+        f"\ngrad_flow/heatmap redraw: {draw:.0f} ms, every 1000 updates by default -> "
+        f"{draw / (1000 * per_step) * 100:.2f}% of a bare update amortised"
+    )
+
+
+if __name__ == "__main__":
+    main()
