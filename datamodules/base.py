@@ -87,6 +87,11 @@ class StreamWindows(Dataset):
     left to right, so batch ``i + 1`` continues batch ``i`` row by row (stateful truncated BPTT).
     Use it with ``DataLoader(dataset, batch_size=None, shuffle=False)``: each item is already a batch.
 
+    Multi-process (DDP, ``W`` processes): the ``B`` streams are split into ``W`` disjoint groups and item ``j`` is
+    window ``j // W`` of group ``j % W``. Lightning's ``DistributedSampler`` gives rank ``r`` the items ``r, r + W,
+    ...``: its own streams, window after window, so each rank carries its own hidden state. ``W`` is read from
+    ``torch.distributed`` (1 when it is not initialised).
+
     Args:
         x: Inputs ``(B, N, ...)``.
         y: Targets ``(B, N, ...)`` aligned with ``x`` (the target of step ``t`` sits at ``t``).
@@ -102,16 +107,27 @@ class StreamWindows(Dataset):
         self.x, self.y, self.mask, self.window = x, y, mask, window
 
     def __len__(self) -> int:
-        return -(-self.x.shape[1] // self.window)  # ceil(N / L)
+        return -(-self.x.shape[1] // self.window) * self._parts()  # ceil(N / L) windows of each stream group
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         if not 0 <= i < len(self):
             raise IndexError(i)
-        t = slice(i * self.window, (i + 1) * self.window)
-        batch = {"x": self.x[:, t], "y": self.y[:, t]}  # (B, L, ...)
+        parts = self._parts()
+        window, part = divmod(i, parts)
+        rows = torch.arange(self.x.shape[0]).tensor_split(parts)[part]  # this process's streams
+        rows = slice(int(rows[0]), int(rows[-1]) + 1)
+        t = slice(window * self.window, (window + 1) * self.window)
+        batch = {"x": self.x[rows, t], "y": self.y[rows, t]}  # (B / W, L, ...)
         if self.mask is not None:
-            batch["mask"] = self.mask[:, t]
+            batch["mask"] = self.mask[rows, t]
         return batch
+
+    def _parts(self) -> int:
+        dist = torch.distributed
+        parts = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        if parts > self.x.shape[0]:
+            raise DataError(f"{self.x.shape[0]} streams cannot be shared by {parts} processes: raise the batch size")
+        return parts
 
 
 def batchify(stream: torch.Tensor, num_streams: int) -> torch.Tensor:

@@ -19,7 +19,9 @@ Nothing else steps an optimizer, clips or measures norms. New behaviour is an ob
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -30,6 +32,7 @@ from torch import nn
 
 from datamodules.base import DataSpec
 from seqstab import tbptt
+from seqstab.checkpoint import check_shapes, make_quiet, make_resumable, rng_state, set_rng_state
 from seqstab.clipping import ClipPolicy, ClipResult, NoClip
 from seqstab.errors import ConfigError, check_positive
 from seqstab.guard import Action, ExplosionGuard, check_finite_weights
@@ -104,7 +107,10 @@ class SeqTask(pl.LightningModule):
         check_positive(tbptt_steps=tbptt_steps)
         if scheduler_interval not in ("step", "epoch"):
             raise ConfigError(f"scheduler_interval={scheduler_interval!r}: must be 'step' or 'epoch'")
+        if isinstance(spec, dict):  # from a checkpoint's hyperparameters (saved as plain data)
+            spec = DataSpec(**spec)
         self.save_hyperparameters(ignore=["clipping", "guard", "monitor"])
+        self.hparams["spec"] = dataclasses.asdict(spec)  # plain data: checkpoints load with weights_only=True
         self.automatic_optimization = False
         self.spec = spec
         self.tbptt_steps = tbptt_steps
@@ -130,6 +136,8 @@ class SeqTask(pl.LightningModule):
         self.head = self.build_head(spec, hidden_size, dropout, uniform)
         self.carry = {"train": tbptt.HiddenCarry(), "val": tbptt.HiddenCarry(), "test": tbptt.HiddenCarry()}
         self.updates = 0  # updates attempted so far: the x axis of every per-update log
+        self._epoch_open = False  # between on_train_epoch_start and on_train_epoch_end (saved for exact resume)
+        self._resume: dict[str, Any] = {}  # what on_load_checkpoint leaves for the loop
         self._eval_sums: dict[str, torch.Tensor] = {}
 
     # -- what a task defines -------------------------------------------------------------------------------
@@ -173,6 +181,8 @@ class SeqTask(pl.LightningModule):
         self.monitor.finish(self)
 
     def on_train_epoch_start(self) -> None:
+        self._cross_saved_epoch_boundary()
+        self._epoch_open = True
         self.carry["train"].reset()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -267,7 +277,9 @@ class SeqTask(pl.LightningModule):
             scheduler.step()
 
     def on_train_epoch_end(self) -> None:
-        self._step_scheduler("epoch")
+        if not self._resume.pop("epoch_end_done", False):  # True: resumed from a save made after this very step
+            self._step_scheduler("epoch")
+        self._epoch_open = False
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """Adam(lr=1e-3) unless the config names an optimizer (``--optimizer``, ``--lr_scheduler``)."""
@@ -330,11 +342,33 @@ class SeqTask(pl.LightningModule):
         out, _ = self(batch["x"])
         return out
 
-    # -- checkpoint: the loop's own state ------------------------------------------------------------------
+    # -- checkpoint: the loop's own state, for a bitwise-exact resume (see seqstab.checkpoint) ------------------
+
+    def setup(self, stage: str) -> None:
+        """The training loader remembers its position within the epoch (a resume continues mid-epoch); validation
+        loaders leave the training RNG alone (seqstab.checkpoint.make_resumable, make_quiet)."""
+        datamodule = self._trainer.datamodule if self._trainer is not None else None
+        if stage == "fit" and datamodule is not None:
+            _convert_loaders(datamodule, "train_dataloader", make_resumable)
+            _convert_loaders(datamodule, "val_dataloader", make_quiet)
+
+    def on_validation_model_zero_grad(self) -> None:
+        """Validation inside fit leaves the training RNG stream as it found it (restored in on_validation_end)."""
+        super().on_validation_model_zero_grad()
+        self._resume["rng_before_validation"] = rng_state()
+
+    def on_validation_end(self) -> None:
+        if "rng_before_validation" in self._resume:
+            set_rng_state(self._resume.pop("rng_before_validation"))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         check_finite_weights(checkpoint["state_dict"])  # never write a checkpoint holding inf/nan weights
-        checkpoint["seqstab"] = {"updates": self.updates, "clipping": self.clipping.state_dict()}
+        checkpoint["seqstab"] = {
+            "updates": self.updates,
+            "clipping": self.clipping.state_dict(),
+            "epoch_open": self._epoch_open,
+            "ranks": self._gather_process_state(),
+        }
         if self.guard is not None:
             checkpoint["seqstab"]["guard"] = self.guard.state_dict()
 
@@ -353,11 +387,77 @@ def _uniform_(module: nn.Module, scale: float | None) -> nn.Module:
                 p.uniform_(-scale, scale)
     return module
 
+        check_shapes(self.state_dict(), checkpoint.get("state_dict", {}))
 
 class LanguageModel(SeqTask):
     """Next-token prediction: embedding → recurrent net → decoder; cross-entropy.
 
     Logs ``val/loss`` (token mean), ``val/ppl`` and, for character-level data, ``val/bpc``.
+        if self._trainer is not None and self.trainer.state.fn == "fit":
+            self._restore_process_state(state.get("ranks") or [])
+            self._resume_position(checkpoint, state.get("epoch_open", False))
+
+    def _gather_process_state(self) -> list[dict[str, Any]]:
+        """What only each process knows, from every rank: the hidden state its streams carry, its RNG states."""
+        mine = {"carry": tbptt.map_hidden(torch.Tensor.cpu, self.carry["train"].state), "rng": rng_state()}
+        dist = torch.distributed
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return [mine]
+        ranks: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(ranks, mine)  # on_save_checkpoint runs on every rank; rank 0 writes the file
+        return ranks
+
+    def _restore_process_state(self, ranks: list[dict[str, Any]]) -> None:
+        if len(ranks) != self.trainer.world_size:
+            if ranks:
+                warnings.warn(
+                    f"checkpoint saved by {len(ranks)} process(es), resumed on {self.trainer.world_size}: carried "
+                    "hidden states restart from zeros and random streams from the seed; the resume is not exact",
+                    stacklevel=2,
+                )
+            return
+        mine = ranks[self.global_rank]
+        self.carry["train"].state = tbptt.map_hidden(lambda t: t.to(self.device), mine["carry"])
+        set_rng_state(mine["rng"])
+
+    def _resume_position(self, checkpoint: dict[str, Any], epoch_open: bool) -> None:
+        """A checkpoint saved after an epoch's last batch: Lightning resumes in the next epoch, but may skip the
+        saved epoch's ``on_train_epoch_end`` and the new one's ``on_train_epoch_start``; the loader must not skip."""
+        fit_loop = checkpoint.get("loops", {}).get("fit_loop", {})
+        if not fit_loop.get("epoch_loop.batch_progress", {}).get("is_last_batch", False):
+            return
+        for loader_state in fit_loop.get("state_dict", {}).get("combined_loader", []):
+            if isinstance(loader_state, dict) and "batches" in loader_state:
+                loader_state["batches"] = 0
+        self._resume["epoch_end_done"] = not epoch_open  # False: the saved epoch's scheduler step is still due
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._resume:
+            self._cross_saved_epoch_boundary()
+
+    def _cross_saved_epoch_boundary(self) -> None:
+        """What Lightning may skip when it resumes at an epoch boundary: the old epoch's end, the new one's start."""
+        if "epoch_end_done" not in self._resume:
+            return
+        if not self._resume.pop("epoch_end_done"):
+            with warnings.catch_warnings():  # no optimizer.step() yet in this process: torch's order check misfires
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+                self._step_scheduler("epoch")
+        self._epoch_open = True
+        self.carry["train"].reset()
+
+
+def _convert_loaders(datamodule: pl.LightningDataModule, hook: str, convert) -> None:
+    """Wrap ``datamodule.<hook>`` (once) so the loaders it returns pass through ``convert``."""
+    make = getattr(datamodule, hook)
+    if getattr(make, "__seqstab__", False):
+        return
+
+    def converted():
+        return convert(make())
+
+    converted.__seqstab__ = True
+    setattr(datamodule, hook, converted)
 
     Args:
         embedding_size: Embedding width; None uses ``hidden_size``.

@@ -14,17 +14,20 @@ import os
 import re
 import shutil
 import sys
+import traceback
 import warnings
 from argparse import ArgumentError
 from importlib import resources
 from pathlib import Path
 
 from jsonargparse import lazy_instance
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from datamodules.base import SeqDataModule
-from seqstab.errors import SeqstabError
+from seqstab import checkpoint
+from seqstab.errors import ConfigError, SeqstabError
 from seqstab.manifest import ManifestCallback
 from seqstab.tasks import SeqTask
 
@@ -56,6 +59,55 @@ class SeqstabCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.spec", "model.init_args.spec", apply_on="instantiate")
 
+    # -- safe, exact resume (seqstab.checkpoint) -------------------------------------------------------------
+
+    def _parse_ckpt_path(self) -> None:
+        """As LightningCLI: the model's hyperparameters come from ``--ckpt_path``; but read with
+        :func:`seqstab.checkpoint.load` (a bad file is one line) and without ``spec``, which ``data.spec`` links."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        hparams = dict(checkpoint.load(ckpt_path).get("hyper_parameters") or {})
+        for key in ("_instantiator", "spec"):
+            hparams.pop(key, None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+
+    def before_instantiate_classes(self) -> None:
+        optimizer = self._get(self.config, "optimizer")
+        lr = getattr(getattr(optimizer, "init_args", None), "lr", None)
+        if isinstance(lr, (int, float)) and not lr > 0:
+            raise ConfigError(f"optimizer.lr={lr!r}: must be > 0")
+
+    def instantiate_trainer(self, **kwargs):
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default: make it atomic and safe
+            trainer.strategy.checkpoint_io = checkpoint.AtomicCheckpointIO()
+        return trainer
+
+    def _before_run(self) -> None:
+        """Before anything is written: every output directory can be made, and ``ckpt_path: last`` is found."""
+        check_writable(self.trainer)
+        subcommand_config = self.config_init[self.subcommand]
+        if subcommand_config.get("ckpt_path") == "last" and (found := find_last(self.trainer)) is not None:
+            subcommand_config.ckpt_path = str(found)
+
+    def before_fit(self) -> None:
+        self._before_run()
+
+    def before_validate(self) -> None:
+        self._before_run()
+
+    def before_test(self) -> None:
+        self._before_run()
+
+    def before_predict(self) -> None:
+        self._before_run()
+
     def after_fit(self) -> None:
         if self.trainer.is_global_zero and self.trainer.log_dir:
             print(f"\nView it in TensorBoard:\n  tensorboard --logdir {self.trainer.log_dir}\n")
@@ -76,13 +128,68 @@ def with_default(args: list[str]) -> list[str]:
     return [args[0], "--config", str(DEFAULT_CONFIG), *args[1:]]
 
 
+def find_last(trainer) -> Path | None:
+    """The newest ``last*.ckpt`` of this experiment: in any version directory under the logger's root (Lightning
+    itself looks only in the new run's own directory) or in a ``ModelCheckpoint(dirpath=...)``."""
+    dirs = []
+    for logger in trainer.loggers[:1]:
+        if getattr(logger, "root_dir", None):
+            dirs += Path(logger.root_dir).glob("*/checkpoints")
+    dirs += [Path(cb.dirpath) for cb in trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)]
+    found = [p for d in dirs if d.is_dir() for p in d.glob("last*.ckpt") if p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
+
+
+def check_writable(trainer) -> None:
+    """Raise ConfigError naming the setting whose directory cannot be created or written."""
+    targets = {"trainer.default_root_dir": trainer.default_root_dir}
+    for logger in trainer.loggers:
+        if getattr(logger, "save_dir", None):
+            targets["trainer.logger.save_dir"] = logger.save_dir
+    for cb in trainer.checkpoint_callbacks:
+        if getattr(cb, "dirpath", None):
+            targets["trainer.callbacks.dirpath"] = cb.dirpath
+    for key, directory in targets.items():
+        problem = _unwritable(Path(directory))
+        if problem:
+            raise ConfigError(f"{key}={str(directory)!r}: cannot write there: {problem}")
+
+
+def _unwritable(directory: Path) -> str | None:
+    """Why files cannot be made in ``directory`` (created on demand), or None. Creates nothing."""
+    path = directory.absolute()
+    while not path.exists():
+        if path.parent == path:
+            return "no existing parent directory"
+        path = path.parent
+    if not path.is_dir():
+        return f"{path} is not a directory"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"permission denied on {path}"
+    return None
+
+
 def user_error(err: BaseException) -> str | None:
     """The one-line message for a user mistake (bad argument, config or data), or None for a bug."""
     if isinstance(err, ArgumentError):
         return parser_message(str(err))
+    first = err
     while err is not None:  # jsonargparse wraps errors raised while instantiating classes
         if isinstance(err, SeqstabError):
             return one_line(str(err))
+        err = err.__cause__ or err.__context__
+    return _torch_optim_error(first)
+
+
+def _torch_optim_error(err: BaseException) -> str | None:
+    """torch.optim validates its arguments with ValueError (``Invalid learning rate: -1.0``): a config mistake."""
+    while err is not None:
+        frames = traceback.extract_tb(err.__traceback__)
+        if isinstance(err, ValueError) and frames:
+            origin = Path(frames[-1].filename).as_posix()
+            if "/torch/optim/" in origin:
+                key = "lr_scheduler" if "lr_scheduler" in origin else "optimizer"
+                return f"{key}: {one_line(str(err))}"
         err = err.__cause__ or err.__context__
     return None
 

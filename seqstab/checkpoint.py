@@ -1,0 +1,291 @@
+"""Checkpoints that survive a kill, load without running pickle code, and resume exactly where the run stopped.
+
+What makes a resume bitwise exact, and where each piece lives::
+
+    model, optimizer, LR scheduler, loop counters    Lightning's checkpoint
+    clipping-policy state, guard state, task.updates SeqTask.on_save_checkpoint  -> checkpoint["seqstab"]
+    carried hidden state of stateful streams, RNGs   SeqTask.on_save_checkpoint  -> checkpoint["seqstab"]["ranks"][r]
+    position within the epoch (+ the RNG state its   ResumableLoader.state_dict  -> checkpoint["loops"] (Lightning
+      batch order was drawn from)                                                   stores stateful loaders there)
+
+* :class:`AtomicCheckpointIO` writes to a temporary file in the target's directory, fsyncs it and ``os.replace``-s
+  it over the target: a kill during a save leaves the previous checkpoint whole. It loads with
+  ``torch.load(weights_only=True)`` and turns a truncated, corrupt or code-carrying file into one
+  :class:`CheckpointError` line.
+* :class:`ResumableLoader` is a ``DataLoader`` that knows how many batches of the current epoch it has handed out.
+  Lightning 2.6 keeps the state of such a loader in the checkpoint and hands it back on resume (its ``_Stateful``
+  protocol); a plain ``DataLoader`` would restart the epoch's batch order from the top while Lightning's counters
+  continue mid-epoch. :func:`make_resumable` turns a plain ``DataLoader`` into one without copying it.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from torch.utils.data import DataLoader, IterableDataset
+
+from seqstab.errors import SeqstabError
+
+__all__ = [
+    "AtomicCheckpointIO",
+    "CheckpointError",
+    "QuietLoader",
+    "ResumableLoader",
+    "check_shapes",
+    "load",
+    "make_quiet",
+    "make_resumable",
+    "rng_state",
+    "save",
+    "set_rng_state",
+]
+
+
+class CheckpointError(SeqstabError):
+    """A checkpoint that cannot be used: missing, truncated, corrupt, holding code, or made for another model."""
+
+
+# -- files ------------------------------------------------------------------------------------------------------
+
+
+def save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` ``obj`` to ``path`` atomically: a temporary file beside it, fsync, then ``os.replace``.
+
+    Readers see the old file or the new one, never a part; a kill mid-write leaves at most a hidden
+    ``.<name>.*.part`` file behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where directories cannot be opened (Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``: tensors and plain data only, never pickled code.
+
+    Raises:
+        CheckpointError: one line naming the file and what is wrong with it.
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such checkpoint file") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path}: is a directory, expected a checkpoint file") from None
+    except pickle.UnpicklingError as err:
+        found = re.search(r"(?:Unsupported global: |unsupported )GLOBAL ([\w.]+)", str(err))
+        what = f"it holds a {found.group(1)} object" if found else "it holds objects other than tensors and plain data"
+        raise CheckpointError(f"{path}: refused to load: {what} (checkpoints load with weights_only=True)") from None
+    except (RuntimeError, EOFError, KeyError, ValueError, OSError, AttributeError, IndexError) as err:
+        detail = str(err).split(". ")[0].splitlines()[0][:120] if str(err) else type(err).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {detail}") from None
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's ``TorchCheckpointIO``, but writes are atomic and durable and loads are ``weights_only``.
+
+    seqstab's CLI installs it by default (``trainer.plugins``). Errors while loading are :class:`CheckpointError`.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        save(checkpoint, path)
+
+    def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict:
+        """Always ``weights_only=True``: a checkpoint is data; it never needs to run code to load."""
+        if map_location is None:
+            map_location = lambda storage, loc: storage  # noqa: E731 (Lightning's default: keep on CPU)
+        return load(path, map_location)
+
+
+# -- random number generators -----------------------------------------------------------------------------------
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global RNG state (torch, CUDA, numpy, Python) as tensors and plain data (``weights_only``-loadable)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos},
+        "numpy_gauss": (has_gauss, gauss),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured (CUDA only where the device count matches)."""
+    torch.set_rng_state(state["torch"])
+    numpy = state["numpy"]
+    has_gauss, gauss = state["numpy_gauss"]
+    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"], has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+# -- position within the epoch ----------------------------------------------------------------------------------
+
+
+class ResumableLoader(DataLoader):
+    """A ``DataLoader`` that can continue an epoch mid-way, drawing the same batch order.
+
+    ``state_dict()`` holds the number of batches handed out in the current epoch and the RNG states the epoch's
+    order was drawn from (the global torch RNG, the loader's and its sampler's generators). After
+    ``load_state_dict()``, the next ``iter()`` restores those RNGs, rebuilds the same order, skips the batches
+    already trained on, and puts the RNGs back as they were: the caller's random stream is not disturbed.
+
+    Skipping reads the skipped batches (cheap for in-memory datasets; no training happens on them). Lightning
+    calls ``state_dict``/``load_state_dict`` itself for any loader with these methods.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"batches": getattr(self, "_seqstab_batches", 0), "rng": getattr(self, "_seqstab_rng", None)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._seqstab_resume = state
+
+    def __iter__(self):
+        resume, self._seqstab_resume = getattr(self, "_seqstab_resume", None), None
+        rewind, self._seqstab_rewind = getattr(self, "_seqstab_rewind", None), None
+        skip = int(resume["batches"]) if resume and resume.get("rng") is not None else 0
+        if not 0 < skip < len(self):
+            skip = 0  # nothing to skip, or the saved epoch had ended: a fresh epoch from the current RNG
+        if skip:
+            current = self._order_rng()
+            self._set_order_rng(resume["rng"])
+        elif rewind is not None and self._seqstab_batches == 0 and _same(self._order_rng(), rewind[1]):
+            self._set_order_rng(rewind[0])  # iterated again with nothing read in between: the same epoch again
+        self._seqstab_rng = self._order_rng()
+        iterator = super().__iter__()
+        for _ in range(skip):
+            next(iterator)
+        if skip:
+            self._set_order_rng(current)
+        elif resume is not None:  # Lightning may iterate a second time when it resumes at an epoch boundary
+            self._seqstab_rewind = (self._seqstab_rng, self._order_rng())
+        self._seqstab_batches = skip
+        return self._counting(iterator)
+
+    def _counting(self, iterator):
+        for batch in iterator:
+            self._seqstab_batches += 1
+            yield batch
+
+    def _generators(self) -> dict[str, torch.Generator]:
+        found = {"loader": self.generator}
+        sampler = self.batch_sampler.sampler if self.batch_sampler is not None else self.sampler
+        found["sampler"] = getattr(sampler, "generator", None)
+        return {name: g for name, g in found.items() if isinstance(g, torch.Generator)}
+
+    def _order_rng(self) -> dict[str, torch.Tensor]:
+        state = {"torch": torch.get_rng_state()}
+        state.update({name: g.get_state() for name, g in self._generators().items()})
+        return state
+
+    def _set_order_rng(self, state: dict[str, torch.Tensor]) -> None:
+        torch.set_rng_state(state["torch"])
+        for name, g in self._generators().items():
+            if name in state:
+                g.set_state(state[name])
+
+
+class QuietLoader(DataLoader):
+    """A ``DataLoader`` whose ``iter()`` leaves the global torch RNG as it found it.
+
+    ``DataLoader.__iter__`` draws a worker base seed from the global RNG even when nothing is shuffled. For
+    evaluation loaders inside ``fit`` that draw would shift the training random stream (dropout masks, the next
+    epoch's order) depending on when validation runs, and Lightning iterates the validation loader without running
+    it when it resumes at a batch where validation was due. seqstab's tasks make validation loaders quiet.
+    """
+
+    def __iter__(self):
+        state = torch.get_rng_state()
+        try:
+            return super().__iter__()
+        finally:
+            torch.set_rng_state(state)
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def make_resumable(loader: Any) -> Any:
+    """Turn a plain map-style ``torch.utils.data.DataLoader`` into a :class:`ResumableLoader` (same object).
+
+    Anything else comes back unchanged: a loader that already has ``state_dict`` (e.g. torchdata's
+    ``StatefulDataLoader``, which Lightning resumes itself), a ``DataLoader`` subclass, an iterable dataset.
+    """
+    if type(loader) is DataLoader and not isinstance(loader.dataset, IterableDataset):
+        loader.__class__ = ResumableLoader  # adds methods only; DataLoader's own state is untouched
+    return loader
+
+
+def make_quiet(loaders: Any) -> Any:
+    """Turn plain ``DataLoader`` objects (one, or a list/tuple/dict of them) into :class:`QuietLoader` in place."""
+    if isinstance(loaders, dict):
+        values = list(loaders.values())
+    else:
+        values = list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]
+    for loader in values:
+        if type(loader) is DataLoader:
+            loader.__class__ = QuietLoader
+    return loaders
+
+
+# -- model shape ------------------------------------------------------------------------------------------------
+
+
+def check_shapes(model_state: dict[str, torch.Tensor], saved_state: dict[str, torch.Tensor], path: str = "") -> None:
+    """Raise :class:`CheckpointError` naming the first parameter whose shape (or presence) differs."""
+    where = f"{path}: " if path else "checkpoint: "
+    for name, tensor in model_state.items():
+        if name not in saved_state:
+            raise CheckpointError(f"{where}made for another model: it has no {name!r} (this model does)")
+        saved = saved_state[name]
+        if tuple(saved.shape) != tuple(tensor.shape):
+            raise CheckpointError(
+                f"{where}made for another model shape: {name} is {tuple(saved.shape)} in the checkpoint, "
+                f"{tuple(tensor.shape)} in this model"
+            )
+    extra = sorted(set(saved_state) - set(model_state))
+    if extra:
+        raise CheckpointError(f"{where}made for another model: it has {extra[0]!r}, which this model does not")
