@@ -105,12 +105,19 @@ def load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     except IsADirectoryError:
         raise CheckpointError(f"{path}: is a directory, expected a checkpoint file") from None
     except pickle.UnpicklingError as err:
+        if "Weights only load failed" not in str(err) or "Unsupported operand" in str(err):  # not a pickle at all
+            raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {_first(err)}") from None
         found = re.search(r"(?:Unsupported global: |unsupported )GLOBAL ([\w.]+)", str(err))
         what = f"it holds a {found.group(1)} object" if found else "it holds objects other than tensors and plain data"
         raise CheckpointError(f"{path}: refused to load: {what} (checkpoints load with weights_only=True)") from None
     except (RuntimeError, EOFError, KeyError, ValueError, OSError, AttributeError, IndexError) as err:
-        detail = str(err).split(". ")[0].splitlines()[0][:120] if str(err) else type(err).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {detail}") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {_first(err)}") from None
+
+
+def _first(err: BaseException) -> str:
+    """The first sentence of an error, or its type when it has no message (``EOFError()``)."""
+    text = str(err).strip()
+    return text.split(". ")[0].splitlines()[0][:120] if text else type(err).__name__
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -1,0 +1,241 @@
+"""Checkpoints: atomic writes, ``weights_only`` loads, one-line errors for bad files, the resumable loaders."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from seqstab import checkpoint
+from seqstab.checkpoint import AtomicCheckpointIO, CheckpointError, QuietLoader, ResumableLoader
+from seqstab.tasks import SequenceRegressor
+from seqstab.train import main
+from tests.helpers import REPO
+
+TINY = ["--data.num_train", "40", "--data.num_val", "20", "--data.seq_len", "10", "--data.batch_size", "10"]
+TINY += ["--model.hidden_size", "8", "--trainer.enable_progress_bar", "false", "--trainer.limit_val_batches", "1"]
+
+
+def error_lines(capsys) -> list[str]:
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("seqstab.train: error:")]
+
+
+@pytest.fixture(scope="module")
+def good_checkpoint(tmp_path_factory):
+    """One real checkpoint of the default experiment (2 updates), written by the CLI."""
+    cwd = tmp_path_factory.mktemp("good")
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        assert main(["fit", *TINY, "--trainer.max_steps", "2"]) == 0
+    finally:
+        os.chdir(old)
+    (path,) = (cwd / "runs").rglob("*.ckpt")
+    return path
+
+
+# -- atomic writes ----------------------------------------------------------------------------------------------
+
+
+def test_interrupted_save_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    io_ = AtomicCheckpointIO()
+    io_.save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
+
+    def half_then_interrupt(obj, f, *args, **kwargs):  # a kill arriving in the middle of the write
+        buffer = io.BytesIO()
+        torch.serialization.save(obj, buffer)
+        f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", half_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        io_.save_checkpoint({"step": 2, "w": torch.zeros(1000)}, path)
+    monkeypatch.undo()
+    loaded = io_.load_checkpoint(path)
+    assert loaded["step"] == 1 and torch.equal(loaded["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no partial file left behind
+
+
+KILLED_WRITER = textwrap.dedent(
+    """
+    import os, signal, sys, torch
+    from seqstab import checkpoint
+    path = sys.argv[1]
+    checkpoint.save({"step": 1, "w": torch.ones(3)}, path)                 # the last good checkpoint
+    real_open = os.fdopen
+    class Dying:                                                            # SIGKILL after the first 64 KiB
+        def __init__(self, f): self.f, self.n = f, 0
+        def write(self, b):
+            self.n += len(b)
+            if self.n > 65536: os.kill(os.getpid(), signal.SIGKILL)
+            return self.f.write(b)
+        def __getattr__(self, name): return getattr(self.f, name)
+        def __enter__(self): return self
+        def __exit__(self, *a): return self.f.__exit__(*a)
+    if sys.argv[2] == "atomic":
+        os.fdopen = lambda fd, mode: Dying(real_open(fd, mode))
+        checkpoint.save({"step": 2, "w": torch.zeros(10**6)}, path)
+    else:                                                                   # what a plain torch.save(path) does
+        with open(path, "wb") as f:
+            torch.save({"step": 2, "w": torch.zeros(10**6)}, Dying(f))
+    """
+)
+
+
+@pytest.mark.parametrize("writer", ["atomic", "plain"])
+def test_sigkill_during_a_write(tmp_path, writer):
+    path = tmp_path / "last.ckpt"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(path), writer], env=env, timeout=120)
+    assert done.returncode == -9  # really killed mid-write
+    if writer == "atomic":
+        assert checkpoint.load(path)["step"] == 1  # the previous checkpoint, whole
+    else:  # the control: without the temporary file + rename, the kill leaves a truncated checkpoint
+        with pytest.raises(CheckpointError, match="truncated or corrupt"):
+            checkpoint.load(path)
+
+
+# -- safe loading ------------------------------------------------------------------------------------------------
+
+
+def test_checkpoints_load_with_weights_only_and_rebuild_the_model(good_checkpoint):
+    saved = torch.load(good_checkpoint, weights_only=True)  # raises on any pickled class (e.g. a dataclass)
+    assert saved["hyper_parameters"]["spec"]["kind"] == "regression"
+    assert {"updates", "clipping", "guard", "ranks"} <= saved["seqstab"].keys()
+    model = SequenceRegressor.load_from_checkpoint(good_checkpoint, weights_only=True)
+    assert model.spec.input_size == 2 and model.hparams.hidden_size == 8
+
+
+def test_truncated_checkpoint_is_a_one_line_error(good_checkpoint, tmp_path, monkeypatch, capsys):
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(good_checkpoint.read_bytes()[:5000])
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", *TINY, "--ckpt_path", "broken.ckpt"]) == 2
+    (line,) = error_lines(capsys)
+    assert "broken.ckpt: not a readable checkpoint (truncated or corrupt?)" in line
+    assert not (tmp_path / "runs").exists()
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_tampered_checkpoint_is_refused_without_running_its_code(good_checkpoint, tmp_path, monkeypatch, capsys):
+    saved = torch.load(good_checkpoint, weights_only=True)
+    saved["callbacks"] = {"evil": _Payload()}
+    torch.save(saved, tmp_path / "tampered.ckpt")
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", *TINY, "--ckpt_path", "tampered.ckpt"]) == 2
+    (line,) = error_lines(capsys)
+    assert "tampered.ckpt: refused to load: it holds a posix.system object" in line
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "content,needle",
+    [(None, "no such checkpoint file"), (b"", "truncated or corrupt"), (b"not a checkpoint", "truncated or corrupt")],
+)
+def test_load_names_the_file_and_the_problem(tmp_path, content, needle):
+    path = tmp_path / "x.ckpt"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=needle) as err:
+        checkpoint.load(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_missing_checkpoint_via_cli(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", *TINY, "--ckpt_path", "nowhere.ckpt"]) == 2
+    (line,) = error_lines(capsys)
+    assert "nowhere.ckpt: no such checkpoint file" in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
+    import random
+
+    import numpy as np
+
+    state = checkpoint.rng_state()
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    checkpoint.save(state, tmp_path / "rng.pt")
+    checkpoint.set_rng_state(checkpoint.load(tmp_path / "rng.pt"))
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], again[0]) and (expected[1] == again[1]).all() and expected[2] == again[2]
+
+
+# -- loaders that resume mid-epoch --------------------------------------------------------------------------------
+
+
+def _shuffled_loader() -> DataLoader:
+    return DataLoader(TensorDataset(torch.arange(20)), batch_size=3, shuffle=True)
+
+
+def test_resumable_loader_continues_the_same_epoch_order():
+    torch.manual_seed(0)
+    uninterrupted = checkpoint.make_resumable(_shuffled_loader())
+    full = [batch[0].tolist() for batch in uninterrupted]
+    after_epoch = torch.get_rng_state()
+
+    torch.manual_seed(0)
+    first = checkpoint.make_resumable(_shuffled_loader())
+    iterator = iter(first)
+    seen = [next(iterator)[0].tolist() for _ in range(3)]
+    state = first.state_dict()
+    assert state["batches"] == 3
+
+    torch.manual_seed(99)  # a new process: another RNG state, then the checkpoint's RNG state is restored
+    resumed = checkpoint.make_resumable(_shuffled_loader())
+    resumed.load_state_dict(state)
+    torch.set_rng_state(after_epoch)
+    rest = [batch[0].tolist() for batch in resumed]
+    assert seen + rest == full
+    assert torch.equal(torch.get_rng_state(), after_epoch)  # skipping did not disturb the random stream
+
+
+def test_a_finished_epoch_is_not_skipped():
+    torch.manual_seed(0)
+    loader = checkpoint.make_resumable(_shuffled_loader())
+    list(loader)
+    state = loader.state_dict()
+    fresh = checkpoint.make_resumable(_shuffled_loader())
+    fresh.load_state_dict(state)
+    assert len(list(fresh)) == len(fresh)
+
+
+def test_only_plain_dataloaders_are_converted():
+    class Custom(DataLoader):
+        pass
+
+    assert type(checkpoint.make_resumable(_shuffled_loader())) is ResumableLoader
+    custom = Custom(TensorDataset(torch.arange(4)))
+    assert type(checkpoint.make_resumable(custom)) is Custom
+    quiet = checkpoint.make_quiet([_shuffled_loader(), custom])
+    assert [type(q) for q in quiet] == [QuietLoader, Custom]
+
+
+def test_quiet_loader_leaves_the_global_rng_alone():
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    list(checkpoint.make_quiet(DataLoader(TensorDataset(torch.arange(4)), batch_size=2)))
+    assert torch.equal(torch.get_rng_state(), before)
+    list(DataLoader(TensorDataset(torch.arange(4)), batch_size=2))  # control: a plain loader draws a seed
+    assert not torch.equal(torch.get_rng_state(), before)
+
+
+def test_check_shapes_names_the_parameter():
+    model = {"net.w": torch.zeros(4, 2), "head.b": torch.zeros(1)}
+    with pytest.raises(CheckpointError, match=r"net.w is \(8, 2\) in the checkpoint, \(4, 2\) in this model"):
+        checkpoint.check_shapes(model, {"net.w": torch.zeros(8, 2), "head.b": torch.zeros(1)})
+    with pytest.raises(CheckpointError, match="it has no 'head.b'"):
+        checkpoint.check_shapes(model, {"net.w": torch.zeros(4, 2)})
+    checkpoint.check_shapes(model, dict(model))
