@@ -90,11 +90,15 @@ class SeqstabCLI(LightningCLI):
         return trainer
 
     def _before_run(self) -> None:
-        """Before anything is written: every output directory can be made, and ``ckpt_path: last`` is found."""
+        """Before anything is written: every output directory can be made, the checkpoint exists, and
+        ``ckpt_path: last`` is found."""
         check_writable(self.trainer)
         subcommand_config = self.config_init[self.subcommand]
-        if subcommand_config.get("ckpt_path") == "last" and (found := find_last(self.trainer)) is not None:
+        ckpt_path = subcommand_config.get("ckpt_path")
+        if ckpt_path == "last" and (found := find_last(self.trainer)) is not None:
             subcommand_config.ckpt_path = str(found)
+        elif ckpt_path not in (None, "last", "best", "hpc", "registry") and not _exists_or_remote(ckpt_path):
+            raise checkpoint.CheckpointError(f"{ckpt_path}: no such checkpoint file")
 
     def before_fit(self) -> None:
         self._before_run()
@@ -138,6 +142,10 @@ def find_last(trainer) -> Path | None:
     dirs += [Path(cb.dirpath) for cb in trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)]
     found = [p for d in dirs if d.is_dir() for p in d.glob("last*.ckpt") if p.is_file()]
     return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
+
+
+def _exists_or_remote(path: str) -> bool:
+    return "://" in str(path) or Path(path).exists()
 
 
 def check_writable(trainer) -> None:
@@ -234,18 +242,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _existing_runs(root: str = "runs") -> set[Path]:
+    """``runs`` itself, each experiment name under it and each run (version) directory."""
     base = Path(root)
-    return set(base.glob("*/*")) if base.is_dir() else set()
+    return {base, *base.glob("*"), *base.glob("*/*")} if base.is_dir() else set()
 
 
 def _remove_new_runs(before: set[Path], root: str = "runs") -> None:
-    """A failed start leaves nothing behind: remove run directories this invocation created."""
-    for path in _existing_runs(root) - before:
+    """A failed start leaves nothing behind: remove run directories this invocation created (and the then empty
+    experiment and ``runs`` directories it created), unless they hold a checkpoint."""
+    for path in sorted(_existing_runs(root) - before, key=lambda p: len(p.parts), reverse=True):
         if path.is_dir() and not any(path.rglob("*.ckpt")):
             shutil.rmtree(path, ignore_errors=True)
-    base = Path(root)
-    if base.is_dir() and not before and not any(base.iterdir()):
-        os.rmdir(base)
 
 
 if __name__ == "__main__":
