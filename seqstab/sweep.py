@@ -289,6 +289,7 @@ def summarize(run: Run, data: dict[str, Any]) -> dict[str, Any]:
             "updates": len(norms),
             "first_explosion_step": events[0]["update"] if events else None,
             "first_nonfinite_step": nonfinite_steps[0] if nonfinite_steps else None,
+            "initial_norm": next((v for v in norms if v > 0), None),  # the first gradient: untrained weights
             "max_pre_clip_norm": max(finite) if finite else None,
             "frac_clipped": sum(clipped) / len(clipped) if clipped else None,
             "final_train_loss": statistics.fmean(train) if train else None,
@@ -346,7 +347,9 @@ def _markdown(sweep: Sweep, rows: list[dict[str, Any]], columns: list[str], plot
         f"{sum(r['status'] == 'done' for r in rows)} finished, {total:.0f} s of run wall time in all.",
         "",
         "Steps are update indices (the x axis of every per-update TensorBoard scalar). `first_explosion_step`: "
-        "the first explosion-guard event; `max_pre_clip_norm`: the largest finite pre-clip gradient norm; "
+        "the first explosion-guard event; `initial_norm`: the first non-zero pre-clip norm (the weights as "
+        "initialised; under truncation, the first chunk that carries loss); "
+        "`max_pre_clip_norm`: the largest finite pre-clip gradient norm; "
         f"`final_train_loss`: mean of the last {TRAIN_TAIL} updates; `final_val/*`: the last validation; "
         "`grad_flow_growth`: median over the run, where the monitor logged it.",
         "",
