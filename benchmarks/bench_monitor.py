@@ -2,25 +2,27 @@
 
     python benchmarks/bench_monitor.py                      # WikiText-2 from ../shared/data (or --data-dir DIR)
     python benchmarks/bench_monitor.py --synthetic          # random tokens, WikiText-2's vocabulary size (33,278)
-    python benchmarks/bench_monitor.py --steps 100 --rounds 5
+    python benchmarks/bench_monitor.py --threads 1 --cycles 5          # steadier CPU-time figures on a shared box
 
 The model is pytorch/examples' word LM as ``configs/lm/wikitext2_lstm.yaml`` trains it: embedding 200, 2 × 200
 LSTM, dropout 0.2, decoder to 33,278 words, 20 streams × 35 tokens per update, SGD (lr 1 here: no clipping is
-involved, and the update must stay finite so every configuration does the same work). Every configuration trains
-through seqstab's own loop (``SeqTask.training_step`` under a Lightning Trainer) from the same seed on the same
-batches; only what is measured and logged changes:
+involved, and the update must stay finite so every configuration does the same work). It trains through seqstab's
+own loop (``SeqTask.training_step`` under a Lightning Trainer); only what is measured and logged changes:
 
     bare          no norm measured (a policy that returns constants), no logger, monitor off
     log           NoClip: global pre-clip norm every update, all per-update scalars to TensorBoard;
                   per-module grad/weight norms every log_every_n_steps (50, the default)
     log+flow/50   log + gradient flow through time every 50 updates
-    defaults      GradMonitor() as shipped: log + flow every 50 + W_hh spectra every 100 + HPARAMS/custom scalars
+    defaults      GradMonitor() as shipped: log + flow every 50 + W_hh spectra every 100 (heatmap: see below)
 
-Runs are interleaved (round-robin, order rotated each round); each timed window is ``--steps`` updates (a multiple
-of 100, so every periodic measurement falls in it at its true rate) after ``--warmup`` updates. Reported: the
-median over rounds of ms per update, and the median over rounds of each configuration's time over bare's in the
-same round (paired, so slow drifts of a shared machine cancel). The heatmap image is redrawn every 1000 updates
-(and at the end of fit), outside the window: its cost is timed alone and shown amortised.
+One training run, cut into blocks of ``--block`` updates (a multiple of 100, so every periodic measurement falls in
+a block at its true rate); a callback switches the configuration (clipping policy, monitor, logger) at each block
+boundary, round-robin, the order rotated each cycle. Fine interleaving on the same model in the same process, so
+slow drifts of a shared machine hit every configuration alike. Reported per configuration: the median over cycles
+of ms per update, and the median over cycles of its block's time over the bare block's of the same cycle (paired),
+for wall time and for the process's CPU time (steadier on a shared machine; use ``--threads 1`` with it, so idle
+worker threads do not spin). The heatmap image (redrawn every 1000 updates and at the end of fit) is timed alone
+and shown amortised.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from datamodules.base import DataSpec, SeqDataModule, StreamWindows, batchify  # noqa: E402
 from seqstab.clipping import ClipPolicy, ClipResult, NoClip  # noqa: E402
+from seqstab.guard import Action, ExplosionGuard  # noqa: E402
 from seqstab.monitor import GradMonitor, render_heatmap  # noqa: E402
 from seqstab.tasks import LanguageModel  # noqa: E402
 
@@ -62,13 +65,23 @@ class Unmeasured(ClipPolicy):
         return ClipResult(zero, zero, torch.zeros((), dtype=torch.bool, device=zero.device))
 
 
+class Unguarded(ExplosionGuard):
+    """Every configuration steps every update: the guard's own work is not what is measured here."""
+
+    def __init__(self):
+        super().__init__(policy="warn", snapshot=False)
+
+    def check(self, task, update) -> Action:
+        return Action.STEP
+
+
 def configurations() -> dict[str, dict]:
     off = dict(grad_flow_every_n_steps=None, spectrum_every_n_steps=None, heatmap_every_n_steps=None)
     return {
         "bare": dict(clipping=Unmeasured(), monitor=GradMonitor(**off, per_module=False, dashboard=False), log=False),
         "log": dict(clipping=NoClip(), monitor=GradMonitor(**off), log=True),
         "log+flow/50": dict(clipping=NoClip(), monitor=GradMonitor(spectrum_every_n_steps=None), log=True),
-        "defaults": dict(clipping=NoClip(), monitor=GradMonitor(), log=True),
+        "defaults": dict(clipping=NoClip(), monitor=GradMonitor(heatmap_every_n_steps=None), log=True),
     }
 
 
@@ -113,50 +126,71 @@ def synthetic_stream(tokens: int) -> tuple[torch.Tensor, int, str]:
     return ids, VOCAB, f"synthetic token stream, vocabulary {VOCAB:,} (WikiText-2's)"
 
 
-class StepClock(pl.Callback):
-    """Wall time of updates ``warmup .. end`` (one update per batch here: bptt 35 = the batch)."""
+class Blocks(pl.Callback):
+    """Switch the task's clipping policy, monitor and logger every ``block`` updates; time each block.
 
-    def __init__(self, warmup: int):
-        self.warmup, self.start, self.end, self.count = warmup, None, None, 0
+    Args:
+        schedule: The configuration of each block, in order.
+        block: Updates per block.
+        warmup: Untimed updates first (in the first configuration).
+    """
+
+    def __init__(self, schedule: list[str], block: int, warmup: int):
+        self.schedule, self.block, self.warmup = schedule, block, warmup
+        self.configs = configurations()
+        self.logger = None
+        self.started: tuple[float, float] | None = None
+        self.times: list[tuple[str, float, float]] = []  # (configuration, wall ms/update, CPU ms/update)
+
+    def on_train_start(self, trainer, pl_module):
+        self.logger = trainer.logger
+        self._apply(trainer, pl_module, self.schedule[0])
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if batch_idx == self.warmup:
-            self._sync(pl_module)
-            self.start = time.perf_counter()
+        offset = batch_idx - self.warmup
+        if offset < 0 or offset % self.block:
+            return
+        now = self._now(pl_module)
+        if self.started is not None:
+            self._close(now)
+        index = offset // self.block
+        if index < len(self.schedule):
+            self._apply(trainer, pl_module, self.schedule[index])
+            self.started = now
+        else:
+            self.started = None
+            trainer.should_stop = True
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if batch_idx >= self.warmup:
-            self._sync(pl_module)
-            self.end, self.count = time.perf_counter(), batch_idx - self.warmup + 1
+    def on_train_end(self, trainer, pl_module):
+        if self.started is not None:
+            self._close(self._now(pl_module))
+
+    def _close(self, now: tuple[float, float]) -> None:
+        name = self.schedule[len(self.times)]
+        wall, cpu = ((end - start) / self.block * 1e3 for start, end in zip(self.started, now, strict=True))
+        self.times.append((name, wall, cpu))
+        print(f"  block {len(self.times):>2} {name:<12} {wall:8.1f} ms wall {cpu:8.1f} ms CPU per update", flush=True)
+
+    def _apply(self, trainer, pl_module, name: str) -> None:
+        config = self.configs[name]
+        pl_module.clipping, pl_module.monitor = config["clipping"], config["monitor"]
+        trainer.logger = self.logger if config["log"] else None
 
     @staticmethod
-    def _sync(module):
+    def _now(module) -> tuple[float, float]:
         if module.device.type == "cuda":
             torch.cuda.synchronize()
-
-    def ms_per_step(self) -> float:
-        return (self.end - self.start) / self.count * 1e3
+        return time.perf_counter(), time.process_time()
 
 
-def time_run(name: str, data: Stream, warmup: int, steps: int, workdir: str) -> float:
-    config = configurations()[name]
+def run_blocks(data: Stream, schedule: list[str], block: int, warmup: int, workdir: str) -> list[tuple]:
     pl.seed_everything(0, verbose=False)
-    model = SGDLanguageModel(
-        spec=data.spec,
-        hidden_size=200,
-        num_layers=2,
-        dropout=0.2,
-        clipping=config["clipping"],
-        monitor=config["monitor"],
-    )
-    clock = StepClock(warmup)
-    logger = (
-        TensorBoardLogger(workdir, name=name.replace("/", "_"), default_hp_metric=False) if config["log"] else False
-    )
+    model = SGDLanguageModel(spec=data.spec, hidden_size=200, num_layers=2, dropout=0.2, guard=Unguarded())
+    blocks = Blocks(schedule, block, warmup)
     trainer = pl.Trainer(
-        max_steps=warmup + steps,
-        logger=logger,
-        callbacks=[clock],
+        max_steps=warmup + block * len(schedule) + 1,
+        logger=TensorBoardLogger(workdir, name="bench_monitor", default_hp_metric=False),
+        callbacks=[blocks],
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -165,8 +199,8 @@ def time_run(name: str, data: Stream, warmup: int, steps: int, workdir: str) -> 
         log_every_n_steps=50,
     )
     trainer.fit(model, data)
-    assert clock.count == steps, f"{name}: timed {clock.count} updates, expected {steps}"
-    return clock.ms_per_step()
+    assert len(blocks.times) == len(schedule), f"timed {len(blocks.times)} blocks of {len(schedule)}"
+    return blocks.times
 
 
 def heatmap_ms(repeats: int = 3) -> float:
@@ -201,41 +235,44 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=WIKITEXT2, help="WikiText-2 train/valid/test.txt")
     parser.add_argument("--synthetic", action="store_true", help="random tokens with WikiText-2's vocabulary size")
-    parser.add_argument("--steps", type=int, default=100, help="timed updates per run (a multiple of 100)")
+    parser.add_argument("--block", type=int, default=100, help="updates per block (a multiple of 100)")
+    parser.add_argument("--cycles", type=int, default=3, help="blocks of each configuration")
     parser.add_argument("--warmup", type=int, default=5, help="untimed updates first")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over the configurations")
     parser.add_argument("--only", nargs="*", help="configurations to run (bare is always included)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    needed = (args.warmup + args.steps + 1) * 20 * 35 + 1
+    names = ["bare", *[n for n in configurations() if n != "bare" and (not args.only or n in args.only)]]
+    schedule = [name for c in range(args.cycles) for name in names[c % len(names) :] + names[: c % len(names)]]
+    needed = (args.warmup + args.block * len(schedule) + 2) * 20 * 35 + 1
     if args.synthetic or not (args.data_dir / "train.txt").is_file():
         ids, vocab, source = synthetic_stream(needed)
     else:
         ids, vocab, source = wikitext2_stream(args.data_dir)
-    data = Stream(ids[: needed * 2], vocab)  # only the first batches are read
-    names = ["bare", *[n for n in configurations() if n != "bare" and (not args.only or n in args.only)]]
+    if ids.numel() < needed:
+        sys.exit(f"{source}: {ids.numel():,} tokens, {needed:,} needed; lower --block or --cycles")
+    data = Stream(ids[:needed], vocab)
     print(f"machine: {machine()}")
-    print(f"data: {source}; 2 x 200 LSTM, batch 20, bptt 35; {args.rounds} rounds x {args.steps} timed updates")
+    print(
+        f"data: {source}; 2 x 200 LSTM, batch 20, bptt 35; {args.cycles} cycles of {len(names)} blocks x {args.block}"
+    )
 
-    times: dict[str, list[float]] = {n: [] for n in names}
     with tempfile.TemporaryDirectory() as workdir:
-        for r in range(args.rounds):
-            order = names[r % len(names) :] + names[: r % len(names)]
-            for name in order:
-                times[name].append(time_run(name, data, args.warmup, args.steps, workdir))
-            print(f"round {r + 1}: " + ", ".join(f"{n} {times[n][-1]:.1f} ms" for n in names), flush=True)
+        blocks = run_blocks(data, schedule, args.block, args.warmup, workdir)
+    times = {name: [(wall, cpu) for n, wall, cpu in blocks if n == name] for name in names}
 
-    bare = times["bare"]
-    print(f"\n{'configuration':<14} {'ms/update (median)':>19} {'vs bare (paired median)':>24}")
+    print(f"\n{'configuration':<14} {'wall ms':>9} {'CPU ms':>9} {'wall vs bare':>13} {'CPU vs bare':>12}")
     for name in names:
-        ratios = [t / b for t, b in zip(times[name], bare, strict=True)]
-        overhead = (statistics.median(ratios) - 1) * 100
-        print(f"{name:<14} {statistics.median(times[name]):>19.1f} {overhead:>+23.1f}%")
+        cells = []
+        for k in (0, 1):  # paired: this configuration's block over the bare block of the same cycle
+            ratios = [t[k] / b[k] for t, b in zip(times[name], times["bare"], strict=True)]
+            cells.append((statistics.median(ratios) - 1) * 100)
+        wall, cpu = (statistics.median(t[k] for t in times[name]) for k in (0, 1))
+        print(f"{name:<14} {wall:>9.1f} {cpu:>9.1f} {cells[0]:>+12.1f}% {cells[1]:>+11.1f}%")
     draw = heatmap_ms()
-    per_step = statistics.median(bare)
+    per_step = statistics.median(t[0] for t in times["bare"])
     print(
         f"\ngrad_flow/heatmap redraw: {draw:.0f} ms, every 1000 updates by default -> "
         f"{draw / (1000 * per_step) * 100:.2f}% of a bare update amortised"
