@@ -383,10 +383,9 @@ def write_plots(
     for ax, (group, members) in zip(axes.flat, groups.items(), strict=False):
         for r in members:
             series = data[r.id]["scalars"].get("grad/norm_total", [])
-            steps = [s for s, _ in series]
-            values = [v if math.isfinite(v) else math.nan for _, v in series]
+            shown = [(s, v) for s, v in series if math.isfinite(v) and v > 0]  # log scale; zero: a chunk without loss
             label = ", ".join(f"{k.rsplit('.', 1)[-1]}={_format_value(v)}" for k, v in r.values.items()) or r.id
-            (line,) = ax.plot(steps, values, lw=0.9, label=label)
+            (line,) = ax.plot([s for s, _ in shown], [v for _, v in shown], lw=0.9, label=label)
             bad = [s for s, v in series if not math.isfinite(v)]
             if bad:
                 ax.axvline(bad[0], color=line.get_color(), ls=":", lw=0.9)
@@ -415,24 +414,28 @@ def write_plots(
         (f"metric_vs_{xname}.png", metric, metric, True),
     ):
         points = {
-            g: sorted((float(r.values[sweep.x]), row[column]) for r, row in members if _is_number(row.get(column)))
+            g: sorted((float(r.values[sweep.x]), row[column]) for r, row in members if _is_float(row.get(column)))
             for g, members in by_group.items()
         }
         points = {g: p for g, p in points.items() if p}
-        if not points:
+        if not any(math.isfinite(y) for p in points.values() for _, y in p):
             continue
         fig, ax = plt.subplots(figsize=(6.5, 4))
+        top = ax.get_xaxis_transform()  # x in data, y in axes coordinates
         for g, p in points.items():
-            ax.plot([x for x, _ in p], [y for _, y in p], marker="o", label=g)
+            ys = [y if math.isfinite(y) else math.nan for _, y in p]
+            (line,) = ax.plot([x for x, _ in p], ys, marker="o", label=g)
+            bad = [x for x, y in p if not math.isfinite(y)]  # non-finite: an x at the top edge
+            ax.plot(bad, [0.97] * len(bad), "x", color=line.get_color(), transform=top, clip_on=False)
         if column == metric:
             chance = [row["chance_loss"] for row in rows if _is_number(row.get("chance_loss"))]
             if chance and "loss" in metric:
                 ax.axhline(chance[0], color="grey", ls="--", lw=1, label="chance")
-        if log and all(y > 0 for p in points.values() for _, y in p):
+        if log and all(y > 0 for p in points.values() for _, y in p if math.isfinite(y)):
             ax.set_yscale("log")
         ax.set_xlabel(xname)
         ax.set_ylabel(ylabel)
-        ax.set_title(f"{sweep.name}: {ylabel} against {xname}")
+        ax.set_title(f"{sweep.name}: {ylabel} against {xname} (x at the top: non-finite)", fontsize=10)
         ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(sweep_dir / name, dpi=90)
@@ -444,6 +447,11 @@ def write_plots(
 def _group_label(run: Run, x: str) -> str:
     others = [f"{k.rsplit('.', 1)[-1]}={_format_value(v)}" for k, v in run.values.items() if k != x]
     return ", ".join(([run.variant] if run.variant else []) + others) or "runs"
+
+
+def _is_float(value: Any) -> bool:
+    """A number, finite or not (inf/nan are drawn as markers)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _is_number(value: Any) -> bool:
