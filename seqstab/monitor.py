@@ -277,7 +277,8 @@ class ModuleGroups:
             index.append(self.names.index(group))
             self.params.append(param)
         device = self.params[0].device if self.params else torch.device("cpu")
-        self.index = torch.tensor(index, device=device)  # (P,) group of each parameter
+        self.group_of = index  # group of each parameter
+        self.index = torch.tensor(index, device=device)  # (P,) the same, on the device
 
     def norms(self) -> dict[str, torch.Tensor]:
         """``grad/norm/<group>`` and ``weight/norm/<group>`` as 0-dim device tensors (two fused passes)."""
@@ -301,7 +302,7 @@ class ModuleGroups:
         """Every group's gradient (pre-clip) and weights, flattened, copied to the host."""
         grads: dict[str, list[torch.Tensor]] = defaultdict(list)
         weights: dict[str, list[torch.Tensor]] = defaultdict(list)
-        for param, g in zip(self.params, self.index.tolist(), strict=True):
+        for param, g in zip(self.params, self.group_of, strict=True):
             weights[self.names[g]].append(param.detach().flatten())
             if param.grad is not None:
                 grads[self.names[g]].append(param.grad.detach().flatten())
