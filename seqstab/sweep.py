@@ -385,7 +385,8 @@ def write_plots(
             series = data[r.id]["scalars"].get("grad/norm_total", [])
             shown = [(s, v) for s, v in series if math.isfinite(v) and v > 0]  # log scale; zero: a chunk without loss
             label = ", ".join(f"{k.rsplit('.', 1)[-1]}={_format_value(v)}" for k, v in r.values.items()) or r.id
-            (line,) = ax.plot([s for s, _ in shown], [v for _, v in shown], lw=0.9, label=label)
+            marker = "o" if len(shown) < 5 else None  # a run that died at once is still a visible point
+            (line,) = ax.plot([s for s, _ in shown], [v for _, v in shown], lw=0.9, marker=marker, ms=3, label=label)
             bad = [s for s, v in series if not math.isfinite(v)]
             if bad:
                 ax.axvline(bad[0], color=line.get_color(), ls=":", lw=0.9)
@@ -397,11 +398,12 @@ def write_plots(
     for ax in list(axes.flat)[len(groups) :]:
         ax.axis("off")
     fig.suptitle(f"{sweep.name}: pre-clip gradient norm (dotted: first non-finite)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.25 / (3.4 * nrows)))  # room for the title
     fig.savefig(sweep_dir / "norms.png", dpi=90)
     plt.close(fig)
     written.append("norms.png")
     if sweep.x is None:
+        written.append(_metric_bars(sweep, rows, sweep_dir, plt))
         return written
     xname = sweep.x.rsplit(".", 1)[-1]
     by_group: dict[str, list[tuple[Run, dict[str, Any]]]] = {}
@@ -442,6 +444,34 @@ def write_plots(
         plt.close(fig)
         written.append(name)
     return written
+
+
+def _metric_bars(sweep: Sweep, rows: list[dict[str, Any]], sweep_dir: Path, plt) -> str:
+    """``metric_by_run.png``: the final validation loss of every run as a bar (log scale), chance as a line."""
+    metric = "final_val/loss" if any("final_val/loss" in row for row in rows) else "final_train_loss"
+    names = [row["run"] for row in rows]
+    values = [row.get(metric) for row in rows]
+    finite = [v for v in values if _is_number(v) and v > 0]
+    top = max(finite) * 10 if finite else 1.0
+    fig, ax = plt.subplots(figsize=(7, 0.32 * len(rows) + 1.2))
+    for i, v in enumerate(values):
+        ok = _is_number(v) and v > 0
+        ax.barh(i, v if ok else top, color="tab:blue" if ok else "tab:red", alpha=1.0 if ok else 0.35)
+        if not ok:
+            ax.text(top, i, " non-finite" if _is_float(v) else " missing", va="center", fontsize=7)
+    chance = [row["chance_loss"] for row in rows if _is_number(row.get("chance_loss"))]
+    if chance and "loss" in metric:
+        ax.axvline(chance[0], color="grey", ls="--", lw=1, label="chance")
+        ax.legend(fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel(metric)
+    ax.set_title(f"{sweep.name}: {metric} per run", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(sweep_dir / "metric_by_run.png", dpi=90)
+    plt.close(fig)
+    return "metric_by_run.png"
 
 
 def _group_label(run: Run, x: str) -> str:
