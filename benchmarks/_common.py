@@ -41,6 +41,18 @@ def machine() -> str:
     )
 
 
+def wikitext2_dir(data_dir: str | None = None) -> Path:
+    """``data_dir`` if given, else the shared copy beside the checkout, else the copy ``datamodules.text.WikiText2``
+    downloads (SHA-256 checked) into its cache on first use."""
+    if data_dir:
+        return Path(data_dir)
+    if (WIKITEXT2 / "train.txt").is_file():
+        return WIKITEXT2
+    from datamodules.text import WikiText2
+
+    return WikiText2().files()["train"].parent
+
+
 def read_words(path: Path) -> list[str]:
     """pytorch/examples ``data.Corpus`` tokenization: whitespace split, ``<eos>`` at each line end."""
     words = []
@@ -50,9 +62,10 @@ def read_words(path: Path) -> list[str]:
     return words
 
 
-def wikitext2_ids(data_dir: Path = WIKITEXT2) -> tuple[torch.Tensor, int]:
+def wikitext2_ids(data_dir: str | None = None) -> tuple[torch.Tensor, int]:
     """WikiText-2 train token ids (vocabulary built over train, valid and test, as pytorch/examples) and the
     vocabulary size (33,278)."""
+    data_dir = wikitext2_dir(data_dir)
     index: dict[str, int] = {}
     splits = {}
     for split in ("train", "valid", "test"):

@@ -34,11 +34,11 @@ CONFIG = _common.REPO / "configs" / "timeseries" / "etth1_lstm.yaml"
 ETTH1 = _common.SHARED_DATA / "timeseries" / "ETTh1.csv"
 
 
-def datamodule(path: Path) -> CSVSeries:
+def datamodule(path: Path | None) -> CSVSeries:
     """The config's datamodule, built from the YAML itself (so the baselines follow any change to it)."""
     data = yaml.safe_load(CONFIG.read_text())["data"]
     assert data["class_path"].endswith("CSVSeries"), data["class_path"]
-    return CSVSeries(**{**data["init_args"], "path": str(path)})
+    return CSVSeries(**{**data["init_args"], "path": str(path) if path else None})
 
 
 def baselines(dm: CSVSeries) -> dict[str, dict[str, float]]:
@@ -63,12 +63,14 @@ def baselines(dm: CSVSeries) -> dict[str, dict[str, float]]:
     }
 
 
-def train_and_test(name: str, extra: list[str], path: Path, epochs: int | None) -> dict[str, float]:
+def train_and_test(name: str, extra: list[str], path: Path | None, epochs: int | None) -> dict[str, float]:
     """``fit`` then ``test`` on the last checkpoint, through ``python -m seqstab.train``; returns val/test metrics."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    common = ["-c", str(CONFIG), "--data.path", str(path), "--trainer.enable_progress_bar", "false", *extra]
+    common = ["-c", str(CONFIG), "--trainer.enable_progress_bar", "false", *extra]
+    if path is not None:
+        common += ["--data.path", str(path)]
     if epochs is not None:
         common += ["--trainer.max_epochs", str(epochs)]
     with tempfile.TemporaryDirectory() as cwd:
@@ -95,15 +97,15 @@ def train_and_test(name: str, extra: list[str], path: Path, epochs: int | None) 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--path", default=str(ETTH1), help="ETTh1.csv")
+    parser.add_argument("--path", help="ETTh1.csv (default: ../shared/data, else the config's download)")
     parser.add_argument("--epochs", type=int, help="override the config's trainer.max_epochs")
     parser.add_argument("--models", default="lstm,rnn")
     args = parser.parse_args(argv)
-    path = Path(args.path)
+    path = Path(args.path) if args.path else ETTH1 if ETTH1.is_file() else None
     print(f"machine: {_common.machine()}")
     dm = datamodule(path)
     dm.data  # noqa: B018 -- load and split
-    print(f"ETTh1 {path}: {sum(len(dm.data[s]) for s in ('train', 'val', 'test')):,} rows; test rows "
+    print(f"ETTh1 {dm.file()}: {sum(len(dm.data[s]) for s in ('train', 'val', 'test')):,} rows; test rows "
           f"{dm.bounds['test'][0]}–{dm.bounds['test'][1] - 1}; input_length {dm.input_length}, horizon {dm.horizon}, "
           f"stride {dm.stride}")  # fmt: skip
     rows = []

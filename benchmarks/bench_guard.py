@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lm-updates", type=int, default=10, help="timed updates per lm run")
     parser.add_argument("--small-updates", type=int, default=300, help="timed updates per small run")
     parser.add_argument("--workloads", default="lm,small")
-    parser.add_argument("--data-dir", default=str(_common.WIKITEXT2))
+    parser.add_argument("--data-dir", help="WikiText-2 train/valid/test.txt (default: ../shared/data or download)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, = cores)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
 
     runners = {}
     if "lm" in args.workloads:
-        ids, vocab_size = _common.wikitext2_ids(_common.Path(args.data_dir))
+        ids, vocab_size = _common.wikitext2_ids(args.data_dir)
         rows = batchify(ids, BATCH)[:, : (args.lm_updates + 3) * 35 + 1].contiguous()
         runners["lm"] = lambda guard: lm_run(rows, vocab_size, args.lm_updates, 3, guard)
     if "small" in args.workloads:

@@ -6,7 +6,9 @@ Each length trains in a fresh subprocess through ``python -m seqstab.train`` (it
 ``ru_maxrss`` is the run's own peak): a 1-layer LSTM ``Forecaster`` (64 units, ``tbptt_steps: 100``) on one
 ``SumOfSines`` series in ``stream`` mode (one stream, so the hidden state crosses the whole series), windows of
 ``--input-length`` steps, one epoch, validation on. Goal: peak RSS at 10^6 / at 10^4 ≤ 1.1 -- memory
-independent of the series' length.
+independent of the series' length. The runs use one torch thread (``--threads``): on a 2-core machine shared
+with other work, OpenMP's barriers on two threads make a small LSTM's backward tens of times slower; the threads
+change the speed, not the memory.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import _common
 
 
 def child(length: int, input_length: int, hidden: int, tbptt: int, max_epochs: int) -> None:
-    """Train once in this process and print one JSON line: peak RSS (MiB), wall time, updates."""
+    """Train once in this process and print one JSON line: peak RSS (MiB), wall time."""
     from seqstab.train import main
 
     args = [
@@ -58,6 +60,8 @@ def measure(length: int, args) -> dict:
     cmd += ["--hidden", str(args.hidden), "--tbptt", str(args.tbptt)]
     with tempfile.TemporaryDirectory() as run_dir:  # runs/ lands here
         env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+        if args.threads:
+            env["OMP_NUM_THREADS"] = str(args.threads)
         done = subprocess.run(cmd, cwd=run_dir, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"length {length} failed:\n{done.stderr[-3000:]}")
@@ -70,6 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--input-length", type=int, default=1000, help="steps per batch (data.input_length)")
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--tbptt", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the runs (speed only; 0: torch's)")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:

@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed updates before timing")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (one run of each variant each)")
     parser.add_argument("--variants", default="bare,seqstab,seqstab+bar,bare+net")
-    parser.add_argument("--data-dir", default=str(_common.WIKITEXT2), help="WikiText-2 train/valid/test.txt")
+    parser.add_argument("--data-dir", help="WikiText-2 train/valid/test.txt (default: ../shared/data or download)")
     parser.add_argument("--profile", action="store_true", help="cProfile one seqstab run instead of timing")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, = cores)")
     args = parser.parse_args(argv)
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)  # no GPU/TPU notes between rounds
 
-    ids, vocab_size = _common.wikitext2_ids(_common.Path(args.data_dir))
+    ids, vocab_size = _common.wikitext2_ids(args.data_dir)
     need = (args.updates + args.warmup) * BPTT + 1
     rows = batchify(ids, BATCH)[:, :need].contiguous()  # (B, N): row b is stream b
     columns = rows.T.contiguous()  # (N, B): pytorch/examples layout
