@@ -50,6 +50,7 @@ import yaml
 from seqstab.errors import ConfigError, SeqstabError
 
 DONE_FILE = "done.json"
+FAILED_FILE = "failed.json"  # a run that exited non-zero; run again when the sweep is started again
 SWEEP_KEYS = {"name", "base", "args", "grid", "variants", "plot"}
 TRAIN_TAIL = 20  # final train loss: mean over the last this many updates
 
@@ -218,10 +219,10 @@ def execute(sweep: Sweep, run: Run, run_dir: Path, threads: int | None) -> dict[
     with open(run_dir / "train.log", "w") as log:
         code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
     outcome = {"run": run.id, "exit_code": code, "wall_s": round(time.perf_counter() - start, 3), "command": cmd}
-    if code == 0:
-        tmp = run_dir / (DONE_FILE + ".tmp")
-        tmp.write_text(json.dumps(outcome, indent=2) + "\n")
-        os.replace(tmp, run_dir / DONE_FILE)
+    marker = DONE_FILE if code == 0 else FAILED_FILE
+    tmp = run_dir / (marker + ".tmp")
+    tmp.write_text(json.dumps(outcome, indent=2) + "\n")
+    os.replace(tmp, run_dir / marker)
     return outcome
 
 
@@ -265,6 +266,7 @@ def read_run(run_dir: Path) -> dict[str, Any]:
         "events": events,
         "manifest": _read_json(run_dir / "manifest.json"),
         "done": _read_json(run_dir / DONE_FILE),
+        "failed": _read_json(run_dir / FAILED_FILE),
     }
 
 
@@ -285,7 +287,7 @@ def summarize(run: Run, data: dict[str, Any]) -> dict[str, Any]:
     row.update({k: _format_value(v) for k, v in run.values.items()})
     row.update(
         {
-            "status": "done" if done else "missing",
+            "status": _status(data),
             "updates": len(norms),
             "first_explosion_step": events[0]["update"] if events else None,
             "first_nonfinite_step": nonfinite_steps[0] if nonfinite_steps else None,
@@ -302,6 +304,12 @@ def summarize(run: Run, data: dict[str, Any]) -> dict[str, Any]:
     row["grad_flow_growth"] = statistics.median(growth) if growth else None
     row["wall_s"] = done["wall_s"] if done else None
     return row
+
+
+def _status(data: dict[str, Any]) -> str:
+    if data["done"]:
+        return "done"
+    return f"failed (exit {data['failed']['exit_code']})" if data["failed"] else "missing"
 
 
 def write_report(sweep: Sweep, out: Path) -> list[dict[str, Any]]:

@@ -155,6 +155,16 @@ def test_tiny_sweep_writes_report_and_plots_and_resumes(tmp_path, capsys):
     assert states == {r["run"]: "[todo]" if r["run"] == "normclip-seq_len=12" else "[done]" for r in rows}
 
 
+def test_failed_run_is_reported_and_not_marked_done(tmp_path, capsys):
+    path = write_sweep(tmp_path, "base: base.yaml\nvariants:\n  broken: {model.hidden_size: -1}\n")
+    assert sweep_main(["--config", str(path), "--out", str(tmp_path / "out")]) == 1
+    assert "FAILED broken (exit 2)" in capsys.readouterr().err
+    run_dir = tmp_path / "out" / "tiny" / "broken"
+    assert not (run_dir / DONE_FILE).exists() and "hidden_size=-1" in (run_dir / "train.log").read_text()
+    with open(tmp_path / "out" / "tiny" / "report.csv") as f:
+        assert next(csv.DictReader(f))["status"] == "failed (exit 2)"
+
+
 SHIPPED = sorted((REPO / "configs" / "sweeps").glob("*.yaml"))
 
 
