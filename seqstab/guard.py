@@ -2,7 +2,7 @@
 
 At every update ``SeqTask.training_step`` calls :meth:`ExplosionGuard.check` with the update's pre-clip global
 gradient norm already read back as a float (the loop's one host sync). When nothing happens the guard costs a
-comparison and a sorted insert into a window of at most ``window`` floats (about a microsecond).
+comparison and a sorted insert into a window of at most ``window`` floats: about 3 µs per update.
 
 An **event** is an update whose pre-clip norm is
 
