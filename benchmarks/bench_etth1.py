@@ -63,11 +63,15 @@ def baselines(dm: CSVSeries) -> dict[str, dict[str, float]]:
     }
 
 
-def train_and_test(name: str, extra: list[str], path: Path | None, epochs: int | None) -> dict[str, float]:
+def train_and_test(
+    name: str, extra: list[str], path: Path | None, epochs: int | None, threads: int | None
+) -> dict[str, float]:
     """``fit`` then ``test`` on the last checkpoint, through ``python -m seqstab.train``; returns val/test metrics."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     common = ["-c", str(CONFIG), "--trainer.enable_progress_bar", "false", *extra]
     if path is not None:
         common += ["--data.path", str(path)]
@@ -100,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--path", help="ETTh1.csv (default: ../shared/data, else the config's download)")
     parser.add_argument("--epochs", type=int, help="override the config's trainer.max_epochs")
     parser.add_argument("--models", default="lstm,rnn")
+    parser.add_argument("--threads", type=int, help="torch threads of the runs (default: torch's)")
     args = parser.parse_args(argv)
     path = Path(args.path) if args.path else ETTH1 if ETTH1.is_file() else None
     print(f"machine: {_common.machine()}")
@@ -117,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     for key in args.models.split(","):
         name, extra = variants[key]
-        m = train_and_test(name, extra, path, args.epochs)
+        m = train_and_test(name, extra, path, args.epochs, args.threads)
         rows.append(
             f"| {name} | {m['epochs']} | {m['test/mae']:.3f} | {m['test/rmse']:.3f} "
             f"| {m['val/mae']:.3f} / {m['val/rmse']:.3f} | {m['fit_seconds']:.0f} |"

@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader
 
 from datamodules.base import DataSpec, SeqDataModule, StreamWindows, batchify
 from seqstab.clipping import NormClip
-from seqstab.tasks import LanguageModel
+from seqstab.tasks import LanguageModel, SeqTask
 
 BATCH, BPTT, SIZE, LAYERS, DROPOUT, LR, CLIP = 20, 35, 200, 2, 0.2, 20.0, 0.25
 
@@ -190,6 +190,7 @@ def fit_timed(
             limit_val_batches=0,
             num_sanity_val_steps=0,
         )
+        options["callbacks"] = [watch, *trainer.pop("callbacks", [])]
         trainer = pl.Trainer(**{**options, **trainer})
         with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):  # progress bar, Lightning's notes
             trainer.fit(model, data)
@@ -218,16 +219,82 @@ def flops_per_token(vocab_size: int) -> float:
     return 3 * (lstm + decoder)
 
 
+class Stations(pl.Callback):
+    """Wall and CPU time spent in each station of ``SeqTask.training_step`` (the methods it calls, wrapped on the
+    instance), in the whole ``training_step``, and per batch (end to end); the rest is Lightning's loop."""
+
+    NAMES = ("forward", "step_losses", "reduce_loss", "manual_backward", "_read_back", "_log_update", "training_step")
+
+    def __init__(self, model: SeqTask, warmup: int):
+        self.warmup, self.batch = warmup, 0
+        self.totals: dict[str, list[float]] = {}
+        for name in self.NAMES:
+            setattr(model, name, self.wrap(name, getattr(model, name)))
+        model.clipping.clip = self.wrap("clipping (NormClip.clip)", model.clipping.clip)
+        for hook in ("arm", "step_tensors"):
+            setattr(model.monitor, hook, self.wrap(f"monitor.{hook}", getattr(model.monitor, hook)))
+        self.last: tuple[float, float] | None = None
+
+    def wrap(self, name, fn):
+        def timed(*args, **kwargs):
+            if self.batch < self.warmup:
+                return fn(*args, **kwargs)
+            a = stamp()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                b = stamp()
+                total = self.totals.setdefault(name, [0.0, 0.0])
+                total[0] += b[0] - a[0]
+                total[1] += b[1] - a[1]
+
+        return timed
+
+    def on_train_start(self, trainer, pl_module):
+        optimizer = trainer.optimizers[0]
+        optimizer.step = self.wrap("optimizer.step", optimizer.step)
+        optimizer.zero_grad = self.wrap("optimizer.zero_grad", optimizer.zero_grad)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        now = stamp()
+        if self.batch >= self.warmup and self.last is not None:
+            total = self.totals.setdefault("whole update (batch end to batch end)", [0.0, 0.0])
+            total[0] += now[0] - self.last[0]
+            total[1] += now[1] - self.last[1]
+        self.last, self.batch = now, self.batch + 1
+
+
 def profile_seqstab(rows, vocab_size, updates, warmup, top: int) -> None:
-    """cProfile one seqstab run; print the top functions by own time and by cumulative time."""
+    """Where a seqstab update's time goes: the stations of ``training_step`` against the whole update, then the top
+    of a cProfile of a second run by cumulative time."""
+    torch.manual_seed(0)
+    model = make_language_model(vocab_size)
+    stations = Stations(model, warmup)
+    fit_timed(model, Rows(rows, vocab_size), updates, warmup, callbacks=[stations])
+    whole = stations.totals["whole update (batch end to batch end)"]
+    inner = ("forward", "step_losses", "reduce_loss", "manual_backward", "clipping (NormClip.clip)", "_read_back",
+             "_log_update", "monitor.arm", "monitor.step_tensors", "optimizer.step", "optimizer.zero_grad")  # fmt: skip
+    print(f"seqstab stations over {updates} updates (ms per update, % of the whole update; wall / CPU):")
+    print("| station | wall ms | wall % | CPU ms | CPU % |")
+    print("|---|---:|---:|---:|---:|")
+    rows_out = [(name, stations.totals.get(name, [0.0, 0.0])) for name in (*inner, "training_step")]
+    step = stations.totals["training_step"]
+    listed = [sum(stations.totals.get(n, [0.0, 0.0])[i] for n in inner) for i in (0, 1)]
+    rows_out.append(("training_step minus the stations above", [step[0] - listed[0], step[1] - listed[1]]))
+    rows_out.append(("Lightning outside training_step (loop, hooks, data)", [whole[0] - step[0], whole[1] - step[1]]))
+    rows_out.append(("whole update", whole))
+    for name, (wall, cpu) in rows_out:
+        print(
+            f"| {name} | {1e3 * wall / updates:.1f} | {100 * wall / whole[0]:.1f}% "
+            f"| {1e3 * cpu / updates:.1f} | {100 * cpu / whole[1]:.1f}% |"
+        )
     profiler = cProfile.Profile()
     profiler.enable()
     run_seqstab(rows, vocab_size, updates, warmup, progress_bar=False)
     profiler.disable()
-    for key in ("tottime", "cumulative"):
-        out = io.StringIO()
-        pstats.Stats(profiler, stream=out).sort_stats(key).print_stats(top)
-        print(out.getvalue())
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(top)
+    print(out.getvalue())
 
 
 def main(argv: list[str] | None = None) -> None:
