@@ -35,11 +35,11 @@ from typing import Literal
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
 
 from seqstab.errors import DataError
 
-__all__ = ["DataError", "DataSpec", "SeqDataModule", "StreamWindows", "batchify"]
+__all__ = ["DataError", "DataSpec", "SeqDataModule", "StreamWindows", "batchify", "in_order_across_ranks"]
 
 TaskKind = Literal["lm", "forecast", "regression", "classification"]
 
@@ -88,9 +88,10 @@ class StreamWindows(Dataset):
     Use it with ``DataLoader(dataset, batch_size=None, shuffle=False)``: each item is already a batch.
 
     Multi-process (DDP, ``W`` processes): the ``B`` streams are split into ``W`` disjoint groups and item ``j`` is
-    window ``j // W`` of group ``j % W``. Lightning's ``DistributedSampler`` gives rank ``r`` the items ``r, r + W,
+    window ``j // W`` of group ``j % W``. An unshuffled ``DistributedSampler`` gives rank ``r`` the items ``r, r + W,
     ...``: its own streams, window after window, so each rank carries its own hidden state. ``W`` is read from
-    ``torch.distributed`` (1 when it is not initialised).
+    ``torch.distributed`` (1 when it is not initialised). Lightning's own sampler shuffles training data; seqstab's
+    tasks put :func:`in_order_across_ranks` on the training loader of stateful data instead.
 
     Args:
         x: Inputs ``(B, N, ...)``.
@@ -128,6 +129,33 @@ class StreamWindows(Dataset):
         if parts > self.x.shape[0]:
             raise DataError(f"{self.x.shape[0]} streams cannot be shared by {parts} processes: raise the batch size")
         return parts
+
+
+def in_order_across_ranks(loader: DataLoader) -> DataLoader:
+    """Under DDP, the same loader with an unshuffled ``DistributedSampler``: rank ``r`` reads items ``r, r + W, ...``
+    in order (Lightning would inject a shuffling one for training). Without DDP, or for a loader with a sampler or
+    batch sampler of its own, the loader itself."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return loader
+    custom_batches = loader.batch_size is None and loader.batch_sampler is not None
+    if custom_batches or not isinstance(loader.sampler, SequentialSampler):
+        return loader  # the datamodule chose its own sampling
+    sampler = DistributedSampler(loader.dataset, shuffle=False, drop_last=False)
+    workers = {"prefetch_factor": loader.prefetch_factor, "persistent_workers": loader.persistent_workers}
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        sampler=sampler,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        drop_last=loader.drop_last,
+        timeout=loader.timeout,
+        worker_init_fn=loader.worker_init_fn,
+        generator=loader.generator,
+        **(workers if loader.num_workers > 0 else {}),
+    )
 
 
 def batchify(stream: torch.Tensor, num_streams: int) -> torch.Tensor:

@@ -28,11 +28,12 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
-from datamodules.base import DataSpec
+from datamodules.base import DataSpec, in_order_across_ranks
 from seqstab import tbptt
-from seqstab.checkpoint import check_shapes, make_quiet, make_resumable, rng_state, set_rng_state
+from seqstab.checkpoint import CheckpointError, check_shapes, make_quiet, make_resumable, rng_state, set_rng_state
 from seqstab.clipping import ClipPolicy, ClipResult, NoClip
 from seqstab.errors import ConfigError, check_positive
 from seqstab.guard import Action, ExplosionGuard, check_finite_weights
@@ -204,6 +205,8 @@ class SeqTask(pl.LightningModule):
             clip = self.clipping(self._trained_params())
             values = self._read_back(loss, clip, measured)
             update = Update(self.updates, chunk, hidden, clip, values)
+            if update.step == 0:
+                self._warn_if_suspicious(update)
             action = self.guard.check(self, update) if self.guard is not None else Action.STEP
             if action is Action.STEP:
                 optimizer.step()
@@ -349,8 +352,12 @@ class SeqTask(pl.LightningModule):
         loaders leave the training RNG alone (seqstab.checkpoint.make_resumable, make_quiet)."""
         datamodule = self._trainer.datamodule if self._trainer is not None else None
         if stage == "fit" and datamodule is not None:
-            _convert_loaders(datamodule, "train_dataloader", make_resumable)
+            _convert_loaders(datamodule, "train_dataloader", self._train_loader)
             _convert_loaders(datamodule, "val_dataloader", make_quiet)
+
+    def _train_loader(self, loader):
+        """Stateful streams stay in order on every rank under DDP; every loader can resume mid-epoch."""
+        return make_resumable(in_order_across_ranks(loader) if self.spec.stateful else loader)
 
     def on_validation_model_zero_grad(self) -> None:
         """Validation inside fit leaves the training RNG stream as it found it (restored in on_validation_end)."""
@@ -373,26 +380,19 @@ class SeqTask(pl.LightningModule):
             checkpoint["seqstab"]["guard"] = self.guard.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        try:
+            path = str(self._trainer.ckpt_path or "") if self._trainer is not None else ""
+            check_shapes(self.state_dict(), checkpoint.get("state_dict", {}), path)
+        except CheckpointError as err:
+            saved = checkpoint.get("hyper_parameters") or {}
+            differs = [f"{k}={saved[k]!r}" for k in self.hparams if k in saved and saved[k] != self.hparams[k]]
+            hint = f" (it was made with {', '.join(differs)})" if differs else ""
+            raise CheckpointError(f"{err}{hint}") from None
         state = checkpoint.get("seqstab", {})
         self.updates = state.get("updates", 0)
         self.clipping.load_state_dict(state.get("clipping", {}))
         if self.guard is not None:
             self.guard.load_state_dict(state.get("guard", {}))
-
-
-def _uniform_(module: nn.Module, scale: float | None) -> nn.Module:
-    if scale is not None:
-        with torch.no_grad():
-            for p in module.parameters():
-                p.uniform_(-scale, scale)
-    return module
-
-        check_shapes(self.state_dict(), checkpoint.get("state_dict", {}))
-
-class LanguageModel(SeqTask):
-    """Next-token prediction: embedding → recurrent net → decoder; cross-entropy.
-
-    Logs ``val/loss`` (token mean), ``val/ppl`` and, for character-level data, ``val/bpc``.
         if self._trainer is not None and self.trainer.state.fn == "fit":
             self._restore_process_state(state.get("ranks") or [])
             self._resume_position(checkpoint, state.get("epoch_open", False))
@@ -434,6 +434,23 @@ class LanguageModel(SeqTask):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self._resume:
             self._cross_saved_epoch_boundary()
+        if self.updates == 0 and self.tbptt_steps is not None and self.tbptt_steps > batch["x"].shape[1]:
+            rank_zero_warn(
+                f"model.tbptt_steps={self.tbptt_steps} is longer than a batch ({batch['x'].shape[1]} steps): each "
+                "batch is one chunk, truncated BPTT cuts nothing",
+                category=UserWarning,
+            )
+
+    def _warn_if_suspicious(self, update: Update) -> None:
+        """Legal but likely a mistake, seen at the first update: a clip threshold far below the gradient norm."""
+        norm, threshold = update.values["grad/norm_total"], update.values.get("grad/clip_threshold")
+        if threshold is not None and math.isfinite(norm) and 0 < threshold < norm / 100:
+            rank_zero_warn(
+                f"clip threshold {threshold:g} is {norm / threshold:.0f}x below the first gradient norm {norm:g}: "
+                "nearly every update will be clipped to it (a threshold carries over only with the same loss "
+                "reduction and model size)",
+                category=UserWarning,
+            )
 
     def _cross_saved_epoch_boundary(self) -> None:
         """What Lightning may skip when it resumes at an epoch boundary: the old epoch's end, the new one's start."""
@@ -458,6 +475,20 @@ def _convert_loaders(datamodule: pl.LightningDataModule, hook: str, convert) -> 
 
     converted.__seqstab__ = True
     setattr(datamodule, hook, converted)
+
+
+def _uniform_(module: nn.Module, scale: float | None) -> nn.Module:
+    if scale is not None:
+        with torch.no_grad():
+            for p in module.parameters():
+                p.uniform_(-scale, scale)
+    return module
+
+
+class LanguageModel(SeqTask):
+    """Next-token prediction: embedding → recurrent net → decoder; cross-entropy.
+
+    Logs ``val/loss`` (token mean), ``val/ppl`` and, for character-level data, ``val/bpc``.
 
     Args:
         embedding_size: Embedding width; None uses ``hidden_size``.

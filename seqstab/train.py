@@ -20,6 +20,7 @@ from argparse import ArgumentError
 from importlib import resources
 from pathlib import Path
 
+import yaml
 from jsonargparse import lazy_instance
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
@@ -33,6 +34,7 @@ from seqstab.tasks import SeqTask
 
 DEFAULT_CONFIG = resources.files("seqstab") / "default.yaml"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
+POSITIVE = {"optimizer": ("lr",), "lr_scheduler": ("step_size", "T_max", "T_0", "total_steps", "gamma", "factor")}
 
 
 class SeqstabCLI(LightningCLI):
@@ -62,26 +64,26 @@ class SeqstabCLI(LightningCLI):
     # -- safe, exact resume (seqstab.checkpoint) -------------------------------------------------------------
 
     def _parse_ckpt_path(self) -> None:
-        """As LightningCLI: the model's hyperparameters come from ``--ckpt_path``; but read with
-        :func:`seqstab.checkpoint.load` (a bad file is one line) and without ``spec``, which ``data.spec`` links."""
+        """Check ``--ckpt_path`` loads (one line if not), but keep the config as given.
+
+        LightningCLI would replace the model's settings with the checkpoint's hyperparameters, silently overriding
+        ``--model.*`` (and only for an explicit path, not for ``last``). In seqstab the config is the run and the
+        checkpoint its state: a checkpoint that does not fit the configured model is a one-line error naming the
+        parameter (``SeqTask.on_load_checkpoint``).
+        """
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if not ckpt_path or not Path(ckpt_path).is_file():
-            return
-        hparams = dict(checkpoint.load(ckpt_path).get("hyper_parameters") or {})
-        for key in ("_instantiator", "spec"):
-            hparams.pop(key, None)
-        if not hparams:
-            return
-        if "_class_path" in hparams:
-            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
-        self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        if ckpt_path and Path(ckpt_path).is_file():
+            checkpoint.load(ckpt_path)
 
     def before_instantiate_classes(self) -> None:
-        optimizer = self._get(self.config, "optimizer")
-        lr = getattr(getattr(optimizer, "init_args", None), "lr", None)
-        if isinstance(lr, (int, float)) and not lr > 0:
-            raise ConfigError(f"optimizer.lr={lr!r}: must be > 0")
+        """Zero or negative learning rates and scheduler periods are one-line errors (torch accepts some of them)."""
+        for group, keys in POSITIVE.items():
+            init_args = getattr(self._get(self.config, group), "init_args", None)
+            for key in keys:
+                value = getattr(init_args, key, None)
+                if isinstance(value, (int, float)) and not value > 0:
+                    raise ConfigError(f"{group}.{key}={value!r}: must be > 0")
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
@@ -113,8 +115,9 @@ class SeqstabCLI(LightningCLI):
         self._before_run()
 
     def after_fit(self) -> None:
-        if self.trainer.is_global_zero and self.trainer.log_dir:
-            print(f"\nView it in TensorBoard:\n  tensorboard --logdir {self.trainer.log_dir}\n")
+        log_dir = getattr(self.trainer.logger, "log_dir", None)  # not trainer.log_dir: a collective under DDP
+        if self.trainer.is_global_zero and log_dir:
+            print(f"\nView it in TensorBoard:\n  tensorboard --logdir {log_dir}\n")
 
 
 def with_default(args: list[str]) -> list[str]:
@@ -142,6 +145,23 @@ def find_last(trainer) -> Path | None:
     dirs += [Path(cb.dirpath) for cb in trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)]
     found = [p for d in dirs if d.is_dir() for p in d.glob("last*.ckpt") if p.is_file()]
     return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
+
+
+def check_yaml(args: list[str]) -> None:
+    """Raise ConfigError naming a ``--config`` file that is not valid YAML, and where (jsonargparse does not)."""
+    paths = [b for a, b in zip(args, args[1:], strict=False) if a in ("-c", "--config")]
+    paths += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+    for path in paths:
+        if not Path(path).is_file():
+            continue  # jsonargparse reports a missing file itself
+        try:
+            yaml.safe_load(Path(path).read_text())
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            raise ConfigError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', None) or err}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a text file (UTF-8)") from None
 
 
 def _exists_or_remote(path: str) -> bool:
@@ -225,9 +245,12 @@ def one_line(message: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=r".*configure_optimizers` will be overridden.*")
     warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")  # we pass args on purpose
+    # our checkpoints hold the state after the batch's updates: what an exact resume needs
+    warnings.filterwarnings("ignore", message=r"Using ModelCheckpoint with manual optimization and every_n_train")
     args = with_default(sys.argv[1:] if argv is None else list(argv))
     runs_before = _existing_runs()
     try:
+        check_yaml(args)
         SeqstabCLI(args=args)
     except SystemExit as exit_:  # --help, --print_config and jsonargparse's own exits
         return exit_.code if isinstance(exit_.code, int) else 0

@@ -16,7 +16,7 @@ from seqstab import checkpoint
 from seqstab.checkpoint import AtomicCheckpointIO, CheckpointError, QuietLoader, ResumableLoader
 from seqstab.tasks import SequenceRegressor
 from seqstab.train import main
-from tests.helpers import REPO
+from tests.test_resume import python_path
 
 TINY = ["--data.num_train", "40", "--data.num_val", "20", "--data.seq_len", "10", "--data.batch_size", "10"]
 TINY += ["--model.hidden_size", "8", "--trainer.enable_progress_bar", "false", "--trainer.limit_val_batches", "1"]
@@ -92,7 +92,7 @@ KILLED_WRITER = textwrap.dedent(
 @pytest.mark.parametrize("writer", ["atomic", "plain"])
 def test_sigkill_during_a_write(tmp_path, writer):
     path = tmp_path / "last.ckpt"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": python_path()}
     done = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(path), writer], env=env, timeout=120)
     assert done.returncode == -9  # really killed mid-write
     if writer == "atomic":

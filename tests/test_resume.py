@@ -34,6 +34,11 @@ class Pace(Callback):
             time.sleep(self.seconds)
 
 
+def python_path() -> str:
+    """PYTHONPATH for subprocesses that import test helpers (``tests.*``) by class path."""
+    return os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+
+
 def write_text(path, lines: int, seed: int) -> None:
     rng = random.Random(seed)
     words = [f"w{i}" for i in range(40)]
@@ -72,7 +77,7 @@ def test_killed_mid_epoch_then_resumed_from_last_is_bitwise_exact(tmp_path, monk
     (tmp_path / "b").mkdir()
     paced = ["--trainer.callbacks+=tests.test_resume.Pace", "--trainer.callbacks.after", "4"]
     paced += ["--trainer.callbacks.seconds", "1"]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": python_path()}
     killed = subprocess.Popen(
         [sys.executable, "-m", "seqstab.train", *lm_args(tmp_path, steps), *paced],
         cwd=tmp_path / "b",

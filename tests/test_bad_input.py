@@ -1,0 +1,148 @@
+"""The bad-input matrix: every mistake is one line naming what is wrong, exit code 2, no traceback, and no run
+directory left behind. Legal but suspicious settings warn once."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+
+from seqstab.train import main
+
+TINY = ["--data.num_train", "40", "--data.num_val", "20", "--data.seq_len", "10", "--data.batch_size", "10"]
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1"]
+
+
+def run_fails(args: list[str], capsys, where) -> str:
+    """Run the CLI in-process; assert exit 2, exactly one error line and no traceback; return the line."""
+    code = main(["fit", *args, *QUIET])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("seqstab.train: error:")]
+    assert code == 2, err[-2000:]
+    assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    assert not (where / "runs").exists(), "a failed start left a run directory behind"
+    return lines[0]
+
+
+@pytest.fixture
+def here(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--model.clipping", "seqstab.clipping.Nope"], "model.clipping: class_path 'seqstab.clipping.Nope'"),
+        # wrong types
+        (["--model.hidden_size", "abc"], "model.hidden_size: Expected a <class 'int'>. Got value: abc"),
+        (["--model.dropout", "lots"], "model.dropout: Expected a <class 'float'>"),
+        (["--trainer.max_epochs", "two"], "trainer.max_epochs"),
+        # zero or negative sizes, lengths, learning rates
+        (["--model.hidden_size", "0"], "hidden_size=0: must be > 0"),
+        (["--model.num_layers", "-1"], "num_layers=-1: must be > 0"),
+        (["--model.tbptt_steps", "0"], "tbptt_steps=0: must be > 0"),
+        (["--data.seq_len", "0"], "seq_len=0: must be > 0"),
+        (["--data.batch_size", "-2"], "batch_size=-2: must be > 0"),
+        (["--model.clipping.max_norm", "0"], "max_norm=0.0: must be > 0"),
+        (["--optimizer", "SGD", "--optimizer.lr", "-1"], "optimizer.lr=-1.0: must be > 0"),
+        (["--optimizer", "Adam", "--optimizer.lr", "0"], "optimizer.lr=0.0: must be > 0"),
+        (["--optimizer", "SGD", "--lr_scheduler", "StepLR", "--lr_scheduler.step_size", "0"], "step_size=0"),
+        (["--optimizer", "Adam", "--optimizer.eps", "-1"], "optimizer: Invalid epsilon value: -1.0"),
+    ],
+)
+def test_bad_value(here, capsys, args, needle):
+    assert needle in run_fails([*TINY, *args], capsys, here)
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--model", "seqstab.tasks.Nope"], "model: class_path 'seqstab.tasks.Nope': module 'seqstab.tasks' has no"),
+        (["--data", "datamodules.synthetic.Nope"], "data: class_path 'datamodules.synthetic.Nope'"),
+        (["--model", "nowhere.Model"], "class_path 'nowhere.Model'"),
+    ],
+)
+def test_unknown_class_path(here, capsys, args, needle):
+    assert needle in run_fails(args, capsys, here)
+
+
+def test_yaml_that_does_not_parse(here, capsys):
+    (here / "broken.yaml").write_text("model:\n  init_args: [hidden_size: 8\ntrainer: {max_epochs: 1\n")
+    line = run_fails(["--config", "broken.yaml"], capsys, here)
+    assert "broken.yaml: not valid YAML (line 3, column 8): expected ',' or ']'" in line
+
+
+def test_log_directory_under_a_file_is_refused_before_training(here, capsys):
+    (here / "blocker").write_text("a file, not a directory")
+    line = run_fails([*TINY, "--trainer.logger.init_args.save_dir", "blocker/runs"], capsys, here)
+    assert f"trainer.logger.save_dir='blocker/runs': cannot write there: {here / 'blocker'} is not a directory" in line
+    assert (here / "blocker").read_text() == "a file, not a directory"
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root may write anywhere")
+def test_read_only_log_directory_is_refused_before_training(here, capsys):
+    (here / "ro").mkdir(mode=0o500)
+    line = run_fails([*TINY, "--trainer.logger.init_args.save_dir", "ro/runs"], capsys, here)
+    assert "cannot write there: permission denied" in line
+
+
+def write_series(path, bad_row: int | None) -> None:
+    rows = ["date,load"] + [f"2020-01-{1 + i // 24:02d} {i % 24:02d}:00,{(i * 7) % 13}.5" for i in range(120)]
+    if bad_row is not None:
+        rows[bad_row] = rows[bad_row].split(",")[0] + ",nan"
+    path.write_text("\n".join(rows) + "\n")
+
+
+SERIES = ["--model", "seqstab.tasks.Forecaster", "--model.hidden_size", "8"]
+SERIES += ["--data", "datamodules.timeseries.CSVSeries"]
+SERIES += ["--data.target", "load", "--data.path", "series.csv", "--data.input_length", "8", "--data.batch_size", "4"]
+
+
+def test_nan_in_a_data_file_names_file_and_line(here, capsys):
+    write_series(here / "series.csv", bad_row=57)
+    line = run_fails(SERIES, capsys, here)
+    assert "series.csv line 58: column 'load' is missing a value ('nan')" in line
+
+
+def test_nan_covered_by_the_missing_value_policy_trains(here, capsys):
+    write_series(here / "series.csv", bad_row=57)
+    assert main(["fit", *SERIES, "--data.missing", "ffill", *QUIET]) == 0, capsys.readouterr().err[-2000:]
+
+
+def test_checkpoint_from_a_different_model_shape(here, capsys):
+    assert main(["fit", *TINY, "--model.hidden_size", "8", *QUIET]) == 0
+    (saved,) = (here / "runs").rglob("*.ckpt")
+    before = sorted((here / "runs" / "seqstab").iterdir())
+    code = main(["fit", *TINY, "--model.hidden_size", "16", "--ckpt_path", str(saved), *QUIET])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("seqstab.train: error:")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err
+    assert f"{saved}: made for another model shape: net.layers.0.weight_ih_l0 is (8, 2) in the checkpoint" in lines[0]
+    assert "(16, 2) in this model (it was made with hidden_size=8)" in lines[0]
+    assert sorted((here / "runs" / "seqstab").iterdir()) == before  # the failed resume left no run behind
+
+
+# -- legal but suspicious: one warning ---------------------------------------------------------------------------
+
+
+def caught_warnings(args: list[str]) -> list[str]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # so a warning repeated per update would be seen repeated
+        assert main(["fit", *args, *QUIET, "--trainer.max_steps", "4"]) == 0
+    return [str(w.message) for w in caught]
+
+
+def test_suspicious_settings_warn_once(here):
+    """Truncation longer than the sequence; a clip threshold far below the first gradient norm."""
+    messages = caught_warnings([*TINY, "--model.tbptt_steps", "50", "--model.clipping.max_norm", "0.001"])
+    truncation = [m for m in messages if "tbptt_steps=50 is longer than a batch (10 steps)" in m]
+    threshold = [m for m in messages if "clip threshold 0.001 is" in m and "below the first gradient norm" in m]
+    assert len(truncation) == 1 and len(threshold) == 1, messages
+
+
+def test_sensible_settings_do_not_warn(here):
+    write_series(here / "series.csv", bad_row=None)
+    messages = caught_warnings([*SERIES, "--model.tbptt_steps", "4", "--model.clipping", "NormClip"])
+    assert not [m for m in messages if "tbptt_steps" in m or "clip threshold" in m], messages
