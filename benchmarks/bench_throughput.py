@@ -79,9 +79,15 @@ def get_batch(source: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def run_bare(
-    columns: torch.Tensor, vocab_size: int, updates: int, warmup: int, seqstab_net: bool = False
+    columns: torch.Tensor,
+    vocab_size: int,
+    updates: int,
+    warmup: int,
+    seqstab_net: bool = False,
+    phases: dict[str, list[float]] | None = None,
 ) -> list[tuple[float, float]]:
-    """The classic loop over ``columns`` ``(N, B)``; returns ``(wall, cpu)`` seconds of each timed update."""
+    """The classic loop over ``columns`` ``(N, B)``; returns ``(wall, cpu)`` seconds of each timed update.
+    With ``phases``, also adds up ``(wall, cpu)`` per phase of the timed updates into it."""
     torch.manual_seed(0)
     if seqstab_net:
         model = make_language_model(vocab_size)
@@ -93,22 +99,46 @@ def run_bare(
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
     total_loss = 0.0
     stamps = []
-    for i in range(0, (updates + warmup) * BPTT, BPTT):
+    for step, i in enumerate(range(0, (updates + warmup) * BPTT, BPTT)):
+        lap = Laps(phases if step >= warmup else None, stamps[-1] if stamps else stamp())
         data, targets = get_batch(columns, i)
         hidden = repackage_hidden(hidden) if hidden is not None else None
         optimizer.zero_grad(set_to_none=True)
+        lap("data, repackage_hidden, zero_grad")
         if seqstab_net:
             output, hidden = model(data.T, hidden)  # batch-first (B, L, V)
             targets = targets.T
         else:
             output, hidden = model(data, hidden)
+        lap("forward")
         loss = F.cross_entropy(output.reshape(-1, vocab_size), targets.reshape(-1))
+        lap("loss")
         loss.backward()
+        lap("backward")
         torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+        lap("clip_grad_norm_")
         optimizer.step()
+        lap("optimizer.step")
         total_loss += loss.item()
+        lap("loss.item()")
         stamps.append(stamp())
+        lap("rest (freeing the previous graph)", stamps[-1])
     return intervals(stamps, warmup)
+
+
+class Laps:
+    """Adds the ``(wall, cpu)`` time since the previous lap to ``phases[name]`` (nothing if ``phases`` is None)."""
+
+    def __init__(self, phases: dict[str, list[float]] | None, start: tuple[float, float]):
+        self.phases, self.last = phases, start
+
+    def __call__(self, name: str, now: tuple[float, float] | None = None) -> None:
+        now = now or stamp()
+        if self.phases is not None:
+            total = self.phases.setdefault(name, [0.0, 0.0])
+            total[0] += now[0] - self.last[0]
+            total[1] += now[1] - self.last[1]
+        self.last = now
 
 
 def stamp() -> tuple[float, float]:
@@ -284,6 +314,17 @@ def profile_seqstab(rows, vocab_size, updates, warmup, top: int) -> None:
     rows_out.append(("Lightning outside training_step (loop, hooks, data)", [whole[0] - step[0], whole[1] - step[1]]))
     rows_out.append(("whole update", whole))
     for name, (wall, cpu) in rows_out:
+        print(
+            f"| {name} | {1e3 * wall / updates:.1f} | {100 * wall / whole[0]:.1f}% "
+            f"| {1e3 * cpu / updates:.1f} | {100 * cpu / whole[1]:.1f}% |"
+        )
+    phases: dict[str, list[float]] = {}
+    seconds = run_bare(rows.T.contiguous(), vocab_size, updates, warmup, phases=phases)
+    whole = [sum(w for w, _ in seconds), sum(c for _, c in seconds)]
+    print(f"\nbare loop phases over {updates} updates, same process, right after:")
+    print("| phase | wall ms | wall % | CPU ms | CPU % |")
+    print("|---|---:|---:|---:|---:|")
+    for name, (wall, cpu) in [*phases.items(), ("whole update", whole)]:
         print(
             f"| {name} | {1e3 * wall / updates:.1f} | {100 * wall / whole[0]:.1f}% "
             f"| {1e3 * cpu / updates:.1f} | {100 * cpu / whole[1]:.1f}% |"
