@@ -136,7 +136,9 @@ def in_order_across_ranks(loader: DataLoader) -> DataLoader:
     in order (Lightning would inject a shuffling one for training). Without DDP, or for a loader with a sampler or
     batch sampler of its own, the loader itself."""
     dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    if not (isinstance(loader, DataLoader) and dist.is_available() and dist.is_initialized()):
+        return loader
+    if dist.get_world_size() == 1:
         return loader
     custom_batches = loader.batch_size is None and loader.batch_sampler is not None
     if custom_batches or not isinstance(loader.sampler, SequentialSampler):

@@ -136,15 +136,19 @@ def with_default(args: list[str]) -> list[str]:
 
 
 def find_last(trainer) -> Path | None:
-    """The newest ``last*.ckpt`` of this experiment: in any version directory under the logger's root (Lightning
-    itself looks only in the new run's own directory) or in a ``ModelCheckpoint(dirpath=...)``."""
+    """The checkpoint ``--ckpt_path last`` means: the newest ``last*.ckpt`` of this experiment, else its newest
+    ``*.ckpt`` (the default ModelCheckpoint writes no ``last.ckpt``); searched in every version directory under the
+    logger's root (Lightning looks only in the new run's own directory) and in any ``ModelCheckpoint(dirpath=...)``."""
     dirs = []
     for logger in trainer.loggers[:1]:
         if getattr(logger, "root_dir", None):
             dirs += Path(logger.root_dir).glob("*/checkpoints")
     dirs += [Path(cb.dirpath) for cb in trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)]
-    found = [p for d in dirs if d.is_dir() for p in d.glob("last*.ckpt") if p.is_file()]
-    return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
+    for pattern in ("last*.ckpt", "*.ckpt"):
+        found = [p for d in dirs if d.is_dir() for p in d.glob(pattern) if p.is_file()]
+        if found:
+            return max(found, key=lambda p: p.stat().st_mtime_ns)
+    return None
 
 
 def check_yaml(args: list[str]) -> None:
