@@ -352,12 +352,10 @@ class SeqTask(pl.LightningModule):
         loaders leave the training RNG alone (seqstab.checkpoint.make_resumable, make_quiet)."""
         datamodule = self._trainer.datamodule if self._trainer is not None else None
         if stage == "fit" and datamodule is not None:
-            _convert_loaders(datamodule, "train_dataloader", self._train_loader)
+            _convert_loaders(
+                datamodule, "train_dataloader", _stateful_train_loader if self.spec.stateful else make_resumable
+            )
             _convert_loaders(datamodule, "val_dataloader", make_quiet)
-
-    def _train_loader(self, loader):
-        """Stateful streams stay in order on every rank under DDP; every loader can resume mid-epoch."""
-        return make_resumable(in_order_across_ranks(loader) if self.spec.stateful else loader)
 
     def on_validation_model_zero_grad(self) -> None:
         """Validation inside fit leaves the training RNG stream as it found it (restored in on_validation_end)."""
@@ -462,6 +460,11 @@ class SeqTask(pl.LightningModule):
                 self._step_scheduler("epoch")
         self._epoch_open = True
         self.carry["train"].reset()
+
+
+def _stateful_train_loader(loader):
+    """Stateful streams stay in order on every rank under DDP; the loader can resume mid-epoch."""
+    return make_resumable(in_order_across_ranks(loader))
 
 
 def _convert_loaders(datamodule: pl.LightningDataModule, hook: str, convert) -> None:

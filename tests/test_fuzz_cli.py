@@ -42,7 +42,7 @@ def configs(draw) -> list[str]:
 
 
 @settings(
-    max_examples=14,
+    max_examples=10,
     deadline=None,
     derandomize=True,  # the same examples in every CI run
     database=None,
