@@ -209,7 +209,7 @@ class SeqTask(pl.LightningModule):
                 self._warn_if_suspicious(update)
             action = self.guard.check(self, update) if self.guard is not None else Action.STEP
             if action is Action.STEP:
-                optimizer.step()
+                self._step_optimizer(optimizer)
                 self._step_scheduler("step")
             else:
                 self._skip_step(optimizer)
@@ -237,6 +237,20 @@ class SeqTask(pl.LightningModule):
         scaler = self._scaler()
         if scaler is not None:
             scaler.unscale_(optimizer.optimizer)
+
+    def _step_optimizer(self, optimizer) -> None:
+        """Step through Lightning (its hooks, ``global_step``). Under a GradScaler the gradients were unscaled at
+        :meth:`_unscale`; Lightning's ``MixedPrecision.optimizer_step`` calls ``unscale_`` again, which raises, so that
+        second call is a no-op here (``scaler.step`` itself sees the optimizer as already unscaled)."""
+        scaler = self._scaler()
+        if scaler is None:
+            optimizer.step()
+            return
+        scaler.unscale_ = lambda opt: None  # shadows GradScaler.unscale_ for this one step
+        try:
+            optimizer.step()
+        finally:
+            del scaler.unscale_
 
     def _skip_step(self, optimizer) -> None:
         """The update is not applied; a GradScaler still closes its iteration so the next unscale is legal."""
