@@ -10,7 +10,7 @@ An **event** is an update whose pre-clip norm is
   * above ``max_norm`` (an absolute bound, off by default), or
   * above ``spike_factor`` × the median of the last ``window`` finite, non-zero norms (after ``min_history`` of them).
 
-Per event, on rank 0 and only when the run has a logger (its directory is ``trainer.log_dir``):
+Per event, on rank 0 and only when the run has a logger (its directory is the logger's ``log_dir``):
 
   * ``explosion/events`` (the cumulative count of events, logged at every update) steps up;
   * a text entry ``explosion/event`` in TensorBoard and a line in ``explosions.jsonl``: update, epoch, norm,
@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from seqstab.errors import ConfigError, SeqstabError
+from seqstab.manifest import run_dir
 
 if TYPE_CHECKING:
     from seqstab.tasks import SeqTask, Update
@@ -307,12 +308,10 @@ def save_snapshot(
 
 
 def _run_dir(task: SeqTask) -> Path | None:
-    """The run directory (``trainer.log_dir``) on rank 0 of a run with a logger; None otherwise."""
-    trainer = task.trainer
-    if not trainer.loggers or not trainer.is_global_zero or trainer.log_dir is None:
-        return None
-    path = Path(trainer.log_dir)
-    path.mkdir(parents=True, exist_ok=True)
+    """The run directory on rank 0 of a run with a logger (created if needed); None otherwise."""
+    path = run_dir(task.trainer)
+    if path is not None:
+        path.mkdir(parents=True, exist_ok=True)
     return path
 
 

@@ -21,13 +21,25 @@ import torch
 MANIFEST_FILE = "manifest.json"
 
 
+def run_dir(trainer: pl.Trainer) -> Path | None:
+    """The run directory (the logger's ``log_dir``) on rank 0 of a run with a logger; None elsewhere.
+
+    Not ``trainer.log_dir``: that broadcasts from rank 0, a collective every rank would have to enter, and the
+    callers here run on rank 0 alone."""
+    if not trainer.is_global_zero or not trainer.loggers:
+        return None
+    log_dir = getattr(trainer.logger, "log_dir", None)
+    return Path(log_dir) if log_dir else None
+
+
 class ManifestCallback(pl.Callback):
-    """Write ``manifest.json`` to ``trainer.log_dir`` on rank 0 when fit, validate, test or predict starts."""
+    """Write ``manifest.json`` to the run directory on rank 0 when fit, validate, test or predict starts."""
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if not trainer.is_global_zero or not trainer.loggers or trainer.log_dir is None:
+        directory = run_dir(trainer)
+        if directory is None:
             return
-        path = Path(trainer.log_dir) / MANIFEST_FILE
+        path = directory / MANIFEST_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(manifest(trainer, pl_module, stage), indent=2) + "\n")

@@ -29,7 +29,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from datamodules.base import SeqDataModule
 from seqstab import checkpoint
 from seqstab.errors import ConfigError, SeqstabError
-from seqstab.manifest import ManifestCallback
+from seqstab.manifest import ManifestCallback, run_dir
 from seqstab.tasks import SeqTask
 
 DEFAULT_CONFIG = resources.files("seqstab") / "default.yaml"
@@ -115,8 +115,8 @@ class SeqstabCLI(LightningCLI):
         self._before_run()
 
     def after_fit(self) -> None:
-        log_dir = getattr(self.trainer.logger, "log_dir", None)  # not trainer.log_dir: a collective under DDP
-        if self.trainer.is_global_zero and log_dir:
+        log_dir = run_dir(self.trainer)
+        if log_dir is not None:
             print(f"\nView it in TensorBoard:\n  tensorboard --logdir {log_dir}\n")
 
 
