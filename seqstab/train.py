@@ -239,7 +239,17 @@ def parser_message(message: str) -> str:
     if leaf:
         keys.append(leaf.group(1))
         message = leaf.group(2)
-    return f"{'.'.join(keys)}: {message}" if keys else message
+    message = f"{'.'.join(keys)}: {message}" if keys else message
+    missing = re.search(r"arguments are required: .*\b(model|data)\b", message)
+    if missing:  # --data alone (or --model alone) skips the embedded default, which supplied the other
+        message += f" (give {HINTS[missing.group(1)]}, or a --config that names both)"
+    return message
+
+
+HINTS = {
+    "model": "--model seqstab.tasks.LanguageModel | Forecaster | SequenceRegressor | SequenceClassifier",
+    "data": "--data datamodules.<module>.<DataModule>, e.g. datamodules.synthetic.AddingProblem",
+}
 
 
 def one_line(message: str) -> str:

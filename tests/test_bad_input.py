@@ -68,6 +68,17 @@ def test_unknown_class_path(here, capsys, args, needle):
     assert needle in run_fails(args, capsys, here)
 
 
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--data", "datamodules.example.DelayedEcho"], "fit.model (give --model seqstab.tasks.LanguageModel |"),
+        (["--model", "seqstab.tasks.Forecaster"], "fit.data (give --data datamodules.<module>.<DataModule>"),
+    ],
+)
+def test_model_or_data_alone_names_what_is_missing(here, capsys, args, needle):
+    assert needle in run_fails(args, capsys, here)
+
+
 def test_yaml_that_does_not_parse(here, capsys):
     (here / "broken.yaml").write_text("model:\n  init_args: [hidden_size: 8\ntrainer: {max_epochs: 1\n")
     line = run_fails(["--config", "broken.yaml"], capsys, here)
