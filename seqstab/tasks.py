@@ -494,10 +494,11 @@ def _convert_loaders(datamodule: pl.LightningDataModule, hook: str, convert) -> 
     setattr(datamodule, hook, converted)
 
 
-def _uniform_(module: nn.Module, scale: float | None) -> nn.Module:
+def _uniform_(module: nn.Module | nn.Parameter, scale: float | None) -> nn.Module | nn.Parameter:
+    """U(±scale) on a parameter or on every parameter of a module; nothing when ``scale`` is None."""
     if scale is not None:
         with torch.no_grad():
-            for p in module.parameters():
+            for p in [module] if isinstance(module, nn.Parameter) else module.parameters():
                 p.uniform_(-scale, scale)
     return module
 
@@ -512,6 +513,9 @@ class LanguageModel(SeqTask):
         tie_weights: Share the embedding and decoder weights (needs ``embedding_size == hidden_size``).
         loss_reduction: ``token_mean`` (pytorch/examples; clip 0.25) or ``sum_over_time`` — summed over the
             chunk's steps, averaged over the batch (Zaremba et al. 2014; clip 5). Evaluation is always per token.
+        embedding_init: Initialise the embedding and decoder weights U(±a) and the decoder bias to 0, whatever
+            ``init`` does to the recurrent weights (pytorch/examples: 0.1 with the LSTM at PyTorch's default).
+            None: ``init: uniform`` puts U(±``init_scale``) on every parameter, other inits leave PyTorch's defaults.
         **kwargs: The net, truncation and stations: see :class:`SeqTask`.
     """
 
@@ -520,12 +524,14 @@ class LanguageModel(SeqTask):
         embedding_size: int | None = None,
         tie_weights: bool = False,
         loss_reduction: Literal["token_mean", "sum_over_time"] = "token_mean",
+        embedding_init: float | None = None,
         **kwargs,
     ):
-        check_positive(embedding_size=embedding_size)
+        check_positive(embedding_size=embedding_size, embedding_init=embedding_init)
         if loss_reduction not in ("token_mean", "sum_over_time"):
             raise ConfigError(f"loss_reduction={loss_reduction!r}: must be 'token_mean' or 'sum_over_time'")
         self.embedding_size, self.tie_weights, self.loss_reduction = embedding_size, tie_weights, loss_reduction
+        self.embedding_init = embedding_init
         super().__init__(**kwargs)
         if tie_weights:
             if self.head[1].weight.shape != self.encoder[0].weight.shape:
@@ -537,10 +543,17 @@ class LanguageModel(SeqTask):
     def build_encoder(self, spec, hidden_size, dropout, uniform):
         check_positive(vocab_size=spec.vocab_size)
         size = self.embedding_size or hidden_size
-        return nn.Sequential(_uniform_(nn.Embedding(spec.vocab_size, size), uniform), nn.Dropout(dropout)), size
+        embedding = _uniform_(nn.Embedding(spec.vocab_size, size), self.embedding_init or uniform)
+        return nn.Sequential(embedding, nn.Dropout(dropout)), size
 
     def build_head(self, spec, hidden_size, dropout, uniform):
-        return nn.Sequential(nn.Dropout(dropout), _uniform_(nn.Linear(hidden_size, spec.vocab_size), uniform))
+        decoder = nn.Linear(hidden_size, spec.vocab_size)
+        if self.embedding_init is None:
+            _uniform_(decoder, uniform)
+        else:
+            _uniform_(decoder.weight, self.embedding_init)
+            nn.init.zeros_(decoder.bias)
+        return nn.Sequential(nn.Dropout(dropout), decoder)
 
     def step_losses(self, out, batch):
         ce = F.cross_entropy(out.flatten(0, 1), batch["y"].flatten(), reduction="none")  # (B*L,)

@@ -83,3 +83,26 @@ def test_residual_and_layer_norm_between_layers():
 def test_bad_settings_name_key_and_value(kwargs, needle):
     with pytest.raises(ConfigError, match=needle.replace("(", r"\(")):
         RecurrentNet(3, **{"cell": "rnn", **kwargs})
+
+
+def test_language_model_embedding_init_as_pytorch_examples():
+    """``embedding_init: 0.1``: embedding and decoder U(±0.1), decoder bias 0, the LSTM left at PyTorch's default."""
+    from datamodules.base import DataSpec
+    from seqstab.tasks import LanguageModel
+
+    torch.manual_seed(0)
+    spec = DataSpec(kind="lm", vocab_size=500, stateful=True)
+    model = LanguageModel(spec=spec, hidden_size=200, num_layers=2, cell="lstm", embedding_init=0.1)
+    embedding, decoder = model.encoder[0].weight, model.head[1]
+    for weight in (embedding, decoder.weight):
+        assert weight.abs().max() <= 0.1 and weight.abs().max() > 0.099  # U(±0.1) fills its range
+        assert weight.std().item() == pytest.approx(0.1 / 3**0.5, rel=0.02)
+    assert torch.count_nonzero(decoder.bias) == 0
+    bound = 1 / 200**0.5  # nn.LSTM's default U(±1/sqrt(hidden_size))
+    for p in model.net.parameters():
+        assert p.abs().max() <= bound and p.abs().max() > 0.99 * bound
+
+    default = LanguageModel(spec=spec, hidden_size=200, cell="lstm")
+    assert default.encoder[0].weight.std().item() == pytest.approx(1.0, rel=0.02)  # nn.Embedding's N(0, 1)
+    with pytest.raises(ConfigError, match="embedding_init=0"):
+        LanguageModel(spec=spec, hidden_size=8, embedding_init=0)
