@@ -44,12 +44,15 @@ class ClipResult:
         clipped: True when the policy changed the gradient.
         threshold: The global-norm threshold in force at this update (the gradient is clipped when ``pre_norm``
             exceeds it), or None for policies without one (per-element, per-tensor and per-unit rules).
+        tensor_norms: ``(P,)`` L2 norm of each gradient tensor before clipping, in :func:`grads_of` order (the
+            pass ``pre_norm`` came from); the guard names the largest on an event. None where not computed.
     """
 
     pre_norm: torch.Tensor
     post_norm: torch.Tensor
     clipped: torch.Tensor
     threshold: torch.Tensor | None = None
+    tensor_norms: torch.Tensor | None = None
 
 
 def grads_of(params: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -68,9 +71,15 @@ def tensor_norms(grads: list[torch.Tensor], norm_type: float = 2.0) -> list[torc
 
 def global_norm(grads: list[torch.Tensor], norm_type: float = 2.0) -> torch.Tensor:
     """Norm of all gradients taken together, in one fused ``torch._foreach_norm`` pass (no host sync)."""
+    return norms_and_total(grads, norm_type)[1]
+
+
+def norms_and_total(grads: list[torch.Tensor], norm_type: float = 2.0) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """``((P,) per-tensor norms, global norm)`` from one fused pass; ``(None, 0)`` without gradients."""
     if not grads:
-        return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack(tensor_norms(grads, norm_type)), norm_type)
+        return None, torch.zeros(())
+    norms = torch.stack(tensor_norms(grads, norm_type))
+    return norms, torch.linalg.vector_norm(norms, norm_type)
 
 
 def _scale_to(norm: torch.Tensor, threshold: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,8 +130,8 @@ class NoClip(ClipPolicy):
     """Measure and log only: the gradient is never changed."""
 
     def clip(self, params: list[torch.Tensor]) -> ClipResult:
-        norm = global_norm(grads_of(params))
-        return ClipResult(norm, norm, torch.zeros((), dtype=torch.bool, device=norm.device))
+        norms, norm = norms_and_total(grads_of(params))
+        return ClipResult(norm, norm, torch.zeros((), dtype=torch.bool, device=norm.device), tensor_norms=norms)
 
 
 class ValueClip(ClipPolicy):
@@ -140,7 +149,7 @@ class ValueClip(ClipPolicy):
 
     def clip(self, params: list[torch.Tensor]) -> ClipResult:
         grads = grads_of(params)
-        norm = global_norm(grads)
+        norms, norm = norms_and_total(grads)
         finite = torch.isfinite(norm)
         if not grads:
             return ClipResult(norm, norm, torch.zeros((), dtype=torch.bool))
@@ -149,7 +158,7 @@ class ValueClip(ClipPolicy):
         bound = torch.where(finite, self.clip_value, math.inf).to(norm.dtype)  # inf bound: untouched
         for g in grads:
             g.clamp_(-bound, bound)
-        return ClipResult(norm, global_norm(grads), clipped)
+        return ClipResult(norm, global_norm(grads), clipped, tensor_norms=norms)
 
 
 class NormClip(ClipPolicy):
@@ -171,11 +180,11 @@ class NormClip(ClipPolicy):
 
     def clip(self, params: list[torch.Tensor]) -> ClipResult:
         grads = grads_of(params)
-        norm = global_norm(grads, self.norm_type)
+        norms, norm = norms_and_total(grads, self.norm_type)
         threshold = torch.full_like(norm, self.max_norm)  # a fill, not a host-to-device copy (which syncs)
         clipped, scale = _scale_to(norm, threshold)
         _rescale_(grads, scale)
-        return ClipResult(norm, norm * scale, clipped, threshold)
+        return ClipResult(norm, norm * scale, clipped, threshold, norms if self.norm_type == 2 else None)
 
 
 class PerParameterNormClip(ClipPolicy):
@@ -201,7 +210,7 @@ class PerParameterNormClip(ClipPolicy):
         over = torch.isfinite(norm) & (norms > self.max_norm)  # (P,)
         scales = torch.where(over, self.max_norm / norms, torch.ones_like(norms))
         torch._foreach_mul_(grads, list(scales.unbind()))
-        return ClipResult(norm, torch.linalg.vector_norm(norms * scales), over.any())
+        return ClipResult(norm, torch.linalg.vector_norm(norms * scales), over.any(), tensor_norms=norms)
 
 
 def unit_norms(x: torch.Tensor) -> torch.Tensor:
@@ -240,7 +249,7 @@ class AGC(ClipPolicy):
     def clip(self, params: list[torch.Tensor]) -> ClipResult:
         pairs = [(p.detach(), p.grad) for p in params if p.grad is not None]
         grads = [g for _, g in pairs]
-        norm = global_norm(grads)
+        norms, norm = norms_and_total(grads)
         finite = torch.isfinite(norm)
         any_clipped = torch.zeros((), dtype=torch.bool, device=norm.device)
         for weight, grad in pairs:
@@ -249,7 +258,7 @@ class AGC(ClipPolicy):
             over = finite & (g_norm > cap)
             grad.mul_(torch.where(over, cap / g_norm, torch.ones_like(g_norm)))
             any_clipped = any_clipped | over.any()
-        return ClipResult(norm, global_norm(grads), any_clipped)
+        return ClipResult(norm, global_norm(grads), any_clipped, tensor_norms=norms)
 
 
 class AutoClip(ClipPolicy):
@@ -290,11 +299,11 @@ class AutoClip(ClipPolicy):
 
     def clip(self, params: list[torch.Tensor]) -> ClipResult:
         grads = grads_of(params)
-        norm = global_norm(grads)
+        norms, norm = norms_and_total(grads)
         threshold = torch.nanquantile(self._record(norm), self.percentile / 100, interpolation="linear")
         clipped, scale = _scale_to(norm, threshold)
         _rescale_(grads, scale)
-        return ClipResult(norm, norm * scale, clipped, threshold)
+        return ClipResult(norm, norm * scale, clipped, threshold, norms)
 
     def state_dict(self) -> dict:
         if self._norms is None:
@@ -362,7 +371,7 @@ class ZClip(ClipPolicy):
 
     def clip(self, params: list[torch.Tensor]) -> ClipResult:
         grads = grads_of(params)
-        norm = global_norm(grads)
+        norms, norm = norms_and_total(grads)
         if self.steps < self.warmup_steps:
             target, threshold = self._collect(norm), None
         else:
@@ -374,7 +383,7 @@ class ZClip(ClipPolicy):
         clipped, scale = _scale_to(norm, target)
         _rescale_(grads, scale)
         self.steps += 1
-        return ClipResult(norm, norm * scale, clipped, threshold)
+        return ClipResult(norm, norm * scale, clipped, threshold, norms)
 
     def _collect(self, norm: torch.Tensor) -> torch.Tensor:
         """Warm-up: store the norm; at the last warm-up step, start the EMA. Returns the (unclipped) target."""

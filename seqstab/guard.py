@@ -163,7 +163,7 @@ class ExplosionGuard:
 
     def _record(self, task: SeqTask, update: Update, reason: str, median: float | None, action: Action) -> None:
         norm = update.values["grad/norm_total"]
-        modules = grad_norms(task)  # one sync, on events only
+        modules = grad_norms(task, update.clip.tensor_norms)  # pre-clip; one sync, on events only
         largest = max(modules, key=lambda name: _sortable(modules[name])) if modules else None
         trainer = task.trainer
         event = {
@@ -243,12 +243,18 @@ class ExplosionGuard:
 # -- helpers shared with replay -------------------------------------------------------------------------------
 
 
-def grad_norms(task: torch.nn.Module) -> dict[str, float]:
-    """L2 norm of each parameter's gradient, by parameter name, in one host transfer."""
+def grad_norms(task: torch.nn.Module, tensor_norms: torch.Tensor | None = None) -> dict[str, float]:
+    """L2 norm of each parameter's gradient, by parameter name, in one host transfer.
+
+    ``tensor_norms`` are norms the clipping policy took before it clipped (``ClipResult.tensor_norms``, in the
+    order of the parameters that have a gradient); without them the gradients are measured as they are now."""
     named = [(name, p.grad) for name, p in task.named_parameters() if p.grad is not None]
     if not named:
         return {}
-    norms = torch.stack([torch.linalg.vector_norm(g.detach().float()) for _, g in named]).tolist()
+    if tensor_norms is not None and len(tensor_norms) == len(named):
+        norms = tensor_norms.detach().float().tolist()
+    else:
+        norms = torch.stack([torch.linalg.vector_norm(g.detach().float()) for _, g in named]).tolist()
     return {name: norm for (name, _), norm in zip(named, norms, strict=True)}
 
 
@@ -297,7 +303,7 @@ def save_snapshot(
         "logged": {
             "grad/norm_total": update.values["grad/norm_total"],
             "train/loss": update.values.get("train/loss"),
-            "grad_norms": modules,  # after clipping: what the guard saw
+            "grad_norms": modules,  # before clipping, as the policy measured them (else after)
         },
         "config_yaml": config.read_text() if config.is_file() else None,
         "versions": {"torch": str(torch.__version__), "python": sys.version.split()[0]},

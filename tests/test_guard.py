@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -238,3 +239,32 @@ def test_unclipped_config_explodes_at_every_length(seq_len, tmp_path, monkeypatc
     assert main(args) == 0
     lines = (tmp_path / "runs" / "seqstab" / "version_0" / "explosions.jsonl").read_text().splitlines()
     assert any(e["norm"] in ("inf", "nan") or e["norm"] > 1e6 for e in map(json.loads, lines))
+
+
+def first_event(where, *extra: str) -> tuple[dict, dict]:
+    """Train 2 updates of the explode config, every norm an event; the first event and the run's scalars."""
+    args = ["fit", "--config", str(EXPLODE), *QUIET, "--trainer.max_steps", "2", "--trainer.logger.save_dir", where]
+    args += ["--data.seq_len", "50", "--data.num_train", "750", "--data.num_val", "50"]
+    args += ["--model.guard.snapshot", "false", "--model.guard.max_norm", "1e-6", *extra]
+    assert main(args) == 0
+    run_dir = next(Path(where).glob("seqstab/version_*"))
+    return json.loads((run_dir / "explosions.jsonl").read_text().splitlines()[0]), scalars(run_dir)
+
+
+@pytest.mark.parametrize(
+    "clipping",
+    [
+        ["--model.clipping", "seqstab.clipping.NormClip", "--model.clipping.max_norm", "1e-3"],
+        ["--model.clipping", "seqstab.clipping.ValueClip", "--model.clipping.clip_value", "1e-5"],
+        ["--model.clipping", "seqstab.clipping.AGC", "--model.clipping.clip_factor", "1e-4"],
+    ],
+)
+def test_event_names_the_module_by_its_pre_clip_norm(tmp_path, monkeypatch, clipping):
+    """Under clipping an event reports what exploded, not what the clip left: the same module and norm as an
+    unclipped run at the same (first) update."""
+    monkeypatch.chdir(tmp_path)
+    reference, _ = first_event("unclipped", "--model.clipping", "seqstab.clipping.NoClip")
+    event, series = first_event("clipped", *clipping)
+    assert event["update"] == reference["update"] == 0
+    assert series["grad/clipped"][0] == (0, 1.0)  # the policy did change this update's gradient
+    assert (event["module"], event["module_norm"]) == (reference["module"], reference["module_norm"])
