@@ -12,6 +12,11 @@ deviation, and served in one of two ways::
 ``H`` is the horizon: every step predicts the next ``H`` values of the targets, ``y`` is ``(B, L, H, targets)``.
 A window never reaches past its split: inputs and targets come from the same split's rows. The model reports
 metrics in the original units (``DataSpec.target_scale`` = the train standard deviation of each target).
+
+By default every step of a window carries loss and metrics. ``score_last: k`` (windows mode) adds a ``mask``
+``(B, L)`` that keeps only the last ``k`` steps of each window: the first ``L - k`` steps only warm up the hidden
+state, which starts from zeros in every window. ``score_last: 1`` is the usual protocol of forecasting benchmarks
+(ETTh1 and co.): one forecast per window, made after reading all ``L`` inputs.
 """
 
 from __future__ import annotations
@@ -80,19 +85,33 @@ class WindowDataset(Dataset):
         length: Window length ``L``.
         horizon: Future steps predicted at each step ``H``.
         stride: Rows between consecutive window starts.
+        score_last: Only the last ``score_last`` steps of each window carry loss: each batch gets a ``mask``
+            ``(B, L)``; None: no mask, every step counts.
     """
 
-    def __init__(self, rows: torch.Tensor, targets: torch.Tensor, length: int, horizon: int, stride: int):
+    def __init__(
+        self,
+        rows: torch.Tensor,
+        targets: torch.Tensor,
+        length: int,
+        horizon: int,
+        stride: int,
+        score_last: int | None = None,
+    ):
         self.rows, self.future = rows, future(targets, horizon)  # (n, C), (n - H, H, T)
         self.starts = window_starts(rows.shape[0], length, horizon, stride)
         self.offsets = torch.arange(length)
+        self.scored = None if score_last is None else self.offsets >= length - score_last  # (L,) bool
 
     def __len__(self) -> int:
         return len(self.starts)
 
     def __getitem__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         steps = self.starts[torch.as_tensor(indices)][:, None] + self.offsets  # (B, L) row of each step
-        return {"x": self.rows[steps], "y": self.future[steps]}  # (B, L, C), (B, L, H, T)
+        batch = {"x": self.rows[steps], "y": self.future[steps]}  # (B, L, C), (B, L, H, T)
+        if self.scored is not None:
+            batch["mask"] = self.scored.repeat(len(steps), 1)  # (B, L): the last score_last steps
+        return batch
 
 
 class _SeriesModule(SeqDataModule):
@@ -109,6 +128,7 @@ class _SeriesModule(SeqDataModule):
         batch_size: int = 32,
         num_streams: int = 1,
         num_workers: int = 0,
+        score_last: int | None = None,
     ):
         super().__init__()
         check_positive(
@@ -116,6 +136,17 @@ class _SeriesModule(SeqDataModule):
         )
         if mode not in ("windows", "stream"):
             raise ConfigError(f"mode={mode!r}: must be 'windows' or 'stream'")
+        if score_last is not None:
+            if mode != "windows":
+                raise ConfigError(
+                    f"score_last={score_last!r}: only for mode 'windows'; in mode {mode!r} the hidden state carries "
+                    "from window to window, so no window starts cold (set score_last: null)"
+                )
+            if isinstance(score_last, bool) or not 1 <= score_last <= input_length:
+                raise ConfigError(
+                    f"score_last={score_last!r}: must be between 1 and input_length={input_length} "
+                    "(or null to score every step)"
+                )
         train, val = split
         if not (train > 0 and val > 0 and train + val < 1):
             raise ConfigError(f"split={list(split)}: need train > 0, val > 0 and train + val < 1 (test gets the rest)")
@@ -127,6 +158,7 @@ class _SeriesModule(SeqDataModule):
             num_streams,
             num_workers,
         )
+        self.score_last = score_last
         self._data: dict[str, torch.Tensor] | None = None
 
     def load(self) -> Series:
@@ -212,7 +244,7 @@ class _SeriesModule(SeqDataModule):
             x = batchify(rows[: len(rows) - self.horizon], streams)  # (B, n', C)
             y = batchify(future(targets, self.horizon), streams)  # (B, n', H, T)
             return DataLoader(StreamWindows(x, y, self.input_length), batch_size=None)
-        dataset = WindowDataset(rows, targets, self.input_length, self.horizon, self.stride)
+        dataset = WindowDataset(rows, targets, self.input_length, self.horizon, self.stride, self.score_last)
         order = RandomSampler(dataset) if split == "train" else SequentialSampler(dataset)
         sampler = BatchSampler(order, self.batch_size, drop_last=False)
         return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=self.num_workers)
@@ -277,6 +309,13 @@ class CSVSeries(_SeriesModule):
         num_streams: Contiguous pieces the train split is cut into (``stream`` mode); val and test use one.
         num_workers: DataLoader worker processes (``windows`` mode).
         cache_dir: Where a download goes when ``path`` is None; None uses ``$SEQSTAB_CACHE`` or ``~/.cache/seqstab``.
+        score_last: ``windows`` mode: only the last ``score_last`` steps of each window carry loss and val/test
+            metrics (batches get a ``mask``); the earlier steps warm up the hidden state. 1 scores one forecast per
+            window, made after the whole window (the usual ETTh1 protocol). None (default): every step is scored,
+            including the first ones, where the state has seen almost nothing. 1 to ``input_length``; ``stream``
+            mode rejects it. With truncated BPTT (``model.tbptt_steps`` < ``input_length``) the chunks before the
+            scored steps carry no loss but still make an optimizer step (zero gradient, yet Adam's momentum moves the
+            weights); prefer full BPTT.
     """
 
     def __init__(
@@ -299,8 +338,11 @@ class CSVSeries(_SeriesModule):
         num_streams: int = 1,
         num_workers: int = 0,
         cache_dir: str | None = None,
+        score_last: int | None = None,
     ):
-        super().__init__(input_length, horizon, stride, mode, split, normalize, batch_size, num_streams, num_workers)
+        super().__init__(
+            input_length, horizon, stride, mode, split, normalize, batch_size, num_streams, num_workers, score_last
+        )
         self.targets = [target] if isinstance(target, str) else list(target)
         if not self.targets or not all(self.targets):
             raise ConfigError(f"target={target!r}: name at least one column to predict")

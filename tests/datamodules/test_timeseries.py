@@ -176,6 +176,61 @@ def test_bad_settings_are_config_errors():
         SumOfSines(horizon=0)
 
 
+def _ramp(tmp_path, rows=100) -> str:
+    return _csv(tmp_path, "t,v,w\n" + "".join(f"{i},{i},{i % 5}\n" for i in range(rows)))
+
+
+def test_score_last_masks_all_but_the_last_steps_of_each_window(tmp_path):
+    path = _ramp(tmp_path)
+    kwargs = {"target": "v", "features": ["w"], "path": path, "input_length": 6, "horizon": 2, "batch_size": 4}
+    every, last2 = CSVSeries(**kwargs), CSVSeries(**kwargs, score_last=2)
+    assert every.score_last is None and "mask" not in next(iter(every.train_dataloader()))  # default: every step
+    for split in ("train", "val", "test"):
+        plain, masked = (list(getattr(dm, f"{split}_dataloader")()) for dm in (every, last2))
+        assert sum(len(b["x"]) for b in masked) == len(getattr(last2, f"{split}_dataloader")().dataset)
+        for a, b in zip(plain, masked, strict=True):
+            if split != "train":  # train is shuffled
+                assert torch.equal(a["x"], b["x"]) and torch.equal(a["y"], b["y"])  # the mask is the only change
+            assert b["mask"].dtype == torch.bool and b["mask"].shape == b["x"].shape[:2]
+            assert b["mask"].tolist() == [[False] * 4 + [True] * 2] * len(b["x"])
+    whole = CSVSeries(**kwargs, score_last=6)
+    assert next(iter(whole.val_dataloader()))["mask"].all()  # score_last = input_length: every step, explicitly
+
+
+def test_score_last_reaches_the_forecasters_loss_and_metrics(tmp_path):
+    from seqstab.tasks import Forecaster
+
+    dm = CSVSeries(target="v", features=["w"], path=_ramp(tmp_path), input_length=6, horizon=2, score_last=1)
+    torch.manual_seed(0)
+    model = Forecaster(spec=dm.spec, hidden_size=4).eval()
+    batch = next(iter(dm.val_dataloader()))
+    with torch.no_grad():
+        out, _ = model(batch["x"])  # (B, L, H, T)
+        terms = model.step_losses(out, batch)
+        loss = model.reduce_loss(terms["loss"], batch["mask"])
+        model._eval_step(batch, "val")
+    last = out[:, -1] - batch["y"][:, -1]  # (B, H, T): the only scored step
+    assert loss.item() == pytest.approx(last.pow(2).mean().item(), rel=1e-5)  # training loss: last step only
+    mae = (model._eval_sums["abs"] / model._eval_sums["_count"]).item()
+    assert model._eval_sums["_count"].item() == len(batch["x"])  # one scored step per window
+    assert mae == pytest.approx((last.abs() * dm.spec.target_scale[0]).mean().item(), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs,needle",
+    [
+        ({"score_last": 0}, "score_last=0: must be between 1 and input_length=6"),
+        ({"score_last": -3}, "score_last=-3: must be between 1 and input_length=6"),
+        ({"score_last": 7}, "score_last=7: must be between 1 and input_length=6"),
+        ({"score_last": 1, "mode": "stream"}, "score_last=1: only for mode 'windows'"),
+    ],
+)
+def test_bad_score_last_is_a_one_line_config_error(kwargs, needle):
+    with pytest.raises(ConfigError) as err:
+        CSVSeries(target="v", path="x.csv", input_length=6, **kwargs)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
 def test_sum_of_sines_is_a_function_of_the_seed():
     a, b, c = SumOfSines(seed=1).load(), SumOfSines(seed=1).load(), SumOfSines(seed=2).load()
     assert np.array_equal(a.values, b.values) and not np.array_equal(a.values, c.values)

@@ -79,3 +79,27 @@ def test_stream_windows_tile_each_row_without_gap_or_overlap(n, streams, window)
     y = torch.cat([p["y"] for p in pieces], dim=1)
     assert torch.equal(x, rows[:, :-1])  # concatenated windows give back each row: no gap, no overlap
     assert torch.equal(y, x + 1)  # the target of every step is the next element of the stream
+
+
+@FAST
+@given(
+    rows=st.integers(2, 60),
+    length=st.integers(1, 12),
+    horizon=st.integers(1, 4),
+    stride=st.integers(1, 6),
+    data=st.data(),
+)
+def test_score_last_marks_exactly_the_last_steps_and_changes_nothing_else(rows, length, horizon, stride, data):
+    score_last = data.draw(st.integers(1, length))
+    values = torch.arange(rows * 2, dtype=torch.float32).reshape(rows, 2)
+    plain = WindowDataset(values, values[:, :1], length, horizon, stride)
+    masked = WindowDataset(values, values[:, :1], length, horizon, stride, score_last)
+    if len(plain) == 0:
+        return
+    indices = data.draw(st.lists(st.integers(0, len(plain) - 1), min_size=1, max_size=5))
+    a, b = plain[indices], masked[indices]
+    assert "mask" not in a and torch.equal(a["x"], b["x"]) and torch.equal(a["y"], b["y"])
+    mask = b["mask"]
+    assert mask.dtype == torch.bool and mask.shape == (len(indices), length)
+    assert (mask.sum(dim=1) == score_last).all()  # score_last steps per window ...
+    assert mask[:, length - score_last :].all()  # ... the last ones
