@@ -104,6 +104,7 @@ class GradMonitor:
 
     def _reset(self) -> None:
         self._probe: FlowProbe | None = None  # hooks of the flow step in progress
+        self._flow_owed = False  # the last flow step's chunk carried no loss: measure the next update instead
         self._flow: tuple[int, HostCopy] | None = None  # (step, (L, k) norms) awaiting emit
         self._weights: tuple[int, list[HostCopy]] | None = None  # (step, W_hh snapshots) awaiting emit
         self._hist: tuple[int, dict[str, HostCopy]] | None = None  # (step, tag -> values) awaiting emit
@@ -133,7 +134,8 @@ class GradMonitor:
         if self._probe is not None:  # left by an update that did not reach step_tensors
             self._probe.remove()
             self._probe = None
-        if _due(self.grad_flow_every_n_steps, step) and _writes(task):
+        flow_due = _due(self.grad_flow_every_n_steps, step) or self._flow_owed
+        if flow_due and self.grad_flow_every_n_steps is not None and _writes(task):
             self._probe = FlowProbe(task.net.layers)
 
     def step_tensors(self, task: SeqTask, step: int) -> dict[str, torch.Tensor]:
@@ -158,7 +160,12 @@ class GradMonitor:
     def emit(self, task: SeqTask, update: Update) -> None:
         """After the step: write what is due to the logger (the host copies are complete after the update's sync)."""
         if self._flow is not None:
-            self._emit_flow(task, *self._flow)
+            # A chunk without loss (truncated BPTT on a task scored at the last step: every chunk but the last)
+            # has no gradient to follow; measure the next update instead, or a fixed period can keep landing on
+            # such chunks. Its loss is exactly 0 (reduce_loss over no scored step).
+            self._flow_owed = update.values.get("train/loss") == 0.0
+            if not self._flow_owed:
+                self._emit_flow(task, *self._flow)
             self._flow = None
         if self._weights is not None:
             step, copies = self._weights

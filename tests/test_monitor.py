@@ -124,6 +124,27 @@ def test_flow_probe_matches_unrolled_backprop_through_time(cell, nonlinearity):
     assert all(len(layer._forward_hooks) == 0 for layer in net.layers)  # hooks removed
 
 
+def test_flow_moves_past_chunks_without_loss(tmp_path):
+    """Truncated BPTT on the adding problem: only the last of 4 chunks carries loss. Flow due every 4 updates would
+    land on the first chunk every time; instead it is measured at the next chunk with loss (updates 3, 7, 11)."""
+    torch.manual_seed(0)
+    data = AddingProblem(seq_len=40, num_train=48, num_val=16, num_test=16, batch_size=16)  # mask: last step only
+    model = SequenceRegressor(
+        spec=data.spec,
+        cell="rnn",
+        hidden_size=8,
+        tbptt_steps=10,
+        monitor=GradMonitor(grad_flow_every_n_steps=4, spectrum_every_n_steps=None, heatmap_every_n_steps=None),
+    )
+    logger = TensorBoardLogger(tmp_path, name="tbptt", default_hp_metric=False)
+    quiet_trainer(logger=logger, max_steps=12, limit_val_batches=0).fit(model, data)
+    acc = events(logger.log_dir)
+    loss = dict(series(acc, "train/loss"))
+    assert [step for step in sorted(loss) if loss[step] != 0] == [3, 7, 11]
+    assert [step for step, _ in series(acc, "grad_flow/last")] == [3, 7, 11]
+    assert all(value > 0 for _, value in series(acc, "grad_flow/last"))
+
+
 def test_flow_summary_edges():
     assert flow_summary(np.array([8.0, 4.0, 2.0])) == {"first": 8.0, "last": 2.0, "growth": 2.0}
     assert "growth" not in flow_summary(np.array([3.0]))  # k = 1: no step to grow over
