@@ -59,6 +59,12 @@ class DataSpec:
         chance_loss: The loss a memoryless baseline reaches on this data, to read results against; None if unknown.
         target_scale: Per-target standard deviation the datamodule divided ``y`` by (``forecast``), so metrics are
             reported in the original units; None if ``y`` is not normalised.
+        target_index: Where the targets sit among the input features (``forecast``): ``x[..., target_index[j]]`` is
+            target ``j`` at the current step, in the same units as ``y``. None if the inputs do not hold the targets.
+            Needed by ``Forecaster(predict="change")``.
+
+    Sequences are stored as tuples (a list, as read back from a checkpoint or YAML, is converted), so the spec stays
+    plain data: ``dataclasses.asdict`` of it loads with ``torch.load(weights_only=True)``.
     """
 
     kind: TaskKind
@@ -70,6 +76,13 @@ class DataSpec:
     char_level: bool = False
     chance_loss: float | None = None
     target_scale: tuple[float, ...] | None = None
+    target_index: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        for name, kind in (("target_scale", float), ("target_index", int)):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, tuple(kind(v) for v in value))  # frozen: set once, here
 
 
 class SeqDataModule(pl.LightningDataModule):

@@ -16,7 +16,12 @@ metrics in the original units (``DataSpec.target_scale`` = the train standard de
 By default every step of a window carries loss and metrics. ``score_last: k`` (windows mode) adds a ``mask``
 ``(B, L)`` that keeps only the last ``k`` steps of each window: the first ``L - k`` steps only warm up the hidden
 state, which starts from zeros in every window. ``score_last: 1`` is the usual protocol of forecasting benchmarks
-(ETTh1 and co.): one forecast per window, made after reading all ``L`` inputs.
+(ETTh1 and co.): one forecast per window, made after reading all ``L`` inputs. The mask applies to training too,
+unless ``train_on: all``: then the training batches carry no mask (every step trains) and only val and test are
+scored on the last ``k`` steps.
+
+The targets are also inputs, the first columns of ``x``: ``DataSpec.target_index`` says so, and a
+``Forecaster(predict="change")`` adds its output to the last observed (normalised) target values.
 """
 
 from __future__ import annotations
@@ -129,6 +134,7 @@ class _SeriesModule(SeqDataModule):
         num_streams: int = 1,
         num_workers: int = 0,
         score_last: int | None = None,
+        train_on: Literal["scored", "all"] = "scored",
     ):
         super().__init__()
         check_positive(
@@ -147,6 +153,8 @@ class _SeriesModule(SeqDataModule):
                     f"score_last={score_last!r}: must be between 1 and input_length={input_length} "
                     "(or null to score every step)"
                 )
+        if train_on not in ("scored", "all"):
+            raise ConfigError(f"train_on={train_on!r}: must be 'scored' or 'all'")
         train, val = split
         if not (train > 0 and val > 0 and train + val < 1):
             raise ConfigError(f"split={list(split)}: need train > 0, val > 0 and train + val < 1 (test gets the rest)")
@@ -158,7 +166,7 @@ class _SeriesModule(SeqDataModule):
             num_streams,
             num_workers,
         )
-        self.score_last = score_last
+        self.score_last, self.train_on = score_last, train_on
         self._data: dict[str, torch.Tensor] | None = None
 
     def load(self) -> Series:
@@ -227,6 +235,7 @@ class _SeriesModule(SeqDataModule):
             horizon=self.horizon,
             stateful=self.mode == "stream",
             target_scale=scale,
+            target_index=tuple(range(self.num_targets)),  # the targets are the first input columns
         )
 
     def denormalize(self, y: torch.Tensor) -> torch.Tensor:
@@ -244,7 +253,8 @@ class _SeriesModule(SeqDataModule):
             x = batchify(rows[: len(rows) - self.horizon], streams)  # (B, n', C)
             y = batchify(future(targets, self.horizon), streams)  # (B, n', H, T)
             return DataLoader(StreamWindows(x, y, self.input_length), batch_size=None)
-        dataset = WindowDataset(rows, targets, self.input_length, self.horizon, self.stride, self.score_last)
+        score_last = None if split == "train" and self.train_on == "all" else self.score_last
+        dataset = WindowDataset(rows, targets, self.input_length, self.horizon, self.stride, score_last)
         order = RandomSampler(dataset) if split == "train" else SequentialSampler(dataset)
         sampler = BatchSampler(order, self.batch_size, drop_last=False)
         return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=self.num_workers)
@@ -316,6 +326,9 @@ class CSVSeries(_SeriesModule):
             mode rejects it. With truncated BPTT (``model.tbptt_steps`` < ``input_length``) the chunks before the
             scored steps carry no loss but still make an optimizer step (zero gradient, yet Adam's momentum moves the
             weights); prefer full BPTT.
+        train_on: With ``score_last``: ``scored`` (default) trains on the scored steps only; ``all`` trains on every
+            step of each window (the training batches carry no mask) while val and test stay scored on the last
+            ``score_last`` steps. More supervision per window, from states that have seen fewer inputs.
     """
 
     def __init__(
@@ -339,9 +352,20 @@ class CSVSeries(_SeriesModule):
         num_workers: int = 0,
         cache_dir: str | None = None,
         score_last: int | None = None,
+        train_on: Literal["scored", "all"] = "scored",
     ):
         super().__init__(
-            input_length, horizon, stride, mode, split, normalize, batch_size, num_streams, num_workers, score_last
+            input_length,
+            horizon,
+            stride,
+            mode,
+            split,
+            normalize,
+            batch_size,
+            num_streams,
+            num_workers,
+            score_last,
+            train_on,
         )
         self.targets = [target] if isinstance(target, str) else list(target)
         if not self.targets or not all(self.targets):

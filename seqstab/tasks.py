@@ -578,16 +578,41 @@ class Forecaster(SeqTask):
     Reports ``val/mae`` and ``val/rmse`` in the data's original units (the datamodule's normalisation undone).
 
     Args:
+        predict: ``level`` (default): the head's output is the forecast. ``change``: the forecast of every horizon
+            step is the last observed value of each target (read from ``x`` at the current step, at the data's
+            ``DataSpec.target_index``) plus the head's output, and the head's output layer starts at zero, so the
+            untrained model makes the naive last-value forecast and learns a correction to it. Needs data whose
+            inputs hold the targets (the time-series datamodules do).
         **kwargs: The net, truncation and stations: see :class:`SeqTask`.
     """
 
+    def __init__(self, predict: Literal["level", "change"] = "level", **kwargs):
+        if predict not in ("level", "change"):
+            raise ConfigError(f"predict={predict!r}: must be 'level' or 'change'")
+        self.predict = predict
+        super().__init__(**kwargs)
+
     def build_head(self, spec, hidden_size, dropout, uniform):
         check_positive(input_size=spec.input_size, output_size=spec.output_size, horizon=spec.horizon)
-        return nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden_size, spec.horizon * spec.output_size))
+        linear = nn.Linear(hidden_size, spec.horizon * spec.output_size)
+        if self.predict == "change":
+            index = spec.target_index
+            if index is None or len(index) != spec.output_size or not all(0 <= i < spec.input_size for i in index):
+                raise ConfigError(
+                    f"predict='change' needs the targets among the inputs, but the data's target_index is {index!r} "
+                    f"(output_size {spec.output_size}, input_size {spec.input_size}); use predict: level"
+                )
+            self.register_buffer("target_index", torch.tensor(index, dtype=torch.long), persistent=False)
+            nn.init.zeros_(linear.weight)  # the untrained model is the naive forecast
+            nn.init.zeros_(linear.bias)
+        return nn.Sequential(nn.Dropout(dropout), linear)
 
     def forward(self, x, hidden=None):
         out, hidden = super().forward(x, hidden)
-        return out.unflatten(-1, (self.spec.horizon, self.spec.output_size)), hidden  # (B, L, horizon, C)
+        out = out.unflatten(-1, (self.spec.horizon, self.spec.output_size))  # (B, L, horizon, C)
+        if self.predict == "change":
+            out = out + x.index_select(-1, self.target_index).unsqueeze(-2)  # + last value (B, L, 1, C)
+        return out, hidden
 
     def step_losses(self, out, batch):
         err = out - batch["y"]  # (B, L, horizon, C), normalised units

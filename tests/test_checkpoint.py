@@ -113,6 +113,27 @@ def test_checkpoints_load_with_weights_only_and_rebuild_the_model(good_checkpoin
     assert model.spec.input_size == 2 and model.hparams.hidden_size == 8
 
 
+def test_forecaster_spec_with_target_index_round_trips(tmp_path, monkeypatch):
+    from seqstab.tasks import Forecaster
+
+    rows = "".join(f"2020-01-{1 + i // 24:02d} {i % 24:02d}:00,{i % 11},{i % 5}\n" for i in range(120))
+    (tmp_path / "series.csv").write_text("date,load,temp\n" + rows)
+    series = ["--model", "seqstab.tasks.Forecaster", "--model.hidden_size", "8", "--model.predict", "change"]
+    series += ["--data", "datamodules.timeseries.CSVSeries", "--data.path", "series.csv", "--data.target", "load"]
+    series += ["--data.features", "[temp]", "--data.input_length", "8", "--data.horizon", "2"]
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", *series, "--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false"]) == 0
+    (path,) = (tmp_path / "runs").rglob("*.ckpt")
+    saved = torch.load(path, weights_only=True)
+    assert saved["hyper_parameters"]["spec"]["target_index"] == (0,)
+    assert saved["hyper_parameters"]["predict"] == "change"
+    model = Forecaster.load_from_checkpoint(path, weights_only=True)
+    assert model.spec.target_index == (0,) and model.predict == "change"
+    as_list = {**saved["hyper_parameters"]["spec"], "target_index": [0], "target_scale": [2.0]}  # e.g. from YAML
+    again = Forecaster(spec=as_list, hidden_size=8, predict="change")
+    assert again.spec.target_index == (0,) and again.spec.target_scale == (2.0,)
+
+
 def test_truncated_checkpoint_is_a_one_line_error(good_checkpoint, tmp_path, monkeypatch, capsys):
     broken = tmp_path / "broken.ckpt"
     broken.write_bytes(good_checkpoint.read_bytes()[:5000])

@@ -97,7 +97,7 @@ def test_stream_mode_is_stateful_and_reads_each_split_in_order():
 
 def test_multivariate_targets(tmp_path):
     path = tmp_path / "m.csv"
-    path.write_text("t,a,b,c\n" + "".join(f"{i},{i},{2 * i},{i % 3}\n" for i in range(60)))
+    path.write_text("t,a,b,c\n" + "".join(f"{i},{i},{2 * i},{i % 3}\n" for i in range(120)))
     dm = CSVSeries(target=["a", "b"], features=["c"], path=str(path), input_length=5, horizon=3, split=(0.5, 0.25))
     spec = dm.spec
     assert (spec.input_size, spec.output_size, spec.horizon) == (3, 2, 3) and len(spec.target_scale) == 2
@@ -214,6 +214,67 @@ def test_score_last_reaches_the_forecasters_loss_and_metrics(tmp_path):
     mae = (model._eval_sums["abs"] / model._eval_sums["_count"]).item()
     assert model._eval_sums["_count"].item() == len(batch["x"])  # one scored step per window
     assert mae == pytest.approx((last.abs() * dm.spec.target_scale[0]).mean().item(), rel=1e-5)
+
+
+def test_train_on_all_trains_every_step_and_scores_the_last(tmp_path):
+    kwargs = {"target": "v", "features": ["w"], "path": _ramp(tmp_path), "input_length": 6, "horizon": 2}
+    dm = CSVSeries(**kwargs, score_last=1, train_on="all")
+    assert all("mask" not in batch for batch in dm.train_dataloader())  # every step carries loss
+    for split in ("val", "test"):
+        (batch, *_) = getattr(dm, f"{split}_dataloader")()
+        assert batch["mask"].tolist() == [[False] * 5 + [True]] * len(batch["x"])
+    assert "mask" in next(iter(CSVSeries(**kwargs, score_last=1).train_dataloader()))  # default: train_on scored
+    with pytest.raises(ConfigError, match="train_on='every': must be 'scored' or 'all'"):
+        CSVSeries(**kwargs, train_on="every")
+
+
+def test_target_index_names_the_targets_among_the_inputs(tmp_path):
+    path = _csv(tmp_path, "t,a,b,c\n" + "".join(f"{i},{i},{-i},{i % 3}\n" for i in range(120)))
+    dm = CSVSeries(target=["a", "b"], features=["c"], path=path, input_length=5, horizon=2)
+    assert dm.spec.target_index == (0, 1)
+    batch = next(iter(dm.val_dataloader()))
+    now = batch["x"][..., list(dm.spec.target_index)]  # (B, L, T): the targets at step t
+    assert torch.allclose(batch["y"][:, :-1, 0], now[:, 1:])  # y[t, h = 1] is the target at t + 1
+    assert SumOfSines(length=200, input_length=8).spec.target_index == (0,)
+    assert MackeyGlass(length=600, input_length=8).spec.target_index == (0,)
+
+
+def test_forecaster_predict_change_starts_at_the_naive_forecast(tmp_path):
+    from seqstab.tasks import Forecaster
+
+    path = _csv(tmp_path, "t,a,b,c\n" + "".join(f"{i},{i % 7},{-i},{i % 3}\n" for i in range(160)))
+    dm = CSVSeries(target=["a", "b"], features=["c"], path=path, input_length=6, horizon=3, score_last=1)
+    torch.manual_seed(0)
+    change = Forecaster(spec=dm.spec, hidden_size=4, predict="change").eval()
+    batch = next(iter(dm.val_dataloader()))
+    naive = batch["x"][..., :2, None].transpose(-2, -1).expand(-1, -1, 3, -1)  # (B, L, H, T): last value repeated
+    with torch.no_grad():
+        out, _ = change(batch["x"])
+        assert torch.equal(out, naive)  # zero-initialised output layer: exactly the naive forecast
+        change._eval_step(batch, "val")
+        mae = (change._eval_sums["abs"] / change._eval_sums["_count"]).item()
+        err = (naive[:, -1] - batch["y"][:, -1]) * torch.tensor(dm.spec.target_scale)
+        assert mae == pytest.approx(err.abs().mean().item(), rel=1e-5)  # its metric is the naive forecast's
+        for p in change.head.parameters():
+            p.uniform_(-0.5, 0.5)  # a trained head: the change is added to the last value
+        level = Forecaster(spec=dm.spec, hidden_size=4).eval()
+        level.load_state_dict(change.state_dict())
+        assert torch.allclose(change(batch["x"])[0], level(batch["x"])[0] + naive, atol=1e-6)
+    change.step_losses(change(batch["x"])[0], batch)["loss"].mean().backward()
+    assert change.head[1].weight.grad.abs().sum() > 0  # the zero output layer still learns
+
+
+def test_forecaster_predict_change_needs_the_targets_among_the_inputs():
+    from datamodules.base import DataSpec
+    from seqstab.tasks import Forecaster
+
+    spec = DataSpec(kind="forecast", input_size=3, output_size=1, horizon=2)  # no target_index
+    with pytest.raises(ConfigError) as err:
+        Forecaster(spec=spec, hidden_size=4, predict="change")
+    assert "predict='change' needs the targets among the inputs" in str(err.value) and "\n" not in str(err.value)
+    Forecaster(spec=spec, hidden_size=4)  # level needs nothing
+    with pytest.raises(ConfigError, match="predict='delta': must be 'level' or 'change'"):
+        Forecaster(spec=spec, hidden_size=4, predict="delta")
 
 
 @pytest.mark.parametrize(
