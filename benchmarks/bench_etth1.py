@@ -155,6 +155,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--score-last", default="config", help="override the config's data.score_last: an int, or null (every step)"
     )
+    parser.add_argument(
+        "--predict", default="config", choices=["config", "level", "change"], help="override the config's model.predict"
+    )
+    parser.add_argument("--seed", type=int, help="override the CLI's seed_everything (default 0)")
+    parser.add_argument(
+        "--train-on", default="config", choices=["config", "scored", "all"], help="override the config's data.train_on"
+    )
     args = parser.parse_args(argv)
     path = Path(args.path) if args.path else ETTH1 if ETTH1.is_file() else None
     score_last = args.score_last if args.score_last == "config" else yaml.safe_load(args.score_last)
@@ -177,6 +184,13 @@ def main(argv: list[str] | None = None) -> None:
         v = scores["val"][name]
         rows.append(f"| {name} | – | {s['mae']:.3f} | {s['rmse']:.3f} | {v['mae']:.3f} / {v['rmse']:.3f} | – |")
     extra_all = [] if score_last == "config" else ["--data.score_last", str(args.score_last)]
+    if args.predict != "config":
+        extra_all += ["--model.predict", args.predict]
+    if args.train_on != "config":
+        extra_all += ["--data.train_on", args.train_on]
+    if args.seed is not None:
+        extra_all += ["--seed_everything", str(args.seed)]
+    print(f"overrides of the config: {' '.join(extra_all) or 'none'}")
     variants = {
         "lstm": ("LSTM (etth1_lstm.yaml)", []),
         "rnn": ("vanilla RNN (--model.cell rnn)", ["--model.cell", "rnn"]),
