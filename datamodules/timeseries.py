@@ -324,8 +324,8 @@ class CSVSeries(_SeriesModule):
             window, made after the whole window (the usual ETTh1 protocol). None (default): every step is scored,
             including the first ones, where the state has seen almost nothing. 1 to ``input_length``; ``stream``
             mode rejects it. With truncated BPTT (``model.tbptt_steps`` < ``input_length``) the chunks before the
-            scored steps carry no loss but still make an optimizer step (zero gradient, yet Adam's momentum moves the
-            weights); prefer full BPTT.
+            scored steps carry no loss: they only warm up the state, and the gradient reaches back ``tbptt_steps``
+            steps at most.
         train_on: With ``score_last``: ``scored`` (default) trains on the scored steps only; ``all`` trains on every
             step of each window (the training batches carry no mask) while val and test stay scored on the last
             ``score_last`` steps. More supervision per window, from states that have seen fewer inputs.

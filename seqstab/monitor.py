@@ -29,7 +29,7 @@ LSTM; the GRU's reset gate multiplies only the hidden part, so GRU layers are re
 Summaries: ``grad_flow/first`` = ‖∂L/∂h_1‖, ``grad_flow/last`` = ‖∂L/∂h_k‖ and
 ``grad_flow/growth`` = (‖∂L/∂h_1‖ / ‖∂L/∂h_k‖)^(1/(k−1)), the per-step factor by which the gradient grows going
 back in time (> 1 explodes, < 1 vanishes), for the bottom layer; with several layers also ``.../layer_<i>``.
-A chunk without loss (all its steps masked out) has no gradient flow and is not logged.
+A chunk with no gradient at all (e.g. a loss that does not depend on the net) logs no gradient flow.
 """
 
 from __future__ import annotations
@@ -104,7 +104,6 @@ class GradMonitor:
 
     def _reset(self) -> None:
         self._probe: FlowProbe | None = None  # hooks of the flow step in progress
-        self._flow_owed = False  # the last flow step's chunk carried no loss: measure the next update instead
         self._flow: tuple[int, HostCopy] | None = None  # (step, (L, k) norms) awaiting emit
         self._weights: tuple[int, list[HostCopy]] | None = None  # (step, W_hh snapshots) awaiting emit
         self._hist: tuple[int, dict[str, HostCopy]] | None = None  # (step, tag -> values) awaiting emit
@@ -134,8 +133,7 @@ class GradMonitor:
         if self._probe is not None:  # left by an update that did not reach step_tensors
             self._probe.remove()
             self._probe = None
-        flow_due = _due(self.grad_flow_every_n_steps, step) or self._flow_owed
-        if flow_due and self.grad_flow_every_n_steps is not None and _writes(task):
+        if _due(self.grad_flow_every_n_steps, step) and _writes(task):
             self._probe = FlowProbe(task.net.layers)
 
     def step_tensors(self, task: SeqTask, step: int) -> dict[str, torch.Tensor]:
@@ -160,12 +158,7 @@ class GradMonitor:
     def emit(self, task: SeqTask, update: Update) -> None:
         """After the step: write what is due to the logger (the host copies are complete after the update's sync)."""
         if self._flow is not None:
-            # A chunk without loss (truncated BPTT on a task scored at the last step: every chunk but the last)
-            # has no gradient to follow; measure the next update instead, or a fixed period can keep landing on
-            # such chunks. Its loss is exactly 0 (reduce_loss over no scored step).
-            self._flow_owed = update.values.get("train/loss") == 0.0
-            if not self._flow_owed:
-                self._emit_flow(task, *self._flow)
+            self._emit_flow(task, *self._flow)
             self._flow = None
         if self._weights is not None:
             step, copies = self._weights

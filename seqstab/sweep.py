@@ -391,7 +391,7 @@ def write_plots(
     for ax, (group, members) in zip(axes.flat, groups.items(), strict=False):
         for r in members:
             series = data[r.id]["scalars"].get("grad/norm_total", [])
-            shown = [(s, v) for s, v in series if math.isfinite(v) and v > 0]  # log scale; zero: a chunk without loss
+            shown = [(s, v) for s, v in series if math.isfinite(v) and v > 0]  # log scale
             label = ", ".join(f"{k.rsplit('.', 1)[-1]}={_format_value(v)}" for k, v in r.values.items()) or r.id
             marker = "o" if len(shown) < 5 else None  # a run that died at once is still a visible point
             (line,) = ax.plot([s for s, _ in shown], [v for _, v in shown], lw=0.9, marker=marker, ms=3, label=label)

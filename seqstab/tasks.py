@@ -3,6 +3,7 @@
 The one optimization path (``SeqTask.training_step``), for every task and every feature::
 
     for chunk in chunks(batch, tbptt_steps):            # seqstab.tbptt: chunks of LENGTH k
+        no scored step in the chunk: carry the state    # forward without grad; no update, nothing logged
         forward from the carried hidden state           # monitor.arm: gradient-flow hooks on h_t
         loss (masked; token mean or sum over time)
         manual_backward                                 # DDP all-reduce happens here
@@ -190,9 +191,15 @@ class SeqTask(pl.LightningModule):
         optimizer = self.optimizers()
         carry = self.carry["train"]
         hidden = carry.get(batch["x"].shape[0]) if self.spec.stateful else None
-        for chunk in tbptt.chunks(batch, self.tbptt_steps):
+        for chunk, scored in zip(
+            tbptt.chunks(batch, self.tbptt_steps), tbptt.scored(batch, self.tbptt_steps), strict=True
+        ):
             if self._out_of_steps():
                 break
+            if not scored:  # no loss, no gradient: carry the state across; no update, nothing logged
+                with torch.no_grad():
+                    _, hidden = self(chunk["x"], hidden)
+                continue
             self.monitor.arm(self, self.updates)
             if self.guard is not None:
                 self.guard.arm(self, self.updates)  # RNG state for the replay snapshot

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from datamodules.synthetic import AddingProblem
 from seqstab import tbptt
 from seqstab.tasks import SequenceRegressor
 from tests.helpers import RecordingClip, RecordingGuard, TinyStream, quiet_trainer
@@ -102,3 +103,38 @@ def test_max_steps_counts_updates_not_batches():
     trainer = quiet_trainer(max_steps=5)
     trainer.fit(task, dm)
     assert len(clip.grads) == 5 and trainer.global_step == 5
+
+
+def test_scored_flags_chunks_holding_a_scored_step():
+    mask = torch.zeros(2, 10, dtype=torch.bool)
+    mask[1, 9] = True  # one stream scored at its last step
+    batch = {"x": torch.zeros(2, 10, 3), "mask": mask}
+    assert tbptt.scored(batch, 4) == [False, False, True]
+    assert tbptt.scored(batch, None) == [True]
+    assert tbptt.scored({"x": batch["x"], "mask": torch.zeros(2, 10)}, None) == [False]
+    assert tbptt.scored({"x": batch["x"]}, 4) == [True, True, True]  # no mask: every step is scored
+    assert tbptt.scored({"x": batch["x"], "mask": mask[..., None].float()}, 5) == [False, True]  # (B, L, 1) masks
+
+
+def test_chunks_without_loss_carry_the_state_and_make_no_update():
+    """Scored at the last step only: of 4 chunks, 3 carry no loss. They are no update (Adam, whose momentum would
+    move the weights even on a zero gradient, steps once per batch), and the scored chunk starts from the state the
+    whole prefix leads to."""
+    torch.manual_seed(0)
+    data = AddingProblem(seq_len=40, num_train=16, num_val=16, num_test=16, batch_size=16)  # one batch
+    task = SequenceRegressor(spec=data.spec, cell="lstm", hidden_size=5, tbptt_steps=10)
+    task.configure_optimizers = lambda: torch.optim.Adam(task.parameters(), lr=0.01, weight_decay=0.1)
+    task.clipping, task.guard = clip, guard = RecordingClip(), RecordingGuard()
+    data.setup("fit")
+    data.train_dataloader = lambda: data._loader("train", shuffle=False)
+    batch = next(iter(data.train_dataloader()))
+    with torch.no_grad():
+        _, prefix_hidden = task(batch["x"][:, :30])
+    expected, _ = grads_by_hand(task, list(tbptt.chunks(batch, 10))[-1], prefix_hidden)
+    trainer = quiet_trainer(max_epochs=1)
+    trainer.fit(task, data)
+    assert trainer.global_step == task.updates == len(clip.grads) == 1
+    assert [state["step"].item() for state in trainer.optimizers[0].state.values()] == [1.0] * len(expected)
+    torch.testing.assert_close(guard.hidden_in[0], prefix_hidden)
+    for got, want in zip(clip.grads[0], expected, strict=True):
+        torch.testing.assert_close(got, want)
