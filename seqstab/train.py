@@ -119,6 +119,20 @@ class SeqstabCLI(LightningCLI):
         if log_dir is not None:
             print(f"\nView it in TensorBoard:\n  tensorboard --logdir {log_dir}\n")
 
+    def after_validate(self) -> None:
+        self._print_metrics("val")
+
+    def after_test(self) -> None:
+        self._print_metrics("test")
+
+    def _print_metrics(self, split: str) -> None:
+        """The split's metrics, one per line. The tasks write them to the logger at their own update step, so
+        Lightning's results table (built from ``self.log(..., logger=True)`` only) would be empty."""
+        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith(f"{split}/")}
+        if metrics and self.trainer.is_global_zero:
+            width = max(map(len, metrics))
+            print("\n" + "\n".join(f"{name:<{width}}  {value:.6g}" for name, value in sorted(metrics.items())))
+
 
 def with_default(args: list[str]) -> list[str]:
     """Run the embedded default experiment (``seqstab/default.yaml``) unless a config, model or data is chosen.
