@@ -356,7 +356,7 @@ def _markdown(sweep: Sweep, rows: list[dict[str, Any]], columns: list[str], plot
         "",
         "Steps are update indices (the x axis of every per-update TensorBoard scalar). `first_explosion_step`: "
         "the first explosion-guard event; `initial_norm`: the first non-zero pre-clip norm (the weights as "
-        "initialised; under truncation, the first chunk that carries loss); "
+        "initialised); "
         "`max_pre_clip_norm`: the largest finite pre-clip gradient norm; "
         f"`final_train_loss`: mean of the last {TRAIN_TAIL} updates; `final_val/*`: the last validation; "
         "`grad_flow_growth`: median over the run, where the monitor logged it.",
