@@ -36,21 +36,20 @@ def chunks(batch: dict[str, torch.Tensor], steps: int | None) -> Iterator[dict[s
         yield {key: parts[i] for key, parts in pieces.items()}
 
 
-def scored(batch: dict[str, torch.Tensor], steps: int | None) -> list[bool]:
-    """For each chunk of :func:`chunks`: does it hold a scored step? Without a ``mask`` every chunk does.
+def scored(batch: dict[str, torch.Tensor], steps: int | None) -> torch.Tensor | None:
+    """For each chunk of :func:`chunks`: does it hold a scored step? A bool tensor ``(num_chunks,)`` on the batch's
+    device; None without a ``mask`` (every chunk is scored).
 
     A chunk whose steps are all masked out (truncated BPTT on a task scored at the last step: every chunk but the
-    last) has no loss and no gradient; the training step only carries the hidden state across it. With a mask this
-    costs one host read per batch, not per chunk.
+    last) has no loss and no gradient; the training step only carries the hidden state across it.
     """
     mask = batch.get("mask")
-    length = batch["x"].shape[1]
     if mask is None:
-        return [True] * (1 if steps is None or steps >= length else -(-length // steps))
+        return None
     per_step = mask.reshape(mask.shape[0], mask.shape[1], -1).ne(0).any(dim=2).any(dim=0)  # (L,)
-    if steps is None or steps >= length:
-        return [bool(per_step.any())]
-    return torch.stack([part.any() for part in per_step.split(steps)]).tolist()
+    if steps is None or steps >= per_step.shape[0]:
+        return per_step.any().reshape(1)
+    return torch.stack([part.any() for part in per_step.split(steps)])
 
 
 def map_hidden(fn: Callable[[torch.Tensor], torch.Tensor], hidden: Hidden | None) -> Hidden | None:

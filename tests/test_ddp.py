@@ -11,7 +11,9 @@ import sys
 import pytest
 import torch
 import torch.distributed as dist
+from torch.utils.data import DataLoader
 
+from datamodules.base import DataSpec, SeqDataModule, StreamWindows
 from datamodules.text import TextFiles
 from seqstab.clipping import ZClip
 from seqstab.guard import ExplosionGuard
@@ -53,6 +55,24 @@ class RecordingGuard(ExplosionGuard):
             },
         )
         return action
+
+
+class RankScoredStreams(SeqDataModule):
+    """4 streams of 24 steps read in windows of 12 (chunks of 4 under ``tbptt_steps: 4``). Rank 0's streams are
+    scored in each window's first two chunks, rank 1's in its first only; no stream is scored in the third."""
+
+    def train_dataloader(self):
+        g = torch.Generator().manual_seed(0)
+        x, y = torch.randn(4, 24, 1, generator=g), torch.randn(4, 24, 1, generator=g)
+        mask = torch.zeros(4, 24, dtype=torch.bool)
+        for start in (0, 12):
+            mask[:2, start : start + 8] = True  # rank 0: chunks 0 and 1
+            mask[2:, start : start + 4] = True  # rank 1: chunk 0
+        return DataLoader(StreamWindows(x, y, 12, mask), batch_size=None)
+
+    @property
+    def spec(self) -> DataSpec:
+        return DataSpec(kind="regression", input_size=1, output_size=1, stateful=True)
 
 
 def read(path) -> list[dict]:
@@ -125,3 +145,29 @@ def test_two_process_ddp_trains_disjoint_streams_with_identical_decisions(tmp_pa
     ranks = torch.load(ckpt, weights_only=True)["seqstab"]["ranks"]
     assert len(ranks) == 2 and ranks[0]["carry"][0][0].shape == (1, 2, 16)
     assert not torch.equal(ranks[0]["carry"][0][0], ranks[1]["carry"][0][0])
+
+
+def test_ddp_chunks_scored_on_one_rank_only_are_updates_on_every_rank(tmp_path):
+    """A chunk with loss on one rank and none on the other is an update on both (or the rank with loss would wait
+    in the gradient all-reduce forever); a chunk scored nowhere is skipped on both."""
+    args = [
+        "fit",
+        *["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"],
+        *["--model", "seqstab.tasks.SequenceRegressor", "--model.hidden_size", "8", "--model.tbptt_steps", "4"],
+        *["--model.guard", "tests.test_ddp.RecordingGuard", "--model.guard.snapshot", "false"],
+        *["--data", "tests.test_ddp.RankScoredStreams", "--trainer.max_epochs", "1"],
+        *["--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false"],
+    ]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": python_path()}
+    done = subprocess.run(
+        [sys.executable, "-m", "seqstab.train", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    guard = [read(tmp_path / f"guard-rank{r}.jsonl") for r in (0, 1)]
+    assert [[g["update"] for g in ranks] for ranks in guard] == [[0, 1, 2, 3]] * 2  # 2 windows x chunks 0 and 1
+    assert [[g["action"] for g in ranks] for ranks in guard] == [["step"] * 4] * 2

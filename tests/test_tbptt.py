@@ -109,11 +109,11 @@ def test_scored_flags_chunks_holding_a_scored_step():
     mask = torch.zeros(2, 10, dtype=torch.bool)
     mask[1, 9] = True  # one stream scored at its last step
     batch = {"x": torch.zeros(2, 10, 3), "mask": mask}
-    assert tbptt.scored(batch, 4) == [False, False, True]
-    assert tbptt.scored(batch, None) == [True]
-    assert tbptt.scored({"x": batch["x"], "mask": torch.zeros(2, 10)}, None) == [False]
-    assert tbptt.scored({"x": batch["x"]}, 4) == [True, True, True]  # no mask: every step is scored
-    assert tbptt.scored({"x": batch["x"], "mask": mask[..., None].float()}, 5) == [False, True]  # (B, L, 1) masks
+    assert tbptt.scored(batch, 4).tolist() == [False, False, True]
+    assert tbptt.scored(batch, None).tolist() == [True]
+    assert tbptt.scored({"x": batch["x"], "mask": torch.zeros(2, 10)}, None).tolist() == [False]
+    assert tbptt.scored({"x": batch["x"]}, 4) is None  # no mask: every step is scored
+    assert tbptt.scored({"x": batch["x"], "mask": mask[..., None].float()}, 5).tolist() == [False, True]  # (B, L, 1)
 
 
 def test_chunks_without_loss_carry_the_state_and_make_no_update():
