@@ -191,10 +191,11 @@ class SeqTask(pl.LightningModule):
         optimizer = self.optimizers()
         carry = self.carry["train"]
         hidden = carry.get(batch["x"].shape[0]) if self.spec.stateful else None
-        for chunk, scored in zip(tbptt.chunks(batch, self.tbptt_steps), self._scored_chunks(batch), strict=True):
+        scored = self._scored_chunks(batch)
+        for i, chunk in enumerate(tbptt.chunks(batch, self.tbptt_steps)):
             if self._out_of_steps():
                 break
-            if not scored:  # no loss, no gradient: carry the state across; no update, nothing logged
+            if scored is not None and not scored[i]:  # no loss, no gradient: carry the state; no update, no log
                 with torch.no_grad():
                     _, hidden = self(chunk["x"], hidden)
                 continue
@@ -227,15 +228,13 @@ class SeqTask(pl.LightningModule):
         if self.spec.stateful:
             carry.put(hidden)
 
-    def _scored_chunks(self, batch: dict[str, torch.Tensor]) -> list[bool]:
-        """Which chunks of the batch carry a scored step on any process: a chunk trained on one rank and skipped on
-        another would leave DDP's gradient all-reduce waiting. With a mask: one host read (and, on several
-        processes, one all-reduce) per batch; without, nothing."""
+    def _scored_chunks(self, batch: dict[str, torch.Tensor]) -> list[bool] | None:
+        """Which chunks of the batch carry a scored step on any process (None: all, the batch has no mask). A chunk
+        trained on one rank and skipped on another would leave DDP's gradient all-reduce waiting. With a mask: one
+        host read (and, on several processes, one all-reduce) per batch; without, nothing."""
         flags = tbptt.scored(batch, self.tbptt_steps)
         if flags is None:
-            length = batch["x"].shape[1]
-            steps = self.tbptt_steps if self.tbptt_steps is not None and self.tbptt_steps < length else length
-            return [True] * -(-length // steps)
+            return None
         if self.trainer.world_size > 1:
             flags = self.trainer.strategy.reduce(flags.float(), reduce_op="sum") > 0
         return flags.tolist()
