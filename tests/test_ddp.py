@@ -75,6 +75,21 @@ class RankScoredStreams(SeqDataModule):
         return DataSpec(kind="regression", input_size=1, output_size=1, stateful=True)
 
 
+def fit_on_two_processes(args: list[str], cwd) -> None:
+    """``python -m seqstab.train fit`` on 2 CPU processes (DDP over gloo); a hang fails at the timeout."""
+    fit = ["fit", "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": python_path()}
+    done = subprocess.run(
+        [sys.executable, "-m", "seqstab.train", *fit, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 def read(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -94,8 +109,6 @@ def test_two_process_ddp_trains_disjoint_streams_with_identical_decisions(tmp_pa
         "cache",
     ]
     args = [
-        "fit",
-        *["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"],
         *["--model", "seqstab.tasks.LanguageModel", "--model.hidden_size", "16", "--model.tbptt_steps", "4"],
         *["--model.clipping", "tests.test_ddp.RecordingZClip", "--model.clipping.warmup_steps", "2"],
         *["--model.clipping.z_thresh", "0.5"],  # clip often, so the decisions compared are not all "no"
@@ -105,16 +118,7 @@ def test_two_process_ddp_trains_disjoint_streams_with_identical_decisions(tmp_pa
         *["--trainer.max_steps", "10", "--trainer.limit_val_batches", "2", "--trainer.enable_progress_bar", "false"],
         *["--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.every_n_train_steps", "4"],
     ]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": python_path()}
-    done = subprocess.run(
-        [sys.executable, "-m", "seqstab.train", *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=150,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    fit_on_two_processes(args, tmp_path)
 
     clip = [read(tmp_path / f"clip-rank{r}.jsonl") for r in (0, 1)]
     guard = [read(tmp_path / f"guard-rank{r}.jsonl") for r in (0, 1)]
@@ -151,23 +155,12 @@ def test_ddp_chunks_scored_on_one_rank_only_are_updates_on_every_rank(tmp_path):
     """A chunk with loss on one rank and none on the other is an update on both (or the rank with loss would wait
     in the gradient all-reduce forever); a chunk scored nowhere is skipped on both."""
     args = [
-        "fit",
-        *["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"],
         *["--model", "seqstab.tasks.SequenceRegressor", "--model.hidden_size", "8", "--model.tbptt_steps", "4"],
         *["--model.guard", "tests.test_ddp.RecordingGuard", "--model.guard.snapshot", "false"],
         *["--data", "tests.test_ddp.RankScoredStreams", "--trainer.max_epochs", "1"],
         *["--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false"],
     ]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": python_path()}
-    done = subprocess.run(
-        [sys.executable, "-m", "seqstab.train", *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=150,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    fit_on_two_processes(args, tmp_path)
     guard = [read(tmp_path / f"guard-rank{r}.jsonl") for r in (0, 1)]
     assert [[g["update"] for g in ranks] for ranks in guard] == [[0, 1, 2, 3]] * 2  # 2 windows x chunks 0 and 1
     assert [[g["action"] for g in ranks] for ranks in guard] == [["step"] * 4] * 2
