@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"overrides of the config: {' '.join(extra_all) or 'none'}")
     variants = {
         "lstm": ("LSTM (etth1_lstm.yaml)", []),
-        "rnn": ("vanilla RNN (--model.cell rnn)", ["--model.cell", "rnn"]),
+        "rnn": ("vanilla RNN (--model.cell rnn)", ["--model.net.cell", "rnn"]),
     }
     for key in args.models.split(","):
         name, extra = variants[key]

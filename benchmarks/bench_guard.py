@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from functools import partial
 
 import _common
 import torch
@@ -30,6 +31,7 @@ from datamodules.base import batchify
 from datamodules.synthetic import AddingProblem
 from seqstab.clipping import NormClip
 from seqstab.guard import ExplosionGuard
+from seqstab.nets import RecurrentNet
 from seqstab.tasks import SequenceRegressor
 
 
@@ -59,10 +61,8 @@ def small_run(updates, warmup, guard) -> list[tuple[float, float]]:
     torch.manual_seed(0)
     data = AddingProblem(seq_len=100, num_train=(updates + warmup) * 50, num_val=50, num_test=50, batch_size=50)
     model = SequenceRegressor(
+        net=partial(RecurrentNet, cell="rnn", hidden_size=64, spectral_radius=1.5),
         spec=data.spec,
-        cell="rnn",
-        hidden_size=64,
-        spectral_radius=1.5,
         clipping=NormClip(1.0),
         guard=guard if isinstance(guard, ExplosionGuard) else ExplosionGuard() if guard else None,
     )

@@ -32,7 +32,7 @@ def child(length: int, input_length: int, hidden: int, tbptt: int, max_epochs: i
     args = [
         "fit",
         "--model", "seqstab.tasks.Forecaster",
-        "--model.hidden_size", str(hidden),
+        "--model.net.hidden_size", str(hidden),
         "--model.tbptt_steps", str(tbptt),
         "--data", "datamodules.timeseries.SumOfSines",
         "--data.length", str(length),

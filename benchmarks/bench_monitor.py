@@ -34,6 +34,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,7 @@ from datamodules.base import DataSpec, SeqDataModule, StreamWindows, batchify  #
 from seqstab.clipping import ClipPolicy, ClipResult, NoClip  # noqa: E402
 from seqstab.guard import Action, ExplosionGuard  # noqa: E402
 from seqstab.monitor import GradMonitor, render_heatmap  # noqa: E402
+from seqstab.nets import RecurrentNet  # noqa: E402
 from seqstab.tasks import LanguageModel  # noqa: E402
 
 WIKITEXT2 = REPO.parent / "shared" / "data" / "wikitext-2"
@@ -219,7 +221,12 @@ class Blocks(pl.Callback):
 
 def run_blocks(data: Stream, schedule: list[str], block: int, warmup: int, workdir: str) -> Blocks:
     pl.seed_everything(0, verbose=False)
-    model = SGDLanguageModel(spec=data.spec, hidden_size=200, num_layers=2, dropout=0.2, guard=Unguarded())
+    model = SGDLanguageModel(
+        net=partial(RecurrentNet, hidden_size=200, num_layers=2, dropout=0.2),
+        spec=data.spec,
+        dropout=0.2,
+        guard=Unguarded(),
+    )
     blocks = Blocks(schedule, block, warmup)
     trainer = pl.Trainer(
         max_steps=warmup + block * len(schedule) + 1,

@@ -33,6 +33,7 @@ import logging
 import pstats
 import tempfile
 import time
+from functools import partial
 
 import _common
 import pytorch_lightning as pl
@@ -43,6 +44,7 @@ from torch.utils.data import DataLoader
 
 from datamodules.base import DataSpec, SeqDataModule, StreamWindows, batchify
 from seqstab.clipping import NormClip
+from seqstab.nets import RecurrentNet
 from seqstab.tasks import LanguageModel, SeqTask
 
 BATCH, BPTT, SIZE, LAYERS, DROPOUT, LR, CLIP = 20, 35, 200, 2, 0.2, 20.0, 0.25
@@ -165,12 +167,9 @@ class SGDLanguageModel(LanguageModel):
 def make_language_model(vocab_size: int, **kwargs) -> SGDLanguageModel:
     spec = DataSpec(kind="lm", vocab_size=vocab_size, stateful=True)
     return SGDLanguageModel(
+        net=partial(RecurrentNet, hidden_size=SIZE, num_layers=LAYERS, dropout=DROPOUT, init="uniform", init_scale=0.1),
         spec=spec,
-        hidden_size=SIZE,
-        num_layers=LAYERS,
         dropout=DROPOUT,
-        init="uniform",
-        init_scale=0.1,
         clipping=NormClip(CLIP),
         **kwargs,
     )

@@ -1,4 +1,9 @@
-"""The batch contract every seqstab task consumes, and what a custom datamodule implements.
+"""What a custom datamodule implements, and helpers for stream data. The batch contract itself and
+:class:`DataSpec` live in :mod:`seqstab.data` (the core reads them); they are re-exported here.
+
+Writing your own: subclass :class:`SeqDataModule`, compute the data in ``__init__`` or lazily,
+return a :class:`DataSpec` from ``spec`` and implement the dataloaders. ``datamodules.example``
+is a complete one to copy. The batch contract, as :mod:`seqstab.data` states it:
 
 Batch contract
 --------------
@@ -22,75 +27,27 @@ into the model (``data.spec`` -> ``model.spec``):
 * ``stateful``: consecutive *training* batches continue the same ``B`` streams (a token stream cut
   into ``B`` rows; one long series). The task then carries the hidden state from one batch to the
   next and resets it at each epoch start; validation and test carry it within their own pass.
-
-Writing your own: subclass :class:`SeqDataModule`, compute the data in ``__init__`` or lazily,
-return a :class:`DataSpec` from ``spec`` and implement the dataloaders. ``datamodules.example``
-is a complete one to copy.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
+from torch.utils.data import Dataset
 
+from seqstab.data import BATCH_KEYS, DataSpec, SeqDataModule, TaskKind
 from seqstab.errors import DataError
+from seqstab.resume import in_order_across_ranks
 
-__all__ = ["DataError", "DataSpec", "SeqDataModule", "StreamWindows", "batchify", "in_order_across_ranks"]
-
-TaskKind = Literal["lm", "forecast", "regression", "classification"]
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """What a datamodule tells the model about its batches.
-
-    Args:
-        kind: Which task the batches are for: ``lm``, ``forecast``, ``regression`` or ``classification``.
-        vocab_size: Number of token ids (``lm``).
-        input_size: Features per time step in ``x`` (every kind but ``lm``).
-        output_size: Targets per step (``forecast``, ``regression``) or number of classes (``classification``).
-        horizon: Future steps predicted at each time step (``forecast``).
-        stateful: Consecutive training batches continue the same streams, so the hidden state carries over.
-        char_level: Tokens are characters: the language model also reports bits per character.
-        chance_loss: The loss a memoryless baseline reaches on this data, to read results against; None if unknown.
-        target_scale: Per-target standard deviation the datamodule divided ``y`` by (``forecast``), so metrics are
-            reported in the original units; None if ``y`` is not normalised.
-        target_index: Where the targets sit among the input features (``forecast``): ``x[..., target_index[j]]`` is
-            target ``j`` at the current step, in the same units as ``y``. None if the inputs do not hold the targets.
-            Needed by ``Forecaster(predict="change")``.
-
-    Sequences are stored as tuples (a list, as read back from a checkpoint or YAML, is converted), so the spec stays
-    plain data: ``dataclasses.asdict`` of it loads with ``torch.load(weights_only=True)``.
-    """
-
-    kind: TaskKind
-    vocab_size: int = 0
-    input_size: int = 0
-    output_size: int = 1
-    horizon: int = 1
-    stateful: bool = False
-    char_level: bool = False
-    chance_loss: float | None = None
-    target_scale: tuple[float, ...] | None = None
-    target_index: tuple[int, ...] | None = None
-
-    def __post_init__(self) -> None:
-        for name, kind in (("target_scale", float), ("target_index", int)):
-            value = getattr(self, name)
-            if value is not None:
-                object.__setattr__(self, name, tuple(kind(v) for v in value))  # frozen: set once, here
-
-
-class SeqDataModule(pl.LightningDataModule):
-    """Base class of seqstab datamodules: subclasses provide :attr:`spec` and the dataloaders."""
-
-    @property
-    def spec(self) -> DataSpec:
-        raise NotImplementedError(f"{type(self).__name__} must define the `spec` property")
+__all__ = [
+    "BATCH_KEYS",
+    "DataError",
+    "DataSpec",
+    "SeqDataModule",
+    "StreamWindows",
+    "TaskKind",
+    "batchify",
+    "in_order_across_ranks",
+]
 
 
 class StreamWindows(Dataset):
@@ -142,35 +99,6 @@ class StreamWindows(Dataset):
         if parts > self.x.shape[0]:
             raise DataError(f"{self.x.shape[0]} streams cannot be shared by {parts} processes: raise the batch size")
         return parts
-
-
-def in_order_across_ranks(loader: DataLoader) -> DataLoader:
-    """Under DDP, the same loader with an unshuffled ``DistributedSampler``: rank ``r`` reads items ``r, r + W, ...``
-    in order (Lightning would inject a shuffling one for training). Without DDP, or for a loader with a sampler or
-    batch sampler of its own, the loader itself."""
-    dist = torch.distributed
-    if not (isinstance(loader, DataLoader) and dist.is_available() and dist.is_initialized()):
-        return loader
-    if dist.get_world_size() == 1:
-        return loader
-    custom_batches = loader.batch_size is None and loader.batch_sampler is not None
-    if custom_batches or not isinstance(loader.sampler, SequentialSampler):
-        return loader  # the datamodule chose its own sampling
-    sampler = DistributedSampler(loader.dataset, shuffle=False, drop_last=False)
-    workers = {"prefetch_factor": loader.prefetch_factor, "persistent_workers": loader.persistent_workers}
-    return DataLoader(
-        loader.dataset,
-        batch_size=loader.batch_size,
-        sampler=sampler,
-        num_workers=loader.num_workers,
-        collate_fn=loader.collate_fn,
-        pin_memory=loader.pin_memory,
-        drop_last=loader.drop_last,
-        timeout=loader.timeout,
-        worker_init_fn=loader.worker_init_fn,
-        generator=loader.generator,
-        **(workers if loader.num_workers > 0 else {}),
-    )
 
 
 def batchify(stream: torch.Tensor, num_streams: int) -> torch.Tensor:

@@ -3,15 +3,18 @@
 What makes a resume bitwise exact, and where each piece lives::
 
     model, optimizer, LR scheduler, loop counters    Lightning's checkpoint
-    clipping-policy state, guard state, task.updates SeqTask.on_save_checkpoint  -> checkpoint["seqstab"]
-    carried hidden state of stateful streams, RNGs   SeqTask.on_save_checkpoint  -> checkpoint["seqstab"]["ranks"][r]
+    clipping-policy state, guard state, updates      UpdateCore.state_dict    -> checkpoint["seqstab"]
+    carried hidden state of stateful streams, RNGs   seqstab.resume.ExactResume -> checkpoint["seqstab"]["ranks"][r]
     position within the epoch (+ the RNG state its   ResumableLoader.state_dict  -> checkpoint["loops"] (Lightning
       batch order was drawn from)                                                   stores stateful loaders there)
 
-* :class:`AtomicCheckpointIO` writes to a temporary file in the target's directory, fsyncs it and ``os.replace``-s
-  it over the target: a kill during a save leaves the previous checkpoint whole. It loads with
-  ``torch.load(weights_only=True)`` and turns a truncated, corrupt or code-carrying file into one
-  :class:`CheckpointError` line.
+This module holds the pieces that need no Lightning: atomic writes (:func:`save`, :func:`write_text`), the safe
+loader (:func:`load`), the one RNG-state capture (:func:`rng_state`), the resumable and quiet loaders and the shape
+check. The Lightning side (``AtomicCheckpointIO``, the resume callback) is :mod:`seqstab.resume`.
+
+* :func:`save` writes to a temporary file in the target's directory, fsyncs it and ``os.replace``-s it over the
+  target: a kill during a save leaves the previous file whole. :func:`load` is ``torch.load(weights_only=True)``
+  and turns a truncated, corrupt or code-carrying file into one :class:`CheckpointError` line.
 * :class:`ResumableLoader` is a ``DataLoader`` that knows how many batches of the current epoch it has handed out.
   Lightning 2.6 keeps the state of such a loader in the checkpoint and hands it back on resume (its ``_Stateful``
   protocol); a plain ``DataLoader`` would restart the epoch's batch order from the top while Lightning's counters
@@ -30,13 +33,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch.utils.data import DataLoader, IterableDataset
 
 from seqstab.errors import SeqstabError
 
-__all__ = [
-    "AtomicCheckpointIO",
+__all__ = [  # and AtomicCheckpointIO, from seqstab.resume (see __getattr__ below)
     "CheckpointError",
     "QuietLoader",
     "ResumableLoader",
@@ -47,6 +48,7 @@ __all__ = [
     "rng_state",
     "save",
     "set_rng_state",
+    "write_text",
 ]
 
 
@@ -63,12 +65,20 @@ def save(obj: Any, path: str | os.PathLike) -> None:
     Readers see the old file or the new one, never a part; a kill mid-write leaves at most a hidden
     ``.<name>.*.part`` file behind.
     """
-    path = Path(path)
+    _write_atomically(Path(path), lambda f: torch.save(obj, f))
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically, as :func:`save` does."""
+    _write_atomically(Path(path), lambda f: f.write(text.encode()))
+
+
+def _write_atomically(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -118,24 +128,6 @@ def _first(err: BaseException) -> str:
     """The first sentence of an error, or its type when it has no message (``EOFError()``)."""
     text = str(err).strip()
     return text.split(". ")[0].splitlines()[0][:120] if text else type(err).__name__
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's ``TorchCheckpointIO``, but writes are atomic and durable and loads are ``weights_only``.
-
-    seqstab's CLI installs it by default (``trainer.plugins``). Errors while loading are :class:`CheckpointError`.
-    """
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        if storage_options is not None:
-            raise TypeError(f"{type(self).__name__} takes no storage_options")
-        save(checkpoint, path)
-
-    def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict:
-        """Always ``weights_only=True``: a checkpoint is data; it never needs to run code to load."""
-        if map_location is None:
-            map_location = lambda storage, loc: storage  # noqa: E731 (Lightning's default: keep on CPU)
-        return load(path, map_location)
 
 
 # -- random number generators -----------------------------------------------------------------------------------
@@ -296,3 +288,11 @@ def check_shapes(model_state: dict[str, torch.Tensor], saved_state: dict[str, to
     extra = sorted(set(saved_state) - set(model_state))
     if extra:
         raise CheckpointError(f"{where}made for another model: it has {extra[0]!r}, which this model does not")
+
+
+def __getattr__(name: str) -> Any:
+    if name == "AtomicCheckpointIO":  # Lightning's side, kept importable from here
+        from seqstab.resume import AtomicCheckpointIO
+
+        return AtomicCheckpointIO
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,8 +1,9 @@
 """Explosion guard: the station after clipping that decides step | skip | stop, and records what happened.
 
-At every update ``SeqTask.training_step`` calls :meth:`ExplosionGuard.check` with the update's pre-clip global
-gradient norm already read back as a float (the loop's one host sync). When nothing happens the guard costs a
-comparison and a sorted insert into a window of at most ``window`` floats: about 3 µs per update.
+At every update the update core (:class:`seqstab.update.UpdateCore`) calls :meth:`ExplosionGuard.check` with the
+update's pre-clip global gradient norm already read back as a float (the update's one host sync). When nothing
+happens the guard costs a comparison and a sorted insert into a window of at most ``window`` floats: about 3 µs per
+update.
 
 An **event** is an update whose pre-clip norm is
 
@@ -10,7 +11,8 @@ An **event** is an update whose pre-clip norm is
   * above ``max_norm`` (an absolute bound, off by default), or
   * above ``spike_factor`` × the median of the last ``window`` finite, non-zero norms (after ``min_history`` of them).
 
-Per event, on rank 0 and only when the run has a logger (its directory is the logger's ``log_dir``):
+Per event, on rank 0 and only when the run has a directory (``Run.run_dir``: the logger's ``log_dir`` under
+Lightning):
 
   * ``explosion/events`` (the cumulative count of events, logged at every update) steps up;
   * a text entry ``explosion/event`` in TensorBoard and a line in ``explosions.jsonl``: update, epoch, norm,
@@ -19,38 +21,32 @@ Per event, on rank 0 and only when the run has a logger (its directory is the lo
     ``python -m seqstab.replay``).
 
 A non-finite update is never applied, whatever the policy. No checkpoint holding non-finite weights is ever
-written: :func:`check_finite_weights` runs in ``SeqTask.on_save_checkpoint`` and refuses.
+written: :func:`check_finite_weights` runs when seqstab's tasks and the ``GradientStability`` callback save a
+checkpoint, and refuses.
 """
 
 from __future__ import annotations
 
 import bisect
 import dataclasses
-import enum
 import json
 import math
 import os
 import sys
 from collections import deque
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 
+from seqstab import checkpoint
 from seqstab.errors import ConfigError, SeqstabError
-from seqstab.manifest import run_dir
+from seqstab.record import Action, Run, Update
 
-if TYPE_CHECKING:
-    from seqstab.tasks import SeqTask, Update
+__all__ = ["Action", "ExplosionGuard", "NonFiniteWeightsError", "check_finite_weights", "grad_norms"]
 
 EVENTS_FILE = "explosions.jsonl"
 SNAPSHOT_FORMAT = "seqstab.snapshot/1"
-
-
-class Action(enum.Enum):
-    STEP = "step"  # apply the update
-    SKIP = "skip"  # drop the update (the gradient is zeroed, the weights and optimizer state stay as they are)
-    STOP = "stop"  # drop the update and end the run after this update
 
 
 class NonFiniteWeightsError(SeqstabError):
@@ -107,12 +103,12 @@ class ExplosionGuard:
 
     # -- the station -----------------------------------------------------------------------------------------
 
-    def arm(self, task: SeqTask, step: int) -> None:
+    def arm(self, run: Run | None, step: int) -> None:
         """Before the forward pass: keep the RNG state the snapshot needs to replay dropout (until it is taken)."""
         if self.snapshot and self.snapshot_path is None:
-            self._rng = rng_state(task.device)
+            self._rng = checkpoint.rng_state()
 
-    def check(self, task: SeqTask, update: Update) -> Action:
+    def check(self, run: Run | None, update: Update) -> Action:
         """Decide what happens to ``update``; add ``explosion/events`` to its logged values."""
         norm = update.values["grad/norm_total"]
         reason, median = self.detect(norm)
@@ -124,7 +120,8 @@ class ExplosionGuard:
         self.events += 1
         update.values["explosion/events"] = float(self.events)
         action = self._action(math.isfinite(norm))
-        self._record(task, update, reason, median, action)
+        if run is not None:
+            self._record(run, update, reason, median, action)
         return action
 
     def detect(self, norm: float) -> tuple[str | None, float | None]:
@@ -161,15 +158,14 @@ class ExplosionGuard:
 
     # -- what an event leaves behind ------------------------------------------------------------------------
 
-    def _record(self, task: SeqTask, update: Update, reason: str, median: float | None, action: Action) -> None:
+    def _record(self, run: Run, update: Update, reason: str, median: float | None, action: Action) -> None:
         norm = update.values["grad/norm_total"]
-        modules = grad_norms(task, update.clip.tensor_norms)  # pre-clip; one sync, on events only
+        modules = grad_norms(run.module, update.clip.tensor_norms)  # pre-clip; one sync, on events only
         largest = max(modules, key=lambda name: _sortable(modules[name])) if modules else None
-        trainer = task.trainer
         event = {
             "update": update.step,
-            "global_step": trainer.global_step,
-            "epoch": trainer.current_epoch,
+            "global_step": run.global_step,
+            "epoch": run.epoch,
             "reason": reason,
             "action": action.value,
             "norm": _json_float(norm),
@@ -179,23 +175,23 @@ class ExplosionGuard:
             "module": largest,
             "module_norm": _json_float(modules.get(largest)) if largest else None,
         }
-        run_dir = _run_dir(task)
+        run_dir = run.run_dir if run.is_global_zero else None
+        if run_dir is not None:
+            run_dir.mkdir(parents=True, exist_ok=True)
         first = self.first_event is None
         if first:
             self.first_event = update.step
             if self.snapshot and run_dir is not None:
                 path = run_dir / f"snapshot_update_{update.step}.pt"
-                save_snapshot(path, task, update, modules, self._rng)
+                save_snapshot(path, run, update, modules, self._rng)
                 self.snapshot_path = str(path)
                 event["snapshot"] = path.name
         if run_dir is not None:
             with open(run_dir / EVENTS_FILE, "a") as f:
                 f.write(json.dumps(event) + "\n")
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                add_text = getattr(getattr(logger, "experiment", None), "add_text", None)
-                if add_text is not None:
-                    add_text("explosion/event", _markdown(event), global_step=update.step)
+        if run.is_global_zero:
+            for writer in run.writers:
+                writer.add_text("explosion/event", _markdown(event), global_step=update.step)
             if first or action is Action.STOP:
                 print(self._summary(event, action), flush=True)
 
@@ -243,12 +239,12 @@ class ExplosionGuard:
 # -- helpers shared with replay -------------------------------------------------------------------------------
 
 
-def grad_norms(task: torch.nn.Module, tensor_norms: torch.Tensor | None = None) -> dict[str, float]:
+def grad_norms(module: torch.nn.Module, tensor_norms: torch.Tensor | None = None) -> dict[str, float]:
     """L2 norm of each parameter's gradient, by parameter name, in one host transfer.
 
     ``tensor_norms`` are norms the clipping policy took before it clipped (``ClipResult.tensor_norms``, in the
     order of the parameters that have a gradient); without them the gradients are measured as they are now."""
-    named = [(name, p.grad) for name, p in task.named_parameters() if p.grad is not None]
+    named = [(name, p.grad) for name, p in module.named_parameters() if p.grad is not None]
     if not named:
         return {}
     if tensor_norms is not None and len(tensor_norms) == len(named):
@@ -269,56 +265,44 @@ def check_finite_weights(state_dict: dict[str, torch.Tensor], where: str = "chec
             raise NonFiniteWeightsError(f"refusing to save the {where}: {name} holds inf or nan")
 
 
-def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
-    state = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
+def save_snapshot(path: Path, run: Run, update: Update, modules: dict[str, float], rng: dict[str, Any] | None) -> None:
+    """Everything ``python -m seqstab.replay`` needs to recompute this update's gradient, as plain tensors/dicts:
+    the model (how to rebuild it: ``run.recipe``; its weights), the optimizer state, what was trained on and the
+    hidden state it started from, the RNG state before its forward pass, the clipping policy and what was logged.
 
-
-def save_snapshot(
-    path: Path, task: SeqTask, update: Update, modules: dict[str, float], rng: dict[str, torch.Tensor] | None
-) -> None:
-    """Everything ``python -m seqstab.replay`` needs to recompute this update's gradient, as plain tensors/dicts.
-
-    Written with ``torch.save``; loads with ``torch.load(path, weights_only=True)``.
+    Written atomically; loads with ``torch.load(path, weights_only=True)``.
     """
-    run_dir = path.parent
-    config = run_dir / "config.yaml"
+    recipe = run.recipe or {}
+    config = path.parent / "config.yaml"
+    device = next((p.device for p in run.module.parameters()), torch.device("cpu"))
     snapshot = {
         "format": SNAPSHOT_FORMAT,
+        "kind": recipe.get("kind", "task"),  # "task": a seqstab task's chunk; "module": a LightningModule's batch
         "update": update.step,
-        "global_step": task.trainer.global_step,
-        "epoch": task.trainer.current_epoch,
+        "global_step": run.global_step,
+        "epoch": run.epoch,
         "seed": os.environ.get("PL_GLOBAL_SEED"),
-        "task_class": f"{type(task).__module__}.{type(task).__qualname__}",
-        "hparams": _plain_or_none({k: v for k, v in task.hparams.items() if not k.startswith("_")}),
-        "state_dict": _to_cpu(task.state_dict()),
-        "optimizer": _to_cpu(task.trainer.optimizers[0].state_dict()) if task.trainer.optimizers else None,
-        "chunk": {k: v.detach().cpu().clone() for k, v in update.chunk.items()},
+        "task_class": recipe.get("class_path") or f"{type(run.module).__module__}.{type(run.module).__qualname__}",
+        "hparams": _plain_or_none(recipe.get("hparams")),
+        "clipping": recipe.get("clipping"),
+        "batch_idx": recipe.get("batch_idx"),
+        "state_dict": _to_cpu(run.module.state_dict()),
+        "optimizer": _to_cpu(run.optimizer.state_dict()) if run.optimizer is not None else None,
+        "chunk": _to_cpu(update.chunk),
         "hidden_in": _to_cpu(update.hidden_in),
         "rng": rng,
         "num_threads": torch.get_num_threads(),
-        "device": str(task.device),
+        "device": str(device),
         "logged": {
             "grad/norm_total": update.values["grad/norm_total"],
+            "grad/norm_total_clipped": update.values.get("grad/norm_total_clipped"),
             "train/loss": update.values.get("train/loss"),
-            "grad_norms": modules,  # before clipping, as the policy measured them (else after)
+            "grad_norms": modules,  # before clipping, as the policy measured them
         },
         "config_yaml": config.read_text() if config.is_file() else None,
         "versions": {"torch": str(torch.__version__), "python": sys.version.split()[0]},
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(snapshot, tmp)
-    os.replace(tmp, path)
-
-
-def _run_dir(task: SeqTask) -> Path | None:
-    """The run directory on rank 0 of a run with a logger (created if needed); None otherwise."""
-    path = run_dir(task.trainer)
-    if path is not None:
-        path.mkdir(parents=True, exist_ok=True)
-    return path
+    checkpoint.save(snapshot, path)
 
 
 def _to_cpu(obj: Any) -> Any:
@@ -347,10 +331,12 @@ def _plain(obj: Any) -> Any:
     raise TypeError(f"hyperparameter value {obj!r} is not a plain type")
 
 
-def _plain_or_none(hparams: dict[str, Any]) -> dict[str, Any] | None:
-    """Plain hyperparameters, or None when one is not (replay then says it cannot rebuild the task)."""
+def _plain_or_none(hparams: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Plain hyperparameters, or None when one is not (replay then says it cannot rebuild the model)."""
+    if hparams is None:
+        return None
     try:
-        return _plain(hparams)
+        return _plain({k: v for k, v in hparams.items() if not str(k).startswith("_")})
     except TypeError:
         return None
 

@@ -1,16 +1,19 @@
 """What the optimization path measures beyond the per-update norms, and how often: :class:`GradMonitor`.
 
-The monitor hangs off ``SeqTask.training_step`` at five stations::
+The monitor hangs off the update core (:class:`seqstab.update.UpdateCore`) at five stations, each given the
+:class:`~seqstab.record.Run` around it::
 
-    fit start      start(task)          HPARAMS entry (hyperparameters + final-metric tags), custom-scalars layout
-    per update     arm(task, step)      before the forward: on a flow step, hook every recurrent layer
+    fit start      start(run, ...)      HPARAMS entry (hyperparameters + final-metric tags), custom-scalars layout;
+                                        says once what the net offers nothing to measure for
+    per update     arm(run, step)       before the forward: on a flow step, hook every recurrent layer
                    step_tensors(...)    after backward, before clipping: per-module norms as device tensors (read
                                         back with the loss in the update's one sync); gradient flow; host copies
                                         of what emit needs, queued behind that same sync
-                   emit(task, update)   after the step: write what is due (flow scalars, spectra, histograms, image)
-    fit end        finish(task)         the final gradient-flow heatmap
+                   emit(run, update)    after the step: write what is due (flow scalars, spectra, histograms, image)
+    fit end        finish(run)          the final gradient-flow heatmap
 
-On a step where nothing is due each station returns after an integer test or two.
+On a step where nothing is due each station returns after an integer test or two. What a net offers for gradient
+flow and spectra is the recurrent contract of :mod:`seqstab.nets` (:func:`flow_layers`, :func:`spectral_weights`).
 
 Gradient flow through time
 --------------------------
@@ -34,22 +37,19 @@ A chunk with no gradient at all (e.g. a loss that does not depend on the net) lo
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from collections import defaultdict
-from dataclasses import asdict, is_dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from seqstab import internals
 from seqstab.errors import check_positive
+from seqstab.record import Run, Update, writes
 from seqstab.spectra import recurrent_spectra
-
-if TYPE_CHECKING:
-    from seqstab.tasks import SeqTask, Update
 
 HEATMAP_TAG = "grad_flow/heatmap"
 
@@ -58,7 +58,7 @@ class GradMonitor:
     """Gradient observability: per-module norms, gradient flow through time, recurrent spectra, histograms.
 
     The per-update scalars (``train/loss``, ``train/lr``, ``grad/norm_total``, ``grad/norm_total_clipped``,
-    ``grad/clipped``, ``grad/clip_threshold``) are always logged by the task; this object adds the rest.
+    ``grad/clipped``, ``grad/clip_threshold``) are always logged by the update core; this object adds the rest.
     Set it in YAML as ``model.init_args.monitor: {class_path: seqstab.monitor.GradMonitor, init_args: {...}}``.
 
     Args:
@@ -122,69 +122,92 @@ class GradMonitor:
 
     # -- stations ------------------------------------------------------------------------------------------
 
-    def start(self, task: SeqTask) -> None:
-        """Fit start: forget the previous fit; register the run in HPARAMS and write the custom-scalars layout."""
+    def start(self, run: Run, hparams: dict[str, Any] | None = None, metric_tags: list[str] | None = None) -> None:
+        """Fit start: forget the previous fit; say once what the net offers nothing to measure for; write the
+        custom-scalars layout and, given ``hparams`` (flat plain values), the HPARAMS entry with ``metric_tags``."""
         self._reset()
-        if self.dashboard and _writes(task):
-            write_dashboard(task, flow=self.grad_flow_every_n_steps is not None)
+        if not writes(run):
+            return
+        self._say_what_cannot_be_measured(run.net)
+        if self.dashboard:
+            write_dashboard(run.writers, hparams, metric_tags)
 
-    def arm(self, task: SeqTask, step: int) -> None:
+    def _say_what_cannot_be_measured(self, net: nn.Module) -> None:
+        missing = []
+        if self.grad_flow_every_n_steps is not None and not flow_layers(net):
+            missing.append("gradient flow (grad_flow/*: it offers no recurrent_layers() and has no single-layer "
+                           "batch-first nn.RNN/LSTM/GRU)")  # fmt: skip
+        if self.spectrum_every_n_steps is not None and not spectral_weights(net):
+            missing.append("spectra (rnn/*: it offers no recurrent_weights() and has no nn.RNN/LSTM/GRU)")
+        if missing:
+            warnings.warn(
+                f"seqstab: the net {type(net).__name__} is not measured for {' and '.join(missing)}; norms, clipping "
+                "and the guard are unaffected (the recurrent contract: seqstab.nets)",
+                UserWarning,
+                stacklevel=3,
+            )
+
+    def arm(self, run: Run, step: int) -> None:
         """Before the forward pass: on a flow step, hook every recurrent layer's input and output gradient."""
         if self._probe is not None:  # left by an update that did not reach step_tensors
             self._probe.remove()
             self._probe = None
-        if _due(self.grad_flow_every_n_steps, step) and _writes(task):
-            self._probe = FlowProbe(task.net.layers)
+        if _due(self.grad_flow_every_n_steps, step) and writes(run):
+            layers = flow_layers(run.net)
+            if layers:
+                self._probe = FlowProbe(layers)
 
-    def step_tensors(self, task: SeqTask, step: int) -> dict[str, torch.Tensor]:
+    def step_tensors(self, run: Run, step: int) -> dict[str, torch.Tensor]:
         """After backward, before clipping: device tensors read back with the loss; host copies for :meth:`emit`."""
         if self._probe is not None:
-            norms = self._probe.norms(_loss_scale(task))  # (L, k)
+            norms = self._probe.norms(run.loss_scale)  # (L, k)
             self._probe = None
             self._flow = (step, HostCopy(norms))
-        every_log = task.trainer.log_every_n_steps if self.per_module else None
+        every_log = run.log_every_n_steps if self.per_module else None
         modules, spectra, hist = (
             _due(n, step) for n in (every_log, self.spectrum_every_n_steps, self.histogram_every_n_steps)
         )
-        if not (modules or spectra or hist) or not _writes(task):
+        if not (modules or spectra or hist) or not writes(run):
             return {}
-        groups = self._module_groups(task)
+        groups = self._module_groups(run)
         if spectra:
-            self._weights = (step, [HostCopy(w) for w in task.net.recurrent_weights()])
+            weights = spectral_weights(run.net)
+            if weights:
+                self._weights = (step, [(HostCopy(w), cell) for w, cell in weights])
         if hist:
             self._hist = (step, groups.histogram_copies())
         return groups.norms() if modules else {}
 
-    def emit(self, task: SeqTask, update: Update) -> None:
-        """After the step: write what is due to the logger (the host copies are complete after the update's sync)."""
+    def emit(self, run: Run, update: Update) -> None:
+        """After the step: write what is due to the loggers (the host copies are complete after the update's sync)."""
         if self._flow is not None:
-            self._emit_flow(task, *self._flow)
+            self._emit_flow(run, *self._flow)
             self._flow = None
         if self._weights is not None:
             step, copies = self._weights
             self._weights = None
-            metrics = recurrent_spectra([c.get() for c in copies], task.net.cell)
-            task.logger.log_metrics(metrics, step=step)
+            metrics = recurrent_spectra([c.get() for c, _ in copies], [cell for _, cell in copies])
+            _log(run, metrics, step)
         if self._hist is not None:
             step, copies = self._hist
             self._hist = None
-            _write_histograms(task, step, copies)
+            _write_histograms(run, step, copies)
         if _due(self.heatmap_every_n_steps, update.step) and len(self.flow_history) > self._drawn:
-            self._draw_heatmap(task, update.step)
+            self._draw_heatmap(run, update.step)
 
-    def finish(self, task: SeqTask) -> None:
+    def finish(self, run: Run) -> None:
         """Fit end: draw the gradient-flow heatmap with every column measured."""
         if self._probe is not None:
             self._probe.remove()
             self._probe = None
-        if len(self.flow_history) > self._drawn and _writes(task):
-            self._draw_heatmap(task, self.flow_history[-1][0])
-        for writer in _tensorboard_writers(task):
+        if len(self.flow_history) > self._drawn and writes(run):
+            self._draw_heatmap(run, self.flow_history[-1][0])
+        for writer in run.writers:
             writer.flush()
 
     # -- what emit writes ----------------------------------------------------------------------------------
 
-    def _emit_flow(self, task: SeqTask, step: int, copy: HostCopy) -> None:
+    def _emit_flow(self, run: Run, step: int, copy: HostCopy) -> None:
         norms = copy.get().double().numpy()  # (L, k)
         if not np.any(norms > 0):  # no loss in this chunk: no gradient to follow
             return
@@ -196,17 +219,17 @@ class GradMonitor:
                 metrics.update({f"grad_flow/{name}": value for name, value in summary.items()})
             if len(norms) > 1:
                 metrics.update({f"grad_flow/{name}/layer_{i}": value for name, value in summary.items()})
-        task.logger.log_metrics(metrics, step=step)
+        _log(run, metrics, step)
 
-    def _draw_heatmap(self, task: SeqTask, step: int) -> None:
+    def _draw_heatmap(self, run: Run, step: int) -> None:
         image = render_heatmap(self.flow_history)  # (H, W, 3) uint8
-        for writer in _tensorboard_writers(task):
+        for writer in run.writers:
             writer.add_image(HEATMAP_TAG, image, global_step=step, dataformats="HWC")
         self._drawn = len(self.flow_history)
 
-    def _module_groups(self, task: SeqTask) -> ModuleGroups:
+    def _module_groups(self, run: Run) -> ModuleGroups:
         if self._groups is None:
-            self._groups = ModuleGroups(task)
+            self._groups = ModuleGroups(run.module, flow_layers(run.net))
         return self._groups
 
 
@@ -214,21 +237,40 @@ def _due(every: int | None, step: int) -> bool:
     return every is not None and step % every == 0
 
 
-def _writes(task: SeqTask) -> bool:
-    """Whether anything measured here would be written: a logger is attached and this is rank zero."""
-    return task.logger is not None and task.trainer.is_global_zero
+def _log(run: Run, metrics: dict[str, float], step: int) -> None:
+    for logger in run.loggers:
+        logger.log_metrics(metrics, step=step)
 
 
-def _loss_scale(task: SeqTask) -> torch.Tensor | None:
-    """The AMP GradScaler's current scale (on the device, no sync): hooked gradients are scaled by it."""
-    scaler = getattr(task.trainer.precision_plugin, "scaler", None)
-    return getattr(scaler, "_scale", None) if scaler is not None else None
+# -- what a net offers the monitors (the recurrent contract of seqstab.nets) ----------------------------------
+
+CELL_OF_MODE = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn", "RNN_RELU": "rnn"}  # nn.RNNBase.mode -> gate layout
 
 
-def _tensorboard_writers(task: SeqTask) -> list:
-    from pytorch_lightning.loggers import TensorBoardLogger
+def flow_layers(net: nn.Module) -> list[nn.Module]:
+    """The layers gradient flow follows: ``net.recurrent_layers()`` if offered; else the net's ``nn.RNN``/``LSTM``/
+    ``GRU`` submodules when each is single-layer, batch-first and unidirectional; else none."""
+    offered = getattr(net, "recurrent_layers", None)
+    if callable(offered):
+        return list(offered())
+    found = [m for m in net.modules() if isinstance(m, nn.RNNBase)]
+    simple = all(m.num_layers == 1 and m.batch_first and not m.bidirectional and not m.proj_size for m in found)
+    return found if simple else []
 
-    return [logger.experiment for logger in task.loggers if isinstance(logger, TensorBoardLogger)]
+
+def spectral_weights(net: nn.Module) -> list[tuple[torch.Tensor, str]]:
+    """``(W_hh (G * H, H), cell)`` of every recurrent layer: ``net.recurrent_weights()`` (gates named by ``net.cell``,
+    default ``rnn``) if offered; else ``weight_hh_l<k>`` of each layer of the net's ``nn.RNN``/``LSTM``/``GRU``."""
+    offered = getattr(net, "recurrent_weights", None)
+    if callable(offered):
+        cell = getattr(net, "cell", "rnn")
+        return [(w, cell) for w in offered()]
+    weights = []
+    for module in net.modules():
+        if isinstance(module, nn.RNNBase):
+            cell = CELL_OF_MODE[module.mode]
+            weights += [(getattr(module, f"weight_hh_l{k}"), cell) for k in range(module.num_layers)]
+    return weights
 
 
 class HostCopy:
@@ -255,23 +297,35 @@ class HostCopy:
 
 
 class ModuleGroups:
-    """The task's trained parameters grouped by module path, recurrent layers split into ``.ih`` and ``.hh``.
+    """The model's trained parameters grouped by module path, recurrent layers split into ``.ih`` and ``.hh``.
+
+    Recurrent layers are the net's :func:`flow_layers` and every ``nn.RNN``/``LSTM``/``GRU``; a stacked one
+    (``num_layers > 1``) is split per layer too (``<path>.l<k>.ih``, ``<path>.l<k>.hh``).
 
     Args:
-        task: The task whose parameters are grouped (shared parameters count once, under their first owner).
+        module: The model whose parameters are grouped (shared parameters count once, under their first owner).
+        recurrent_layers: Recurrent layers besides ``nn.RNNBase`` ones (e.g. a net's own cells).
     """
 
-    def __init__(self, task: SeqTask):
-        recurrent = {id(layer) for layer in task.net.layers}
-        recurrent_paths = {name for name, module in task.named_modules() if id(module) in recurrent}
+    def __init__(self, module: nn.Module, recurrent_layers: list[nn.Module] = ()):
+        recurrent = {id(layer) for layer in recurrent_layers}
+        recurrent_paths, stacked = set(), set()
+        for name, sub in module.named_modules():
+            if id(sub) in recurrent or isinstance(sub, nn.RNNBase):
+                recurrent_paths.add(name)
+                if getattr(sub, "num_layers", 1) > 1:
+                    stacked.add(name)
         self.names: list[str] = []
         self.params: list[torch.Tensor] = []
         index: list[int] = []
-        for name, param in task.named_parameters():
+        for name, param in module.named_parameters():
             if not param.requires_grad:
                 continue
             owner, _, leaf = name.rpartition(".")
-            group = f"{owner}.{'hh' if '_hh' in leaf else 'ih'}" if owner in recurrent_paths else (owner or leaf)
+            group = owner or leaf
+            if owner in recurrent_paths:
+                layer = f".l{leaf.rsplit('_l', 1)[-1].removesuffix('_reverse')}" if owner in stacked else ""
+                group = f"{owner}{layer}.{'hh' if '_hh' in leaf else 'ih'}"
             if group not in self.names:
                 self.names.append(group)
             index.append(self.names.index(group))
@@ -311,8 +365,8 @@ class ModuleGroups:
         return copies
 
 
-def _write_histograms(task: SeqTask, step: int, copies: dict[str, HostCopy]) -> None:
-    writers = _tensorboard_writers(task)
+def _write_histograms(run: Run, step: int, copies: dict[str, HostCopy]) -> None:
+    writers = run.writers
     for tag, copy in copies.items():
         values = copy.get().float().numpy()
         values = values[np.isfinite(values)]
@@ -511,80 +565,22 @@ def custom_scalars_layout() -> dict:
     }
 
 
-def write_dashboard(task: SeqTask, flow: bool = True) -> None:
-    """Register the run in HPARAMS (hyperparameters + metric tags) and write the custom-scalars layout.
+def write_dashboard(writers, hparams: dict[str, Any] | None = None, metric_tags: list[str] | None = None) -> None:
+    """Write the custom-scalars layout and, given ``hparams``, register the run in HPARAMS (flat plain values, with
+    ``metric_tags`` as its metric columns).
 
     Written at fit start, before Lightning's own ``log_hyperparams``: TensorBoard keeps the first HPARAMS entry
     of a run. Its metric columns show the last value of each tagged series, i.e. the run's final metrics.
     """
-    writers = _tensorboard_writers(task)
     if not writers:
         return
-    from torch.utils.tensorboard.summary import hparams
+    summaries = ()
+    if hparams is not None:
+        from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
-    experiment, start, end = hparams(hparam_values(task), {tag: 0.0 for tag in metric_tags(task, flow)})
+        summaries = hparams_summaries(hparams, {tag: 0.0 for tag in metric_tags or []})
     for writer in writers:
-        file_writer = writer._get_file_writer()
-        for summary in (experiment, start, end):
+        file_writer = internals.file_writer(writer)
+        for summary in summaries:
             file_writer.add_summary(summary)
         writer.add_custom_scalars(custom_scalars_layout())
-
-
-def metric_tags(task: SeqTask, flow: bool = True) -> list[str]:
-    """The tags shown as HPARAMS metric columns: training loss, the task's eval metrics, norm, gradient flow."""
-    try:
-        evals = [f"val/{name}" for name in task.eval_metrics(defaultdict(lambda: 1.0))]
-    except Exception:  # a task whose eval_metrics needs more than numbers
-        evals = ["val/loss"]
-    tags = ["train/loss", *evals, "grad/norm_total"]
-    if flow:
-        tags.append("grad_flow/growth")
-    if task.guard is not None:
-        tags.append("explosion/events")
-    return tags
-
-
-def hparam_values(task: SeqTask) -> dict[str, Any]:
-    """Flat ``name -> int | float | str | bool`` of the run: the task's hyperparameters, data, stations, optimizer."""
-    values: dict[str, Any] = {"task": type(task).__name__}
-    for key, value in task.hparams.items():
-        if not key.startswith("_"):  # LightningCLI's _class_path, _instantiator
-            _flatten(values, key, asdict(value) if is_dataclass(value) else value)
-    trainer = task.trainer
-    datamodule = getattr(trainer, "datamodule", None)
-    if datamodule is not None:
-        values["data"] = type(datamodule).__name__
-        for key, value in getattr(datamodule, "hparams", {}).items():
-            _flatten(values, f"data.{key}", value)
-    for name in ("clipping", "guard"):
-        station = getattr(task, name, None)
-        values[name] = type(station).__name__ if station is not None else "None"
-        for key in _init_args(station):
-            if hasattr(station, key):
-                _flatten(values, f"{name}.{key}", getattr(station, key))
-    if trainer.optimizers:
-        optimizer = trainer.optimizers[0]
-        values["optimizer"] = type(optimizer).__name__
-        values["lr"] = optimizer.param_groups[0]["lr"]
-    values["max_epochs"] = trainer.max_epochs if trainer.max_epochs is not None else -1
-    values["max_steps"] = trainer.max_steps
-    values["precision"] = str(trainer.precision)
-    return values
-
-
-def _init_args(obj: Any) -> list[str]:
-    """The constructor's argument names of ``obj``'s class: its configuration, not its running state."""
-    if obj is None:
-        return []
-    params = inspect.signature(type(obj).__init__).parameters.values()
-    return [p.name for p in params if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-
-
-def _flatten(out: dict[str, Any], key: str, value: Any) -> None:
-    if isinstance(value, dict):
-        for k, v in value.items():
-            _flatten(out, f"{key}.{k}", v)
-    elif isinstance(value, bool | int | float | str):
-        out[key] = value
-    else:
-        out[key] = str(value)

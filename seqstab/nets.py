@@ -1,13 +1,40 @@
-"""Recurrent nets as plain ``nn.Module`` (no Lightning): vanilla RNN, LSTM, GRU, and their initialisation.
+"""Recurrent nets as plain ``nn.Module`` (no Lightning): the recurrent contract, and seqstab's own net.
 
-Tensor layout, everywhere in seqstab: batch first. ``x`` is ``(B, L, input_size)``, the output is
-``(B, L, hidden_size)``. The hidden state is a tuple with one entry per layer: ``h`` of shape
-``(1, B, hidden_size)`` for ``rnn``/``gru``, the pair ``(h, c)`` for ``lstm``.
+The recurrent contract
+----------------------
+A task's ``net`` (``model.net`` in a config: a class path and its ``init_args``) is any ``nn.Module`` built as
+``net_class(input_size, **init_args)`` (the task supplies ``input_size``: the data's features, or the embedding
+width of a language model) that offers:
 
-A stacked net is one fused single-layer module per layer (``nn.RNN``/``nn.LSTM``/``nn.GRU``), so each
-layer's hidden-state sequence is a tensor the gradient-flow monitor can hook, and residual connections
-and layer normalisation can sit between layers. The ``linear`` vanilla RNN (no nonlinearity, for theory
-experiments) has no fused kernel and loops over time in Python.
+* ``forward(x, hidden) -> (out, hidden)``: ``x`` is ``(B, L, input_size)``, batch first; ``out`` is
+  ``(B, L, hidden_size)``; ``hidden`` is None (start from zeros) or what the previous call returned: any nest of
+  tuples, lists and dicts of tensors. The task carries it across chunks (detached) and, for stateful data, across
+  batches, and checkpoints it;
+* ``hidden_size``: the width ``H`` of ``out`` (the task sizes its head by it).
+
+That is enough for the update core: norms, clipping, the guard, replay and exact resume. For the monitors a net may
+also offer:
+
+* ``recurrent_layers() -> list[nn.Module]``: the single-layer recurrent modules it runs one after the other, each
+  called as ``layer(x (B, k, I), hx) -> (out (B, k, H), state)`` and either an ``nn.RNN``/``nn.LSTM``/``nn.GRU``
+  (``batch_first=True``) or a module with their parameter names (``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``,
+  ``bias_hh_l0``). Gradient flow through time (``grad_flow/*``) hooks them; per-module norms split each into its
+  ``.ih`` and ``.hh`` weights. Without the method, seqstab uses the net's ``nn.RNN``/``nn.LSTM``/``nn.GRU`` submodules
+  when each is such a single-layer, batch-first, unidirectional module;
+* ``recurrent_weights() -> list[Tensor]``: each layer's ``W_hh`` ``(G * H, H)``, with ``cell`` (``rnn``, ``lstm`` or
+  ``gru``; default ``rnn``) naming its ``G`` gate blocks: spectra (``rnn/sigma_max/...``). Without it, seqstab reads
+  ``weight_hh_l<k>`` of the net's ``nn.RNN``/``nn.LSTM``/``nn.GRU`` submodules.
+
+A monitor that finds nothing to measure says so once, at fit start, and the rest of the run goes on.
+:mod:`seqstab.example_net` is a complete net of the contract (an IndRNN, 40 lines) to copy.
+
+seqstab's own net
+-----------------
+:class:`RecurrentNet`: tensor layout batch first; the hidden state is a tuple with one entry per layer: ``h`` of
+shape ``(1, B, hidden_size)`` for ``rnn``/``gru``, the pair ``(h, c)`` for ``lstm``. A stacked net is one fused
+single-layer module per layer (``nn.RNN``/``nn.LSTM``/``nn.GRU``), so each layer's hidden-state sequence is a tensor
+the gradient-flow monitor can hook, and residual connections and layer normalisation can sit between layers. The
+``linear`` vanilla RNN (no nonlinearity, for theory experiments) has no fused kernel and loops over time in Python.
 """
 
 from __future__ import annotations
@@ -107,7 +134,6 @@ class RecurrentNet(nn.Module):
         self.layers = nn.ModuleList(self._make_layer(n) for n in sizes)
         self.norms = nn.ModuleList(nn.LayerNorm(hidden_size) for _ in range(num_layers - 1)) if layer_norm else None
         self.dropout = nn.Dropout(dropout)
-        self.layer_outputs: list[torch.Tensor] | None = None  # set to [] to record each layer's (B, L, H) output
         initialise(self, init, init_scale, spectral_radius)
 
     def _make_layer(self, input_size: int) -> nn.Module:
@@ -124,8 +150,6 @@ class RecurrentNet(nn.Module):
         states = []
         for i, layer in enumerate(self.layers):
             out, state = layer(x, None if hidden is None else hidden[i])  # (B, L, H)
-            if self.layer_outputs is not None:
-                self.layer_outputs.append(out)
             if self.residual and i > 0:
                 out = out + x
             if i < self.num_layers - 1:
@@ -136,8 +160,12 @@ class RecurrentNet(nn.Module):
             x = out
         return x, tuple(states)
 
+    def recurrent_layers(self) -> list[nn.Module]:
+        """The fused single-layer modules, bottom to top (the gradient-flow monitor hooks them)."""
+        return list(self.layers)
+
     def recurrent_weights(self) -> list[torch.Tensor]:
-        """Each layer's ``W_hh``, shape ``(GATES * H, H)``."""
+        """Each layer's ``W_hh``, shape ``(GATES * H, H)``; ``cell`` names its gate blocks."""
         return [layer.weight_hh_l0 for layer in self.layers]
 
 

@@ -1,10 +1,18 @@
 """``python -m seqstab.replay RUN_DIR/snapshot_update_<N>.pt``: recompute the update the explosion guard flagged.
 
 The snapshot (written by :class:`seqstab.guard.ExplosionGuard` at its first event) holds the model and optimizer
-state, the exact chunk (``x``, ``y``, ``mask``), the hidden state it started from and the RNG state before its
-forward pass. Replay rebuilds the task from its class path and hyperparameters (no data needed), runs the same
-forward and backward as ``SeqTask.training_step`` and prints the pre-clip gradient norm, the norm the run logged,
-whether the two are bitwise equal (on CPU, with the run's thread count, they are) and the per-parameter breakdown.
+state, what was trained on, the hidden state it started from, the RNG state before its forward pass and the
+clipping policy's settings. Replay rebuilds the model from its class path and hyperparameters (no data needed),
+computes the loss as training did and runs it through the same update core (:class:`seqstab.update.UpdateCore`,
+with the run's policy, stepping nothing), then prints the pre-clip gradient norm (in the policy's own norm), the
+norm the run logged, whether the two are bitwise equal (on CPU, with the run's thread count, they are) and the
+per-parameter breakdown.
+
+* A snapshot of one of seqstab's tasks: the loss is ``SeqTask.chunk_loss`` of the chunk from its hidden state.
+* A snapshot of another LightningModule (taken by the ``GradientStability`` callback): the module is rebuilt as
+  ``cls(**hparams)`` (it must call ``save_hyperparameters()`` with plain values) and the loss is its
+  ``training_step(batch, batch_idx)``. Not replayable: modules whose hyperparameters are not plain values, steps of
+  gradient accumulation (the snapshot holds the last batch only), a ``training_step`` that reads the Trainer.
 
     python -m seqstab.replay runs/seqstab/version_0/snapshot_update_5.pt
 """
@@ -12,19 +20,22 @@ whether the two are bitwise equal (on CPU, with the run's thread count, they are
 from __future__ import annotations
 
 import argparse
-import importlib
 import math
 import struct
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from datamodules.base import DataSpec
-from seqstab.clipping import global_norm, grads_of
+from seqstab.clipping import ClipPolicy, NoClip
+from seqstab.data import as_spec
 from seqstab.errors import ConfigError, DataError, SeqstabError
 from seqstab.guard import SNAPSHOT_FORMAT, grad_norms
+from seqstab.recipes import resolve
+from seqstab.record import StaticRun
+from seqstab.update import UpdateCore
 
 
 def load_snapshot(path: str | Path) -> dict[str, Any]:
@@ -42,34 +53,58 @@ def load_snapshot(path: str | Path) -> dict[str, Any]:
     return snapshot
 
 
-def rebuild_task(snapshot: dict[str, Any]) -> torch.nn.Module:
-    """The task of the snapshot, built from its class path and hyperparameters, with its weights loaded."""
+def rebuild_model(snapshot: dict[str, Any]) -> torch.nn.Module:
+    """The model of the snapshot, built from its class path and hyperparameters, with its weights loaded."""
     from seqstab.tasks import SeqTask
 
     class_path = snapshot["task_class"]
     hparams = snapshot.get("hparams")
     if hparams is None:
-        raise ConfigError(f"snapshot task {class_path}: its hyperparameters are not plain values; cannot rebuild it")
-    module_name, _, name = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError) as err:
-        raise ConfigError(f"snapshot task {class_path}: cannot import it ({err})") from None
-    if not (isinstance(cls, type) and issubclass(cls, SeqTask)):
-        raise ConfigError(f"snapshot task {class_path}: not a seqstab.tasks.SeqTask")
+        raise ConfigError(f"snapshot model {class_path}: its hyperparameters are not plain values; cannot rebuild it")
+    task = snapshot.get("kind", "task") == "task"
+    base = SeqTask if task else _lightning_modules()
+    cls = resolve(class_path, base, "snapshot model")
     hparams = {k: v for k, v in hparams.items() if not k.startswith("_")}  # LightningCLI's _class_path, _instantiator
-    if isinstance(hparams.get("spec"), dict):
-        spec = dict(hparams["spec"])
-        if spec.get("target_scale") is not None:
-            spec["target_scale"] = tuple(spec["target_scale"])
-        hparams["spec"] = DataSpec(**spec)
-    task = cls(**hparams)
-    task.load_state_dict(snapshot["state_dict"])
-    return task
+    if task:
+        hparams["spec"] = as_spec(hparams.get("spec"))
+    try:
+        model = cls(**hparams)
+    except TypeError as err:
+        raise ConfigError(f"snapshot model {class_path}: cannot rebuild it from its hyperparameters ({err})") from None
+    model.load_state_dict(snapshot["state_dict"])
+    return model
+
+
+def _lightning_modules() -> tuple[type, ...]:
+    """LightningModule of each namespace that is installed (a callback snapshot may come from either)."""
+    import pytorch_lightning as pl
+
+    kinds: list[type] = [pl.LightningModule]
+    try:
+        import lightning.pytorch as L
+
+        kinds.append(L.LightningModule)
+    except ImportError:
+        pass
+    return tuple(kinds)
+
+
+def rebuild_policy(snapshot: dict[str, Any]) -> tuple[ClipPolicy, bool]:
+    """The run's clipping policy from its recorded settings, and whether it is stateless (then its post-clip norm
+    replays too; a stateful one's threshold depended on the norms before, which the snapshot does not hold)."""
+    recipe = snapshot.get("clipping")
+    if not recipe:
+        return NoClip(), True
+    try:
+        policy = resolve(recipe["class_path"], ClipPolicy, "snapshot clipping")(**recipe.get("init_args", {}))
+    except (ConfigError, TypeError):
+        return NoClip(), False  # a policy of the user's that cannot be rebuilt: measure as NoClip (the L2 norm)
+    return policy, not policy.state_dict()
 
 
 def replay(snapshot: dict[str, Any]) -> dict[str, Any]:
-    """Recompute the snapshot's update: its loss, pre-clip global gradient norm and per-parameter norms.
+    """Recompute the snapshot's update: its loss, pre-clip global gradient norm, per-parameter norms, and (for a
+    stateless policy) the post-clip norm.
 
     Runs with the run's thread count and RNG state; the caller's thread count and RNG state are restored after.
     """
@@ -78,20 +113,45 @@ def replay(snapshot: dict[str, Any]) -> dict[str, Any]:
         with torch.random.fork_rng(devices=[]):
             if snapshot.get("num_threads"):
                 torch.set_num_threads(int(snapshot["num_threads"]))  # CPU kernels' summation order follows it
-            task = rebuild_task(snapshot)
-            task.train()
+            model = rebuild_model(snapshot)
+            model.train()
             rng = snapshot.get("rng") or {}
             if "torch" in rng:
                 torch.set_rng_state(rng["torch"])  # the dropout masks of the original forward
-            chunk = snapshot["chunk"]
-            out, _ = task(chunk["x"], snapshot.get("hidden_in"))  # the forward of SeqTask.training_step
-            loss = task.reduce_loss(task.step_losses(out, chunk)["loss"], chunk.get("mask"))
-            loss.backward()
-            params = [p for p in task.parameters() if p.requires_grad]
-            norm = global_norm(grads_of(params)).item()  # what every clipping policy reports as pre_norm
-            return {"loss": loss.item(), "norm": norm, "grad_norms": grad_norms(task)}
+            loss = _loss(model, snapshot)
+            policy, stateless = rebuild_policy(snapshot)
+            params = [p for p in model.parameters() if p.requires_grad]
+            core = UpdateCore(policy)
+            update = core.update(
+                StaticRun(model), params, loss, backward=torch.Tensor.backward, step=_nothing, skip=_nothing, log=False
+            )
+            return {
+                "loss": update.values["train/loss"],
+                "norm": update.values["grad/norm_total"],
+                "post_norm": update.values["grad/norm_total_clipped"] if stateless else None,
+                "policy": type(policy).__name__,
+                "grad_norms": grad_norms(model, update.clip.tensor_norms),
+            }
     finally:
         torch.set_num_threads(threads)
+
+
+def _loss(model: torch.nn.Module, snapshot: dict[str, Any]) -> torch.Tensor:
+    """The training loss of the snapshot's update, computed as training computed it."""
+    chunk = snapshot["chunk"]
+    if snapshot.get("kind", "task") == "task":
+        return model.chunk_loss(chunk, snapshot.get("hidden_in"))[0]
+    with warnings.catch_warnings():  # self.log() without a Trainer: Lightning warns and does nothing
+        warnings.filterwarnings("ignore", message=r".*self\.log\(\).*")
+        out = model.training_step(chunk, snapshot.get("batch_idx") or 0)
+    loss = out["loss"] if isinstance(out, dict) else out
+    if not isinstance(loss, torch.Tensor):
+        raise ConfigError(f"snapshot model {snapshot['task_class']}: training_step returned no loss tensor")
+    return loss
+
+
+def _nothing() -> None:
+    pass
 
 
 def same_bits(a: float | None, b: float | None) -> bool:
@@ -108,10 +168,15 @@ def report(path: Path, snapshot: dict[str, Any], result: dict[str, Any]) -> str:
         f"snapshot: {path}",
         f"update {snapshot['update']} (optimizer step {snapshot['global_step']}, epoch {snapshot['epoch']}), "
         f"seed {seed}, trained on {snapshot.get('device', '?')} with {snapshot.get('num_threads', '?')} threads",
-        f"task: {snapshot['task_class']}",
+        f"model: {snapshot['task_class']} ({'seqstab task' if snapshot.get('kind', 'task') == 'task' else 'module'})",
         f"loss:                   replayed {result['loss']!r}   logged {snapshot['logged'].get('train/loss')!r}",
-        f"pre-clip gradient norm: replayed {result['norm']!r}   logged {logged!r}",
+        f"pre-clip gradient norm: replayed {result['norm']!r}   logged {logged!r}   ({result['policy']})",
     ]
+    if result.get("post_norm") is not None and snapshot["logged"].get("grad/norm_total_clipped") is not None:
+        lines.append(
+            f"post-clip norm:         replayed {result['post_norm']!r}   "
+            f"logged {snapshot['logged']['grad/norm_total_clipped']!r}"
+        )
     if same_bits(result["norm"], logged):
         lines.append("replayed norm == logged norm (bitwise)")
     else:

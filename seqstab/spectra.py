@@ -29,21 +29,23 @@ def spectrum_tags(layer: int, cell: str) -> list[tuple[str, str]]:
     return [(f"rnn/sigma_max/{s}", f"rnn/spectral_radius/{s}") for s in suffixes]
 
 
-def recurrent_spectra(weights_hh: list[torch.Tensor], cell: str) -> dict[str, float]:
+def recurrent_spectra(weights_hh: list[torch.Tensor], cell: str | list[str]) -> dict[str, float]:
     """σ_max and spectral radius of every gate block of every layer's ``W_hh`` ``(G * H, H)``, as tagged scalars.
 
-    A block with non-finite entries (after an explosion reached the weights) is left out.
+    ``cell`` names the gate layout of every layer, or of each (a list, one per layer). A block with non-finite entries
+    (after an explosion reached the weights) is left out.
     """
+    cells = [cell] * len(weights_hh) if isinstance(cell, str) else list(cell)
     metrics: dict[str, float] = {}
-    for i, weight in enumerate(weights_hh):
+    for i, (weight, layer_cell) in enumerate(zip(weights_hh, cells, strict=True)):
         blocks = torch.stack(gate_blocks(weight.detach().cpu().double()))  # (G, H, H)
         finite = torch.isfinite(blocks).flatten(1).all(dim=1)  # (G,)
         sigma = torch.linalg.matrix_norm(blocks[finite], ord=2)  # (G',) largest singular values
         radius = torch.linalg.eigvals(blocks[finite]).abs().amax(dim=-1)  # (G',)
-        kept = [tags for tags, ok in zip(spectrum_tags(i, cell), finite.tolist(), strict=True) if ok]
+        kept = [tags for tags, ok in zip(spectrum_tags(i, layer_cell), finite.tolist(), strict=True) if ok]
         for (sigma_tag, radius_tag), s, r in zip(kept, sigma.tolist(), radius.tolist(), strict=True):
             metrics[sigma_tag] = s
             metrics[radius_tag] = r
-    if cell == "rnn":
+    if "rnn" in cells:
         metrics["rnn/pascanu_bound"] = 1.0  # 1/γ with γ = 1: tanh, relu and linear all have |f'| ≤ 1
     return metrics

@@ -22,8 +22,9 @@ Sweep file (keys are the dotted keys of ``python -m seqstab.train``, without the
     plot:
       x: data.seq_len                      # the x axis of the "against T" plots; default: the first grid key
 
-Run directory of a combination: ``<out>/<name>/<variant>-<key>=<value>...`` (``train.log``, TensorBoard events,
-``config.yaml``, ``manifest.json``, ``explosions.jsonl``, checkpoints, and ``done.json`` once it finished).
+Run directory of a combination: ``<out>/<name>/<variant>-<key>=<value>...`` (``overrides.yaml``: the run's
+overrides as the config file read after the base; ``train.log``, TensorBoard events, ``config.yaml``,
+``manifest.json``, ``explosions.jsonl``, checkpoints, and ``done.json`` once it finished).
 """
 
 from __future__ import annotations
@@ -47,9 +48,11 @@ from typing import Any
 
 import yaml
 
+from seqstab.checkpoint import write_text
 from seqstab.errors import ConfigError, SeqstabError
 
 DONE_FILE = "done.json"
+OVERRIDES_FILE = "overrides.yaml"
 FAILED_FILE = "failed.json"  # a run that exited non-zero; run again when the sweep is started again
 SWEEP_KEYS = {"name", "base", "args", "grid", "variants", "plot"}
 TRAIN_TAIL = 20  # final train loss: mean over the last this many updates
@@ -169,12 +172,18 @@ def _format_value(value: Any) -> str:
 
 
 def command(sweep: Sweep, run: Run, run_dir: Path) -> list[str]:
-    """The ``python -m seqstab.train fit`` command line of one run, logging into ``run_dir``."""
+    """The ``python -m seqstab.train fit`` command line of one run, logging into ``run_dir``.
+
+    The run's overrides are written to ``run_dir/overrides.yaml``, a config file read after the base: a YAML value
+    (``null`` included) reaches a key at any depth that way, which a dotted command-line flag does not for the
+    arguments of a net or a station (``--model.net.spectral_radius null`` is refused by jsonargparse)."""
     cmd = [sys.executable, "-m", "seqstab.train", "fit"]
     for base in sweep.base:
         cmd += ["--config", str(base)]
-    for key, value in run.overrides.items():
-        cmd += [f"--{key}", _cli_value(value)]
+    if run.overrides:
+        path = run_dir / OVERRIDES_FILE
+        write_text(path, yaml.safe_dump(nested(run.overrides), sort_keys=False))
+        cmd += ["--config", str(path)]
     cmd += [
         "--trainer.logger.init_args.save_dir",
         str(run_dir.parent),
@@ -188,15 +197,22 @@ def command(sweep: Sweep, run: Run, run_dir: Path) -> list[str]:
     return cmd
 
 
-def _cli_value(value: Any) -> str:
-    """A value as jsonargparse reads it from the command line (YAML; JSON for mappings and lists)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (dict, list)):
-        return json.dumps(value)
-    return str(value)
+def nested(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Dotted keys as the nested mapping of a config file: ``{"model.net.cell": "lstm"}`` -> ``{"model": {"net":
+    {"cell": "lstm"}}}`` (jsonargparse reads a class's arguments there with or without ``init_args``)."""
+    tree: dict[str, Any] = {}
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"sweep override {key!r}: {part!r} is set to a value and also has keys under it")
+        if isinstance(node.get(leaf), dict) and isinstance(value, dict):
+            node[leaf].update(value)
+        else:
+            node[leaf] = value
+    return tree
 
 
 # -- running ------------------------------------------------------------------------------------------------

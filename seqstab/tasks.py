@@ -1,29 +1,25 @@
-"""LightningModules: each wraps one :class:`~seqstab.nets.RecurrentNet` and trains through one loop.
+"""LightningModules: each task wraps one recurrent net between its encoder and head, and trains through one loop.
 
-The one optimization path (``SeqTask.training_step``), for every task and every feature::
+The one optimization path, for every task and every feature: the chunk loop of truncated BPTT
+(``SeqTask.training_step``) around the update core (:mod:`seqstab.update`)::
 
     for chunk in chunks(batch, tbptt_steps):            # seqstab.tbptt: chunks of LENGTH k
         no scored step in the chunk: carry the state    # forward without grad; no update, nothing logged
-        forward from the carried hidden state           # monitor.arm: gradient-flow hooks on h_t
-        loss (masked; token mean or sum over time)
-        manual_backward                                 # DDP all-reduce happens here
-        unscale (AMP)                                   # clipping must see unscaled gradients
-        clipping policy -> ClipResult                   # one fused norm pass, no host sync
-        read back loss + norms                          # the one host sync of the update
-        explosion guard -> step | skip | stop
-        optimizer.step, scheduler.step
-        log (one logging step per update)
+        core.arm                                        # gradient-flow hooks on h_t; RNG state for a snapshot
+        loss = chunk_loss(chunk, hidden)                # forward from the carried hidden state; masked loss
+        core.update(backward, unscale, step, skip)      # measure -> clip -> guard -> step | skip -> log
         detach hidden                                   # cut the graph at the chunk boundary
 
 Nothing else steps an optimizer, clips or measures norms. New behaviour is an object plugged into a station.
+Exact resume (loader position, RNG around validation, the carried state, epoch boundaries) is
+:class:`seqstab.resume.ExactResume`, which each task attaches to its Trainer.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
-from dataclasses import dataclass
+from collections import defaultdict
 from typing import Any, Literal
 
 import pytorch_lightning as pl
@@ -32,50 +28,32 @@ import torch.nn.functional as F
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
-from datamodules.base import DataSpec, in_order_across_ranks
-from seqstab import tbptt
-from seqstab.checkpoint import CheckpointError, check_shapes, make_quiet, make_resumable, rng_state, set_rng_state
-from seqstab.clipping import ClipPolicy, ClipResult, NoClip
+from seqstab import internals, tbptt
+from seqstab.checkpoint import CheckpointError, check_shapes
+from seqstab.clipping import ClipPolicy, NoClip
+from seqstab.data import DataSpec, as_spec
 from seqstab.errors import ConfigError, check_positive
-from seqstab.guard import Action, ExplosionGuard, check_finite_weights
+from seqstab.guard import ExplosionGuard, check_finite_weights
 from seqstab.monitor import GradMonitor
-from seqstab.nets import Cell, Hidden, Init, Nonlinearity, RecurrentNet
+from seqstab.nets import Hidden, RecurrentNet
+from seqstab.recipes import NetFactory, class_path, declared, net_factory, net_recipe, object_recipe
+from seqstab.record import Action, Update
+from seqstab.resume import STATE_KEY, ExactResume
+from seqstab.trainer_run import TrainerRun, hparam_values
+from seqstab.update import UpdateCore
 
-
-@dataclass
-class Update:
-    """One update of the optimization path, as the guard and the monitor see it.
-
-    Attributes:
-        step: Index of this update (0-based; skipped updates count too).
-        chunk: The chunk trained on (``x``, ``y``, optional ``mask``), ``(B, k, ...)``.
-        hidden_in: The (detached) hidden state the chunk started from; None for zeros.
-        clip: What the clipping policy did (device tensors).
-        values: ``train/loss`` and the clip results read back as floats (``grad/norm_total`` ...).
-    """
-
-    step: int
-    chunk: dict[str, torch.Tensor]
-    hidden_in: Hidden | None
-    clip: ClipResult
-    values: dict[str, float]
+__all__ = ["Forecaster", "LanguageModel", "SeqTask", "SequenceClassifier", "SequenceRegressor", "Update"]
 
 
 class SeqTask(pl.LightningModule):
-    """Base of seqstab's tasks: the recurrent net, the truncated-BPTT loop and its stations.
+    """Base of seqstab's tasks: the recurrent net, the truncated-BPTT loop around the update core, its stations.
 
     Args:
         spec: Sizes and statefulness of the data; the CLI links it from ``data.spec``.
-        hidden_size: Units per recurrent layer.
-        num_layers: Stacked recurrent layers.
-        cell: ``rnn`` (vanilla), ``lstm`` or ``gru``.
-        nonlinearity: For ``cell: rnn``: ``tanh``, ``relu`` or ``linear``.
-        dropout: Dropout between stacked layers (and on the task's input and output where it has them).
-        init: Recurrent initialisation: ``default``, ``uniform``, ``xavier``, ``orthogonal`` or ``identity``.
-        init_scale: The ``a`` of ``uniform`` (±a) initialisation.
-        spectral_radius: Rescale each gate block of ``W_hh`` to exactly this spectral radius after init.
-        residual: Residual connections between stacked layers.
-        layer_norm: Layer normalisation between stacked layers.
+        net: The recurrent net: a class path (with its ``init_args``) of any ``nn.Module`` of the recurrent contract
+            (``seqstab.nets``), built with the input size the task gives it. Default: ``seqstab.nets.RecurrentNet``
+            (a 128-unit LSTM; ``cell``, ``hidden_size``, ``num_layers``, ``init``, ``spectral_radius`` ... are its
+            ``init_args``).
         tbptt_steps: Chunk length ``k`` of truncated BPTT; None trains on the whole batch (full BPTT).
         clipping: Clipping policy (``seqstab.clipping``); None measures only (``NoClip``).
         guard: Explosion guard (``seqstab.guard.ExplosionGuard``); None uses ``ExplosionGuard(policy='warn',
@@ -87,16 +65,7 @@ class SeqTask(pl.LightningModule):
     def __init__(
         self,
         spec: DataSpec | None = None,
-        hidden_size: int = 128,
-        num_layers: int = 1,
-        cell: Cell = "lstm",
-        nonlinearity: Nonlinearity = "tanh",
-        dropout: float = 0.0,
-        init: Init = "default",
-        init_scale: float = 0.1,
-        spectral_radius: float | None = None,
-        residual: bool = False,
-        layer_norm: bool = False,
+        net: NetFactory = RecurrentNet,
         tbptt_steps: int | None = None,
         clipping: ClipPolicy | None = None,
         guard: ExplosionGuard | None = None,
@@ -109,48 +78,69 @@ class SeqTask(pl.LightningModule):
         check_positive(tbptt_steps=tbptt_steps)
         if scheduler_interval not in ("step", "epoch"):
             raise ConfigError(f"scheduler_interval={scheduler_interval!r}: must be 'step' or 'epoch'")
-        if isinstance(spec, dict):  # from a checkpoint's hyperparameters (saved as plain data)
-            spec = DataSpec(**spec)
+        spec = as_spec(spec)  # a dict: from a checkpoint's hyperparameters (saved as plain data)
         self.save_hyperparameters(ignore=["clipping", "guard", "monitor"])
         self.hparams["spec"] = dataclasses.asdict(spec)  # plain data: checkpoints load with weights_only=True
+        self.hparams["net"] = net_recipe(net)  # {class_path, init_args}; None for a factory that cannot be said
         self.automatic_optimization = False
         self.spec = spec
         self.tbptt_steps = tbptt_steps
-        self.clipping = clipping or NoClip()
-        self.guard = guard if guard is not None else ExplosionGuard(policy="warn", snapshot=False)
-        self.monitor = monitor or GradMonitor()
         self.scheduler_interval = scheduler_interval
-        uniform = init_scale if init == "uniform" else None  # Zaremba et al. init the embedding and decoder too
-        self.encoder, input_size = self.build_encoder(spec, hidden_size, dropout, uniform)
-        self.net = RecurrentNet(
-            input_size,
-            hidden_size,
-            num_layers,
-            cell,
-            nonlinearity,
-            dropout,
-            init,
-            init_scale,
-            spectral_radius,
-            residual,
-            layer_norm,
-        )
-        self.head = self.build_head(spec, hidden_size, dropout, uniform)
+        if guard is None:
+            guard = ExplosionGuard(policy="warn", snapshot=False)
+        self.core = UpdateCore(clipping, guard, monitor or GradMonitor())
+        self.encoder, input_size = self.build_encoder(spec)
+        self.net = net_factory(net)(input_size)
+        hidden_size = getattr(self.net, "hidden_size", None)
+        if not isinstance(hidden_size, int) or hidden_size < 1:
+            raise ConfigError(
+                f"net {type(self.net).__name__}: needs an int attribute hidden_size (the width H of its (B, L, H) "
+                f"output), has {hidden_size!r}"
+            )
+        self.head = self.build_head(spec, hidden_size)
         self.carry = {"train": tbptt.HiddenCarry(), "val": tbptt.HiddenCarry(), "test": tbptt.HiddenCarry()}
-        self.updates = 0  # updates attempted so far: the x axis of every per-update log
-        self._epoch_open = False  # between on_train_epoch_start and on_train_epoch_end (saved for exact resume)
-        self._resume: dict[str, Any] = {}  # what on_load_checkpoint leaves for the loop
+        self.run = TrainerRun(self, self.net, self.replay_recipe)  # what the stations see of the Trainer
+        self._resume = ExactResume()
         self._eval_sums: dict[str, torch.Tensor] = {}
+
+    # -- the stations, by name ---------------------------------------------------------------------------------
+
+    @property
+    def clipping(self) -> ClipPolicy:
+        return self.core.clipping
+
+    @clipping.setter
+    def clipping(self, policy: ClipPolicy | None) -> None:
+        self.core.clipping = policy if policy is not None else NoClip()
+
+    @property
+    def guard(self) -> ExplosionGuard | None:
+        return self.core.guard
+
+    @guard.setter
+    def guard(self, guard: ExplosionGuard | None) -> None:
+        self.core.guard = guard
+
+    @property
+    def monitor(self) -> GradMonitor | None:
+        return self.core.monitor
+
+    @monitor.setter
+    def monitor(self, monitor: GradMonitor | None) -> None:
+        self.core.monitor = monitor
+
+    @property
+    def updates(self) -> int:
+        """Updates attempted so far: the x axis of every per-update tag."""
+        return self.core.updates
 
     # -- what a task defines -------------------------------------------------------------------------------
 
-    def build_encoder(
-        self, spec: DataSpec, hidden_size: int, dropout: float, uniform: float | None
-    ) -> tuple[nn.Module, int]:
+    def build_encoder(self, spec: DataSpec) -> tuple[nn.Module, int]:
         """Module applied to ``x`` before the net, and the net's input size. Default: identity on features."""
         return nn.Identity(), spec.input_size
 
-    def build_head(self, spec: DataSpec, hidden_size: int, dropout: float, uniform: float | None) -> nn.Module:
+    def build_head(self, spec: DataSpec, hidden_size: int) -> nn.Module:
         """Module mapping the net's ``(B, L, H)`` output to predictions."""
         raise NotImplementedError
 
@@ -168,30 +158,45 @@ class SeqTask(pl.LightningModule):
             return per_step.mean()
         return (per_step * mask).sum() / mask.sum().clamp(min=1)
 
-    # -- forward -------------------------------------------------------------------------------------------
+    # -- forward and the loss of a chunk --------------------------------------------------------------------
 
     def forward(self, x: torch.Tensor, hidden: Hidden | None = None) -> tuple[torch.Tensor, Hidden]:
         out, hidden = self.net(self.encoder(x), hidden)  # (B, L, H)
         return self.head(out), hidden
 
+    def chunk_loss(self, chunk: dict[str, torch.Tensor], hidden: Hidden | None) -> tuple[torch.Tensor, Hidden]:
+        """The training loss of one chunk from ``hidden``, and the state after it: what every caller trains on (the
+        chunk loop, ``python -m seqstab.replay``)."""
+        out, new_hidden = self(chunk["x"], hidden)
+        return self.reduce_loss(self.step_losses(out, chunk)["loss"], chunk.get("mask")), new_hidden
+
     # -- the one optimization path ------------------------------------------------------------------------
 
+    def configure_callbacks(self) -> list[pl.Callback]:
+        return [self._resume]
+
     def on_fit_start(self) -> None:
-        self.monitor.start(self)
+        stations = {"clipping": self.clipping, "guard": self.guard}
+        self.core.start(self.run, hparam_values(self, stations), metric_tags(self))
 
     def on_fit_end(self) -> None:
-        self.monitor.finish(self)
+        self.core.finish(self.run)
 
-    def on_train_epoch_start(self) -> None:
-        self._cross_saved_epoch_boundary()
-        self._epoch_open = True
+    def start_train_epoch(self) -> None:
+        """An epoch begins (called by :class:`~seqstab.resume.ExactResume`): stateful streams restart from zeros."""
         self.carry["train"].reset()
+
+    def end_train_epoch(self) -> None:
+        """An epoch ends (called by :class:`~seqstab.resume.ExactResume`): the per-epoch scheduler step."""
+        self._step_scheduler("epoch")
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         optimizer = self.optimizers()
         carry = self.carry["train"]
-        hidden = carry.get(batch["x"].shape[0]) if self.spec.stateful else None
+        batch_size = batch["x"].shape[0]
+        hidden = carry.get(batch_size) if self.spec.stateful else None
         scored = self._scored_chunks(batch)
+        params = [p for p in self.parameters() if p.requires_grad]
         for i, chunk in enumerate(tbptt.chunks(batch, self.tbptt_steps)):
             if self._out_of_steps():
                 break
@@ -199,34 +204,26 @@ class SeqTask(pl.LightningModule):
                 with torch.no_grad():
                     _, hidden = self(chunk["x"], hidden)
                 continue
-            self.monitor.arm(self, self.updates)
-            if self.guard is not None:
-                self.guard.arm(self, self.updates)  # RNG state for the replay snapshot
-            out, new_hidden = self(chunk["x"], hidden)
-            loss = self.reduce_loss(self.step_losses(out, chunk)["loss"], chunk.get("mask"))
-            optimizer.zero_grad(set_to_none=True)
-            self.manual_backward(loss)
-            self._unscale(optimizer)
-            measured = self.monitor.step_tensors(self, self.updates)  # before clipping: pre-clip per-module norms
-            clip = self.clipping(self._trained_params())
-            values = self._read_back(loss, clip, measured)
-            update = Update(self.updates, chunk, hidden, clip, values)
-            if update.step == 0:
-                self._warn_if_suspicious(update)
-            action = self.guard.check(self, update) if self.guard is not None else Action.STEP
-            if action is Action.STEP:
-                self._step_optimizer(optimizer)
-                self._step_scheduler("step")
-            else:
-                self._skip_step(optimizer)
-            self._log_update(update)
-            self.updates += 1
+            self.core.arm(self.run)
+            loss, new_hidden = self.chunk_loss(chunk, hidden)
+            update = self.core.update(
+                self.run,
+                params,
+                loss,
+                backward=lambda loss: self._backward(optimizer, loss),
+                unscale=lambda: self._unscale(optimizer),
+                step=lambda: self._step(optimizer),
+                skip=lambda: self._skip(optimizer),
+                chunk=chunk,
+                hidden_in=hidden,
+            )
+            self.log("loss", update.values["train/loss"], prog_bar=True, logger=False)
             hidden = tbptt.detach(new_hidden)
-            if action is Action.STOP:
+            if update.action is Action.STOP:
                 self.trainer.should_stop = True
                 break
         if self.spec.stateful:
-            carry.put(hidden)
+            carry.put(hidden, batch_size)
 
     def _scored_chunks(self, batch: dict[str, torch.Tensor]) -> list[bool] | None:
         """Which chunks of the batch carry a scored step on any process (None: all, the batch has no mask). A chunk
@@ -239,64 +236,39 @@ class SeqTask(pl.LightningModule):
             flags = self.trainer.strategy.reduce(flags.float(), reduce_op="sum") > 0
         return flags.tolist()
 
-    def _trained_params(self) -> list[torch.Tensor]:
-        return [p for p in self.parameters() if p.requires_grad]
-
     def _out_of_steps(self) -> bool:
         max_steps = self.trainer.max_steps
         return max_steps is not None and 0 <= max_steps <= self.trainer.global_step
 
-    def _scaler(self) -> torch.amp.GradScaler | None:
-        return getattr(self.trainer.precision_plugin, "scaler", None)
+    # -- the callables the update core is given: backward, AMP unscaling, step, skip --------------------------
+
+    def _backward(self, optimizer, loss: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)  # DDP all-reduce happens here
 
     def _unscale(self, optimizer) -> None:
         """Under 16-bit AMP with a GradScaler the policy must see unscaled gradients (Lightning #18089)."""
-        scaler = self._scaler()
+        scaler = self.run.scaler
         if scaler is not None:
             scaler.unscale_(optimizer.optimizer)
 
-    def _step_optimizer(self, optimizer) -> None:
-        """Step through Lightning (its hooks, ``global_step``). Under a GradScaler the gradients were unscaled at
-        :meth:`_unscale`; Lightning's ``MixedPrecision.optimizer_step`` calls ``unscale_`` again, which raises, so that
-        second call is a no-op here (``scaler.step`` itself sees the optimizer as already unscaled)."""
-        scaler = self._scaler()
+    def _step(self, optimizer) -> None:
+        """Step through Lightning (its hooks, ``global_step``), then a per-update scheduler. Under a GradScaler the
+        gradients were unscaled at :meth:`_unscale`, so Lightning's second unscale is turned off for this step."""
+        scaler = self.run.scaler
         if scaler is None:
             optimizer.step()
-            return
-        scaler.unscale_ = lambda opt: None  # shadows GradScaler.unscale_ for this one step
-        try:
-            optimizer.step()
-        finally:
-            del scaler.unscale_
+        else:
+            with internals.unscaled_once(scaler):
+                optimizer.step()
+        self._step_scheduler("step")
 
-    def _skip_step(self, optimizer) -> None:
+    def _skip(self, optimizer) -> None:
         """The update is not applied; a GradScaler still closes its iteration so the next unscale is legal."""
         optimizer.zero_grad(set_to_none=True)
-        scaler = self._scaler()
+        scaler = self.run.scaler
         if scaler is not None:
             scaler.update()
-
-    def _read_back(self, loss: torch.Tensor, clip: ClipResult, extra: dict[str, torch.Tensor]) -> dict[str, float]:
-        """The single host synchronisation of an update: loss, clip results and monitor tensors in one transfer."""
-        tensors = {
-            "train/loss": loss.detach(),
-            "grad/norm_total": clip.pre_norm,
-            "grad/norm_total_clipped": clip.post_norm,
-            "grad/clipped": clip.clipped,
-        }
-        if clip.threshold is not None:
-            tensors["grad/clip_threshold"] = clip.threshold
-        tensors.update(extra)
-        stacked = torch.stack([t.detach().float().reshape(()) for t in tensors.values()])
-        return dict(zip(tensors, stacked.tolist(), strict=True))
-
-    def _log_update(self, update: Update) -> None:
-        metrics = dict(update.values)
-        metrics["train/lr"] = self.optimizers().param_groups[0]["lr"]
-        if self.logger is not None:
-            self.logger.log_metrics(metrics, step=update.step)
-        self.monitor.emit(self, update)
-        self.log("loss", update.values["train/loss"], prog_bar=True, logger=False)
 
     def _step_scheduler(self, event: Literal["step", "epoch", "validation"], metrics: dict | None = None) -> None:
         """Step the LR scheduler on its event: ReduceLROnPlateau after validation, others per ``scheduler_interval``."""
@@ -310,23 +282,27 @@ class SeqTask(pl.LightningModule):
         elif event == self.scheduler_interval:
             scheduler.step()
 
-    def on_train_epoch_end(self) -> None:
-        if not self._resume.pop("epoch_end_done", False):  # True: resumed from a save made after this very step
-            self._step_scheduler("epoch")
-        self._epoch_open = False
-
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """Adam(lr=1e-3) unless the config names an optimizer (``--optimizer``, ``--lr_scheduler``)."""
         return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self.updates == 0 and self.tbptt_steps is not None and self.tbptt_steps > batch["x"].shape[1]:
+            rank_zero_warn(
+                f"model.tbptt_steps={self.tbptt_steps} is longer than a batch ({batch['x'].shape[1]} steps): each "
+                "batch is one chunk, truncated BPTT cuts nothing",
+                category=UserWarning,
+            )
 
     # -- evaluation: whole batches, hidden state carried within the pass when the data is stateful ---------
 
     def _eval_step(self, batch: dict[str, torch.Tensor], split: str) -> None:
         carry = self.carry[split]
-        hidden = carry.get(batch["x"].shape[0]) if self.spec.stateful else None
+        batch_size = batch["x"].shape[0]
+        hidden = carry.get(batch_size) if self.spec.stateful else None
         out, hidden = self(batch["x"], hidden)
         if self.spec.stateful:
-            carry.put(hidden)
+            carry.put(hidden, batch_size)
         terms = self.step_losses(out, batch)
         mask = batch.get("mask")
         weight = torch.ones_like(terms["loss"]) if mask is None else mask.to(terms["loss"].dtype)
@@ -346,8 +322,8 @@ class SeqTask(pl.LightningModule):
             return metrics
         for name, value in metrics.items():
             self.log(name, value, logger=False, prog_bar=name == f"{split}/loss")
-        if self.logger is not None:
-            self.logger.log_metrics(metrics, step=self.updates)
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step=self.updates)
         return metrics
 
     def on_validation_epoch_start(self) -> None:
@@ -376,139 +352,61 @@ class SeqTask(pl.LightningModule):
         out, _ = self(batch["x"])
         return out
 
-    # -- checkpoint: the loop's own state, for a bitwise-exact resume (see seqstab.checkpoint) ------------------
-
-    def setup(self, stage: str) -> None:
-        """The training loader remembers its position within the epoch (a resume continues mid-epoch); validation
-        loaders leave the training RNG alone (seqstab.checkpoint.make_resumable, make_quiet)."""
-        datamodule = self._trainer.datamodule if self._trainer is not None else None
-        if stage == "fit" and datamodule is not None:
-            _convert_loaders(
-                datamodule, "train_dataloader", _stateful_train_loader if self.spec.stateful else make_resumable
-            )
-            _convert_loaders(datamodule, "val_dataloader", make_quiet)
-
-    def on_validation_model_zero_grad(self) -> None:
-        """Validation inside fit leaves the training RNG stream as it found it (restored in on_validation_end)."""
-        super().on_validation_model_zero_grad()
-        self._resume["rng_before_validation"] = rng_state()
-
-    def on_validation_end(self) -> None:
-        if "rng_before_validation" in self._resume:
-            set_rng_state(self._resume.pop("rng_before_validation"))
+    # -- checkpoint: the task's own state (the resume machinery is seqstab.resume.ExactResume) -----------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         check_finite_weights(checkpoint["state_dict"])  # never write a checkpoint holding inf/nan weights
-        checkpoint["seqstab"] = {
-            "updates": self.updates,
-            "clipping": self.clipping.state_dict(),
-            "epoch_open": self._epoch_open,
-            "ranks": self._gather_process_state(),
-        }
-        if self.guard is not None:
-            checkpoint["seqstab"]["guard"] = self.guard.state_dict()
+        checkpoint.setdefault(STATE_KEY, {}).update(self.core.state_dict())
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        trainer = internals.attached_trainer(self)
         try:
-            path = str(self._trainer.ckpt_path or "") if self._trainer is not None else ""
-            check_shapes(self.state_dict(), checkpoint.get("state_dict", {}), path)
+            check_shapes(self.state_dict(), checkpoint.get("state_dict", {}), str(getattr(trainer, "ckpt_path", "")))
         except CheckpointError as err:
-            saved = checkpoint.get("hyper_parameters") or {}
-            differs = [f"{k}={saved[k]!r}" for k in self.hparams if k in saved and saved[k] != self.hparams[k]]
+            saved, mine = _flat(checkpoint.get("hyper_parameters") or {}), _flat(dict(self.hparams))
+            differs = [f"{k}={saved[k]!r}" for k in mine if k in saved and saved[k] != mine[k]]
             hint = f" (it was made with {', '.join(differs)})" if differs else ""
             raise CheckpointError(f"{err}{hint}") from None
-        state = checkpoint.get("seqstab", {})
-        self.updates = state.get("updates", 0)
-        self.clipping.load_state_dict(state.get("clipping", {}))
-        if self.guard is not None:
-            self.guard.load_state_dict(state.get("guard", {}))
-        if self._trainer is not None and self.trainer.state.fn == "fit":
-            self._restore_process_state(state.get("ranks") or [])
-            self._resume_position(checkpoint, state.get("epoch_open", False))
+        self.core.load_state_dict(checkpoint.get(STATE_KEY, {}))
 
-    def _gather_process_state(self) -> list[dict[str, Any]]:
-        """What only each process knows, from every rank: the hidden state its streams carry, its RNG states."""
-        mine = {"carry": tbptt.map_hidden(torch.Tensor.cpu, self.carry["train"].state), "rng": rng_state()}
-        dist = torch.distributed
-        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-            return [mine]
-        ranks: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(ranks, mine)  # on_save_checkpoint runs on every rank; rank 0 writes the file
-        return ranks
-
-    def _restore_process_state(self, ranks: list[dict[str, Any]]) -> None:
-        if len(ranks) != self.trainer.world_size:
-            if ranks:
-                warnings.warn(
-                    f"checkpoint saved by {len(ranks)} process(es), resumed on {self.trainer.world_size}: carried "
-                    "hidden states restart from zeros and random streams from the seed; the resume is not exact",
-                    stacklevel=2,
-                )
-            return
-        mine = ranks[self.global_rank]
-        self.carry["train"].state = tbptt.map_hidden(lambda t: t.to(self.device), mine["carry"])
-        set_rng_state(mine["rng"])
-
-    def _resume_position(self, checkpoint: dict[str, Any], epoch_open: bool) -> None:
-        """A checkpoint saved after an epoch's last batch: Lightning resumes in the next epoch, but may skip the
-        saved epoch's ``on_train_epoch_end`` and the new one's ``on_train_epoch_start``; the loader must not skip."""
-        fit_loop = checkpoint.get("loops", {}).get("fit_loop", {})
-        if not fit_loop.get("epoch_loop.batch_progress", {}).get("is_last_batch", False):
-            return
-        for loader_state in fit_loop.get("state_dict", {}).get("combined_loader", []):
-            if isinstance(loader_state, dict) and "batches" in loader_state:
-                loader_state["batches"] = 0
-        self._resume["epoch_end_done"] = not epoch_open  # False: the saved epoch's scheduler step is still due
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        if self._resume:
-            self._cross_saved_epoch_boundary()
-        if self.updates == 0 and self.tbptt_steps is not None and self.tbptt_steps > batch["x"].shape[1]:
-            rank_zero_warn(
-                f"model.tbptt_steps={self.tbptt_steps} is longer than a batch ({batch['x'].shape[1]} steps): each "
-                "batch is one chunk, truncated BPTT cuts nothing",
-                category=UserWarning,
-            )
-
-    def _warn_if_suspicious(self, update: Update) -> None:
-        """Legal but likely a mistake, seen at the first update: a clip threshold far below the gradient norm."""
-        norm, threshold = update.values["grad/norm_total"], update.values.get("grad/clip_threshold")
-        if threshold is not None and math.isfinite(norm) and 0 < threshold < norm / 100:
-            rank_zero_warn(
-                f"clip threshold {threshold:g} is {norm / threshold:.0f}x below the first gradient norm {norm:g}: "
-                "nearly every update will be clipped to it (a threshold carries over only with the same loss "
-                "reduction and model size)",
-                category=UserWarning,
-            )
-
-    def _cross_saved_epoch_boundary(self) -> None:
-        """What Lightning may skip when it resumes at an epoch boundary: the old epoch's end, the new one's start."""
-        if "epoch_end_done" not in self._resume:
-            return
-        if not self._resume.pop("epoch_end_done"):
-            with warnings.catch_warnings():  # no optimizer.step() yet in this process: torch's order check misfires
-                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
-                self._step_scheduler("epoch")
-        self._epoch_open = True
-        self.carry["train"].reset()
+    def replay_recipe(self) -> dict[str, Any]:
+        """How ``python -m seqstab.replay`` rebuilds this task from a snapshot (read on a guard event)."""
+        return {
+            "kind": "task",
+            "class_path": class_path(type(self)),
+            "hparams": dict(self.hparams),
+            "clipping": object_recipe(self.clipping),
+        }
 
 
-def _stateful_train_loader(loader):
-    """Stateful streams stay in order on every rank under DDP; the loader can resume mid-epoch."""
-    return make_resumable(in_order_across_ranks(loader))
+def metric_tags(task: SeqTask) -> list[str]:
+    """The tags shown as HPARAMS metric columns: training loss, the task's eval metrics, norm, gradient flow."""
+    try:
+        evals = [f"val/{name}" for name in task.eval_metrics(defaultdict(lambda: 1.0))]
+    except Exception:  # a task whose eval_metrics needs more than numbers
+        evals = ["val/loss"]
+    tags = ["train/loss", *evals, "grad/norm_total"]
+    if task.monitor is not None and task.monitor.grad_flow_every_n_steps is not None:
+        tags.append("grad_flow/growth")
+    if task.guard is not None:
+        tags.append("explosion/events")
+    return tags
 
 
-def _convert_loaders(datamodule: pl.LightningDataModule, hook: str, convert) -> None:
-    """Wrap ``datamodule.<hook>`` (once) so the loaders it returns pass through ``convert``."""
-    make = getattr(datamodule, hook)
-    if getattr(make, "__seqstab__", False):
-        return
-
-    def converted():
-        return convert(make())
-
-    converted.__seqstab__ = True
-    setattr(datamodule, hook, converted)
+def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested hyperparameters as dotted keys (a net's recipe: ``net.hidden_size``), for naming what differs."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if str(key).startswith("_"):
+            continue
+        if isinstance(value, dict) and set(value) == {"class_path", "init_args"}:
+            flat[f"{prefix}{key}"] = value["class_path"]
+            value = value["init_args"] or {}
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _uniform_(module: nn.Module | nn.Parameter, scale: float | None) -> nn.Module | nn.Parameter:
@@ -520,19 +418,34 @@ def _uniform_(module: nn.Module | nn.Parameter, scale: float | None) -> nn.Modul
     return module
 
 
+def _net_argument(kwargs: dict[str, Any]) -> NetFactory | dict:
+    """The ``net`` a subclass passes on to :class:`SeqTask` (read here, not in the subclass's ``__init__``, where
+    jsonargparse would take ``kwargs.get("net")`` for an untyped parameter of the subclass)."""
+    return kwargs.get("net", RecurrentNet)
+
+
+def _check_dropout(dropout: float) -> None:
+    if not 0 <= dropout < 1:
+        raise ConfigError(f"dropout={dropout!r}: must be in [0, 1)")
+
+
 class LanguageModel(SeqTask):
     """Next-token prediction: embedding → recurrent net → decoder; cross-entropy.
 
     Logs ``val/loss`` (token mean), ``val/ppl`` and, for character-level data, ``val/bpc``.
 
     Args:
-        embedding_size: Embedding width; None uses ``hidden_size``.
-        tie_weights: Share the embedding and decoder weights (needs ``embedding_size == hidden_size``).
+        embedding_size: Embedding width (the net's input size); None uses the net's ``hidden_size``.
+        tie_weights: Share the embedding and decoder weights (needs ``embedding_size`` equal to the net's
+            ``hidden_size``).
         loss_reduction: ``token_mean`` (pytorch/examples; clip 0.25) or ``sum_over_time`` — summed over the
             chunk's steps, averaged over the batch (Zaremba et al. 2014; clip 5). Evaluation is always per token.
-        embedding_init: Initialise the embedding and decoder weights U(±a) and the decoder bias to 0, whatever
-            ``init`` does to the recurrent weights (pytorch/examples: 0.1 with the LSTM at PyTorch's default).
-            None: ``init: uniform`` puts U(±``init_scale``) on every parameter, other inits leave PyTorch's defaults.
+        embedding_init: Initialise the embedding and decoder weights U(±a), whatever the net does to its own
+            (pytorch/examples: 0.1, the LSTM at PyTorch's default). None leaves PyTorch's defaults.
+        decoder_bias: With ``embedding_init``: the decoder bias starts at ``zero`` (pytorch/examples) or ``uniform``
+            U(±a) like every other weight (Zaremba et al. 2014, with the net's ``init: uniform``).
+        dropout: Dropout on the embedding's output and on the net's output before the decoder (the net's own
+            dropout, between its layers, is ``net.init_args.dropout``).
         **kwargs: The net, truncation and stations: see :class:`SeqTask`.
     """
 
@@ -542,35 +455,46 @@ class LanguageModel(SeqTask):
         tie_weights: bool = False,
         loss_reduction: Literal["token_mean", "sum_over_time"] = "token_mean",
         embedding_init: float | None = None,
+        decoder_bias: Literal["zero", "uniform"] = "zero",
+        dropout: float = 0.0,
         **kwargs,
     ):
         check_positive(embedding_size=embedding_size, embedding_init=embedding_init)
+        _check_dropout(dropout)
         if loss_reduction not in ("token_mean", "sum_over_time"):
             raise ConfigError(f"loss_reduction={loss_reduction!r}: must be 'token_mean' or 'sum_over_time'")
+        if decoder_bias not in ("zero", "uniform"):
+            raise ConfigError(f"decoder_bias={decoder_bias!r}: must be 'zero' or 'uniform'")
+        if decoder_bias == "uniform" and embedding_init is None:
+            raise ConfigError("decoder_bias='uniform' needs embedding_init (the a of U(±a))")
+        if embedding_size is None:
+            embedding_size = declared(_net_argument(kwargs), "hidden_size")
+            if not isinstance(embedding_size, int):
+                raise ConfigError("embedding_size: the net's hidden_size cannot be read from model.net; set it")
         self.embedding_size, self.tie_weights, self.loss_reduction = embedding_size, tie_weights, loss_reduction
-        self.embedding_init = embedding_init
+        self.embedding_init, self.decoder_bias, self.dropout = embedding_init, decoder_bias, dropout
         super().__init__(**kwargs)
         if tie_weights:
             if self.head[1].weight.shape != self.encoder[0].weight.shape:
                 raise ConfigError(
-                    f"tie_weights=True: embedding_size={self.encoder[0].weight.shape[1]} must equal hidden_size"
+                    f"tie_weights=True: embedding_size={self.encoder[0].weight.shape[1]} must equal the net's "
+                    f"hidden_size={self.head[1].weight.shape[1]}"
                 )
             self.head[1].weight = self.encoder[0].weight
 
-    def build_encoder(self, spec, hidden_size, dropout, uniform):
+    def build_encoder(self, spec):
         check_positive(vocab_size=spec.vocab_size)
-        size = self.embedding_size or hidden_size
-        embedding = _uniform_(nn.Embedding(spec.vocab_size, size), self.embedding_init or uniform)
-        return nn.Sequential(embedding, nn.Dropout(dropout)), size
+        embedding = _uniform_(nn.Embedding(spec.vocab_size, self.embedding_size), self.embedding_init)
+        return nn.Sequential(embedding, nn.Dropout(self.dropout)), self.embedding_size
 
-    def build_head(self, spec, hidden_size, dropout, uniform):
+    def build_head(self, spec, hidden_size):
         decoder = nn.Linear(hidden_size, spec.vocab_size)
-        if self.embedding_init is None:
-            _uniform_(decoder, uniform)
-        else:
+        if self.decoder_bias == "uniform":
+            _uniform_(decoder, self.embedding_init)  # weight, then bias
+        elif self.embedding_init is not None:
             _uniform_(decoder.weight, self.embedding_init)
             nn.init.zeros_(decoder.bias)
-        return nn.Sequential(nn.Dropout(dropout), decoder)
+        return nn.Sequential(nn.Dropout(self.dropout), decoder)
 
     def step_losses(self, out, batch):
         ce = F.cross_entropy(out.flatten(0, 1), batch["y"].flatten(), reduction="none")  # (B*L,)
@@ -600,16 +524,19 @@ class Forecaster(SeqTask):
             ``DataSpec.target_index``) plus the head's output, and the head's output layer starts at zero, so the
             untrained model makes the naive last-value forecast and learns a correction to it. Needs data whose
             inputs hold the targets (the time-series datamodules do).
+        dropout: Dropout on the net's output before the head (the net's own, between its layers, is
+            ``net.init_args.dropout``).
         **kwargs: The net, truncation and stations: see :class:`SeqTask`.
     """
 
-    def __init__(self, predict: Literal["level", "change"] = "level", **kwargs):
+    def __init__(self, predict: Literal["level", "change"] = "level", dropout: float = 0.0, **kwargs):
         if predict not in ("level", "change"):
             raise ConfigError(f"predict={predict!r}: must be 'level' or 'change'")
-        self.predict = predict
+        _check_dropout(dropout)
+        self.predict, self.dropout = predict, dropout
         super().__init__(**kwargs)
 
-    def build_head(self, spec, hidden_size, dropout, uniform):
+    def build_head(self, spec, hidden_size):
         check_positive(input_size=spec.input_size, output_size=spec.output_size, horizon=spec.horizon)
         linear = nn.Linear(hidden_size, spec.horizon * spec.output_size)
         if self.predict == "change":
@@ -622,7 +549,7 @@ class Forecaster(SeqTask):
             self.register_buffer("target_index", torch.tensor(index, dtype=torch.long), persistent=False)
             nn.init.zeros_(linear.weight)  # the untrained model is the naive forecast
             nn.init.zeros_(linear.bias)
-        return nn.Sequential(nn.Dropout(dropout), linear)
+        return nn.Sequential(nn.Dropout(self.dropout), linear)
 
     def forward(self, x, hidden=None):
         out, hidden = super().forward(x, hidden)
@@ -651,7 +578,7 @@ class SequenceRegressor(SeqTask):
         **kwargs: The net, truncation and stations: see :class:`SeqTask`.
     """
 
-    def build_head(self, spec, hidden_size, dropout, uniform):
+    def build_head(self, spec, hidden_size):
         check_positive(input_size=spec.input_size, output_size=spec.output_size)
         return nn.Linear(hidden_size, spec.output_size)
 
@@ -666,7 +593,7 @@ class SequenceClassifier(SeqTask):
         **kwargs: The net, truncation and stations: see :class:`SeqTask`.
     """
 
-    def build_head(self, spec, hidden_size, dropout, uniform):
+    def build_head(self, spec, hidden_size):
         check_positive(input_size=spec.input_size, output_size=spec.output_size)
         return nn.Linear(hidden_size, spec.output_size)
 

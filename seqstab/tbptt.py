@@ -19,6 +19,7 @@ Chunks have LENGTH k (``torch.split``), not k pieces (``tensor_split``, as in Li
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -52,39 +53,40 @@ def scored(batch: dict[str, torch.Tensor], steps: int | None) -> torch.Tensor | 
     return torch.stack([part.any() for part in per_step.split(steps)])
 
 
-def map_hidden(fn: Callable[[torch.Tensor], torch.Tensor], hidden: Hidden | None) -> Hidden | None:
-    """Apply ``fn`` to every tensor of a hidden state (a tuple of ``h`` or ``(h, c)`` per layer)."""
-    if hidden is None:
-        return None
-    return tuple(tuple(fn(t) for t in state) if isinstance(state, tuple) else fn(state) for state in hidden)
+def map_hidden(fn: Callable[[torch.Tensor], torch.Tensor], hidden: Any) -> Any:
+    """Apply ``fn`` to every tensor of a hidden state: any nest of tuples, lists and dicts of tensors (seqstab's
+    nets: a tuple of ``h`` or ``(h, c)`` per layer); other leaves pass through."""
+    if isinstance(hidden, torch.Tensor):
+        return fn(hidden)
+    if isinstance(hidden, (tuple, list)):
+        return type(hidden)(map_hidden(fn, state) for state in hidden)
+    if isinstance(hidden, dict):
+        return {key: map_hidden(fn, state) for key, state in hidden.items()}
+    return hidden
 
 
-def detach(hidden: Hidden | None) -> Hidden | None:
+def detach(hidden: Any) -> Any:
     """Cut the graph at a chunk boundary: same values, no history."""
     return map_hidden(torch.Tensor.detach, hidden)
-
-
-def batch_size_of(hidden: Hidden) -> int:
-    first = hidden[0][0] if isinstance(hidden[0], tuple) else hidden[0]
-    return first.shape[1]  # (1, B, H)
 
 
 class HiddenCarry:
     """The hidden state one pass (train, val or test) carries from batch to batch when its data is stateful.
 
-    A batch whose size differs from the carried state's (e.g. a last, smaller batch) starts from zeros.
+    A batch whose size differs from the one the state came from (e.g. a last, smaller batch) starts from zeros.
     """
 
     def __init__(self) -> None:
         self.state: Hidden | None = None
+        self.batch_size: int | None = None  # of the batch the state came from
 
     def reset(self) -> None:
-        self.state = None
+        self.state, self.batch_size = None, None
 
     def get(self, batch_size: int) -> Hidden | None:
-        if self.state is not None and batch_size_of(self.state) != batch_size:
+        if self.state is not None and self.batch_size != batch_size:
             return None
         return self.state
 
-    def put(self, hidden: Hidden | None) -> None:
-        self.state = detach(hidden)
+    def put(self, hidden: Hidden | None, batch_size: int) -> None:
+        self.state, self.batch_size = detach(hidden), batch_size

@@ -26,10 +26,11 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from datamodules.base import SeqDataModule
-from seqstab import checkpoint
+from seqstab import checkpoint, internals
+from seqstab.data import SeqDataModule
 from seqstab.errors import ConfigError, SeqstabError
 from seqstab.manifest import ManifestCallback, run_dir
+from seqstab.resume import AtomicCheckpointIO
 from seqstab.tasks import SeqTask
 
 DEFAULT_CONFIG = resources.files("seqstab") / "default.yaml"
@@ -37,7 +38,7 @@ SUBCOMMANDS = ("fit", "validate", "test", "predict")
 POSITIVE = {"optimizer": ("lr",), "lr_scheduler": ("step_size", "T_max", "T_0", "total_steps", "gamma", "factor")}
 
 
-class SeqstabCLI(LightningCLI):
+class SeqstabCLI(internals.KeepConfigOnCkptPath, LightningCLI):
     """LightningCLI with seqstab's defaults: the embedded experiment, TensorBoard under ``runs/``, a fixed seed."""
 
     def __init__(self, args: list[str] | None = None, run: bool = True):
@@ -63,7 +64,7 @@ class SeqstabCLI(LightningCLI):
 
     # -- safe, exact resume (seqstab.checkpoint) -------------------------------------------------------------
 
-    def _parse_ckpt_path(self) -> None:
+    def check_ckpt_path(self) -> None:
         """Check ``--ckpt_path`` loads (one line if not), but keep the config as given.
 
         LightningCLI would replace the model's settings with the checkpoint's hyperparameters, silently overriding
@@ -79,7 +80,7 @@ class SeqstabCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         """Zero or negative learning rates and scheduler periods are one-line errors (torch accepts some of them)."""
         for group, keys in POSITIVE.items():
-            init_args = getattr(self._get(self.config, group), "init_args", None)
+            init_args = getattr(internals.cli_group(self, self.config, group), "init_args", None)
             for key in keys:
                 value = getattr(init_args, key, None)
                 if isinstance(value, (int, float)) and not value > 0:
@@ -88,7 +89,7 @@ class SeqstabCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default: make it atomic and safe
-            trainer.strategy.checkpoint_io = checkpoint.AtomicCheckpointIO()
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
 
     def _before_run(self) -> None:
@@ -243,14 +244,17 @@ def _torch_optim_error(err: BaseException) -> str | None:
 def parser_message(message: str) -> str:
     """Shorten jsonargparse's nested union/subclass report to ``key.path: what is wrong``."""
     message = one_line(message)
+    # a net (Callable[[int], nn.Module]) wraps its own argument's error: keep the inner one
+    message = re.sub(r"(- )?Expected a path but \S+ either not accessible or invalid - ", "", message)
+    message = re.sub(r"Type [^ ]*Callable.*? expects a function or a callable class: ", "", message)
+    message = re.sub(r"\. Got value: Namespace\(class_path=.*$", "", message)
     keys = []
     while nested := re.match(r'Parser key "([^"]+)": .*?Problem with given class_path \'([^\']+)\': (.*)', message):
         keys.append(nested.group(1))
         message = re.sub(r" - Expected a <class 'NoneType'>.*$", "", nested.group(3))
         if not message.startswith("Parser key"):
             message = f"class_path {nested.group(2)!r}: {message}"
-    leaf = re.match(r'Parser key "([^"]+)": (.*)', message)
-    if leaf:
+    while leaf := re.match(r'Parser key "([^"]+)": (.*)', message):
         keys.append(leaf.group(1))
         message = leaf.group(2)
     message = f"{'.'.join(keys)}: {message}" if keys else message

@@ -36,12 +36,12 @@ def here(tmp_path, monkeypatch):
     [
         (["--model.clipping", "seqstab.clipping.Nope"], "model.clipping: class_path 'seqstab.clipping.Nope'"),
         # wrong types
-        (["--model.hidden_size", "abc"], "model.hidden_size: Expected a <class 'int'>. Got value: abc"),
-        (["--model.dropout", "lots"], "model.dropout: Expected a <class 'float'>"),
+        (["--model.net.hidden_size", "abc"], "model.net.hidden_size: Expected a <class 'int'>. Got value: abc"),
+        (["--model.net.dropout", "lots"], "model.net.dropout: Expected a <class 'float'>"),
         (["--trainer.max_epochs", "two"], "trainer.max_epochs"),
         # zero or negative sizes, lengths, learning rates
-        (["--model.hidden_size", "0"], "hidden_size=0: must be > 0"),
-        (["--model.num_layers", "-1"], "num_layers=-1: must be > 0"),
+        (["--model.net.hidden_size", "0"], "hidden_size=0: must be > 0"),
+        (["--model.net.num_layers", "-1"], "num_layers=-1: must be > 0"),
         (["--model.tbptt_steps", "0"], "tbptt_steps=0: must be > 0"),
         (["--data.seq_len", "0"], "seq_len=0: must be > 0"),
         (["--data.batch_size", "-2"], "batch_size=-2: must be > 0"),
@@ -106,7 +106,7 @@ def write_series(path, bad_row: int | None) -> None:
     path.write_text("\n".join(rows) + "\n")
 
 
-SERIES = ["--model", "seqstab.tasks.Forecaster", "--model.hidden_size", "8"]
+SERIES = ["--model", "seqstab.tasks.Forecaster", "--model.net.hidden_size", "8"]
 SERIES += ["--data", "datamodules.timeseries.CSVSeries"]
 SERIES += ["--data.target", "load", "--data.path", "series.csv", "--data.input_length", "8", "--data.batch_size", "4"]
 
@@ -123,15 +123,15 @@ def test_nan_covered_by_the_missing_value_policy_trains(here, capsys):
 
 
 def test_checkpoint_from_a_different_model_shape(here, capsys):
-    assert main(["fit", *TINY, "--model.hidden_size", "8", *QUIET]) == 0
+    assert main(["fit", *TINY, "--model.net.hidden_size", "8", *QUIET]) == 0
     (saved,) = (here / "runs").rglob("*.ckpt")
     before = sorted((here / "runs" / "seqstab").iterdir())
-    code = main(["fit", *TINY, "--model.hidden_size", "16", "--ckpt_path", str(saved), *QUIET])
+    code = main(["fit", *TINY, "--model.net.hidden_size", "16", "--ckpt_path", str(saved), *QUIET])
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("seqstab.train: error:")]
     assert code == 2 and len(lines) == 1 and "Traceback" not in err
     assert f"{saved}: made for another model shape: net.layers.0.weight_ih_l0 is (8, 2) in the checkpoint" in lines[0]
-    assert "(16, 2) in this model (it was made with hidden_size=8)" in lines[0]
+    assert "(16, 2) in this model (it was made with net.hidden_size=8)" in lines[0]
     assert sorted((here / "runs" / "seqstab").iterdir()) == before  # the failed resume left no run behind
 
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from functools import partial
 
 import pytest
 import torch
@@ -14,12 +15,13 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from seqstab import checkpoint
 from seqstab.checkpoint import AtomicCheckpointIO, CheckpointError, QuietLoader, ResumableLoader
+from seqstab.nets import RecurrentNet
 from seqstab.tasks import SequenceRegressor
 from seqstab.train import main
 from tests.test_resume import python_path
 
 TINY = ["--data.num_train", "40", "--data.num_val", "20", "--data.seq_len", "10", "--data.batch_size", "10"]
-TINY += ["--model.hidden_size", "8", "--trainer.enable_progress_bar", "false", "--trainer.limit_val_batches", "1"]
+TINY += ["--model.net.hidden_size", "8", "--trainer.enable_progress_bar", "false", "--trainer.limit_val_batches", "1"]
 
 
 def error_lines(capsys) -> list[str]:
@@ -110,7 +112,7 @@ def test_checkpoints_load_with_weights_only_and_rebuild_the_model(good_checkpoin
     assert saved["hyper_parameters"]["spec"]["kind"] == "regression"
     assert {"updates", "clipping", "guard", "ranks"} <= saved["seqstab"].keys()
     model = SequenceRegressor.load_from_checkpoint(good_checkpoint, weights_only=True)
-    assert model.spec.input_size == 2 and model.hparams.hidden_size == 8
+    assert model.spec.input_size == 2 and model.hparams.net["init_args"]["hidden_size"] == model.net.hidden_size == 8
 
 
 def test_forecaster_spec_with_target_index_round_trips(tmp_path, monkeypatch):
@@ -118,7 +120,7 @@ def test_forecaster_spec_with_target_index_round_trips(tmp_path, monkeypatch):
 
     rows = "".join(f"2020-01-{1 + i // 24:02d} {i % 24:02d}:00,{i % 11},{i % 5}\n" for i in range(120))
     (tmp_path / "series.csv").write_text("date,load,temp\n" + rows)
-    series = ["--model", "seqstab.tasks.Forecaster", "--model.hidden_size", "8", "--model.predict", "change"]
+    series = ["--model", "seqstab.tasks.Forecaster", "--model.net.hidden_size", "8", "--model.predict", "change"]
     series += ["--data", "datamodules.timeseries.CSVSeries", "--data.path", "series.csv", "--data.target", "load"]
     series += ["--data.features", "[temp]", "--data.input_length", "8", "--data.horizon", "2"]
     monkeypatch.chdir(tmp_path)
@@ -130,7 +132,7 @@ def test_forecaster_spec_with_target_index_round_trips(tmp_path, monkeypatch):
     model = Forecaster.load_from_checkpoint(path, weights_only=True)
     assert model.spec.target_index == (0,) and model.predict == "change"
     as_list = {**saved["hyper_parameters"]["spec"], "target_index": [0], "target_scale": [2.0]}  # e.g. from YAML
-    again = Forecaster(spec=as_list, hidden_size=8, predict="change")
+    again = Forecaster(net=partial(RecurrentNet, hidden_size=8), spec=as_list, predict="change")
     assert again.spec.target_index == (0,) and again.spec.target_scale == (2.0,)
 
 

@@ -50,7 +50,7 @@ def test_no_arguments_runs_the_embedded_default(tmp_path, monkeypatch):
 
 
 def test_dotted_override_reaches_the_model(tmp_path):
-    result = run_cli("fit", "--model.hidden_size", "7", "--print_config", cwd=tmp_path)
+    result = run_cli("fit", "--model.net.hidden_size", "7", "--print_config", cwd=tmp_path)
     assert result.returncode == 0
     assert "hidden_size: 7" in result.stdout
 
@@ -61,8 +61,8 @@ def test_dotted_override_reaches_the_model(tmp_path):
         (["--model.bogus", "3"], "Option 'bogus' is not accepted"),
         (["--config", "missing.yaml"], "missing.yaml"),
         (["--model.tbptt_steps", "0"], "tbptt_steps=0"),
-        (["--model.hidden_size", "-1"], "hidden_size=-1"),
-        (["--model.nonlinearity", "sigmoid"], "model.nonlinearity"),
+        (["--model.net.hidden_size", "-1"], "hidden_size=-1"),
+        (["--model.net.nonlinearity", "sigmoid"], "model.net.nonlinearity"),
         (["--model", "seqstab.tasks.Nope"], "seqstab.tasks.Nope"),
     ],
 )

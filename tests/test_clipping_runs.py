@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 from collections import defaultdict
+from functools import partial
 
 import pytest
 import pytorch_lightning as pl
@@ -15,6 +16,7 @@ from pytorch_lightning.plugins.precision import MixedPrecision
 from datamodules.synthetic import AddingProblem
 from seqstab.clipping import AutoClip, ClipResult, NormClip, ZClip
 from seqstab.monitor import GradMonitor
+from seqstab.nets import RecurrentNet
 from seqstab.tasks import SequenceRegressor
 from tests.helpers import TinyStream, quiet_trainer, run_cli, scalars
 
@@ -104,7 +106,9 @@ def first_update_under_amp(dtype: torch.dtype, **trainer_kwargs):
     dm = TinyStream(stateful=False)
     torch.manual_seed(0)
     clip = RecordingNormClip(max_norm=1e-3)  # clips every update
-    task = SequenceRegressor(spec=dm.spec, hidden_size=8, cell="rnn", clipping=clip, monitor=quiet_monitor())
+    task = SequenceRegressor(
+        net=partial(RecurrentNet, hidden_size=8, cell="rnn"), spec=dm.spec, clipping=clip, monitor=quiet_monitor()
+    )
     reference = copy.deepcopy(task)
     batch = next(iter(dm.train_dataloader()))
     with torch.autocast("cpu", dtype=dtype, cache_enabled=False):
@@ -161,7 +165,10 @@ def fit_adding(policy, epochs: int, ckpt_in=None, ckpt_out=None) -> dict[str, di
     dm = InOrderAdding(seq_len=30, num_train=8 * UPDATES_PER_EPOCH, num_val=8, num_test=8, batch_size=8)
     pl.seed_everything(0, verbose=False)
     task = SequenceRegressor(
-        spec=dm.spec, cell="rnn", hidden_size=16, spectral_radius=1.5, clipping=policy, monitor=quiet_monitor()
+        net=partial(RecurrentNet, cell="rnn", hidden_size=16, spectral_radius=1.5),
+        spec=dm.spec,
+        clipping=policy,
+        monitor=quiet_monitor(),
     )
     logger = MemoryLogger()
     trainer = quiet_trainer(logger=logger, max_epochs=epochs)

@@ -109,7 +109,7 @@ def test_two_process_ddp_trains_disjoint_streams_with_identical_decisions(tmp_pa
         "cache",
     ]
     args = [
-        *["--model", "seqstab.tasks.LanguageModel", "--model.hidden_size", "16", "--model.tbptt_steps", "4"],
+        *["--model", "seqstab.tasks.LanguageModel", "--model.net.hidden_size", "16", "--model.tbptt_steps", "4"],
         *["--model.clipping", "tests.test_ddp.RecordingZClip", "--model.clipping.warmup_steps", "2"],
         *["--model.clipping.z_thresh", "0.5"],  # clip often, so the decisions compared are not all "no"
         *["--model.guard", "tests.test_ddp.RecordingGuard", "--model.guard.snapshot", "false"],
@@ -155,7 +155,7 @@ def test_ddp_chunks_scored_on_one_rank_only_are_updates_on_every_rank(tmp_path):
     """A chunk with loss on one rank and none on the other is an update on both (or the rank with loss would wait
     in the gradient all-reduce forever); a chunk scored nowhere is skipped on both."""
     args = [
-        *["--model", "seqstab.tasks.SequenceRegressor", "--model.hidden_size", "8", "--model.tbptt_steps", "4"],
+        *["--model", "seqstab.tasks.SequenceRegressor", "--model.net.hidden_size", "8", "--model.tbptt_steps", "4"],
         *["--model.guard", "tests.test_ddp.RecordingGuard", "--model.guard.snapshot", "false"],
         *["--data", "tests.test_ddp.RankScoredStreams", "--trainer.max_epochs", "1"],
         *["--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false"],

@@ -19,12 +19,12 @@ SIZES = st.one_of(st.integers(-2, 12), NUMBERS)
 FLOATS = st.one_of(st.floats(-1.5, 2.0, allow_nan=False), NUMBERS)
 
 KEYS = {
-    "--model.hidden_size": SIZES,
-    "--model.num_layers": st.one_of(st.integers(-1, 3), NUMBERS),
+    "--model.net.hidden_size": SIZES,
+    "--model.net.num_layers": st.one_of(st.integers(-1, 3), NUMBERS),
     "--model.tbptt_steps": st.one_of(st.just("null"), SIZES),
-    "--model.dropout": FLOATS,
-    "--model.cell": st.sampled_from(["rnn", "lstm", "gru", "transformer", "RNN"]),
-    "--model.spectral_radius": st.one_of(st.just("null"), FLOATS),
+    "--model.net.dropout": FLOATS,
+    "--model.net.cell": st.sampled_from(["rnn", "lstm", "gru", "transformer", "RNN"]),
+    "--model.net.spectral_radius": st.one_of(st.just("null"), FLOATS),
     "--model.clipping.max_norm": FLOATS,
     "--optimizer.lr": FLOATS,
     "--data.seq_len": SIZES,

@@ -48,8 +48,8 @@ def runs(tmp: Path) -> dict[str, list[str]]:
         # stateful 2-layer LSTM LM: dropout, truncated BPTT (2 chunks a batch), ZClip, validation mid-epoch,
         # gradient flow every update and spectra every other
         "lm_lstm_stateful_tbptt_zclip": [
-            *["--model", "seqstab.tasks.LanguageModel", "--model.hidden_size", "16", "--model.num_layers", "2"],
-            *["--model.dropout", "0.2", "--model.tbptt_steps", "4"],
+            *["--model", "seqstab.tasks.LanguageModel", "--model.net.hidden_size", "16", "--model.net.num_layers", "2"],
+            *["--model.net.dropout", "0.2", "--model.dropout", "0.2", "--model.tbptt_steps", "4"],
             *["--model.clipping", "seqstab.clipping.ZClip", "--model.clipping.warmup_steps", "2"],
             *["--data", "datamodules.text.TextFiles", "--data.train", str(tmp / "train.txt")],
             *["--data.valid", str(tmp / "valid.txt"), "--data.cache_dir", str(tmp / "cache")],
@@ -59,7 +59,7 @@ def runs(tmp: Path) -> dict[str, list[str]]:
         ],
         # forecaster scored at the last step only: loss-free chunks carried without an update; AutoClip; guard skip
         "forecast_change_score_last_autoclip_skip": [
-            *["--model", "seqstab.tasks.Forecaster", "--model.hidden_size", "8", "--model.predict", "change"],
+            *["--model", "seqstab.tasks.Forecaster", "--model.net.hidden_size", "8", "--model.predict", "change"],
             *["--model.tbptt_steps", "6", "--model.clipping", "seqstab.clipping.AutoClip"],
             *["--model.guard", "seqstab.guard.ExplosionGuard", "--model.guard.policy", "skip"],
             *["--model.guard.max_norm", "0.14", "--model.guard.snapshot", "false"],
@@ -70,8 +70,8 @@ def runs(tmp: Path) -> dict[str, list[str]]:
         ],
         # GRU classifier: AGC, Adam with a per-update StepLR, 2 layers with residual + layer norm
         "classify_gru_agc_steplr": [
-            *["--model", "seqstab.tasks.SequenceClassifier", "--model.cell", "gru", "--model.hidden_size", "8"],
-            *["--model.num_layers", "2", "--model.residual", "true", "--model.layer_norm", "true"],
+            *["--model", "seqstab.tasks.SequenceClassifier", "--model.net.cell", "gru", "--model.net.hidden_size", "8"],
+            *["--model.net.num_layers", "2", "--model.net.residual", "true", "--model.net.layer_norm", "true"],
             *["--model.clipping", "seqstab.clipping.AGC", "--model.clipping.clip_factor", "0.05"],
             *["--model.scheduler_interval", "step", "--lr_scheduler", "torch.optim.lr_scheduler.StepLR"],
             *["--lr_scheduler.step_size", "3", "--lr_scheduler.gamma", "0.5"],

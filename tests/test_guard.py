@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from datamodules.synthetic import AddingProblem
 from seqstab.clipping import NoClip
 from seqstab.errors import ConfigError
 from seqstab.guard import Action, ExplosionGuard, NonFiniteWeightsError
+from seqstab.nets import RecurrentNet
 from seqstab.tasks import SequenceRegressor, Update
 from seqstab.train import main
 from tests.helpers import REPO, TinyStream, quiet_trainer, scalars
@@ -102,11 +104,11 @@ class WeightsAtCheck(ExplosionGuard):
         super().__init__(**kwargs)
         self.weights, self.opt_states, self.actions = [], [], []
 
-    def check(self, task, update):
-        self.weights.append({k: v.detach().clone() for k, v in task.state_dict().items()})
-        state = task.trainer.optimizers[0].state_dict()["state"]
+    def check(self, run, update):
+        self.weights.append({k: v.detach().clone() for k, v in run.module.state_dict().items()})
+        state = run.optimizer.state_dict()["state"]
         self.opt_states.append({k: {n: t.clone() for n, t in s.items()} for k, s in state.items()})
-        action = super().check(task, update)
+        action = super().check(run, update)
         self.actions.append(action)
         return action
 
@@ -114,7 +116,9 @@ class WeightsAtCheck(ExplosionGuard):
 def tiny_task(guard, clipping, **kwargs) -> SequenceRegressor:
     data = TinyStream(num_streams=3, length=24, window=8)
     torch.manual_seed(0)
-    task = SequenceRegressor(spec=data.spec, cell="rnn", hidden_size=8, guard=guard, clipping=clipping, **kwargs)
+    task = SequenceRegressor(
+        net=partial(RecurrentNet, cell="rnn", hidden_size=8), spec=data.spec, guard=guard, clipping=clipping, **kwargs
+    )
     return task, data
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+from functools import partial
 
 import numpy as np
 import pytest
@@ -16,6 +16,7 @@ from datamodules.base import DataSpec, SeqDataModule, StreamWindows
 from datamodules.synthetic import AddingProblem
 from seqstab.monitor import FlowProbe, GradMonitor, flow_summary
 from seqstab.nets import RecurrentNet
+from seqstab.record import StaticRun
 from seqstab.spectra import recurrent_spectra
 from seqstab.tasks import LanguageModel, SequenceRegressor
 from tests.helpers import quiet_trainer, run_cli
@@ -45,12 +46,10 @@ def test_linear_rnn_gradient_growth_is_the_spectral_radius(tmp_path, rho):
     torch.manual_seed(0)
     data = AddingProblem(seq_len=25, num_train=16, num_val=16, num_test=16, batch_size=16)  # mask: last step only
     model = SequenceRegressor(
+        net=partial(
+            RecurrentNet, cell="rnn", nonlinearity="linear", hidden_size=16, init="orthogonal", spectral_radius=rho
+        ),
         spec=data.spec,
-        cell="rnn",
-        nonlinearity="linear",
-        hidden_size=16,
-        init="orthogonal",
-        spectral_radius=rho,
         monitor=GradMonitor(grad_flow_every_n_steps=1, spectrum_every_n_steps=1, heatmap_every_n_steps=None),
     )
     logger = TensorBoardLogger(tmp_path, name="theory", default_hp_metric=False)
@@ -130,9 +129,8 @@ def test_flow_under_truncation_on_a_last_step_task(tmp_path):
     torch.manual_seed(0)
     data = AddingProblem(seq_len=40, num_train=48, num_val=16, num_test=16, batch_size=16)  # mask: last step only
     model = SequenceRegressor(
+        net=partial(RecurrentNet, cell="rnn", hidden_size=8),
         spec=data.spec,
-        cell="rnn",
-        hidden_size=8,
         tbptt_steps=10,
         monitor=GradMonitor(grad_flow_every_n_steps=2, spectrum_every_n_steps=None, heatmap_every_n_steps=None),
     )
@@ -169,17 +167,16 @@ def test_lstm_spectra_per_gate_block():
 
 def test_monitor_does_nothing_when_not_due():
     net = RecurrentNet(2, 3, cell="lstm")
-    trainer = SimpleNamespace(log_every_n_steps=50, is_global_zero=True)
-    task = SimpleNamespace(net=net, logger=object(), loggers=[], trainer=trainer)
+    run = StaticRun(net, loggers=[object()], log_every_n_steps=50, is_global_zero=True)
     monitor = GradMonitor()  # flow every 50, spectra every 100, histograms off, per-module every log step
     for step in (1, 49, 51):
-        monitor.arm(task, step)
+        monitor.arm(run, step)
         assert not net.layers[0]._forward_hooks
-        assert monitor.step_tensors(task, step) == {}
+        assert monitor.step_tensors(run, step) == {}
         assert monitor._flow is None and monitor._weights is None and monitor._hist is None
-    task.logger = None  # nothing is measured when nothing would be written, even when due
-    monitor.arm(task, 0)
-    assert not net.layers[0]._forward_hooks and monitor.step_tensors(task, 0) == {}
+    run.loggers = []  # nothing is measured when nothing would be written, even when due
+    monitor.arm(run, 0)
+    assert not net.layers[0]._forward_hooks and monitor.step_tensors(run, 0) == {}
 
 
 # -- a user's run, read back from the event files ----------------------------------------------------------
@@ -188,7 +185,14 @@ def test_monitor_does_nothing_when_not_due():
 def test_cli_run_writes_every_monitor_tag(tmp_path):
     """The default experiment (tanh RNN, ρ = 1.5, NormClip(max_norm=1)) with every measurement switched on."""
     args = ["--data.seq_len", "30", "--data.num_train", "150", "--data.num_val", "50", "--trainer.max_epochs", "1"]
-    args += ["--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "2", "--model.num_layers", "2"]
+    args += [
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.log_every_n_steps",
+        "2",
+        "--model.net.num_layers",
+        "2",
+    ]
     args += ["--model.monitor", "seqstab.monitor.GradMonitor", "--model.monitor.grad_flow_every_n_steps", "1"]
     args += ["--model.monitor.spectrum_every_n_steps", "2", "--model.monitor.histogram_every_n_steps", "2"]
     result = run_cli("fit", *args, cwd=tmp_path)
@@ -222,7 +226,14 @@ def test_cli_run_writes_every_monitor_tag(tmp_path):
         acc.PluginTagToContent("hparams")[hparams_metadata.EXPERIMENT_TAG]
     )
     hparams = {h.name for h in experiment.hparam_infos}
-    assert {"hidden_size", "cell", "spectral_radius", "clipping", "clipping.max_norm", "optimizer"} <= hparams
+    assert {
+        "net.hidden_size",
+        "net.cell",
+        "net.spectral_radius",
+        "clipping",
+        "clipping.max_norm",
+        "optimizer",
+    } <= hparams
     assert {"train/loss", "val/loss", "grad/norm_total", "grad_flow/growth"} <= {
         m.name.tag for m in experiment.metric_infos
     }
@@ -251,9 +262,8 @@ class _TokenStream(SeqDataModule):
 def test_language_model_module_paths_and_chunks(tmp_path):
     data = _TokenStream()
     model = LanguageModel(
+        net=partial(RecurrentNet, hidden_size=8, num_layers=2),
         spec=data.spec,
-        hidden_size=8,
-        num_layers=2,
         tbptt_steps=6,  # windows of 16 -> chunks of 6, 6, 4
         monitor=GradMonitor(grad_flow_every_n_steps=2, spectrum_every_n_steps=3, heatmap_every_n_steps=8),
     )

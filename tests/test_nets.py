@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 
@@ -92,7 +94,9 @@ def test_language_model_embedding_init_as_pytorch_examples():
 
     torch.manual_seed(0)
     spec = DataSpec(kind="lm", vocab_size=500, stateful=True)
-    model = LanguageModel(spec=spec, hidden_size=200, num_layers=2, cell="lstm", embedding_init=0.1)
+    model = LanguageModel(
+        net=partial(RecurrentNet, hidden_size=200, num_layers=2, cell="lstm"), spec=spec, embedding_init=0.1
+    )
     embedding, decoder = model.encoder[0].weight, model.head[1]
     for weight in (embedding, decoder.weight):
         assert weight.abs().max() <= 0.1 and weight.abs().max() > 0.099  # U(±0.1) fills its range
@@ -102,7 +106,7 @@ def test_language_model_embedding_init_as_pytorch_examples():
     for p in model.net.parameters():
         assert p.abs().max() <= bound and p.abs().max() > 0.99 * bound
 
-    default = LanguageModel(spec=spec, hidden_size=200, cell="lstm")
+    default = LanguageModel(net=partial(RecurrentNet, hidden_size=200, cell="lstm"), spec=spec)
     assert default.encoder[0].weight.std().item() == pytest.approx(1.0, rel=0.02)  # nn.Embedding's N(0, 1)
     with pytest.raises(ConfigError, match="embedding_init=0"):
-        LanguageModel(spec=spec, hidden_size=8, embedding_init=0)
+        LanguageModel(net=partial(RecurrentNet, hidden_size=8), spec=spec, embedding_init=0)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import re
 import struct
+from functools import partial
 
 import pytest
 import torch
 
 from seqstab.clipping import NoClip
 from seqstab.guard import ExplosionGuard
+from seqstab.nets import RecurrentNet
 from seqstab.replay import load_snapshot, replay
 from seqstab.replay import main as replay_main
 from seqstab.tasks import SequenceRegressor
@@ -74,7 +76,10 @@ def test_replay_with_dropout_and_carried_hidden_state(tmp_path):
     data = TinyStream(num_streams=3, length=24, window=8)
     torch.manual_seed(0)
     task = SequenceRegressor(
-        spec=data.spec, cell="lstm", hidden_size=8, num_layers=2, dropout=0.5, tbptt_steps=4, guard=FlagAt(4)
+        net=partial(RecurrentNet, cell="lstm", hidden_size=8, num_layers=2, dropout=0.5),
+        spec=data.spec,
+        tbptt_steps=4,
+        guard=FlagAt(4),
     )
     task.clipping = NoClip()
     logger = TensorBoardLogger(tmp_path, name="", version="run")

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 
 import pytest
 import pytorch_lightning as pl
@@ -18,6 +19,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from datamodules.synthetic import AddingProblem
 from seqstab.checkpoint import AtomicCheckpointIO
 from seqstab.clipping import ZClip
+from seqstab.nets import RecurrentNet
 from seqstab.tasks import SequenceRegressor
 from seqstab.train import main
 from tests.helpers import REPO, TinyStream, quiet_trainer, scalars
@@ -50,8 +52,8 @@ def lm_args(tmp_path, max_steps: int) -> list[str]:
     """A stateful LSTM language model with ZClip, dropout and truncated BPTT (2 updates per batch) on a tiny text."""
     return [
         "fit",
-        *["--model", "seqstab.tasks.LanguageModel", "--model.hidden_size", "16", "--model.num_layers", "2"],
-        *["--model.dropout", "0.2", "--model.tbptt_steps", "4"],
+        *["--model", "seqstab.tasks.LanguageModel", "--model.net.hidden_size", "16", "--model.net.num_layers", "2"],
+        *["--model.dropout", "0.2", "--model.net.dropout", "0.2", "--model.tbptt_steps", "4"],
         *["--model.clipping", "seqstab.clipping.ZClip", "--model.clipping.warmup_steps", "2"],
         *["--data", "datamodules.text.TextFiles", "--data.train", str(tmp_path / "train.txt")],
         *["--data.valid", str(tmp_path / "valid.txt"), "--data.cache_dir", str(tmp_path / "cache")],
@@ -120,8 +122,8 @@ def test_killed_mid_epoch_then_resumed_from_last_is_bitwise_exact(tmp_path, monk
 def _fit(data: str, max_steps: int, ckpt: dict, trainer: dict, dirpath, ckpt_path=None):
     pl.seed_everything(0)
     dm = TinyStream(num_streams=3, length=48, window=8) if data == "stream" else AddingProblem(10, 60, 20, 20, 8)
-    net = {"hidden_size": 8, "num_layers": 2, "cell": "rnn", "dropout": 0.3, "tbptt_steps": 4}
-    model = SequenceRegressor(spec=dm.spec, clipping=ZClip(warmup_steps=3), **net)
+    net = partial(RecurrentNet, hidden_size=8, num_layers=2, cell="rnn", dropout=0.3)
+    model = SequenceRegressor(spec=dm.spec, net=net, tbptt_steps=4, clipping=ZClip(warmup_steps=3))
 
     def optimizers():
         opt = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -19,7 +19,8 @@ from tests.helpers import REPO
 BASE = """\
 model:
   class_path: seqstab.tasks.SequenceRegressor
-  init_args: {cell: rnn, hidden_size: 8, spectral_radius: 1.5}
+  init_args:
+    net: {class_path: seqstab.nets.RecurrentNet, init_args: {cell: rnn, hidden_size: 8, spectral_radius: 1.5}}
 data:
   class_path: datamodules.synthetic.AddingProblem
   init_args: {seq_len: 6, num_train: 100, num_val: 50, num_test: 50, batch_size: 50}
@@ -59,8 +60,8 @@ def test_grid_times_variants_and_pinned_grid_keys(tmp_path):
     path = write_sweep(
         tmp_path,
         TINY
-        + "  short: {data.seq_len: 6, model.hidden_size: 4}\n"
-        + "  some: {data.seq_len: [12], model.hidden_size: 2}\n",
+        + "  short: {data.seq_len: 6, model.net.hidden_size: 4}\n"
+        + "  some: {data.seq_len: [12], model.net.hidden_size: 2}\n",
     )
     runs = Sweep.load(path).runs()
     assert [r.id for r in runs] == [
@@ -76,7 +77,7 @@ def test_grid_times_variants_and_pinned_grid_keys(tmp_path):
     assert short.overrides == {
         "optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.1}},
         "data.seq_len": 6,
-        "model.hidden_size": 4,
+        "model.net.hidden_size": 4,
     }
     assert runs[2].overrides["model.clipping"]["class_path"] == "seqstab.clipping.NormClip"
 
@@ -156,7 +157,7 @@ def test_tiny_sweep_writes_report_and_plots_and_resumes(tmp_path, capsys):
 
 
 def test_failed_run_is_reported_and_not_marked_done(tmp_path, capsys):
-    path = write_sweep(tmp_path, "base: base.yaml\nvariants:\n  broken: {model.hidden_size: -1}\n")
+    path = write_sweep(tmp_path, "base: base.yaml\nvariants:\n  broken: {model.net.hidden_size: -1}\n")
     assert sweep_main(["--config", str(path), "--out", str(tmp_path / "out")]) == 1
     assert "FAILED broken (exit 2)" in capsys.readouterr().err
     run_dir = tmp_path / "out" / "tiny" / "broken"

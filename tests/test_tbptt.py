@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 
 from datamodules.synthetic import AddingProblem
 from seqstab import tbptt
+from seqstab.nets import RecurrentNet
 from seqstab.tasks import SequenceRegressor
 from tests.helpers import RecordingClip, RecordingGuard, TinyStream, quiet_trainer
 
 
 def frozen_task(dm: TinyStream, cell: str, tbptt_steps: int | None, **kwargs) -> SequenceRegressor:
     """A task whose optimizer never moves the weights (SGD, lr 0), so gradients can be recomputed by hand."""
-    task = SequenceRegressor(spec=dm.spec, cell=cell, hidden_size=5, tbptt_steps=tbptt_steps, **kwargs)
+    task = SequenceRegressor(
+        net=partial(RecurrentNet, cell=cell, hidden_size=5), spec=dm.spec, tbptt_steps=tbptt_steps, **kwargs
+    )
     task.configure_optimizers = lambda: torch.optim.SGD(task.parameters(), lr=0.0)
     return task
 
@@ -122,7 +127,7 @@ def test_chunks_without_loss_carry_the_state_and_make_no_update():
     whole prefix leads to."""
     torch.manual_seed(0)
     data = AddingProblem(seq_len=40, num_train=16, num_val=16, num_test=16, batch_size=16)  # one batch
-    task = SequenceRegressor(spec=data.spec, cell="lstm", hidden_size=5, tbptt_steps=10)
+    task = SequenceRegressor(net=partial(RecurrentNet, cell="lstm", hidden_size=5), spec=data.spec, tbptt_steps=10)
     task.configure_optimizers = lambda: torch.optim.Adam(task.parameters(), lr=0.01, weight_decay=0.1)
     task.clipping, task.guard = clip, guard = RecordingClip(), RecordingGuard()
     data.setup("fit")

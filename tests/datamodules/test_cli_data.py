@@ -21,7 +21,7 @@ from tests.helpers import run_cli, scalars
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 SHORT = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "2"]
-SMALL_NET = ["--model.hidden_size", "16"]
+SMALL_NET = ["--model.net.hidden_size", "16"]
 
 
 def fit(config: str, *extra: str) -> tuple[Path, dict[str, list[tuple[int, float]]]]:
@@ -42,7 +42,7 @@ def in_tmp(tmp_path, monkeypatch):
 
 
 def test_lstm_on_wikitext2_from_a_local_directory():
-    run_dir, series = fit("lm/wikitext2_lstm.yaml", *SMALL_NET, "--model.num_layers", "1")
+    run_dir, series = fit("lm/wikitext2_lstm.yaml", *SMALL_NET, "--model.net.num_layers", "1")
     losses = [value for _, value in series["train/loss"]]
     assert len(losses) == 3
     assert abs(losses[0] - math.log(33_278)) < 0.5  # an untrained model over WikiText-2's 33,278 types
@@ -86,7 +86,7 @@ def test_a_datamodule_from_outside_the_repository_trains(in_tmp):
     os.environ["OMP_NUM_THREADS"] = "1"
     try:
         result = run_cli(
-            "fit", "--model", "seqstab.tasks.SequenceRegressor", "--model.hidden_size", "8",
+            "fit", "--model", "seqstab.tasks.SequenceRegressor", "--model.net.hidden_size", "8",
             "--data", "mymod.DelayedEcho", "--data.num_sequences", "80", "--data.delay", "3",
             "--trainer.max_epochs", "1", *QUIET, cwd=in_tmp,
         )  # fmt: skip

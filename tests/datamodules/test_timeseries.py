@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 from datetime import datetime
+from functools import partial
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import torch
 
 from datamodules.timeseries import CSVSeries, MackeyGlass, SumOfSines, mackey_glass
 from seqstab.errors import ConfigError, DataError
+from seqstab.nets import RecurrentNet
 from tests.data_paths import SHARED_DATA
 
 SERIES = SHARED_DATA / "timeseries"
@@ -202,7 +204,7 @@ def test_score_last_reaches_the_forecasters_loss_and_metrics(tmp_path):
 
     dm = CSVSeries(target="v", features=["w"], path=_ramp(tmp_path), input_length=6, horizon=2, score_last=1)
     torch.manual_seed(0)
-    model = Forecaster(spec=dm.spec, hidden_size=4).eval()
+    model = Forecaster(net=partial(RecurrentNet, hidden_size=4), spec=dm.spec).eval()
     batch = next(iter(dm.val_dataloader()))
     with torch.no_grad():
         out, _ = model(batch["x"])  # (B, L, H, T)
@@ -245,7 +247,7 @@ def test_forecaster_predict_change_starts_at_the_naive_forecast(tmp_path):
     path = _csv(tmp_path, "t,a,b,c\n" + "".join(f"{i},{i % 7},{-i},{i % 3}\n" for i in range(160)))
     dm = CSVSeries(target=["a", "b"], features=["c"], path=path, input_length=6, horizon=3, score_last=1)
     torch.manual_seed(0)
-    change = Forecaster(spec=dm.spec, hidden_size=4, predict="change").eval()
+    change = Forecaster(net=partial(RecurrentNet, hidden_size=4), spec=dm.spec, predict="change").eval()
     batch = next(iter(dm.val_dataloader()))
     naive = batch["x"][..., :2, None].transpose(-2, -1).expand(-1, -1, 3, -1)  # (B, L, H, T): last value repeated
     with torch.no_grad():
@@ -257,7 +259,7 @@ def test_forecaster_predict_change_starts_at_the_naive_forecast(tmp_path):
         assert mae == pytest.approx(err.abs().mean().item(), rel=1e-5)  # its metric is the naive forecast's
         for p in change.head.parameters():
             p.uniform_(-0.5, 0.5)  # a trained head: the change is added to the last value
-        level = Forecaster(spec=dm.spec, hidden_size=4).eval()
+        level = Forecaster(net=partial(RecurrentNet, hidden_size=4), spec=dm.spec).eval()
         level.load_state_dict(change.state_dict())
         assert torch.allclose(change(batch["x"])[0], level(batch["x"])[0] + naive, atol=1e-6)
     change.step_losses(change(batch["x"])[0], batch)["loss"].mean().backward()
@@ -270,11 +272,11 @@ def test_forecaster_predict_change_needs_the_targets_among_the_inputs():
 
     spec = DataSpec(kind="forecast", input_size=3, output_size=1, horizon=2)  # no target_index
     with pytest.raises(ConfigError) as err:
-        Forecaster(spec=spec, hidden_size=4, predict="change")
+        Forecaster(net=partial(RecurrentNet, hidden_size=4), spec=spec, predict="change")
     assert "predict='change' needs the targets among the inputs" in str(err.value) and "\n" not in str(err.value)
-    Forecaster(spec=spec, hidden_size=4)  # level needs nothing
+    Forecaster(net=partial(RecurrentNet, hidden_size=4), spec=spec)  # level needs nothing
     with pytest.raises(ConfigError, match="predict='delta': must be 'level' or 'change'"):
-        Forecaster(spec=spec, hidden_size=4, predict="delta")
+        Forecaster(net=partial(RecurrentNet, hidden_size=4), spec=spec, predict="delta")
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,94 @@
+"""Every private name of Lightning, torch and TensorBoard that seqstab touches, in one file.
+
+Each accessor below names what it reaches into and why no public API does the job. ``tests/test_internals.py`` has a
+test for each that fails, naming the accessor, when an upgrade renames or reshapes what it relies on; nothing else in
+seqstab uses an underscored name of another library (``tests/test_imports.py`` checks that too).
+
+========================================  ====================================================================
+accessor                                  what it relies on
+========================================  ====================================================================
+:func:`attached_trainer`                  ``LightningModule._trainer`` (``.trainer`` raises when detached)
+:func:`loss_scale`                        ``torch.amp.GradScaler._scale`` (``get_scale()`` syncs with the host)
+:func:`file_writer`                       ``SummaryWriter._get_file_writer()`` (raw HPARAMS summaries)
+:func:`fit_loop_state`                    the checkpoint's ``loops.fit_loop`` progress dicts (``is_last_batch``,
+                                          the combined loader's saved states)
+:func:`unscaled_once`                     Lightning's ``MixedPrecision.optimizer_step`` calls ``scaler.unscale_``
+                                          (seqstab unscales earlier, before clipping)
+:class:`KeepConfigOnCkptPath`             ``LightningCLI._parse_ckpt_path`` (overridden: the config stays as given)
+:func:`cli_group`                         ``LightningCLI._get`` (a config group under the subcommand, if any)
+:func:`partial_class`                     jsonargparse builds a ``Callable[[int], nn.Module]`` argument as
+                                          ``partial(<instantiator>, <instantiator>, cls, **init_args)``
+========================================  ====================================================================
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+
+def attached_trainer(module: Any) -> Any | None:
+    """The Trainer a LightningModule is attached to, or None (``module.trainer`` raises instead)."""
+    return getattr(module, "_trainer", None)
+
+
+def loss_scale(scaler: Any) -> torch.Tensor | None:
+    """A GradScaler's current scale as the device tensor it keeps (no host sync), None before its first use."""
+    return getattr(scaler, "_scale", None)
+
+
+def file_writer(writer: Any) -> Any:
+    """The ``FileWriter`` behind a ``torch.utils.tensorboard.SummaryWriter``: it takes raw summaries (HPARAMS)."""
+    return writer._get_file_writer()
+
+
+def fit_loop_state(checkpoint: dict[str, Any]) -> tuple[bool, list[dict[str, Any]]]:
+    """From a Lightning checkpoint: was it saved after the epoch's last batch, and the states of the training loaders
+    (as each loader's ``state_dict()`` returned them; the dicts are the checkpoint's own, to edit in place)."""
+    fit_loop = checkpoint.get("loops", {}).get("fit_loop", {})
+    is_last_batch = bool(fit_loop.get("epoch_loop.batch_progress", {}).get("is_last_batch", False))
+    loaders = fit_loop.get("state_dict", {}).get("combined_loader", [])
+    return is_last_batch, [state for state in loaders if isinstance(state, dict)]
+
+
+@contextmanager
+def unscaled_once(scaler: Any) -> Iterator[None]:
+    """Within the block, ``scaler.unscale_`` does nothing.
+
+    seqstab unscales the gradients itself before clipping (Lightning #18089); Lightning's
+    ``MixedPrecision.optimizer_step`` then calls ``scaler.unscale_`` again, which raises. ``scaler.step`` itself sees
+    the optimizer as already unscaled.
+    """
+    scaler.unscale_ = lambda optimizer: None  # shadows GradScaler.unscale_ on this instance
+    try:
+        yield
+    finally:
+        del scaler.unscale_
+
+
+class KeepConfigOnCkptPath:
+    """Mixin for a ``LightningCLI`` subclass: ``--ckpt_path`` is checked by :meth:`check_ckpt_path`, and the config is
+    kept as given (LightningCLI would replace the model's settings with the checkpoint's hyperparameters)."""
+
+    def _parse_ckpt_path(self) -> None:  # LightningCLI's private hook, called before classes are instantiated
+        self.check_ckpt_path()
+
+    def check_ckpt_path(self) -> None:
+        raise NotImplementedError
+
+
+def cli_group(cli: Any, config: Any, group: str) -> Any:
+    """``config[<subcommand>.]group`` of a LightningCLI (None when absent)."""
+    return cli._get(config, group)
+
+
+def partial_class(factory: functools.partial) -> type | None:
+    """The class a jsonargparse-made ``partial`` instantiates (its last positional argument), or None."""
+    args = factory.args
+    if len(args) == 2 and isinstance(args[-1], type) and not isinstance(args[0], type):
+        return args[-1]
+    return None
