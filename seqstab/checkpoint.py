@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from seqstab.errors import SeqstabError
 
-__all__ = [  # and AtomicCheckpointIO, from seqstab.resume (see __getattr__ below)
+__all__ = [
     "CheckpointError",
     "QuietLoader",
     "ResumableLoader",
@@ -288,11 +288,3 @@ def check_shapes(model_state: dict[str, torch.Tensor], saved_state: dict[str, to
     extra = sorted(set(saved_state) - set(model_state))
     if extra:
         raise CheckpointError(f"{where}made for another model: it has {extra[0]!r}, which this model does not")
-
-
-def __getattr__(name: str) -> Any:
-    if name == "AtomicCheckpointIO":  # Lightning's side, kept importable from here
-        from seqstab.resume import AtomicCheckpointIO
-
-        return AtomicCheckpointIO
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

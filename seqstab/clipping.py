@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
+from seqstab import internals
 from seqstab.errors import ConfigError, check_positive
 
 
@@ -66,7 +67,7 @@ def _norm_dtype(grads: list[torch.Tensor]) -> torch.dtype:
 
 def tensor_norms(grads: list[torch.Tensor], norm_type: float = 2.0) -> list[torch.Tensor]:
     """Each tensor's norm, in one fused ``torch._foreach_norm`` pass (no host sync)."""
-    return list(torch._foreach_norm(grads, norm_type, dtype=_norm_dtype(grads)))
+    return list(internals.foreach_norm(grads, norm_type, dtype=_norm_dtype(grads)))
 
 
 def global_norm(grads: list[torch.Tensor], norm_type: float = 2.0) -> torch.Tensor:
@@ -91,7 +92,7 @@ def _scale_to(norm: torch.Tensor, threshold: torch.Tensor) -> tuple[torch.Tensor
 def _rescale_(grads: list[torch.Tensor], scale: torch.Tensor) -> None:
     """Multiply every gradient by one 0-dim ``scale`` in place (exactly 1 leaves them bitwise unchanged)."""
     if grads:
-        torch._foreach_mul_(grads, scale)
+        internals.foreach_mul_(grads, scale)
 
 
 def _check_fraction(name: str, value: float) -> None:
@@ -209,7 +210,7 @@ class PerParameterNormClip(ClipPolicy):
         norm = torch.linalg.vector_norm(norms)
         over = torch.isfinite(norm) & (norms > self.max_norm)  # (P,)
         scales = torch.where(over, self.max_norm / norms, torch.ones_like(norms))
-        torch._foreach_mul_(grads, list(scales.unbind()))
+        internals.foreach_mul_(grads, list(scales.unbind()))
         return ClipResult(norm, torch.linalg.vector_norm(norms * scales), over.any(), tensor_norms=norms)
 
 

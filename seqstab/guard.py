@@ -20,9 +20,10 @@ Lightning):
   * on the first event, a replay snapshot ``snapshot_update_<N>.pt`` (:func:`save_snapshot`, replayed by
     ``python -m seqstab.replay``).
 
-A non-finite update is never applied, whatever the policy. No checkpoint holding non-finite weights is ever
-written: :func:`check_finite_weights` runs when seqstab's tasks and the ``GradientStability`` callback save a
-checkpoint, and refuses.
+A non-finite update is never applied, whatever the policy. Under 16-bit AMP a non-finite norm is the
+GradScaler's overflow (``amp/overflow`` 1): skipped without an event, while the scaler lowers its scale. No
+checkpoint holding non-finite weights is ever written: :func:`check_finite_weights` runs when seqstab's tasks and the
+``GradientStability`` callback save a checkpoint, and refuses.
 """
 
 from __future__ import annotations
@@ -110,6 +111,9 @@ class ExplosionGuard:
 
     def check(self, run: Run | None, update: Update) -> Action:
         """Decide what happens to ``update``; add ``explosion/events`` to its logged values."""
+        if update.values.get("amp/overflow"):
+            update.values["explosion/events"] = float(self.events)
+            return Action.SKIP
         norm = update.values["grad/norm_total"]
         reason, median = self.detect(norm)
         if math.isfinite(norm) and norm > 0:

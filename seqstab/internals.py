@@ -7,6 +7,8 @@ seqstab uses an underscored name of another library (``tests/test_imports.py`` c
 ========================================  ====================================================================
 accessor                                  what it relies on
 ========================================  ====================================================================
+:data:`foreach_norm`, :data:`foreach_mul_`  ``torch._foreach_norm`` / ``torch._foreach_mul_``: one fused kernel over a
+                                          list of tensors (what ``clip_grad_norm_(foreach=True)`` uses)
 :func:`attached_trainer`                  ``LightningModule._trainer`` (``.trainer`` raises when detached)
 :func:`loss_scale`                        ``torch.amp.GradScaler._scale`` (``get_scale()`` syncs with the host)
 :func:`file_writer`                       ``SummaryWriter._get_file_writer()`` (raw HPARAMS summaries)
@@ -29,6 +31,9 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+
+foreach_norm = torch._foreach_norm  # (tensors, ord=2, dtype=None) -> list of 0-dim norms
+foreach_mul_ = torch._foreach_mul_  # (tensors, scalar | tensor | list of tensors), in place
 
 
 def attached_trainer(module: Any) -> Any | None:

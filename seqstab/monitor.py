@@ -348,7 +348,7 @@ class ModuleGroups:
         total = torch.zeros(len(self.names), device=self.index.device)
         if not tensors:
             return total
-        squares = torch.stack([n.float() for n in torch._foreach_norm(tensors)]).square()  # (P',)
+        squares = torch.stack([n.float() for n in internals.foreach_norm(tensors)]).square()  # (P',)
         index = self.index if len(tensors) == len(self.params) else self.index[list(which)]
         return total.index_add_(0, index, squares)
 

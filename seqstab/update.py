@@ -12,7 +12,8 @@ loss hands it to :meth:`UpdateCore.update` with callables for what only the call
       ├─ monitor.step_tensors              pre-clip per-module norms as device tensors; gradient flow
       ├─ clipping policy → ClipResult      one fused norm pass, no host sync
       ├─ read back loss + norms            the one host sync of the update
-      ├─ guard → step | skip | stop        an event: explosions.jsonl, the first one a replay snapshot
+      ├─ guard → step | skip | stop        an event: explosions.jsonl, the first one a replay snapshot (an AMP
+      │                                    overflow is no event: skipped, the GradScaler lowers its scale)
       ├─ step() or skip()
       └─ log                               one logging step per update: every logger, then monitor.emit
 
@@ -107,6 +108,8 @@ class UpdateCore:
         measured = self.monitor.step_tensors(run, self.updates) if self.monitor is not None else {}
         clip = self.clipping(params)
         update = Update(self.updates, chunk, hidden_in, clip, read_back(loss, clip, measured))
+        if run.loss_scale is not None:  # 16-bit AMP: a non-finite norm is the GradScaler's overflow, its to handle
+            update.values["amp/overflow"] = float(not math.isfinite(update.values["grad/norm_total"]))
         if update.step == 0 and run.is_global_zero:
             _warn_if_suspicious(update)
         update.action = self.guard.check(run, update) if self.guard is not None else Action.STEP

@@ -76,9 +76,10 @@ def quiet_trainer(**kwargs) -> pl.Trainer:
     return pl.Trainer(**{**defaults, **kwargs})
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``python -m seqstab.train ARGS`` the way a user does; quiet progress bar unless asked."""
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+def run_cli(*args: str, cwd: Path, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
+    """Run ``python -m seqstab.train ARGS`` the way a user does (warnings off unless ``PYTHONWARNINGS`` is given;
+    ``env``: more environment variables)."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", **env}
     return subprocess.run(
         [sys.executable, "-m", "seqstab.train", *args],
         cwd=cwd,

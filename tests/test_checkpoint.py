@@ -14,8 +14,9 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from seqstab import checkpoint
-from seqstab.checkpoint import AtomicCheckpointIO, CheckpointError, QuietLoader, ResumableLoader
+from seqstab.checkpoint import CheckpointError, QuietLoader, ResumableLoader
 from seqstab.nets import RecurrentNet
+from seqstab.resume import AtomicCheckpointIO
 from seqstab.tasks import SequenceRegressor
 from seqstab.train import main
 from tests.test_resume import python_path

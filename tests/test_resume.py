@@ -17,9 +17,9 @@ import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
 from datamodules.synthetic import AddingProblem
-from seqstab.checkpoint import AtomicCheckpointIO
 from seqstab.clipping import ZClip
 from seqstab.nets import RecurrentNet
+from seqstab.resume import AtomicCheckpointIO
 from seqstab.tasks import SequenceRegressor
 from seqstab.train import main
 from tests.helpers import REPO, TinyStream, quiet_trainer, scalars

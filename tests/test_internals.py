@@ -1,0 +1,107 @@
+"""One test per private name seqstab touches (seqstab/internals.py): when an upgrade of Lightning, torch, TensorBoard
+or jsonargparse renames or reshapes one, the test named after it fails."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+import pytorch_lightning as pl
+import torch
+from jsonargparse import ArgumentParser
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.plugins.precision import MixedPrecision
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+
+from seqstab import internals
+from seqstab.nets import RecurrentNet
+from seqstab.tasks import SequenceRegressor
+from seqstab.train import DEFAULT_CONFIG, SeqstabCLI
+from tests.helpers import TinyStream, quiet_trainer
+
+
+def test_foreach_norm_and_foreach_mul_are_torchs_fused_list_kernels():
+    tensors = [torch.tensor([3.0, 4.0]), torch.tensor([[1.0, 0.0], [0.0, 0.0]])]
+    assert [n.item() for n in internals.foreach_norm(tensors, 2.0, dtype=torch.float32)] == [5.0, 1.0]
+    internals.foreach_mul_(tensors, torch.tensor(2.0))
+    assert tensors[0].tolist() == [6.0, 8.0]
+    internals.foreach_mul_(tensors, [torch.tensor(0.5), torch.tensor(3.0)])
+    assert tensors[1].tolist() == [[6.0, 0.0], [0.0, 0.0]]
+
+
+def test_attached_trainer_reads_lightning_modules_trainer_attribute():
+    module = pl.LightningModule()
+    assert internals.attached_trainer(module) is None
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    module.trainer = trainer
+    assert internals.attached_trainer(module) is trainer
+
+
+def test_loss_scale_is_the_grad_scalers_scale_tensor_without_a_host_sync():
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    assert internals.loss_scale(scaler) is None  # before its first use
+    scaler.scale(torch.ones(()))
+    scale = internals.loss_scale(scaler)
+    assert isinstance(scale, torch.Tensor) and scale.item() == scaler.get_scale() == 1024.0
+
+
+def test_file_writer_takes_raw_summaries(tmp_path):
+    from torch.utils.tensorboard.summary import hparams
+
+    writer = SummaryWriter(tmp_path)
+    for summary in hparams({"lr": 0.1}, {"val/loss": 0.0}):
+        internals.file_writer(writer).add_summary(summary)
+    writer.close()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    assert acc.PluginTagToContent("hparams")  # the experiment, session start and end summaries
+
+
+def test_fit_loop_state_finds_is_last_batch_and_the_loader_states_in_a_lightning_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    data = TinyStream(num_streams=3, length=24, window=8)  # 3 batches an epoch
+    task = SequenceRegressor(spec=data.spec, net=RecurrentNet)
+    saving = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=3, save_top_k=-1)
+    quiet_trainer(max_steps=3, callbacks=[saving], enable_checkpointing=True).fit(task, data)
+    (path,) = tmp_path.glob("*.ckpt")
+    is_last_batch, loaders = internals.fit_loop_state(torch.load(path, weights_only=True))
+    assert is_last_batch and loaders and loaders[0]["batches"] == 3  # seqstab's ResumableLoader, as Lightning saved it
+    assert internals.fit_loop_state({}) == (False, [])
+
+
+def test_unscaled_once_lets_lightnings_mixed_precision_step_a_manual_optimizer_unscaled_before():
+    """SeqTask unscales before clipping; Lightning's MixedPrecision.optimizer_step unscales again (it would raise)."""
+    assert "self.scaler.unscale_(optimizer)" in inspect.getsource(MixedPrecision.optimizer_step)
+    torch.manual_seed(0)
+    data = TinyStream(num_streams=3, length=24, window=8)
+    task = SequenceRegressor(spec=data.spec, net=lambda n: RecurrentNet(n, 8, cell="rnn"))
+    quiet_trainer(max_steps=3, plugins=[MixedPrecision("16-mixed", "cpu")]).fit(task, data)  # a real GradScaler
+    assert task.trainer.global_step == 3 and task.run.scaler is not None
+
+
+def test_keep_config_on_ckpt_path_overrides_lightningclis_parse_ckpt_path():
+    assert callable(getattr(LightningCLI, "_parse_ckpt_path", None))
+    assert "self._parse_ckpt_path()" in inspect.getsource(LightningCLI.parse_arguments) + inspect.getsource(
+        LightningCLI.__init__
+    )
+    assert SeqstabCLI._parse_ckpt_path is internals.KeepConfigOnCkptPath._parse_ckpt_path
+
+
+def test_cli_group_reads_a_group_under_the_subcommand():
+    signature = inspect.signature(LightningCLI._get)
+    assert list(signature.parameters)[:3] == ["self", "config", "key"]
+    cli = SeqstabCLI(args=["--config", str(DEFAULT_CONFIG), "--optimizer", "SGD", "--optimizer.lr", "0.5"], run=False)
+    assert internals.cli_group(cli, cli.config, "optimizer").init_args.lr == 0.5
+
+
+def test_partial_class_finds_the_class_jsonargparse_builds_a_callable_argument_of():
+    parser = ArgumentParser()
+    parser.add_argument("--net", type=Callable[[int], nn.Module], default=RecurrentNet)
+    config = parser.parse_args(["--net.hidden_size", "8"])
+    factory = parser.instantiate_classes(config).net
+    assert internals.partial_class(factory) is RecurrentNet and factory.keywords["hidden_size"] == 8
+    assert factory(3).hidden_size == 8

@@ -1,0 +1,102 @@
+"""The update core in a training loop of one's own: plain torch, no Lightning, a StaticRun for the run around it."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+import torch
+from torch import nn
+
+from seqstab.clipping import AutoClip, NormClip
+from seqstab.guard import ExplosionGuard
+from seqstab.monitor import GradMonitor
+from seqstab.record import Action, StaticRun
+from seqstab.update import UpdateCore, drop_gradients
+
+
+class ListLogger:
+    def __init__(self):
+        self.rows: list[tuple[int, dict[str, float]]] = []
+
+    def log_metrics(self, metrics, step):
+        self.rows.append((step, dict(metrics)))
+
+
+def f32(value: float) -> bytes:
+    return struct.pack("<f", value)
+
+
+def own_loop(core: UpdateCore, updates: int, run_dir=None):
+    """An LSTM regressor trained by a hand-written loop around the core; the state around every update."""
+    torch.manual_seed(0)
+    lstm, head = nn.LSTM(2, 8, batch_first=True), nn.Linear(8, 1)
+    model = nn.ModuleDict({"lstm": lstm, "head": head})
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    logger = ListLogger()
+    run = StaticRun(model, loggers=[logger], optimizer=optimizer, run_dir=run_dir, log_every_n_steps=2)
+    params = list(model.parameters())
+    seen = []
+    for _ in range(updates):
+        x, y = torch.randn(4, 6, 2), torch.randn(4, 1)
+        core.arm(run)
+        out, _ = lstm(x)
+        loss = nn.functional.mse_loss(head(out[:, -1]), y)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        opt_before = {i: {n: t.clone() for n, t in s.items()} for i, s in optimizer.state_dict()["state"].items()}
+        grads: list[torch.Tensor] = []
+
+        def backward(loss, grads=grads):
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grads.append(torch.nn.utils.get_total_norm([p.grad for p in params]).clone())
+
+        update = core.update(
+            run, params, loss, backward=backward, step=optimizer.step, skip=lambda: drop_gradients(params)
+        )
+        run.global_step += update.action is Action.STEP
+        after = {k: v.clone() for k, v in model.state_dict().items()}
+        opt_after = {i: {n: t.clone() for n, t in s.items()} for i, s in optimizer.state_dict()["state"].items()}
+        seen.append((update, grads[0].item(), before, after, opt_before, opt_after))
+    return seen, logger
+
+
+def test_the_core_measures_clips_guards_and_logs_in_a_loop_of_ones_own(tmp_path):
+    guard = ExplosionGuard(policy="skip", max_norm=0.3, snapshot=False)  # some updates are skipped
+    monitor = GradMonitor(grad_flow_every_n_steps=3)
+    seen, logger = own_loop(UpdateCore(NormClip(max_norm=0.1), guard, monitor), 12, run_dir=tmp_path)
+    actions = [update.action for update, *_ in seen]
+    assert Action.SKIP in actions and Action.STEP in actions
+    for update, norm, before, after, opt_before, opt_after in seen:
+        assert f32(update.values["grad/norm_total"]) == f32(norm)  # the unclipped norm, as get_total_norm has it
+        assert update.values["grad/norm_total_clipped"] == pytest.approx(min(norm, 0.1), rel=1e-6)
+        if update.action is Action.SKIP:  # neither the weights nor Adam's moments and step count moved
+            assert all(torch.equal(before[k], after[k]) for k in before)
+            assert opt_before.keys() == opt_after.keys()
+            assert all(torch.equal(opt_before[i][n], opt_after[i][n]) for i in opt_before for n in opt_before[i])
+        else:
+            assert not all(torch.equal(before[k], after[k]) for k in before)
+    assert [step for step, _ in logger.rows if "train/loss" in _] == list(range(12))
+    assert all("train/lr" in row and "explosion/events" in row for _, row in logger.rows if "train/loss" in row)
+    assert [s for s, row in logger.rows if "grad/norm/lstm.hh" in row] == [0, 2, 4, 6, 8, 10]  # every 2nd update
+    assert [s for s, row in logger.rows if "grad_flow/growth" in row] == [0, 3, 6, 9]  # the LSTM, hooked
+    lines = (tmp_path / "explosions.jsonl").read_text().splitlines()
+    assert len(lines) == guard.events == actions.count(Action.SKIP)
+
+
+def test_the_cores_state_round_trips_and_clips_on_as_it_would_have():
+    straight = UpdateCore(AutoClip(percentile=50), ExplosionGuard(snapshot=False))
+    own_loop(straight, 8)
+    first = UpdateCore(AutoClip(percentile=50), ExplosionGuard(snapshot=False))
+    own_loop(first, 4)
+    state = first.state_dict()
+    assert state["updates"] == 4 and state["clipping"]["steps"] == 4
+    again = UpdateCore(AutoClip(percentile=50), ExplosionGuard(snapshot=False))
+    again.load_state_dict(state)
+    assert again.updates == 4 and again.guard.state_dict() == first.guard.state_dict()
+    assert torch.equal(again.clipping.state_dict()["norms"], first.clipping.state_dict()["norms"])
+
+
+def test_a_threshold_far_below_the_first_norm_warns_once():
+    with pytest.warns(UserWarning, match="clip threshold 1e-06 is .*x below the first gradient norm"):
+        own_loop(UpdateCore(NormClip(max_norm=1e-6)), 2)
