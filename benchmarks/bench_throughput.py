@@ -170,6 +170,8 @@ def make_language_model(vocab_size: int, **kwargs) -> SGDLanguageModel:
         net=partial(RecurrentNet, hidden_size=SIZE, num_layers=LAYERS, dropout=DROPOUT, init="uniform", init_scale=0.1),
         spec=spec,
         dropout=DROPOUT,
+        embedding_init=0.1,
+        decoder_bias="uniform",
         clipping=NormClip(CLIP),
         **kwargs,
     )
@@ -252,13 +254,15 @@ class Stations(pl.Callback):
     """Wall and CPU time spent in each station of ``SeqTask.training_step`` (the methods it calls, wrapped on the
     instance), in the whole ``training_step``, and per batch (end to end); the rest is Lightning's loop."""
 
-    NAMES = ("forward", "step_losses", "reduce_loss", "manual_backward", "_read_back", "_log_update", "training_step")
+    NAMES = ("forward", "step_losses", "reduce_loss", "manual_backward", "training_step")
 
     def __init__(self, model: SeqTask, warmup: int):
         self.warmup, self.batch = warmup, 0
         self.totals: dict[str, list[float]] = {}
         for name in self.NAMES:
             setattr(model, name, self.wrap(name, getattr(model, name)))
+        model.core.update = self.wrap("core.update (measure, clip, guard, step, log)", model.core.update)
+        model.core.log = self.wrap("core.log (loggers, monitor.emit)", model.core.log)
         model.clipping.clip = self.wrap("clipping (NormClip.clip)", model.clipping.clip)
         for hook in ("arm", "step_tensors"):
             setattr(model.monitor, hook, self.wrap(f"monitor.{hook}", getattr(model.monitor, hook)))

@@ -18,6 +18,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from seqstab.checkpoint import write_text
+
 MANIFEST_FILE = "manifest.json"
 
 
@@ -39,11 +41,7 @@ class ManifestCallback(pl.Callback):
         directory = run_dir(trainer)
         if directory is None:
             return
-        path = directory / MANIFEST_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(manifest(trainer, pl_module, stage), indent=2) + "\n")
-        os.replace(tmp, path)
+        write_text(directory / MANIFEST_FILE, json.dumps(manifest(trainer, pl_module, stage), indent=2) + "\n")
 
 
 def manifest(trainer: pl.Trainer, module: pl.LightningModule, stage: str) -> dict[str, Any]:

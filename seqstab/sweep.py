@@ -236,9 +236,7 @@ def execute(sweep: Sweep, run: Run, run_dir: Path, threads: int | None) -> dict[
         code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
     outcome = {"run": run.id, "exit_code": code, "wall_s": round(time.perf_counter() - start, 3), "command": cmd}
     marker = DONE_FILE if code == 0 else FAILED_FILE
-    tmp = run_dir / (marker + ".tmp")
-    tmp.write_text(json.dumps(outcome, indent=2) + "\n")
-    os.replace(tmp, run_dir / marker)
+    write_text(run_dir / marker, json.dumps(outcome, indent=2) + "\n")
     return outcome
 
 

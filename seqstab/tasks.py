@@ -361,7 +361,9 @@ class SeqTask(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         trainer = internals.attached_trainer(self)
         try:
-            check_shapes(self.state_dict(), checkpoint.get("state_dict", {}), str(getattr(trainer, "ckpt_path", "")))
+            check_shapes(
+                self.state_dict(), checkpoint.get("state_dict", {}), str(getattr(trainer, "ckpt_path", "") or "")
+            )
         except CheckpointError as err:
             saved, mine = _flat(checkpoint.get("hyper_parameters") or {}), _flat(dict(self.hparams))
             differs = [f"{k}={saved[k]!r}" for k in mine if k in saved and saved[k] != mine[k]]

@@ -78,7 +78,14 @@ class SeqstabCLI(internals.KeepConfigOnCkptPath, LightningCLI):
             checkpoint.load(ckpt_path)
 
     def before_instantiate_classes(self) -> None:
-        """Zero or negative learning rates and scheduler periods are one-line errors (torch accepts some of them)."""
+        """Zero or negative learning rates and scheduler periods are one-line errors (torch accepts some of them), and
+        so is a scheduler without an optimizer (LightningCLI would drop it without a word)."""
+        scheduler, optimizer = (internals.cli_group(self, self.config, g) for g in ("lr_scheduler", "optimizer"))
+        if scheduler is not None and optimizer is None:
+            raise ConfigError(
+                "lr_scheduler is set but optimizer is not: a scheduler needs --optimizer (the task's default is "
+                "--optimizer torch.optim.Adam --optimizer.lr 0.001)"
+            )
         for group, keys in POSITIVE.items():
             init_args = getattr(internals.cli_group(self, self.config, group), "init_args", None)
             for key in keys:

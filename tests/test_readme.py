@@ -75,3 +75,10 @@ def test_clipping_table_lists_every_policy_with_its_defaults():
 def test_every_shipped_config_in_a_yaml_block_parses():
     for block in re.findall(r"```yaml\n(.*?)```", README, flags=re.S):
         assert isinstance(yaml.safe_load(block), dict)
+
+
+def test_the_example_net_is_the_shipped_one():
+    match = re.search(r"This is the IndRNN of\n\[`seqstab/example_net.py`\].*?```python\n(.*?)```", README, flags=re.S)
+    assert match, "the README shows seqstab/example_net.py's net"
+    source = (ROOT / "seqstab" / "example_net.py").read_text()
+    assert match.group(1).strip() == source[source.index("class IndRNN") :].strip()
