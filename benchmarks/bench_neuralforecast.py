@@ -1,10 +1,10 @@
 """neuralforecast's ``LSTM`` on ETTh1 with :class:`seqstab.callbacks.GradientStability`: its tags, and its cost.
 
-    python benchmarks/bench_neuralforecast.py             # ~5 min on 2 cores; --help for the knobs
+    python benchmarks/bench_neuralforecast.py             # ~3 min on 2 cores; --help for the knobs
 
 neuralforecast is a dependency of this benchmark only (not of seqstab). In a fresh virtualenv::
 
-    pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+    pip install torch==2.13.0          # the CPU wheel on these machines; elsewhere the CPU index of pytorch.org
     pip install -e . neuralforecast
 
 The model is neuralforecast's ``LSTM`` (2×128 ``nn.LSTM`` encoder, 2×128 MLP decoder, MAE loss, Adam 1e-3,
@@ -20,7 +20,8 @@ Printed: (1) the scalar tags the callback wrote, read back from its event files 
 ``EventAccumulator`` (points, first and last value, mean), and the other kinds of data it wrote; (2) the steps/s
 of each variant, runs interleaved round by round (the order alternating each round), each step timed from the end
 of the previous one to its own (``on_train_batch_end``: Lightning's loop, neuralforecast's window sampling and
-every hook included), the first ``--warmup`` steps of each run discarded; the headline is the median step over all
+every hook included), the first ``--warmup`` steps of each run discarded (and before round 1 one short untimed run of
+each variant: the process's first fit is slower whichever variant it is); the headline is the median step over all
 rounds, and its ratio callback / gradient_clip_val (goal ≥ 0.97). The process's CPU time per step is printed
 beside the wall time: on a machine shared with other work it measures the code rather than the neighbours.
 
@@ -152,7 +153,7 @@ def print_tags(log_dir: str, baseline_dir: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=60, help="training steps per run (max_steps)")
-    parser.add_argument("--warmup", type=int, default=5, help="steps of each run left out of the timing")
+    parser.add_argument("--warmup", type=int, default=5, help="steps of each run left out of the timing (>= 1)")
     parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds (one run of each variant each)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--exog", action="store_true", help="the 6 load columns as hist_exog_list")
@@ -175,6 +176,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as logdir, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")  # every warning of every run, counted below
         first_dir: dict[str, str] = {}  # variant -> its first run's log dir
+        for variant in VARIANTS:  # untimed: the process's first fits pay for allocator and kernel warm-up
+            fit(variant, df, logdir, args.warmup + 5, args.exog)
         for r in range(args.rounds):
             order = VARIANTS if r % 2 == 0 else VARIANTS[::-1]  # alternate who goes first
             for variant in order:

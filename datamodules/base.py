@@ -1,32 +1,11 @@
-"""What a custom datamodule implements, and helpers for stream data. The batch contract itself and
-:class:`DataSpec` live in :mod:`seqstab.data` (the core reads them); they are re-exported here.
+"""What a custom datamodule implements, and helpers for stream data.
+
+The batch contract (a dict of ``x``, ``y`` and an optional ``mask``, batch first, time on dim 1) and
+:class:`DataSpec` live in :mod:`seqstab.data`, where the core reads them; they are re-exported here.
 
 Writing your own: subclass :class:`SeqDataModule`, compute the data in ``__init__`` or lazily,
 return a :class:`DataSpec` from ``spec`` and implement the dataloaders. ``datamodules.example``
-is a complete one to copy. The batch contract, as :mod:`seqstab.data` states it:
-
-Batch contract
---------------
-A batch is a ``dict`` of tensors, batch-first, time on dim 1::
-
-    x     (B, L) int64 token ids                  -- language model
-          (B, L, input_size) float                -- forecast, regression, classification
-    y     (B, L) int64 next token                 -- language model: y[:, t] = x[:, t + 1] in the stream
-          (B, L, horizon, output_size) float      -- forecast: the `horizon` values after step t
-          (B, L, output_size) float               -- regression
-          (B, L) int64 class index                -- classification
-    mask  (B, L) bool, optional                   -- steps that carry loss; absent = every step
-
-``x``, ``y`` and ``mask`` share ``B`` and ``L``: truncated BPTT cuts all of them along dim 1 into
-chunks of ``tbptt_steps`` and the loss of a chunk counts only its masked steps.
-
-A datamodule states two more things through :class:`DataSpec`, the single object the CLI links
-into the model (``data.spec`` -> ``model.spec``):
-
-* the sizes the model needs (``vocab_size``, ``input_size``, ``output_size``, ``horizon``), and
-* ``stateful``: consecutive *training* batches continue the same ``B`` streams (a token stream cut
-  into ``B`` rows; one long series). The task then carries the hidden state from one batch to the
-  next and resets it at each epoch start; validation and test carry it within their own pass.
+is a complete one to copy.
 """
 
 from __future__ import annotations
