@@ -113,6 +113,8 @@ class UpdateCore:
         if update.step == 0 and run.is_global_zero:
             _warn_if_suspicious(update)
         update.action = self.guard.check(run, update) if self.guard is not None else Action.STEP
+        if run.optimizer is not None:  # the rate this update is applied with: read before a scheduler steps
+            update.values["train/lr"] = float(run.optimizer.param_groups[0]["lr"])
         if update.action is Action.STEP:
             step()
         else:
@@ -123,12 +125,9 @@ class UpdateCore:
         return update
 
     def log(self, run: Run, update: Update) -> None:
-        """The update's tags and the learning rate to every logger at ``update.step``; then what the monitor has due."""
-        metrics = dict(update.values)
-        if run.optimizer is not None:
-            metrics["train/lr"] = run.optimizer.param_groups[0]["lr"]
+        """The update's tags to every logger at ``update.step``; then what the monitor has due."""
         if run.loggers:
-            log_metrics(run, metrics, update.step)
+            log_metrics(run, dict(update.values), update.step)
         if self.monitor is not None:
             self.monitor.emit(run, update)
 

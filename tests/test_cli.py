@@ -95,6 +95,17 @@ def test_optimizer_and_scheduler_come_from_the_config(tmp_path, monkeypatch):
     assert lr == [0.5, 0.5, 0.25, 0.25, 0.125, 0.125]  # two updates per epoch, halved once per epoch
 
 
+def test_train_lr_is_the_rate_the_update_was_applied_with(tmp_path, monkeypatch):
+    """A per-update scheduler halves the rate after every update: update 0 ran at the initial rate, update 1 at half."""
+    monkeypatch.chdir(tmp_path)
+    args = ["fit", *TINY[:4], "--trainer.max_steps", "4", *QUIET, "--model.scheduler_interval", "step"]
+    args += ["--optimizer", "SGD", "--optimizer.lr", "0.5"]
+    args += ["--lr_scheduler", "StepLR", "--lr_scheduler.step_size", "1", "--lr_scheduler.gamma", "0.5"]
+    assert main(args) == 0
+    lr = scalars(tmp_path / "runs" / "seqstab" / "version_0")["train/lr"]
+    assert lr == [(0, 0.5), (1, 0.25), (2, 0.125), (3, 0.0625)]
+
+
 def test_plateau_scheduler_steps_on_validation(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = ["fit", *TINY[:4], "--trainer.max_epochs", "4", *QUIET, "--optimizer", "SGD"]
