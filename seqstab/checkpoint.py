@@ -102,32 +102,39 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
-    """``torch.load(path, weights_only=True)``: tensors and plain data only, never pickled code.
+def load(path: str | os.PathLike, map_location: Any = "cpu", kind: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)``: tensors and plain data only, never pickled code. The one safe loader
+    of seqstab: checkpoints, replay snapshots, token caches.
 
     Raises:
-        CheckpointError: one line naming the file and what is wrong with it.
+        CheckpointError: one line naming the file and what is wrong with it (the refused global, if that is it; never
+            the advice to load with ``weights_only=False``).
     """
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such checkpoint file") from None
+        raise CheckpointError(f"{path}: no such {kind} file") from None
     except IsADirectoryError:
-        raise CheckpointError(f"{path}: is a directory, expected a checkpoint file") from None
+        raise CheckpointError(f"{path}: is a directory, expected a {kind} file") from None
     except pickle.UnpicklingError as err:
         if "Weights only load failed" not in str(err) or "Unsupported operand" in str(err):  # not a pickle at all
-            raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {_first(err)}") from None
-        found = re.search(r"(?:Unsupported global: |unsupported )GLOBAL ([\w.]+)", str(err))
+            raise CheckpointError(f"{path}: not a readable {kind} (truncated or corrupt?): {_first(err)}") from None
+        found = re.search(r"(?:Unsupported global: |unsupported )GLOBAL ([\w.]+)", _plain_text(str(err)))
         what = f"it holds a {found.group(1)} object" if found else "it holds objects other than tensors and plain data"
-        raise CheckpointError(f"{path}: refused to load: {what} (checkpoints load with weights_only=True)") from None
+        raise CheckpointError(f"{path}: refused to load: {what} ({kind}s load with weights_only=True)") from None
     except (RuntimeError, EOFError, KeyError, ValueError, OSError, AttributeError, IndexError) as err:
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {_first(err)}") from None
+        raise CheckpointError(f"{path}: not a readable {kind} (truncated or corrupt?): {_first(err)}") from None
 
 
 def _first(err: BaseException) -> str:
-    """The first sentence of an error, or its type when it has no message (``EOFError()``)."""
-    text = str(err).strip()
+    """The first sentence of an error (terminal escapes removed), or its type when it has no message."""
+    text = _plain_text(str(err)).strip()
     return text.split(". ")[0].splitlines()[0][:120] if text else type(err).__name__
+
+
+def _plain_text(text: str) -> str:
+    """``text`` without ANSI terminal escapes (torch colours parts of its unpickling errors)."""
+    return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)
 
 
 # -- random number generators -----------------------------------------------------------------------------------

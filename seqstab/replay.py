@@ -15,6 +15,12 @@ per-parameter breakdown.
   gradient accumulation (the snapshot holds the last batch only), a ``training_step`` that reads the Trainer.
 
     python -m seqstab.replay runs/seqstab/version_0/snapshot_update_5.pt
+    python -m seqstab.replay RUN_DIR/snapshot_update_3.pt --trust mynets     # a net of one's own, module mynets
+
+A snapshot is data, and replay runs no code it names: every class it names (the model, its net, the clipping
+policy) must come from seqstab itself, from a module already imported, or from a module given with ``--trust``;
+anything else is refused before it is imported (``python -m`` puts the working directory on ``sys.path``, so a
+``.py`` file beside a snapshot would otherwise run).
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from typing import Any
 
 import torch
 
+from seqstab import checkpoint
+from seqstab.checkpoint import CheckpointError
 from seqstab.clipping import ClipPolicy, NoClip
 from seqstab.data import as_spec
 from seqstab.errors import ConfigError, DataError, SeqstabError
@@ -44,13 +52,40 @@ def load_snapshot(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(f"snapshot {path}: no such file")
     try:
-        snapshot = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip, tampered pickle, unsafe globals
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise DataError(f"snapshot {path}: cannot be loaded safely ({type(err).__name__}: {reason})") from None
+        snapshot = checkpoint.load(path, kind="snapshot")
+    except CheckpointError as err:  # truncated zip, tampered pickle, unsafe globals: named, no advice to unsafe-load
+        raise DataError(f"snapshot {err}") from None
     if not isinstance(snapshot, dict) or snapshot.get("format") != SNAPSHOT_FORMAT:
         raise DataError(f"snapshot {path}: not a seqstab replay snapshot (format {SNAPSHOT_FORMAT!r} expected)")
     return snapshot
+
+
+def class_paths(value: Any) -> list[str]:
+    """Every class path a snapshot names: its model, and any ``{"class_path": ...}`` inside (a net, a policy)."""
+    found = []
+    if isinstance(value, dict):
+        if isinstance(value.get("class_path"), str):
+            found.append(value["class_path"])
+        for item in value.values():
+            found += class_paths(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            found += class_paths(item)
+    return found
+
+
+def check_trusted(snapshot: dict[str, Any], trust: list[str]) -> None:
+    """Refuse, before importing anything, a class path whose module is not seqstab's own, not imported yet and not
+    given with ``--trust``."""
+    names = [snapshot.get("task_class", ""), *class_paths(snapshot.get("hparams")), *class_paths(snapshot)]
+    for path in dict.fromkeys(names):
+        module = str(path).rpartition(".")[0]
+        own = module == "seqstab" or module.startswith("seqstab.")
+        if not (own or module in sys.modules or any(module == t or module.startswith(f"{t}.") for t in trust)):
+            raise ConfigError(
+                f"snapshot names {path}, from module {module!r}, which replay does not import on a snapshot's word: "
+                f"run it again with --trust {module} if you trust that module"
+            )
 
 
 def rebuild_model(snapshot: dict[str, Any]) -> torch.nn.Module:
@@ -102,12 +137,13 @@ def rebuild_policy(snapshot: dict[str, Any]) -> tuple[ClipPolicy, bool]:
     return policy, not policy.state_dict()
 
 
-def replay(snapshot: dict[str, Any]) -> dict[str, Any]:
+def replay(snapshot: dict[str, Any], trust: list[str] = ()) -> dict[str, Any]:
     """Recompute the snapshot's update: its loss, pre-clip global gradient norm, per-parameter norms, and (for a
-    stateless policy) the post-clip norm.
+    stateless policy) the post-clip norm. Classes come only from trusted modules (:func:`check_trusted`).
 
     Runs with the run's thread count and RNG state; the caller's thread count and RNG state are restored after.
     """
+    check_trusted(snapshot, list(trust))
     threads = torch.get_num_threads()
     try:
         with torch.random.fork_rng(devices=[]):
@@ -200,10 +236,17 @@ def main(argv: list[str] | None = None) -> int:
         description="Recompute the gradient of the update an explosion guard snapshot captured.",
     )
     parser.add_argument("snapshot", type=Path, help="RUN_DIR/snapshot_update_<N>.pt")
+    parser.add_argument(
+        "--trust",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="a module (or package) whose classes the snapshot may name, e.g. your own net's; repeatable",
+    )
     args = parser.parse_args(argv)
     try:
         snapshot = load_snapshot(args.snapshot)
-        result = replay(snapshot)
+        result = replay(snapshot, args.trust)
     except SeqstabError as err:
         print(f"seqstab.replay: error: {err}", file=sys.stderr)
         return 2

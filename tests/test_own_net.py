@@ -88,8 +88,10 @@ def test_a_net_that_offers_nothing_still_gets_the_guard_replay_and_exact_resume(
     run_a = tmp_path / "a" / "runs" / "seqstab" / "version_0"
     events = [json.loads(line) for line in (run_a / "explosions.jsonl").read_text().splitlines()]
     assert [e["update"] for e in events] == list(range(12)) and events[0]["module"].startswith(("net.cell.", "head."))
-    monkeypatch.syspath_prepend(str(tmp_path))  # replay imports the net's module, as the user's shell would
-    assert replay_main([str(run_a / events[0]["snapshot"])]) == 0
+    monkeypatch.syspath_prepend(str(tmp_path))  # the net's module is importable, as from the user's shell
+    snapshot = str(run_a / events[0]["snapshot"])
+    assert replay_main([snapshot]) == 2  # a snapshot names mynets.Elman: replay imports it only when trusted
+    assert replay_main([snapshot, "--trust", "mynets"]) == 0
 
     fit("b", 4)
     fit("b", 12, "--ckpt_path", "last")

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import re
 import struct
+import subprocess
+import sys
 from functools import partial
 
 import pytest
 import torch
 
 from seqstab.clipping import NoClip
-from seqstab.guard import ExplosionGuard
+from seqstab.guard import SNAPSHOT_FORMAT, ExplosionGuard
 from seqstab.nets import RecurrentNet
 from seqstab.replay import load_snapshot, replay
 from seqstab.replay import main as replay_main
@@ -111,3 +113,35 @@ def test_foreign_file_is_not_a_snapshot(tmp_path, capsys):
     torch.save({"state_dict": {"w": torch.zeros(2)}}, path)
     assert replay_main([str(path)]) == 2
     assert "not a seqstab replay snapshot" in capsys.readouterr().err
+
+
+def test_replay_runs_no_code_a_snapshot_names(tmp_path):
+    """A snapshot that loads cleanly (plain data) names a class of a module beside it: replay refuses before
+    importing, so the module's code never runs, and says how to trust a module one means."""
+    (tmp_path / "evil.py").write_text("from pathlib import Path\nPath('pwned').write_text('ran')\nclass Task: pass\n")
+    snapshot = {"format": SNAPSHOT_FORMAT, "task_class": "evil.Task", "hparams": {}, "chunk": {}, "logged": {}}
+    torch.save(snapshot, tmp_path / "snapshot_update_0.pt")
+    result = subprocess.run(
+        [sys.executable, "-m", "seqstab.replay", "snapshot_update_0.pt"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert result.returncode == 2 and not (tmp_path / "pwned").exists()
+    (line,) = result.stderr.strip().splitlines()
+    assert "evil.Task" in line and "--trust evil" in line
+    snapshot["hparams"] = {"net": {"class_path": "evil.Task", "init_args": {}}, "spec": {"kind": "regression"}}
+    snapshot["task_class"] = "seqstab.tasks.SequenceRegressor"  # the task is seqstab's, its net is not
+    torch.save(snapshot, tmp_path / "snapshot_update_0.pt")
+    result = subprocess.run(
+        [sys.executable, "-m", "seqstab.replay", "snapshot_update_0.pt"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert result.returncode == 2 and not (tmp_path / "pwned").exists() and "--trust evil" in result.stderr
+
+
+def test_a_snapshot_holding_code_is_refused_by_name_without_advice(tmp_path, capsys):
+    import argparse
+
+    path = tmp_path / "snapshot.pt"
+    torch.save({"format": SNAPSHOT_FORMAT, "hparams": argparse.Namespace(lr=1)}, path)
+    assert replay_main([str(path)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "refused to load: it holds a argparse.Namespace object" in line
+    assert "weights_only=False" not in line and "\x1b" not in line
