@@ -156,6 +156,8 @@ class GradientStability(*_callback_bases()):
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         self.core.finish(self.run)
+        if self.core.updates and not self.core.applied and trainer.is_global_zero:
+            warnings.warn(f"GradientStability: {self.core.summary()}", UserWarning, stacklevel=2)
 
     # -- the update --------------------------------------------------------------------------------------------
 

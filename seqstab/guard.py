@@ -68,6 +68,8 @@ class ExplosionGuard:
         min_history: Norms needed in the window before spike detection starts (the first updates have no baseline).
         max_norm: Also flag any norm above this absolute value; None (default) turns it off.
         snapshot: Save a replay snapshot (model, optimizer, the chunk, its hidden state, RNG state) at the first event.
+        max_consecutive_skips: Stop the run cleanly after this many updates in a row were not applied (skipping
+            forever hides a broken setup); None never stops for that.
     """
 
     def __init__(
@@ -78,6 +80,7 @@ class ExplosionGuard:
         min_history: int = 5,
         max_norm: float | None = None,
         snapshot: bool = True,
+        max_consecutive_skips: int | None = None,
     ):
         if policy not in ("warn", "skip", "stop"):
             raise ConfigError(f"guard policy={policy!r}: must be 'warn', 'skip' or 'stop'")
@@ -89,12 +92,20 @@ class ExplosionGuard:
             raise ConfigError(f"guard min_history={min_history!r}: must be in [1, window={window}]")
         if max_norm is not None and not max_norm > 0:
             raise ConfigError(f"guard max_norm={max_norm!r}: must be > 0")
+        if max_consecutive_skips is not None and (
+            isinstance(max_consecutive_skips, bool)
+            or not isinstance(max_consecutive_skips, int)
+            or max_consecutive_skips < 1
+        ):
+            raise ConfigError(f"guard max_consecutive_skips={max_consecutive_skips!r}: must be an integer >= 1")
         self.policy = policy
         self.spike_factor = None if spike_factor is None else float(spike_factor)
         self.window = int(window)
         self.min_history = int(min_history)
         self.max_norm = None if max_norm is None else float(max_norm)
         self.snapshot = snapshot
+        self.max_consecutive_skips = max_consecutive_skips
+        self.skipped_in_a_row = 0
         self._norms: deque[float] = deque()  # the last `window` finite, non-zero norms, oldest first
         self._sorted: list[float] = []  # the same values, sorted
         self.events = 0
@@ -111,6 +122,23 @@ class ExplosionGuard:
 
     def check(self, run: Run | None, update: Update) -> Action:
         """Decide what happens to ``update``; add ``explosion/events`` to its logged values."""
+        action = self._decide(run, update)
+        if action is Action.STEP:
+            self.skipped_in_a_row = 0
+            return action
+        self.skipped_in_a_row += 1
+        limit = self.max_consecutive_skips
+        if action is Action.SKIP and limit is not None and self.skipped_in_a_row >= limit:
+            if run is None or run.is_global_zero:
+                print(
+                    f"seqstab: explosion guard: {self.skipped_in_a_row} updates in a row were not applied "
+                    f"(max_consecutive_skips={limit}): stopping the run",
+                    flush=True,
+                )
+            return Action.STOP
+        return action
+
+    def _decide(self, run: Run | None, update: Update) -> Action:
         if update.values.get("amp/overflow"):
             update.values["explosion/events"] = float(self.events)
             return Action.SKIP
@@ -223,6 +251,7 @@ class ExplosionGuard:
             "events": self.events,
             "first_event": self.first_event,
             "snapshot_path": self.snapshot_path,
+            "skipped_in_a_row": self.skipped_in_a_row,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -232,11 +261,13 @@ class ExplosionGuard:
         self.events = int(state.get("events", 0))
         self.first_event = state.get("first_event")
         self.snapshot_path = state.get("snapshot_path")
+        self.skipped_in_a_row = int(state.get("skipped_in_a_row", 0))
 
     def __repr__(self) -> str:
         return (
             f"ExplosionGuard(policy={self.policy!r}, spike_factor={self.spike_factor}, window={self.window}, "
-            f"min_history={self.min_history}, max_norm={self.max_norm}, snapshot={self.snapshot})"
+            f"min_history={self.min_history}, max_norm={self.max_norm}, snapshot={self.snapshot}, "
+            f"max_consecutive_skips={self.max_consecutive_skips})"
         )
 
 

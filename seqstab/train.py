@@ -5,7 +5,8 @@
     python -m seqstab.train fit --print_config                # the resolved config, defaults included
 
 A bad config is reported as one line (``seqstab.train: error: ...``) with exit code 2, before any run
-directory is made.
+directory is made. ``fit`` ends with a line saying how many of its updates were applied; one that applied none
+(every update non-finite or flagged by the guard) exits with code 3.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from seqstab.tasks import SeqTask
 
 DEFAULT_CONFIG = resources.files("seqstab") / "default.yaml"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
+EXIT_USER_ERROR = 2  # a bad argument, config, data or checkpoint: one line, nothing left behind
+EXIT_NOTHING_APPLIED = 3  # fit ran, but the guard let no update through (every one non-finite or flagged)
 POSITIVE = {"optimizer": ("lr",), "lr_scheduler": ("step_size", "T_max", "T_0", "total_steps", "gamma", "factor")}
 
 
@@ -123,9 +126,16 @@ class SeqstabCLI(internals.KeepConfigOnCkptPath, LightningCLI):
         self._before_run()
 
     def after_fit(self) -> None:
+        """The TensorBoard command, then the last line: how many updates were applied. A run that attempted updates
+        and applied none exits with ``EXIT_NOTHING_APPLIED``."""
         log_dir = run_dir(self.trainer)
-        if log_dir is not None:
+        if log_dir is not None and self.trainer.is_global_zero:
             print(f"\nView it in TensorBoard:\n  tensorboard --logdir {log_dir}\n")
+        core = getattr(self.model, "core", None)
+        if core is not None and self.trainer.is_global_zero:
+            print(f"seqstab: {core.summary()}", flush=True)
+        if core is not None and core.updates and not core.applied:
+            self.exit_code = EXIT_NOTHING_APPLIED
 
     def after_validate(self) -> None:
         self._print_metrics("val")
@@ -290,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     runs_before = _existing_runs()
     try:
         check_yaml(args)
-        SeqstabCLI(args=args)
+        cli = SeqstabCLI(args=args)
     except SystemExit as exit_:  # --help, --print_config and jsonargparse's own exits
         return exit_.code if isinstance(exit_.code, int) else 0
     except Exception as err:
@@ -299,8 +309,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         _remove_new_runs(runs_before)
         print(f"seqstab.train: error: {message}", file=sys.stderr)
-        return 2
-    return 0
+        return EXIT_USER_ERROR
+    return getattr(cli, "exit_code", 0)
 
 
 def _existing_runs(root: str = "runs") -> set[Path]:

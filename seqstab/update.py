@@ -39,7 +39,12 @@ from seqstab.record import Action, Run, Update, log_metrics
 
 __all__ = ["Action", "UpdateCore", "Update", "drop_gradients", "read_back"]
 
-STATE_KEYS = ("updates", "clipping", "guard")  # what UpdateCore.state_dict holds (checkpoint["seqstab"][...])
+STATE_KEYS = (
+    "updates",
+    "applied",
+    "clipping",
+    "guard",
+)  # what UpdateCore.state_dict holds (checkpoint["seqstab"][...])
 
 
 class UpdateCore:
@@ -62,6 +67,7 @@ class UpdateCore:
         self.guard = guard
         self.monitor = monitor
         self.updates = 0  # updates attempted so far: the x axis of every per-update tag
+        self.applied = 0  # of them, applied (the guard let them through)
 
     def arm(self, run: Run) -> None:
         """Before the forward pass of the next update."""
@@ -117,6 +123,7 @@ class UpdateCore:
             update.values["train/lr"] = float(run.optimizer.param_groups[0]["lr"])
         if update.action is Action.STEP:
             step()
+            self.applied += 1
         else:
             skip()
         if log:
@@ -141,17 +148,29 @@ class UpdateCore:
         if self.monitor is not None:
             self.monitor.finish(run)
 
+    def summary(self) -> str:
+        """One line: how many of the updates attempted were applied."""
+        skipped = self.updates - self.applied
+        return f"{self.applied} of {self.updates} updates applied" + (
+            f", {skipped} held back by the guard" if skipped else ""
+        )
+
     # -- checkpoint ------------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """The update count, the policy's and the guard's state: plain data and tensors (``weights_only``)."""
-        state: dict[str, Any] = {"updates": self.updates, "clipping": self.clipping.state_dict()}
+        """The update counts, the policy's and the guard's state: plain data and tensors (``weights_only``)."""
+        state: dict[str, Any] = {
+            "updates": self.updates,
+            "applied": self.applied,
+            "clipping": self.clipping.state_dict(),
+        }
         if self.guard is not None:
             state["guard"] = self.guard.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.updates = int(state.get("updates", 0))
+        self.applied = int(state.get("applied", self.updates))  # checkpoints before the count: as if all applied
         self.clipping.load_state_dict(state.get("clipping", {}))
         if self.guard is not None:
             self.guard.load_state_dict(state.get("guard", {}))

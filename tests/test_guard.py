@@ -175,6 +175,45 @@ def test_stop_ends_the_run_cleanly_with_a_summary(tmp_path, monkeypatch, capsys)
         assert state["seqstab"]["guard"]["events"] == 1
 
 
+def run_explode(tmp_path, capsys, *extra: str) -> tuple[int, list[str]]:
+    args = ["fit", "--config", str(EXPLODE), *QUIET, "--data.seq_len", "30", "--data.num_train", "200"]
+    args += ["--data.num_val", "50", "--trainer.max_epochs", "2", *extra]
+    code = main(args)
+    return code, capsys.readouterr().out.strip().splitlines()
+
+
+def test_the_last_line_says_how_many_updates_were_applied(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, lines = run_explode(tmp_path, capsys, "--model.clipping", "NormClip")
+    assert code == 0 and lines[-1] == "seqstab: 8 of 8 updates applied"
+
+
+def test_a_run_that_applied_no_update_says_so_and_exits_3(tmp_path, monkeypatch, capsys):
+    """Every update flagged and skipped: the run goes on to max_epochs, but ends with exit code 3."""
+    monkeypatch.chdir(tmp_path)
+    code, lines = run_explode(tmp_path, capsys, "--model.guard.policy", "skip", "--model.guard.max_norm", "1e-9")
+    assert code == 3 and lines[-1] == "seqstab: 0 of 8 updates applied, 8 held back by the guard"
+
+
+def test_max_consecutive_skips_stops_the_run_cleanly(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    extra = ["--model.guard.policy", "skip", "--model.guard.max_norm", "1e-9", "--model.guard.max_consecutive_skips"]
+    code, lines = run_explode(tmp_path, capsys, *extra, "3")
+    assert code == 3 and lines[-1] == "seqstab: 0 of 3 updates applied, 3 held back by the guard"
+    assert any("3 updates in a row were not applied (max_consecutive_skips=3): stopping the run" in x for x in lines)
+    events = (tmp_path / "runs" / "seqstab" / "version_0" / "explosions.jsonl").read_text().splitlines()
+    assert len(events) == 3
+
+
+def test_max_consecutive_skips_counts_only_skips_in_a_row():
+    guard = ExplosionGuard(policy="skip", max_norm=5.0, snapshot=False, max_consecutive_skips=2)
+    clip = NoClip().clip([])
+    actions = [guard.check(None, Update(i, {}, None, clip, {"grad/norm_total": n})) for i, n in enumerate([9, 1, 9, 9])]
+    assert actions == [Action.SKIP, Action.STEP, Action.SKIP, Action.STOP]
+    with pytest.raises(ConfigError, match="max_consecutive_skips=0: must be an integer >= 1"):
+        ExplosionGuard(max_consecutive_skips=0)
+
+
 def test_events_are_logged_to_tensorboard_and_jsonl(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     args = ["fit", "--config", str(EXPLODE), *QUIET, "--trainer.max_epochs", "1"]
