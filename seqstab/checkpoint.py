@@ -23,6 +23,7 @@ check. The Lightning side (``AtomicCheckpointIO``, the resume callback) is :mod:
 
 from __future__ import annotations
 
+import glob
 import os
 import pickle
 import random
@@ -74,6 +75,8 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def _write_atomically(path: Path, write) -> None:
+    """Write through a temporary ``.<name>.*.part`` file; the file gets the mode a plain ``open`` would give it
+    (``0o666`` less the umask, not ``mkstemp``'s ``0o600``); parts a killed save left for ``path`` are removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
@@ -81,11 +84,20 @@ def _write_atomically(path: Path, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.part"):  # from a save that was killed
+        leftover.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(directory: Path) -> None:

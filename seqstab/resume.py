@@ -12,6 +12,8 @@ clipping policy, guard). The rest is here::
     the training RNG stream across validation       validation loaders made quiet; RNGs restored after validation
     an epoch boundary Lightning skips on resume     a save after an epoch's last batch: the loader must not skip, and
                                                     the task's epoch end (its scheduler step) is owed, or done
+    the final state                                 at train end, last.ckpt beside the run's checkpoints, unless a
+                                                    save_last checkpoint already holds that very step
 
 The task takes part through three members (:class:`Resumable`): ``carry`` (its training :class:`HiddenCarry`),
 ``start_train_epoch()`` and ``end_train_epoch()``; :class:`ExactResume` calls the last two from Lightning's epoch
@@ -24,7 +26,10 @@ checkpoint files for the Trainer) and :func:`in_order_across_ranks` (stateful st
 
 from __future__ import annotations
 
+import os
+import shutil
 import warnings
+from pathlib import Path
 from typing import Any, Protocol
 
 import pytorch_lightning as pl
@@ -34,11 +39,13 @@ from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 
 from seqstab import internals, tbptt
 from seqstab.checkpoint import load, make_quiet, make_resumable, rng_state, save, set_rng_state
+from seqstab.guard import NonFiniteWeightsError
 
 __all__ = ["AtomicCheckpointIO", "ExactResume", "Resumable", "in_order_across_ranks"]
 
 STATE_KEY = "seqstab"  # checkpoint[STATE_KEY]: seqstab's part of a checkpoint
 EPOCH_OPEN_KEY = "epoch_open"  # checkpoint[STATE_KEY][EPOCH_OPEN_KEY]: saved between an epoch's start and its end
+LAST_NAME = "last"  # the final state: <checkpoint dir>/last.ckpt, the name Lightning's save_last uses
 RANKS_KEY = "ranks"  # checkpoint[STATE_KEY][RANKS_KEY][r]: what only process r knows ("carry", "carry_batch", "rng")
 
 
@@ -59,6 +66,7 @@ class ExactResume(pl.Callback):
     """
 
     def __init__(self) -> None:
+        self._saved_at: int | None = None  # global step of the latest checkpoint this process saved
         self._epoch_open = False  # between the task's epoch start and end: saved in the checkpoint
         self._epoch_end_done: bool | None = None  # resumed at an epoch boundary: was the saved epoch's end done?
         self._rng_before_validation: dict[str, Any] | None = None
@@ -115,7 +123,29 @@ class ExactResume(pl.Callback):
 
     # -- checkpoint ------------------------------------------------------------------------------------------
 
+    def on_train_end(self, trainer: pl.Trainer, pl_module: Resumable) -> None:
+        """Every run ends with a checkpoint of its final state, ``last.ckpt`` beside its others, whatever checkpoint
+        callbacks the user configured (none: nothing is saved)."""
+        savers = [cb for cb in trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)]
+        if not savers:
+            return
+        path = Path(savers[0].dirpath) / f"{LAST_NAME}.ckpt"
+        if self._saved_at == trainer.global_step:  # this very state is in a checkpoint already (same on every rank)
+            if any(getattr(cb, "save_last", False) for cb in savers):
+                return  # and it is the save_last one
+            io = trainer.strategy.checkpoint_io
+            if isinstance(io, AtomicCheckpointIO):  # it knows the file it wrote (on rank 0, the one that writes)
+                if trainer.is_global_zero and io.last_saved is not None and io.last_saved != path:
+                    link_or_copy(io.last_saved, path)
+                return
+        try:
+            trainer.save_checkpoint(path)
+        except NonFiniteWeightsError as err:  # the guard never lets such weights into a checkpoint
+            if trainer.is_global_zero:
+                print(f"seqstab: not saving the final state to {path}: {err}", flush=True)
+
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: Resumable, checkpoint: dict[str, Any]) -> None:
+        self._saved_at = trainer.global_step
         state = checkpoint.setdefault(STATE_KEY, {})
         state[EPOCH_OPEN_KEY] = self._epoch_open
         state[RANKS_KEY] = _gather_process_state(pl_module)
@@ -168,6 +198,17 @@ def _legacy_batch_size(hidden: Any) -> int | None:
     return leaves[0].shape[1] if leaves else None
 
 
+def link_or_copy(source: Path, target: Path) -> None:
+    """``target`` holds what ``source`` holds, atomically: a hard link where the file system has them, else a copy."""
+    tmp = target.with_name(f".{target.name}.link.part")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copy2(source, tmp)
+    os.replace(tmp, target)
+
+
 def _stateful_train_loader(loader):
     """Stateful streams stay in order on every rank under DDP; the loader can resume mid-epoch."""
     return make_resumable(in_order_across_ranks(loader))
@@ -196,10 +237,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     :class:`seqstab.checkpoint.CheckpointError`.
     """
 
+    last_saved: Path | None = None  # the file of the latest save
+
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         save(checkpoint, path)
+        self.last_saved = Path(path)
 
     def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict:
         """Always ``weights_only=True``: a checkpoint is data; it never needs to run code to load."""

@@ -39,7 +39,7 @@ def good_checkpoint(tmp_path_factory):
         assert main(["fit", *TINY, "--trainer.max_steps", "2"]) == 0
     finally:
         os.chdir(old)
-    (path,) = (cwd / "runs").rglob("*.ckpt")
+    (path,) = (cwd / "runs").rglob("last.ckpt")
     return path
 
 
@@ -100,9 +100,41 @@ def test_sigkill_during_a_write(tmp_path, writer):
     assert done.returncode == -9  # really killed mid-write
     if writer == "atomic":
         assert checkpoint.load(path)["step"] == 1  # the previous checkpoint, whole
+        (leftover,) = tmp_path.glob(".last.ckpt.*.part")  # what the killed save was writing
+        checkpoint.save({"step": 3}, path)  # the next save of the same file cleans it up
+        assert not list(tmp_path.glob("*.part")) and not list(tmp_path.glob(".*.part"))
     else:  # the control: without the temporary file + rename, the kill leaves a truncated checkpoint
         with pytest.raises(CheckpointError, match="truncated or corrupt"):
             checkpoint.load(path)
+
+
+def test_checkpoint_files_get_the_usual_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        checkpoint.save({"step": 1}, tmp_path / "a.ckpt")
+        checkpoint.write_text(tmp_path / "b.json", "{}")
+    finally:
+        os.umask(old)
+    assert [oct((tmp_path / n).stat().st_mode & 0o777) for n in ("a.ckpt", "b.json")] == ["0o644", "0o644"]
+
+
+def test_every_run_ends_with_a_checkpoint_of_its_final_state(tmp_path, monkeypatch):
+    """The README's recipe for checkpoints within an epoch replaces Lightning's epoch-end one; a run stopped by
+    max_steps between two saves still ends with last.ckpt at its final step, and resuming from it is exact."""
+    every = ["--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.every_n_train_steps", "3"]
+    data = ["--data.num_train", "200", "--data.seq_len", "10", "--data.batch_size", "10", *TINY[-4:]]
+    for where, steps, extra in (("a", 8, []), ("b", 14, ["--ckpt_path", "last"]), ("c", 14, [])):
+        (tmp_path / where).mkdir(exist_ok=True)
+        monkeypatch.chdir(tmp_path / ("a" if where == "b" else where))
+        assert main(["fit", *data, *every, "--trainer.max_steps", str(steps), *extra]) == 0
+    run_a = tmp_path / "a" / "runs" / "seqstab"
+    names = sorted(p.name for p in (run_a / "version_0" / "checkpoints").iterdir())
+    assert names == ["epoch=0-step=6.ckpt", "last.ckpt"]
+    assert torch.load(run_a / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 8
+    resumed = torch.load(run_a / "version_1" / "checkpoints" / "last.ckpt", weights_only=True)
+    straight = torch.load(tmp_path / "c" / "runs" / "seqstab" / "version_0" / "checkpoints" / "last.ckpt")
+    assert resumed["global_step"] == straight["global_step"] == 14
+    assert all(torch.equal(straight["state_dict"][k], v) for k, v in resumed["state_dict"].items())
 
 
 # -- safe loading ------------------------------------------------------------------------------------------------
@@ -126,7 +158,7 @@ def test_forecaster_spec_with_target_index_round_trips(tmp_path, monkeypatch):
     series += ["--data.features", "[temp]", "--data.input_length", "8", "--data.horizon", "2"]
     monkeypatch.chdir(tmp_path)
     assert main(["fit", *series, "--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false"]) == 0
-    (path,) = (tmp_path / "runs").rglob("*.ckpt")
+    (path,) = (tmp_path / "runs").rglob("last.ckpt")
     saved = torch.load(path, weights_only=True)
     assert saved["hyper_parameters"]["spec"]["target_index"] == (0,)
     assert saved["hyper_parameters"]["predict"] == "change"

@@ -34,7 +34,7 @@ def bits(series: list[tuple[int, float]]) -> list[tuple[int, bytes]]:
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    (ckpt,) = run_dir.glob("checkpoints/*.ckpt")
+    (ckpt,) = run_dir.glob("checkpoints/last.ckpt")
     return torch.load(ckpt, weights_only=True)["state_dict"]
 
 

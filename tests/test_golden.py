@@ -99,7 +99,7 @@ def observe(run_dir: Path) -> dict:
     """What a run leaves behind, as exact values: every scalar (float32 bits), the events, the final weights."""
     series = {tag: [[step, f32_hex(v)] for step, v in values] for tag, values in sorted(scalars(run_dir).items())}
     events = run_dir / "explosions.jsonl"
-    ckpt = sorted(run_dir.glob("checkpoints/*.ckpt"))[-1]
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
     saved = torch.load(ckpt, weights_only=True)
     return {
         "scalars": series,

@@ -67,7 +67,7 @@ def test_fit_loop_state_finds_is_last_batch_and_the_loader_states_in_a_lightning
     task = SequenceRegressor(spec=data.spec, net=RecurrentNet)
     saving = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=3, save_top_k=-1)
     quiet_trainer(max_steps=3, callbacks=[saving], enable_checkpointing=True).fit(task, data)
-    (path,) = tmp_path.glob("*.ckpt")
+    (path,) = tmp_path.glob("epoch=*.ckpt")  # ModelCheckpoint's, at the epoch's last batch
     is_last_batch, loaders = internals.fit_loop_state(torch.load(path, weights_only=True))
     assert is_last_batch and loaders and loaders[0]["batches"] == 3  # seqstab's ResumableLoader, as Lightning saved it
     assert internals.fit_loop_state({}) == (False, [])
