@@ -20,6 +20,7 @@ import warnings
 from argparse import ArgumentError
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import yaml
 from jsonargparse import lazy_instance
@@ -108,10 +109,15 @@ class SeqstabCLI(internals.KeepConfigOnCkptPath, LightningCLI):
         check_writable(self.trainer)
         subcommand_config = self.config_init[self.subcommand]
         ckpt_path = subcommand_config.get("ckpt_path")
-        if ckpt_path == "last" and (found := find_last(self.trainer)) is not None:
+        if ckpt_path == "last" and (found := find_last(self.trainer, self.experiment())) is not None:
             subcommand_config.ckpt_path = str(found)
         elif ckpt_path not in (None, "last", "best", "hpc", "registry") and not _exists_or_remote(ckpt_path):
             raise checkpoint.CheckpointError(f"{ckpt_path}: no such checkpoint file")
+
+    def experiment(self) -> dict:
+        """This command's resolved config, as ``config.yaml`` in a run directory holds it."""
+        dumped = self._parser(self.subcommand).dump(self.config[self.subcommand], skip_none=False)
+        return yaml.safe_load(dumped) or {}
 
     def before_fit(self) -> None:
         self._before_run()
@@ -167,20 +173,59 @@ def with_default(args: list[str]) -> list[str]:
     return [args[0], "--config", str(DEFAULT_CONFIG), *args[1:]]
 
 
-def find_last(trainer) -> Path | None:
+EXPERIMENT_KEYS = ("model", "data", "optimizer", "lr_scheduler")  # what makes two runs one experiment
+
+
+def find_last(trainer, experiment: dict | None = None) -> Path | None:
     """The checkpoint ``--ckpt_path last`` means: the newest ``last*.ckpt`` of this experiment, else its newest
-    ``*.ckpt`` (the default ModelCheckpoint writes no ``last.ckpt``); searched in every version directory under the
-    logger's root (Lightning looks only in the new run's own directory) and in any ``ModelCheckpoint(dirpath=...)``."""
+    ``*.ckpt`` (searched in every version directory under the logger's root, which Lightning does not, and in any
+    ``ModelCheckpoint(dirpath=...)``). With ``experiment`` (this command's resolved config), only checkpoints whose
+    run directory's ``config.yaml`` has the same model, data, optimizer and scheduler count; when there are
+    checkpoints but none of them does, :class:`CheckpointError` names the newest and the first key that differs."""
     dirs = []
     for logger in trainer.loggers[:1]:
         if getattr(logger, "root_dir", None):
             dirs += Path(logger.root_dir).glob("*/checkpoints")
     dirs += [Path(cb.dirpath) for cb in trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)]
+    near_miss: tuple[Path, str] | None = None
     for pattern in ("last*.ckpt", "*.ckpt"):
-        found = [p for d in dirs if d.is_dir() for p in d.glob(pattern) if p.is_file()]
-        if found:
-            return max(found, key=lambda p: p.stat().st_mtime_ns)
+        found = [p for d in dict.fromkeys(dirs) if d.is_dir() for p in d.glob(pattern) if p.is_file()]
+        for path in sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True):
+            differs = None if experiment is None else _differs(experiment, path)
+            if differs is None:
+                return path
+            near_miss = near_miss or (path, differs)
+    if near_miss is not None:
+        path, differs = near_miss
+        raise checkpoint.CheckpointError(
+            f"--ckpt_path last: no checkpoint of this experiment; the newest, {path}, is of a run whose {differs} "
+            "(give its path to resume it anyway)"
+        )
     return None
+
+
+def _differs(experiment: dict, path: Path) -> str | None:
+    """The first experiment key in which the run that saved ``path`` differs from ``experiment``; None if none."""
+    run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    try:
+        saved = yaml.safe_load((run / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return f"config.yaml is missing or unreadable ({run / 'config.yaml'})"
+    mine, theirs = _flat_config(experiment), _flat_config(saved)
+    for key in sorted(set(mine) | set(theirs)):
+        if key.split(".")[0] in EXPERIMENT_KEYS and mine.get(key) != theirs.get(key):
+            return f"{key} is {theirs.get(key)!r} (here {mine.get(key)!r})"
+    return None
+
+
+def _flat_config(config: Any, prefix: str = "") -> dict[str, Any]:
+    """A config as dotted keys in the command line's form (``data.seq_len``: ``init_args`` levels dropped)."""
+    if not isinstance(config, dict):
+        return {prefix.rstrip("."): config}
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        flat.update(_flat_config(value, prefix if key == "init_args" else f"{prefix}{key}."))
+    return flat
 
 
 def check_yaml(args: list[str]) -> None:

@@ -137,6 +137,24 @@ def test_every_run_ends_with_a_checkpoint_of_its_final_state(tmp_path, monkeypat
     assert all(torch.equal(straight["state_dict"][k], v) for k, v in resumed["state_dict"].items())
 
 
+def test_last_resumes_only_a_checkpoint_of_the_same_experiment(tmp_path, monkeypatch, capsys):
+    """Every run shares the experiment name: a newer run of another experiment must not be picked by ``last``."""
+    monkeypatch.chdir(tmp_path)
+    common = ["fit", "--data.num_train", "100", "--data.num_val", "20", "--data.batch_size", "10", *TINY[6:]]
+    assert main([*common, "--data.seq_len", "20", "--trainer.max_steps", "3"]) == 0  # version_0: X
+    assert main([*common, "--data.seq_len", "12", "--trainer.max_steps", "3"]) == 0  # version_1: Y, newer
+    assert main([*common, "--data.seq_len", "20", "--trainer.max_steps", "6", "--ckpt_path", "last"]) == 0
+    runs = tmp_path / "runs" / "seqstab"
+    resumed = torch.load(runs / "version_2" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == 6 and resumed["seqstab"]["updates"] == 6  # X's 3 updates, then 3 more
+    capsys.readouterr()
+    assert main([*common, "--data.seq_len", "16", "--ckpt_path", "last"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("seqstab.train: error: --ckpt_path last: no checkpoint of this experiment; the newest, ")
+    assert "version_2/checkpoints/last.ckpt" in line and "data.seq_len is 20 (here 16)" in line
+    assert not (runs / "version_3").exists()
+
+
 # -- safe loading ------------------------------------------------------------------------------------------------
 
 
