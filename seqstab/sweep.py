@@ -30,6 +30,7 @@ overrides as the config file read after the base; ``train.log``, TensorBoard eve
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import itertools
 import json
@@ -37,9 +38,11 @@ import math
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -52,6 +55,7 @@ from seqstab.checkpoint import write_text
 from seqstab.errors import ConfigError, SeqstabError
 
 DONE_FILE = "done.json"
+EXIT_INTERRUPTED = 130  # stopped by SIGINT/SIGTERM (128 + SIGINT), as a shell reports Ctrl-C
 OVERRIDES_FILE = "overrides.yaml"
 FAILED_FILE = "failed.json"  # a run that exited non-zero; run again when the sweep is started again
 SWEEP_KEYS = {"name", "base", "args", "grid", "variants", "plot"}
@@ -222,8 +226,50 @@ def is_done(run_dir: Path) -> bool:
     return (run_dir / DONE_FILE).is_file()
 
 
-def execute(sweep: Sweep, run: Run, run_dir: Path, threads: int | None) -> dict[str, Any]:
-    """Run one combination to completion; on success mark it done (atomically). Returns its outcome."""
+class Stop:
+    """The sweep's stop switch: SIGINT/SIGTERM end the running children and start nothing new; a second signal
+    kills the children and the sweep at once."""
+
+    def __init__(self) -> None:
+        self.requested = threading.Event()
+        self.children: set[subprocess.Popen] = set()
+        self.lock = threading.Lock()
+
+    def handle(self, signum: int, frame: Any) -> None:
+        if self.requested.is_set():  # the second Ctrl-C: no waiting for anything
+            self.signal_children(signal.SIGKILL)
+            os._exit(EXIT_INTERRUPTED)
+        self.requested.set()
+        self.signal_children(signal.SIGTERM)
+
+    def signal_children(self, signum: int) -> None:
+        with self.lock:
+            for child in self.children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.pid, signum)  # the child and whatever it started (its own session)
+
+    def start(self, cmd: list[str], log, env: dict[str, str]) -> subprocess.Popen | None:
+        with self.lock:
+            if self.requested.is_set():
+                return None
+            child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            self.children.add(child)
+            return child
+
+    def wait(self, child: subprocess.Popen) -> int:
+        try:
+            return child.wait()
+        finally:
+            with self.lock:
+                self.children.discard(child)
+
+
+def execute(sweep: Sweep, run: Run, run_dir: Path, threads: int | None, stop: Stop | None = None) -> dict | None:
+    """Run one combination to completion; on success mark it done (atomically). Returns its outcome, or None when
+    the sweep was stopped before or while it ran (nothing is marked: it runs again next time)."""
+    stop = stop or Stop()
+    if stop.requested.is_set():
+        return None
     if run_dir.exists():
         shutil.rmtree(run_dir)  # an interrupted attempt: start clean
     run_dir.mkdir(parents=True)
@@ -233,17 +279,26 @@ def execute(sweep: Sweep, run: Run, run_dir: Path, threads: int | None) -> dict[
         env["OMP_NUM_THREADS"] = str(threads)
     start = time.perf_counter()
     with open(run_dir / "train.log", "w") as log:
-        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+        child = stop.start(cmd, log, env)
+        if child is None:
+            return None
+        code = stop.wait(child)
+    if stop.requested.is_set():
+        return None
     outcome = {"run": run.id, "exit_code": code, "wall_s": round(time.perf_counter() - start, 3), "command": cmd}
     marker = DONE_FILE if code == 0 else FAILED_FILE
     write_text(run_dir / marker, json.dumps(outcome, indent=2) + "\n")
     return outcome
 
 
-def run_sweep(sweep: Sweep, out: Path, jobs: int = 1, threads: int | None = None) -> list[dict[str, Any]]:
-    """Run every unfinished combination (``jobs`` at a time) under ``out/<name>``, with a progress bar."""
+def run_sweep(
+    sweep: Sweep, out: Path, jobs: int = 1, threads: int | None = None, stop: Stop | None = None
+) -> list[dict[str, Any]]:
+    """Run every unfinished combination (``jobs`` at a time) under ``out/<name>``, with a progress bar. With a
+    ``stop`` switch that fires: the running runs end, no new one starts, and what finished is returned."""
     from tqdm import tqdm
 
+    stop = stop or Stop()
     sweep_dir = out / sweep.name
     runs = sweep.runs()
     todo = [r for r in runs if not is_done(sweep_dir / r.id)]
@@ -251,13 +306,19 @@ def run_sweep(sweep: Sweep, out: Path, jobs: int = 1, threads: int | None = None
         threads = max(1, (os.cpu_count() or 1) // jobs)
     outcomes = []
     bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc=f"sweep {sweep.name}", unit="run")
-    with bar, ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futures = {pool.submit(execute, sweep, r, sweep_dir / r.id, threads): r for r in todo}
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs))
+    try:
+        futures = {pool.submit(execute, sweep, r, sweep_dir / r.id, threads, stop): r for r in todo}
         for future in as_completed(futures):
             outcome = future.result()
+            if outcome is None:
+                continue
             outcomes.append(outcome)
             bar.set_postfix_str(f"{outcome['run']} ({'ok' if outcome['exit_code'] == 0 else 'FAILED'})")
             bar.update()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # queued runs never start once stopped
+        bar.close()
     return outcomes
 
 
@@ -540,18 +601,34 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{r.id} [{state}]: {' '.join(command(sweep, r, sweep_dir / r.id)[1:])}")
             return 0
         start = time.perf_counter()
-        outcomes = [] if args.report_only else run_sweep(sweep, args.out, args.jobs, args.threads)
+        stop = Stop()
+        handlers = {sig: signal.signal(sig, stop.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            outcomes = [] if args.report_only else run_sweep(sweep, args.out, args.jobs, args.threads, stop)
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
         rows = write_report(sweep, args.out)
     except SeqstabError as err:
         print(f"seqstab.sweep: error: {err}", file=sys.stderr)
         return 2
+    done = sum(r["status"] == "done" for r in rows)
+    report = sweep_dir / "report.md"
+    if stop.requested.is_set():
+        print(
+            f"seqstab.sweep: stopped: {done}/{len(rows)} runs done, the rest runs when started again; report: {report}"
+        )
+        return EXIT_INTERRUPTED
     failed = [o for o in outcomes if o["exit_code"] != 0]
-    print(
-        f"sweep {sweep.name}: {len(outcomes)} run(s) now, {sum(r['status'] == 'done' for r in rows)}/{len(rows)} "
-        f"done, {time.perf_counter() - start:.1f} s; report: {sweep_dir / 'report.md'}"
-    )
+    print(f"sweep {sweep.name}: {len(outcomes)} run(s) now, {done}/{len(rows)} done, "
+          f"{time.perf_counter() - start:.1f} s; report: {report}")  # fmt: skip
     for o in failed:
         print(f"  FAILED {o['run']} (exit {o['exit_code']}): see {sweep_dir / o['run'] / 'train.log'}", file=sys.stderr)
+    if args.report_only:
+        unfinished = [r for r in rows if r["status"] != "done"]
+        for r in unfinished:
+            print(f"  {r['status'].upper()} {r['run']}", file=sys.stderr)
+        return 1 if unfinished else 0
     return 1 if failed else 0
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -183,3 +185,52 @@ def test_shipped_sweep_variants_parse(path, tmp_path, monkeypatch, capsys):
         assert train_main([*args, "--print_config"]) == 0, (run.id, capsys.readouterr().err[-2000:])
     assert seen == set(sweep.variants or [None])
     capsys.readouterr()
+
+
+SLOW = BASE.replace(
+    "trainer: {max_epochs: 2, enable_model_summary: false}",
+    "trainer:\n  max_epochs: 2\n  enable_model_summary: false\n"
+    "  callbacks: [{class_path: tests.test_resume.Pace, init_args: {after: 0, seconds: 2}}]",
+)
+
+
+def start_slow_sweep(tmp_path: Path) -> subprocess.Popen:
+    """A 4-run sweep whose runs take ~18 s each (a 2 s pause after every batch), started as a user would."""
+    path = write_sweep(tmp_path)
+    (tmp_path / "base.yaml").write_text(SLOW)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "seqstab.sweep", "--config", str(path), "--out", "out"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = tmp_path / "out" / "tiny" / "noclip-seq_len=6"
+    deadline = time.monotonic() + 60
+    while not list(first.glob("events.out.tfevents.*")) and time.monotonic() < deadline:
+        time.sleep(0.1)  # until the first run trains (its logger has written its event file)
+    assert proc.poll() is None, "the sweep ended before it could be interrupted"
+    return proc
+
+
+def test_ctrl_c_stops_the_running_run_starts_no_other_and_writes_the_report(tmp_path):
+    proc = start_slow_sweep(tmp_path)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert time.monotonic() - started < 30  # not the other three runs' worth of time
+    assert out.strip().splitlines()[-1].startswith("seqstab.sweep: stopped: 0/4 runs done")
+    assert "Traceback" not in err
+    sweep_dir = tmp_path / "out" / "tiny"
+    assert (sweep_dir / "report.md").is_file()
+    first = sweep_dir / "noclip-seq_len=6"
+    assert not (first / DONE_FILE).exists() and not (first / "failed.json").exists()  # interrupted, not failed
+    assert not (sweep_dir / "normclip-seq_len=12").exists()  # never started
+    report_only = [sys.executable, "-m", "seqstab.sweep", "--config", str(tmp_path / "tiny.yaml"), "--out", "out"]
+    result = subprocess.run([*report_only, "--report-only"], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 1 and "MISSING noclip-seq_len=6" in result.stderr  # unfinished runs: non-zero
+
+
+def test_a_second_ctrl_c_ends_the_sweep_at_once(tmp_path):
+    proc = start_slow_sweep(tmp_path)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=30)
+    assert proc.returncode == 130
