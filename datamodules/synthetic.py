@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from datamodules.base import DataSpec, SeqDataModule
-from seqstab.errors import ConfigError, check_positive
+from seqstab.errors import ConfigError, check_non_negative, check_positive
 
 
 class _SampledTask(SeqDataModule):
@@ -29,6 +29,7 @@ class _SampledTask(SeqDataModule):
     ):
         super().__init__()
         check_positive(seq_len=seq_len, num_train=num_train, num_val=num_val, num_test=num_test, batch_size=batch_size)
+        check_non_negative(num_workers=num_workers)
         self.seq_len, self.batch_size, self.num_workers = seq_len, batch_size, num_workers
         g = torch.Generator().manual_seed(seed)  # one generator, fixed order: the data is a function of the seed
         sizes = {"train": num_train, "val": num_val, "test": num_test}

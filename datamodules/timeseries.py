@@ -40,7 +40,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 
 from datamodules.base import DataSpec, SeqDataModule, StreamWindows, batchify
 from datamodules.download import Remote, cache_root, fetch
-from seqstab.errors import ConfigError, DataError, check_positive
+from seqstab.errors import ConfigError, DataError, check_non_negative, check_positive
 
 __all__ = ["CSVSeries", "MackeyGlass", "Series", "SumOfSines", "WindowDataset", "parse_date", "window_starts"]
 
@@ -140,6 +140,7 @@ class _SeriesModule(SeqDataModule):
         check_positive(
             input_length=input_length, horizon=horizon, stride=stride, batch_size=batch_size, num_streams=num_streams
         )
+        check_non_negative(num_workers=num_workers)
         if mode not in ("windows", "stream"):
             raise ConfigError(f"mode={mode!r}: must be 'windows' or 'stream'")
         if score_last is not None:

@@ -18,3 +18,10 @@ def check_positive(**values: float | int | None) -> None:
     for name, value in values.items():
         if value is not None and not value > 0:
             raise ConfigError(f"{name}={value!r}: must be > 0")
+
+
+def check_non_negative(**values: float | int | None) -> None:
+    """Raise :class:`ConfigError` naming the first value that is ``< 0`` (``None`` passes)."""
+    for name, value in values.items():
+        if value is not None and value < 0:
+            raise ConfigError(f"{name}={value!r}: must be >= 0")

@@ -40,6 +40,9 @@ the gradient-flow monitor can hook, and residual connections and layer normalisa
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -185,9 +188,25 @@ def spectral_radius(matrix: torch.Tensor) -> float:
     return torch.linalg.eigvals(matrix.detach().double()).abs().max().item()
 
 
+_SIZING = threading.local()  # set while a net is built on the meta device only to be measured
+
+
+@contextmanager
+def sizing_only() -> Iterator[None]:
+    """Within the block, :func:`initialise` does nothing: a net built on the ``meta`` device to count its parameters
+    needs no values (and its eigenvalues cannot be computed there)."""
+    _SIZING.active = True
+    try:
+        yield
+    finally:
+        _SIZING.active = False
+
+
 @torch.no_grad()
 def initialise(net: RecurrentNet, init: str, scale: float = 0.1, radius: float | None = None) -> None:
     """Apply a named initialisation to ``net``, then rescale ``W_hh`` gate blocks to ``radius`` if given."""
+    if getattr(_SIZING, "active", False):
+        return
     for layer in net.layers:
         if init == "uniform":
             for p in layer.parameters():

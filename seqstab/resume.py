@@ -38,7 +38,7 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 
 from seqstab import internals, tbptt
-from seqstab.checkpoint import load, make_quiet, make_resumable, rng_state, save, set_rng_state
+from seqstab.checkpoint import CheckpointError, load, make_quiet, make_resumable, rng_state, save, set_rng_state
 from seqstab.guard import NonFiniteWeightsError
 
 __all__ = ["AtomicCheckpointIO", "ExactResume", "Resumable", "in_order_across_ranks"]
@@ -242,7 +242,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
-        save(checkpoint, path)
+        try:
+            save(checkpoint, path)
+        except OSError as err:  # a full disk, a directory gone: one line; the previous files stay as they were
+            raise CheckpointError(f"{path}: cannot write the checkpoint: {err.strerror or err}") from None
         self.last_saved = Path(path)
 
     def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict:

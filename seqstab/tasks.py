@@ -20,6 +20,8 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 import pytorch_lightning as pl
@@ -35,7 +37,7 @@ from seqstab.data import DataSpec, as_spec
 from seqstab.errors import ConfigError, check_positive
 from seqstab.guard import ExplosionGuard, check_finite_weights
 from seqstab.monitor import GradMonitor
-from seqstab.nets import Hidden, RecurrentNet
+from seqstab.nets import Hidden, RecurrentNet, sizing_only
 from seqstab.recipes import NetFactory, class_path, declared, net_factory, net_recipe, object_recipe
 from seqstab.record import Action, Update
 from seqstab.resume import STATE_KEY, ExactResume
@@ -62,6 +64,8 @@ class SeqTask(pl.LightningModule):
         scheduler_interval: Step the LR scheduler after every ``step`` (update) or every ``epoch``.
     """
 
+    kind: str | None = None  # the DataSpec.kind a task trains on (None: any; a subclass of one's own decides)
+
     def __init__(
         self,
         spec: DataSpec | None = None,
@@ -79,6 +83,12 @@ class SeqTask(pl.LightningModule):
         if scheduler_interval not in ("step", "epoch"):
             raise ConfigError(f"scheduler_interval={scheduler_interval!r}: must be 'step' or 'epoch'")
         spec = as_spec(spec)  # a dict: from a checkpoint's hyperparameters (saved as plain data)
+        if self.kind is not None and spec.kind != self.kind:
+            fits = TASK_OF_KIND.get(spec.kind)
+            raise ConfigError(
+                f"model {type(self).__name__} trains on data of kind {self.kind!r}, but the data's spec.kind is "
+                f"{spec.kind!r}" + (f": use --model seqstab.tasks.{fits}" if fits else "")
+            )
         self.save_hyperparameters(ignore=["clipping", "guard", "monitor"])
         self.hparams["spec"] = dataclasses.asdict(spec)  # plain data: checkpoints load with weights_only=True
         self.hparams["net"] = net_recipe(net)  # {class_path, init_args}; None for a factory that cannot be said
@@ -89,6 +99,7 @@ class SeqTask(pl.LightningModule):
         if guard is None:
             guard = ExplosionGuard(policy="warn", snapshot=False)
         self.core = UpdateCore(clipping, guard, monitor or GradMonitor())
+        check_fits_memory(type(self).__name__, lambda: self._build_modules(spec, net))
         self.encoder, input_size = self.build_encoder(spec)
         self.net = net_factory(net)(input_size)
         hidden_size = getattr(self.net, "hidden_size", None)
@@ -102,6 +113,12 @@ class SeqTask(pl.LightningModule):
         self.run = TrainerRun(self, self.net, self.replay_recipe)  # what the stations see of the Trainer
         self._resume = ExactResume()
         self._eval_sums: dict[str, torch.Tensor] = {}
+
+    def _build_modules(self, spec: DataSpec, net: NetFactory | dict) -> list[nn.Module]:
+        """Encoder, net and head as ``__init__`` builds them (for :func:`check_fits_memory`, on the meta device)."""
+        encoder, input_size = self.build_encoder(spec)
+        built = net_factory(net)(input_size)
+        return [encoder, built, self.build_head(spec, getattr(built, "hidden_size", 1))]
 
     # -- the stations, by name ---------------------------------------------------------------------------------
 
@@ -381,6 +398,38 @@ class SeqTask(pl.LightningModule):
         }
 
 
+def check_fits_memory(name: str, build: Callable[[], list[nn.Module]]) -> None:
+    """Refuse, before allocating anything, a model whose weights and gradients exceed the free memory: its modules
+    are built on the ``meta`` device (no storage, no initialisation, the RNG untouched) and their parameters counted.
+    Nothing is checked where that build fails or the free memory cannot be read."""
+    available = available_memory()
+    if available is None:
+        return
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"), sizing_only():
+            modules = build()
+    except Exception:  # a net that needs real values to be built: allocate as usual
+        return
+    count = sum(p.numel() for m in modules for p in m.parameters())
+    needed = 2 * sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
+    if needed > available:
+        raise ConfigError(
+            f"model {name}: {count:.3g} parameters need {needed / 2**30:.3g} GiB for weights and gradients alone, "
+            f"more than the {available / 2**30:.3g} GiB of memory free here (lower net.hidden_size or num_layers)"
+        )
+
+
+def available_memory() -> int | None:
+    """Bytes of memory free for a new allocation (Linux ``MemAvailable``); None where it cannot be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def metric_tags(task: SeqTask) -> list[str]:
     """The tags shown as HPARAMS metric columns: training loss, the task's eval metrics, norm, gradient flow."""
     try:
@@ -431,6 +480,14 @@ def _check_dropout(dropout: float) -> None:
         raise ConfigError(f"dropout={dropout!r}: must be in [0, 1)")
 
 
+TASK_OF_KIND = {
+    "lm": "LanguageModel",
+    "forecast": "Forecaster",
+    "regression": "SequenceRegressor",
+    "classification": "SequenceClassifier",
+}
+
+
 class LanguageModel(SeqTask):
     """Next-token prediction: embedding → recurrent net → decoder; cross-entropy.
 
@@ -450,6 +507,8 @@ class LanguageModel(SeqTask):
             dropout, between its layers, is ``net.init_args.dropout``).
         **kwargs: The net, truncation and stations: see :class:`SeqTask`.
     """
+
+    kind = "lm"
 
     def __init__(
         self,
@@ -531,6 +590,8 @@ class Forecaster(SeqTask):
         **kwargs: The net, truncation and stations: see :class:`SeqTask`.
     """
 
+    kind = "forecast"
+
     def __init__(self, predict: Literal["level", "change"] = "level", dropout: float = 0.0, **kwargs):
         if predict not in ("level", "change"):
             raise ConfigError(f"predict={predict!r}: must be 'level' or 'change'")
@@ -580,6 +641,8 @@ class SequenceRegressor(SeqTask):
         **kwargs: The net, truncation and stations: see :class:`SeqTask`.
     """
 
+    kind = "regression"
+
     def build_head(self, spec, hidden_size):
         check_positive(input_size=spec.input_size, output_size=spec.output_size)
         return nn.Linear(hidden_size, spec.output_size)
@@ -594,6 +657,8 @@ class SequenceClassifier(SeqTask):
     Args:
         **kwargs: The net, truncation and stations: see :class:`SeqTask`.
     """
+
+    kind = "classification"
 
     def build_head(self, spec, hidden_size):
         check_positive(input_size=spec.input_size, output_size=spec.output_size)

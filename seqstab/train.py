@@ -11,10 +11,11 @@ directory is made. ``fit`` ends with a line saying how many of its updates were 
 
 from __future__ import annotations
 
-import os
+import contextlib
 import re
 import shutil
 import sys
+import tempfile
 import traceback
 import warnings
 from argparse import ArgumentError
@@ -37,6 +38,8 @@ from seqstab.tasks import SeqTask
 
 DEFAULT_CONFIG = resources.files("seqstab") / "default.yaml"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
+DEFAULT_LOGGER = "pytorch_lightning.loggers.TensorBoardLogger"
+DEFAULT_SAVE_DIR = "runs"  # the default logger's save_dir: runs/<name>/version_<n>, under default_root_dir if set
 EXIT_USER_ERROR = 2  # a bad argument, config, data or checkpoint: one line, nothing left behind
 EXIT_NOTHING_APPLIED = 3  # fit ran, but the guard let no update through (every one non-finite or flagged)
 POSITIVE = {"optimizer": ("lr",), "lr_scheduler": ("step_size", "T_max", "T_0", "total_steps", "gamma", "factor")}
@@ -45,7 +48,10 @@ POSITIVE = {"optimizer": ("lr",), "lr_scheduler": ("step_size", "T_max", "T_0", 
 class SeqstabCLI(internals.KeepConfigOnCkptPath, LightningCLI):
     """LightningCLI with seqstab's defaults: the embedded experiment, TensorBoard under ``runs/``, a fixed seed."""
 
+    current: SeqstabCLI | None = None  # the CLI of this process, as soon as it exists (main's clean-up reads it)
+
     def __init__(self, args: list[str] | None = None, run: bool = True):
+        SeqstabCLI.current = self
         no_exit = {"exit_on_error": False}
         super().__init__(
             SeqTask,
@@ -54,7 +60,9 @@ class SeqstabCLI(internals.KeepConfigOnCkptPath, LightningCLI):
             subclass_mode_data=True,
             seed_everything_default=0,
             trainer_defaults={
-                "logger": lazy_instance(TensorBoardLogger, save_dir="runs", name="seqstab", default_hp_metric=False),
+                "logger": lazy_instance(
+                    TensorBoardLogger, save_dir=DEFAULT_SAVE_DIR, name="seqstab", default_hp_metric=False
+                ),
                 "callbacks": [ManifestCallback()],  # manifest.json in every run directory
             },
             save_config_kwargs={"overwrite": True},
@@ -84,6 +92,12 @@ class SeqstabCLI(internals.KeepConfigOnCkptPath, LightningCLI):
     def before_instantiate_classes(self) -> None:
         """Zero or negative learning rates and scheduler periods are one-line errors (torch accepts some of them), and
         so is a scheduler without an optimizer (LightningCLI would drop it without a word)."""
+        trainer = internals.cli_group(self, self.config, "trainer")
+        for key in ("max_steps", "max_epochs"):
+            value = getattr(trainer, key, None)
+            if isinstance(value, int) and value < -1:
+                raise ConfigError(f"trainer.{key}={value}: must be -1 (no limit) or >= 0")
+        _follow_default_root_dir(trainer)
         scheduler, optimizer = (internals.cli_group(self, self.config, g) for g in ("lr_scheduler", "optimizer"))
         if scheduler is not None and optimizer is None:
             raise ConfigError(
@@ -156,6 +170,18 @@ class SeqstabCLI(internals.KeepConfigOnCkptPath, LightningCLI):
         if metrics and self.trainer.is_global_zero:
             width = max(map(len, metrics))
             print("\n" + "\n".join(f"{name:<{width}}  {value:.6g}" for name, value in sorted(metrics.items())))
+
+
+def _follow_default_root_dir(trainer: Any) -> None:
+    """``trainer.default_root_dir`` moves the run directory: seqstab's default logger writes under
+    ``<default_root_dir>/runs`` (Lightning's own rule would leave it in ``./runs``, ignoring the setting). A logger
+    given with its own ``save_dir`` keeps it."""
+    root, logger = getattr(trainer, "default_root_dir", None), getattr(trainer, "logger", None)
+    init_args = getattr(logger, "init_args", None)
+    if root is None or init_args is None or getattr(logger, "class_path", "") != DEFAULT_LOGGER:
+        return
+    if getattr(init_args, "save_dir", None) == DEFAULT_SAVE_DIR:
+        init_args.save_dir = str(Path(root) / DEFAULT_SAVE_DIR)
 
 
 def with_default(args: list[str]) -> list[str]:
@@ -236,13 +262,37 @@ def check_yaml(args: list[str]) -> None:
         if not Path(path).is_file():
             continue  # jsonargparse reports a missing file itself
         try:
-            yaml.safe_load(Path(path).read_text())
+            yaml.load(Path(path).read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+        except DuplicateKey as dup:
+            raise ConfigError(
+                f"{path}: key {dup.key!r} appears twice in one mapping (line {dup.first} and line {dup.second}); "
+                "the second would silently win"
+            ) from None
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
             raise ConfigError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', None) or err}") from None
         except UnicodeDecodeError:
             raise ConfigError(f"{path}: not a text file (UTF-8)") from None
+
+
+class DuplicateKey(Exception):
+    def __init__(self, key: Any, first: int, second: int):
+        self.key, self.first, self.second = key, first, second
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key repeated in one mapping (plain PyYAML keeps the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise DuplicateKey(key, seen[key], line)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 def _exists_or_remote(path: str) -> bool:
@@ -265,16 +315,29 @@ def check_writable(trainer) -> None:
 
 
 def _unwritable(directory: Path) -> str | None:
-    """Why files cannot be made in ``directory`` (created on demand), or None. Creates nothing."""
+    """Why files cannot be made in ``directory``, or None, found by trying: the directory is created, a file made
+    and removed in it, and whatever this made is removed again (permission bits alone mislead: root passes
+    ``os.access`` on ``/proc``)."""
     path = directory.absolute()
-    while not path.exists():
-        if path.parent == path:
-            return "no existing parent directory"
-        path = path.parent
-    if not path.is_dir():
-        return f"{path} is not a directory"
-    if not os.access(path, os.W_OK | os.X_OK):
-        return f"permission denied on {path}"
+    existing = next(p for p in [path, *path.parents] if p.exists())
+    if not existing.is_dir():
+        return f"{existing} is not a directory"
+    made = []
+    try:
+        for parent in reversed([path, *path.parents]):
+            if not parent.exists():
+                parent.mkdir()
+                made.append(parent)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except PermissionError:
+        return f"permission denied on {existing}"
+    except OSError as err:
+        return f"{err.strerror or err} (creating a file in {path})"
+    finally:
+        for parent in reversed(made):
+            with contextlib.suppress(OSError):
+                parent.rmdir()
     return None
 
 
@@ -342,20 +405,42 @@ def main(argv: list[str] | None = None) -> int:
     # our checkpoints hold the state after the batch's updates: what an exact resume needs
     warnings.filterwarnings("ignore", message=r"Using ModelCheckpoint with manual optimization and every_n_train")
     args = with_default(sys.argv[1:] if argv is None else list(argv))
-    runs_before = _existing_runs()
+    SeqstabCLI.current = None
+    roots = _run_roots(args)
+    runs_before = {root: _existing_runs(root) for root in roots}
     try:
         check_yaml(args)
         cli = SeqstabCLI(args=args)
     except SystemExit as exit_:  # --help, --print_config and jsonargparse's own exits
         return exit_.code if isinstance(exit_.code, int) else 0
     except Exception as err:
+        if not _trained():  # a failed start leaves nothing behind, whatever failed; a run that trained keeps its dir
+            for root, before in runs_before.items():
+                _remove_new_runs(before, root)
         message = user_error(err)
         if message is None:
             raise
-        _remove_new_runs(runs_before)
         print(f"seqstab.train: error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
     return getattr(cli, "exit_code", 0)
+
+
+def _trained() -> bool:
+    """Whether the CLI of this process got as far as an update (after which its run directory is the user's)."""
+    model = getattr(SeqstabCLI.current, "model", None)
+    core = getattr(model, "core", None)
+    return core is not None and core.updates > 0
+
+
+def _run_roots(args: list[str]) -> list[str]:
+    """Where this command's run directories go: ``runs``, or ``<default_root_dir>/runs``."""
+    roots = [DEFAULT_SAVE_DIR]
+    for i, arg in enumerate(args):
+        if arg.startswith("--trainer.default_root_dir"):
+            value = arg.split("=", 1)[1] if "=" in arg else (args[i + 1] if i + 1 < len(args) else None)
+            if value:
+                roots.append(str(Path(value) / DEFAULT_SAVE_DIR))
+    return roots
 
 
 def _existing_runs(root: str = "runs") -> set[Path]:

@@ -81,6 +81,70 @@ def test_model_or_data_alone_names_what_is_missing(here, capsys, args, needle):
     assert needle in run_fails(args, capsys, here)
 
 
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        ([*TINY, "--trainer.max_epochs", "-5"], "trainer.max_epochs=-5: must be -1 (no limit) or >= 0"),
+        ([*TINY, "--data.num_workers", "-1"], "num_workers=-1: must be >= 0"),
+        (  # the task does not fit the data: said at start-up, with the task that does
+            ["--model", "seqstab.tasks.SequenceClassifier", "--data", "datamodules.synthetic.AddingProblem", *TINY],
+            "trains on data of kind 'classification', but the data's spec.kind is 'regression': use --model "
+            "seqstab.tasks.SequenceRegressor",
+        ),
+        (
+            ["--model", "seqstab.tasks.LanguageModel", "--data", "datamodules.timeseries.SumOfSines"],
+            "use --model seqstab.tasks.Forecaster",
+        ),
+        ([*TINY, "--model.net.hidden_size", "1000000000"], "1e+18 parameters need"),  # before any allocation
+        ([*TINY, "--trainer.logger.init_args.save_dir", "/proc/seqstab-x"], "cannot write there: No such file"),
+    ],
+)
+def test_mistakes_found_at_start_up(here, capsys, args, needle):
+    assert needle in run_fails(args, capsys, here)
+
+
+def test_duplicate_keys_in_a_config_file(here, capsys):
+    (here / "twice.yaml").write_text("trainer:\n  max_steps: 3\n  max_steps: 4\n")
+    line = run_fails([*TINY, "--config", "twice.yaml"], capsys, here)
+    assert "twice.yaml: key 'max_steps' appears twice in one mapping (line 2 and line 3)" in line
+    (here / "blocks.yaml").write_text("model:\n  init_args: {}\ndata: {}\nmodel:\n  class_path: x\n")
+    assert "key 'model' appears twice in one mapping (line 1 and line 4)" in run_fails(
+        [*TINY, "--config", "blocks.yaml"], capsys, here
+    )
+
+
+def test_a_start_up_that_fails_in_any_way_leaves_no_run_directory(here, capsys, monkeypatch):
+    """Not only the recognised mistakes: a bug during start-up (here, a datamodule that raises a plain error in
+    setup) removes the run directory the start made, and the error propagates as a bug does."""
+    from datamodules.synthetic import AddingProblem
+
+    def broken_setup(self, stage):
+        raise RuntimeError("a bug in setup")
+
+    monkeypatch.setattr(AddingProblem, "setup", broken_setup)
+    with pytest.raises(RuntimeError, match="a bug in setup"):
+        main(["fit", *TINY, *QUIET])
+    assert not (here / "runs").exists()
+
+
+def test_a_full_disk_at_a_checkpoint_save_is_one_line_and_keeps_the_run(here, capsys, monkeypatch):
+    """The disk fills up at the first save, after training started: one line naming the file; the run directory
+    keeps its event files (nothing half-written under the checkpoint's name)."""
+    import errno
+
+    from seqstab import checkpoint
+
+    def full(obj, f):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full)
+    assert main(["fit", *TINY, *QUIET]) == 2
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("seqstab.train: error:")]
+    assert line.endswith(".ckpt: cannot write the checkpoint: No space left on device")
+    run = here / "runs" / "seqstab" / "version_0"
+    assert list(run.glob("events.out.tfevents.*")) and not list(run.rglob("*.ckpt")) and not list(run.rglob("*.part"))
+
+
 def test_yaml_that_does_not_parse(here, capsys):
     (here / "broken.yaml").write_text("model:\n  init_args: [hidden_size: 8\ntrainer: {max_epochs: 1\n")
     line = run_fails(["--config", "broken.yaml"], capsys, here)
