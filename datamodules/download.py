@@ -1,8 +1,10 @@
 """Download, verify and extract the files a datamodule fetches on first use.
 
 Nothing half-written ever carries a final name: a download goes to a hidden temporary file beside its
-destination and is renamed only after its checksum matched; an archive is extracted into a hidden temporary
-directory and renamed only after every entry was checked to stay inside it. A failure leaves nothing behind,
+destination and is renamed only after its length (``Content-Length``) and its checksum matched; an archive is
+extracted into a hidden temporary directory and renamed only after every entry was checked to stay inside it (when
+two processes extract the same archive at once, the one that loses the race uses the winner's directory). A
+failure leaves nothing behind,
 so a file or directory with its final name in the cache is complete and verified (that is the cache hit).
 
 Where files go: ``cache_dir`` when given, else ``$SEQSTAB_CACHE``, else ``~/.cache/seqstab``.
@@ -11,6 +13,7 @@ Where files go: ``cache_dir`` when given, else ``$SEQSTAB_CACHE``, else ``~/.cac
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import shutil
 import tarfile
@@ -78,11 +81,19 @@ def fetch(remote: Remote, dest: Path, timeout: float = 60.0) -> Path:
     tmp = Path(tmp_name)
     digests = {"sha256": hashlib.sha256(), "md5": hashlib.md5()}
     try:
+        received = 0
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(remote.url, timeout=timeout) as response:
+            length = response.headers.get("Content-Length")
             for block in iter(lambda: response.read(1 << 20), b""):
                 out.write(block)
+                received += len(block)
                 for digest in digests.values():
                     digest.update(block)
+        if length is not None and length.isdigit() and received != int(length):
+            raise DataError(
+                f"could not download {remote.url}: the server announced {int(length):,} bytes and sent "
+                f"{received:,} (the connection broke?); nothing was written to {dest.parent}"
+            )
         for algorithm in ("sha256", "md5"):
             expected = getattr(remote, algorithm)
             got = digests[algorithm].hexdigest()
@@ -92,7 +103,7 @@ def fetch(remote: Remote, dest: Path, timeout: float = 60.0) -> Path:
                     f"nothing was written to {dest.parent}"
                 )
         os.replace(tmp, dest)
-    except (urllib.error.URLError, OSError, ValueError) as err:
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as err:
         tmp.unlink(missing_ok=True)
         if isinstance(err, DataError):
             raise
@@ -138,7 +149,12 @@ def extract(archive: Path, dest: Path) -> Path:
                 tf.extractall(tmp, members=members, filter="data")
         else:
             raise DataError(f"{archive}: not a zip or tar archive")
-        os.replace(tmp, dest)
+        try:
+            os.replace(tmp, dest)
+        except OSError:
+            if not dest.is_dir():  # not another process's finished extraction: a real failure
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another process won the race: its result is the same archive's
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

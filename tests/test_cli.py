@@ -122,3 +122,10 @@ def test_plateau_scheduler_steps_on_validation(tmp_path, monkeypatch):
     lr = [value for _, value in scalars(tmp_path / "runs" / "seqstab" / "version_0")["train/lr"]]
     # patience 0 and never a 50% gain: validation 1 sets the best, validations 2 and 3 halve the lr
     assert lr[0] == pytest.approx(1e-4) and lr[-1] == pytest.approx(2.5e-5)
+
+
+def test_default_root_dir_moves_the_run_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", *TINY[:4], "--trainer.max_steps", "1", *QUIET, "--trainer.default_root_dir", "elsewhere"]) == 0
+    assert (tmp_path / "elsewhere" / "runs" / "seqstab" / "version_0" / "config.yaml").is_file()
+    assert not (tmp_path / "runs").exists()

@@ -190,3 +190,55 @@ def test_wikitext2_from_an_archive_url(server, tmp_path):
     with pytest.raises(DataError, match="checksum mismatch"):
         WikiText2(data_dir=str(tmp_path / "other"), url=server.url("wt2.tar.gz"), sha256="1" * 64).prepare_data()
     assert _leftovers(tmp_path / "other") == [tmp_path / "other" / "downloads"]  # the folder, no file in it
+
+
+def test_a_body_shorter_than_its_content_length_is_an_error_and_caches_nothing(tmp_path, monkeypatch):
+    """Without a checksum to catch it: a server that announces 1,000 bytes and sends 5, then closes."""
+    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+
+    class Short(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(b"hello")
+            self.close_connection = True
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Short)
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/data.bin"
+        with pytest.raises(DataError) as err:
+            fetch(Remote(url), tmp_path / "cache" / "data.bin")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert "could not download" in str(err.value) and "\n" not in str(err.value)
+    assert _leftovers(tmp_path / "cache") == []
+
+
+def test_the_process_that_loses_an_extraction_race_uses_the_winners_result(tmp_path, monkeypatch):
+    """Two processes extract one archive into one cache at once: the second rename finds the first's directory.
+    The race is replayed in order: the winner's directory appears just before this process renames its own."""
+    import os
+
+    from datamodules import download
+
+    archive = tmp_path / "a.tar.gz"
+    _tar_gz(archive, {"corpus/train.txt": "x\n"})
+    dest = tmp_path / "cache" / "corpus"
+    real_replace, raced = os.replace, []
+
+    def the_other_process_won(src, dst):
+        if Path(dst) == dest and not raced:
+            raced.append(True)
+            extract(archive, dest)  # the winner finishes first
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(download.os, "replace", the_other_process_won)
+    assert (extract(archive, dest) / "corpus" / "train.txt").read_text() == "x\n"
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["corpus"]  # the loser's copy is gone
