@@ -18,6 +18,7 @@ accessor                                  what it relies on
                                           (seqstab unscales earlier, before clipping)
 :class:`KeepConfigOnCkptPath`             ``LightningCLI._parse_ckpt_path`` (overridden: the config stays as given)
 :func:`cli_group`                         ``LightningCLI._get`` (a config group under the subcommand, if any)
+:func:`cli_parser`                        ``LightningCLI._parser`` (the parser of a subcommand, which dumps its config)
 :func:`partial_class`                     jsonargparse builds a ``Callable[[int], nn.Module]`` argument as
                                           ``partial(<instantiator>, <instantiator>, cls, **init_args)``
 ========================================  ====================================================================
@@ -84,6 +85,11 @@ class KeepConfigOnCkptPath:
 
     def check_ckpt_path(self) -> None:
         raise NotImplementedError
+
+
+def cli_parser(cli: Any, subcommand: str | None) -> Any:
+    """The parser of ``subcommand`` (the one whose ``dump`` writes a run's ``config.yaml``)."""
+    return cli._parser(subcommand)
 
 
 def cli_group(cli: Any, config: Any, group: str) -> Any:

@@ -38,7 +38,6 @@ import torch
 from seqstab import checkpoint
 from seqstab.checkpoint import CheckpointError
 from seqstab.clipping import ClipPolicy, NoClip
-from seqstab.data import as_spec
 from seqstab.errors import ConfigError, DataError, SeqstabError
 from seqstab.guard import SNAPSHOT_FORMAT, grad_norms
 from seqstab.recipes import resolve
@@ -90,6 +89,7 @@ def check_trusted(snapshot: dict[str, Any], trust: list[str]) -> None:
 
 def rebuild_model(snapshot: dict[str, Any]) -> torch.nn.Module:
     """The model of the snapshot, built from its class path and hyperparameters, with its weights loaded."""
+    from seqstab.data import as_spec  # (Lightning, imported only when a model is rebuilt)
     from seqstab.tasks import SeqTask
 
     class_path = snapshot["task_class"]

@@ -130,7 +130,7 @@ class SeqstabCLI(internals.KeepConfigOnCkptPath, LightningCLI):
 
     def experiment(self) -> dict:
         """This command's resolved config, as ``config.yaml`` in a run directory holds it."""
-        dumped = self._parser(self.subcommand).dump(self.config[self.subcommand], skip_none=False)
+        dumped = internals.cli_parser(self, self.subcommand).dump(self.config[self.subcommand], skip_none=False)
         return yaml.safe_load(dumped) or {}
 
     def before_fit(self) -> None:

@@ -25,13 +25,15 @@ def test_default_experiment_writes_tensorboard_events(tmp_path):
     assert (run_dir / "config.yaml").is_file()
 
 
-def test_validate_and_test_print_their_metrics(tmp_path):
-    assert run_cli("fit", *TINY, *QUIET, cwd=tmp_path).returncode == 0
-    ckpt = next((tmp_path / "runs" / "seqstab" / "version_0" / "checkpoints").glob("*.ckpt"))
+def test_validate_and_test_print_their_metrics(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # in-process, as the other CLI tests here: the output is what a user's shell shows
+    assert main(["fit", *TINY, *QUIET]) == 0
+    ckpt = tmp_path / "runs" / "seqstab" / "version_0" / "checkpoints" / "last.ckpt"
     for subcommand, split in (("validate", "val"), ("test", "test")):
-        result = run_cli(subcommand, "--data.num_test", "50", *QUIET, "--ckpt_path", str(ckpt), cwd=tmp_path)
-        assert result.returncode == 0, result.stderr[-2000:]
-        printed = dict(line.split() for line in result.stdout.splitlines() if line.startswith(f"{split}/"))
+        capsys.readouterr()
+        assert main([subcommand, "--data.num_test", "50", *QUIET, "--ckpt_path", str(ckpt)]) == 0
+        stdout = capsys.readouterr().out
+        printed = dict(line.split() for line in stdout.splitlines() if line.startswith(f"{split}/"))
         logged = scalars(next((tmp_path / "runs" / "seqstab").glob(f"version_{1 if split == 'val' else 2}")))
         assert set(printed) == {f"{split}/loss"} | {tag for tag in logged if tag.startswith(f"{split}/")}
         assert float(printed[f"{split}/loss"]) == pytest.approx(logged[f"{split}/loss"][0][1], rel=1e-5)

@@ -105,8 +105,11 @@ def own_private_names() -> set[str]:
     return {n for n in names if isinstance(n, str) and n.startswith("_")}
 
 
+DOCUMENTED = {"_exit"}  # os._exit: public, documented API despite its underscore
+
+
 def test_private_names_of_other_libraries_only_in_internals():
-    own = own_private_names()
+    own = own_private_names() | DOCUMENTED
     offenders = []
     for path in sorted(SEQSTAB.glob("*.py")):
         if path.name == "internals.py":

@@ -4,8 +4,8 @@ and a net written outside the repository that offers the monitors nothing, yet g
 from __future__ import annotations
 
 import json
-import os
 import re
+import sys
 import textwrap
 
 import pytest
@@ -13,6 +13,7 @@ import torch
 
 from seqstab.example_net import IndRNN
 from seqstab.replay import main as replay_main
+from seqstab.train import main
 from tests.helpers import REPO, run_cli, scalars
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
@@ -69,7 +70,7 @@ def test_a_net_that_offers_nothing_still_gets_the_guard_replay_and_exact_resume(
     BPTT, dropout-free. Every update is a guard event (applied: policy warn); the first one replays bitwise; a run
     stopped at update 4 and resumed from its last checkpoint ends bitwise where the uninterrupted one ends."""
     (tmp_path / "mynets.py").write_text(textwrap.dedent(ELMAN))
-    path = os.pathsep.join([str(tmp_path), str(REPO)])
+    monkeypatch.syspath_prepend(str(tmp_path))  # importable, as from the user's shell with PYTHONPATH set
     common = ["fit", "--model", "seqstab.tasks.SequenceRegressor", "--model.net", "mynets.Elman"]
     common += ["--model.net.hidden_size", "6", "--model.tbptt_steps", "4", "--data", "tests.helpers.TinyStream"]
     common += ["--data.length", "48", "--trainer.limit_val_batches", "0", *QUIET]
@@ -80,15 +81,14 @@ def test_a_net_that_offers_nothing_still_gets_the_guard_replay_and_exact_resume(
 
     def fit(where, steps, *extra):
         (tmp_path / where).mkdir(exist_ok=True)
-        result = run_cli(*common, "--trainer.max_steps", str(steps), *extra, cwd=tmp_path / where, PYTHONPATH=path)
-        assert result.returncode == 0, result.stderr[-3000:]
-        return result
+        monkeypatch.chdir(tmp_path / where)
+        assert main([*common, "--trainer.max_steps", str(steps), *extra]) == 0
 
     fit("a", 12)
     run_a = tmp_path / "a" / "runs" / "seqstab" / "version_0"
     events = [json.loads(line) for line in (run_a / "explosions.jsonl").read_text().splitlines()]
     assert [e["update"] for e in events] == list(range(12)) and events[0]["module"].startswith(("net.cell.", "head."))
-    monkeypatch.syspath_prepend(str(tmp_path))  # the net's module is importable, as from the user's shell
+    sys.modules.pop("mynets", None)  # as in a fresh `python -m seqstab.replay`: not imported before
     snapshot = str(run_a / events[0]["snapshot"])
     assert replay_main([snapshot]) == 2  # a snapshot names mynets.Elman: replay imports it only when trusted
     assert replay_main([snapshot, "--trust", "mynets"]) == 0

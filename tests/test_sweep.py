@@ -229,8 +229,24 @@ def test_ctrl_c_stops_the_running_run_starts_no_other_and_writes_the_report(tmp_
 
 
 def test_a_second_ctrl_c_ends_the_sweep_at_once(tmp_path):
-    proc = start_slow_sweep(tmp_path)
+    """The sweep's stop switch in a process of its own, with a child that would sleep a minute: the first SIGINT
+    ends the child, the second ends the process at once with 130."""
+    code = (
+        "import os, signal, subprocess\n"
+        "from seqstab.sweep import Stop\n"
+        "stop = Stop()\n"
+        "child = stop.start(['sleep', '60'], subprocess.DEVNULL, dict(os.environ))\n"
+        "signal.signal(signal.SIGINT, stop.handle)\n"
+        "print(child.pid, flush=True)\n"
+        "while True:\n"
+        "    signal.pause()\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = int(proc.stdout.readline())
     proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    assert proc.poll() is None  # the first one: children told to end, the sweep itself goes on to its report
     proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=30)
-    assert proc.returncode == 130
+    assert proc.wait(timeout=10) == 130
+    stat = Path(f"/proc/{child}/stat")
+    assert not stat.exists() or stat.read_text().split(") ")[1][0] == "Z"  # gone, or dead and not yet reaped
