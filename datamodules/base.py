@@ -47,14 +47,22 @@ class StreamWindows(Dataset):
         y: Targets ``(B, N, ...)`` aligned with ``x`` (the target of step ``t`` sits at ``t``).
         window: Window length ``L``; the last window may be shorter.
         mask: Optional ``(B, N)`` bool mask of steps that carry loss.
+        row: Optional ``(B, N)`` int64: each step's row in the source (batches get it as ``row``; predictions).
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, window: int, mask: torch.Tensor | None = None):
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        window: int,
+        mask: torch.Tensor | None = None,
+        row: torch.Tensor | None = None,
+    ):
         if x.shape[:2] != y.shape[:2]:
             raise ValueError(f"x {tuple(x.shape)} and y {tuple(y.shape)} must share (B, N)")
         if window < 1:
             raise ValueError(f"window={window}: must be >= 1")
-        self.x, self.y, self.mask, self.window = x, y, mask, window
+        self.x, self.y, self.mask, self.row, self.window = x, y, mask, row, window
 
     def __len__(self) -> int:
         return -(-self.x.shape[1] // self.window) * self._parts()  # ceil(N / L) windows of each stream group
@@ -70,6 +78,8 @@ class StreamWindows(Dataset):
         batch = {"x": self.x[rows, t], "y": self.y[rows, t]}  # (B / W, L, ...)
         if self.mask is not None:
             batch["mask"] = self.mask[rows, t]
+        if self.row is not None:
+            batch["row"] = self.row[rows, t]
         return batch
 
     def _parts(self) -> int:

@@ -16,6 +16,7 @@ import hashlib
 import http.client
 import os
 import shutil
+import sys
 import tarfile
 import tempfile
 import urllib.error
@@ -23,6 +24,8 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+
+from tqdm import tqdm
 
 from seqstab.errors import DataError
 
@@ -67,6 +70,13 @@ def file_digest(path: Path, algorithm: str = "sha256") -> str:
     return digest.hexdigest()
 
 
+def progress(total: int | None, what: str) -> tqdm:
+    """A progress bar in bytes on stderr (size, rate, time left); silent when stderr is not a terminal."""
+    return tqdm(
+        total=total, desc=what, unit="B", unit_scale=True, unit_divisor=1024, disable=None, leave=False, file=sys.stderr
+    )
+
+
 def fetch(remote: Remote, dest: Path, timeout: float = 60.0) -> Path:
     """Download ``remote`` to ``dest`` unless ``dest`` exists; verify its checksum before giving it that name.
 
@@ -84,11 +94,14 @@ def fetch(remote: Remote, dest: Path, timeout: float = 60.0) -> Path:
         received = 0
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(remote.url, timeout=timeout) as response:
             length = response.headers.get("Content-Length")
-            for block in iter(lambda: response.read(1 << 20), b""):
-                out.write(block)
-                received += len(block)
-                for digest in digests.values():
-                    digest.update(block)
+            total = int(length) if length is not None and length.isdigit() else None
+            with progress(total, f"downloading {remote.filename}") as bar:
+                for block in iter(lambda: response.read(1 << 16), b""):
+                    out.write(block)
+                    received += len(block)
+                    bar.update(len(block))
+                    for digest in digests.values():
+                        digest.update(block)
         if length is not None and length.isdigit() and received != int(length):
             raise DataError(
                 f"could not download {remote.url}: the server announced {int(length):,} bytes and sent "

@@ -92,6 +92,9 @@ class WindowDataset(Dataset):
         stride: Rows between consecutive window starts.
         score_last: Only the last ``score_last`` steps of each window carry loss: each batch gets a ``mask``
             ``(B, L)``; None: no mask, every step counts.
+        starts: Window starts; None: every ``stride``-th start whose targets stay inside the rows.
+        origin: Each batch also gets ``row`` ``(B, L)``: the step's row in the series, ``origin`` being the row of
+            ``rows[0]`` (what predictions are labelled with); None: no ``row``.
     """
 
     def __init__(
@@ -102,9 +105,12 @@ class WindowDataset(Dataset):
         horizon: int,
         stride: int,
         score_last: int | None = None,
+        starts: torch.Tensor | None = None,
+        origin: int | None = None,
     ):
         self.rows, self.future = rows, future(targets, horizon)  # (n, C), (n - H, H, T)
-        self.starts = window_starts(rows.shape[0], length, horizon, stride)
+        self.starts = window_starts(rows.shape[0], length, horizon, stride) if starts is None else starts
+        self.origin = origin
         self.offsets = torch.arange(length)
         self.scored = None if score_last is None else self.offsets >= length - score_last  # (L,) bool
 
@@ -116,6 +122,8 @@ class WindowDataset(Dataset):
         batch = {"x": self.rows[steps], "y": self.future[steps]}  # (B, L, C), (B, L, H, T)
         if self.scored is not None:
             batch["mask"] = self.scored.repeat(len(steps), 1)  # (B, L): the last score_last steps
+        if self.origin is not None:
+            batch["row"] = steps + self.origin
         return batch
 
 
@@ -135,6 +143,7 @@ class _SeriesModule(SeqDataModule):
         num_workers: int = 0,
         score_last: int | None = None,
         train_on: Literal["scored", "all"] = "scored",
+        predict_split: Literal["val", "test", "all"] = "test",
     ):
         super().__init__()
         check_positive(
@@ -156,6 +165,9 @@ class _SeriesModule(SeqDataModule):
                 )
         if train_on not in ("scored", "all"):
             raise ConfigError(f"train_on={train_on!r}: must be 'scored' or 'all'")
+        if predict_split not in ("val", "test", "all"):
+            raise ConfigError(f"predict_split={predict_split!r}: must be 'val', 'test' or 'all'")
+        self.predict_split = predict_split
         train, val = split
         if not (train > 0 and val > 0 and train + val < 1):
             raise ConfigError(f"split={list(split)}: need train > 0, val > 0 and train + val < 1 (test gets the rest)")
@@ -204,8 +216,9 @@ class _SeriesModule(SeqDataModule):
         for split, (a, b) in bounds.items():
             self._check_split(split, data[split], series, a, b)
         self.num_targets, self.num_columns = series.num_targets, values.shape[1]
-        self.bounds = bounds
-        return {**data, "mean": torch.from_numpy(mean), "std": torch.from_numpy(std)}
+        self.bounds = {**bounds, "all": (0, len(values))}
+        self.target_names, self.dates = series.columns[: series.num_targets], series.dates
+        return {**data, "all": normed, "mean": torch.from_numpy(mean), "std": torch.from_numpy(std)}
 
     def _check_split(self, split: str, rows: torch.Tensor, series: Series, a: int, b: int) -> None:
         where = f"rows {a}-{b - 1}" if b > a else "no rows"
@@ -244,6 +257,13 @@ class _SeriesModule(SeqDataModule):
         mean, std = (self.data[k][: self.num_targets].to(y) for k in ("mean", "std"))
         return y * std + mean
 
+    def row_labels(self, rows: torch.Tensor) -> list[str]:
+        """What to call rows of the series in predictions: their dates (ISO 8601) when it has any, else the index."""
+        self.data  # noqa: B018 -- loads the series (and its dates)
+        if self.dates is None:
+            return [str(int(r)) for r in rows]
+        return [self.dates[int(r)].isoformat(sep=" ") for r in rows]
+
     # -- loaders ---------------------------------------------------------------------------------------------------
 
     def _loader(self, split: str) -> DataLoader:
@@ -270,7 +290,28 @@ class _SeriesModule(SeqDataModule):
         return self._loader("test")
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        """The ``predict_split`` rows, every batch with ``row``: the windows (or stream) that split is evaluated
+        on, plus those whose horizon runs past the last row (their targets are NaN), so the last rows forecast
+        into the unknown future too."""
+        split = self.predict_split
+        rows = self.data[split]  # (n, C)
+        n, origin = len(rows), self.bounds[split][0]
+        unknown = rows.new_full((self.horizon, rows.shape[1]), math.nan)
+        padded = torch.cat([rows, unknown])  # (n + H, C): a horizon past the end, NaN
+        targets = padded[:, : self.num_targets]
+        if self.mode == "stream":
+            x = rows[None]  # (1, n, C): one stream, read to its last row
+            y = future(targets, self.horizon)[None]  # (1, n, H, T)
+            index = torch.arange(origin, origin + n)[None]
+            return DataLoader(StreamWindows(x, y, self.input_length, row=index), batch_size=None)
+        starts = torch.arange(0, n - self.input_length + 1, self.stride)
+        if len(starts) and starts[-1] != n - self.input_length:  # the window that ends at the last row
+            starts = torch.cat([starts, torch.tensor([n - self.input_length])])
+        dataset = WindowDataset(
+            padded, targets, self.input_length, self.horizon, self.stride, self.score_last, starts, origin
+        )
+        sampler = BatchSampler(SequentialSampler(dataset), self.batch_size, drop_last=False)
+        return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=self.num_workers)
 
 
 # -- CSV --------------------------------------------------------------------------------------------------------
@@ -330,6 +371,8 @@ class CSVSeries(_SeriesModule):
         train_on: With ``score_last``: ``scored`` (default) trains on the scored steps only; ``all`` trains on every
             step of each window (the training batches carry no mask) while val and test stay scored on the last
             ``score_last`` steps. More supervision per window, from states that have seen fewer inputs.
+        predict_split: The rows ``predict`` forecasts: ``val``, ``test`` (default) or ``all`` (the whole series);
+            every origin the split is scored on, plus the last rows', whose horizon runs past the data.
     """
 
     def __init__(
@@ -354,6 +397,7 @@ class CSVSeries(_SeriesModule):
         cache_dir: str | None = None,
         score_last: int | None = None,
         train_on: Literal["scored", "all"] = "scored",
+        predict_split: Literal["val", "test", "all"] = "test",
     ):
         super().__init__(
             input_length,
@@ -367,6 +411,7 @@ class CSVSeries(_SeriesModule):
             num_workers,
             score_last,
             train_on,
+            predict_split,
         )
         self.targets = [target] if isinstance(target, str) else list(target)
         if not self.targets or not all(self.targets):
@@ -502,6 +547,8 @@ class SumOfSines(_SeriesModule):
         batch_size: Windows per batch (``windows`` mode).
         num_streams: Contiguous pieces the train split is cut into (``stream`` mode).
         num_workers: DataLoader worker processes (``windows`` mode).
+        predict_split: The rows ``predict`` forecasts: ``val``, ``test`` (default) or ``all`` (the whole series);
+            every origin the split is scored on, plus the last rows', whose horizon runs past the data.
     """
 
     def __init__(
@@ -519,8 +566,20 @@ class SumOfSines(_SeriesModule):
         batch_size: int = 32,
         num_streams: int = 1,
         num_workers: int = 0,
+        predict_split: Literal["val", "test", "all"] = "test",
     ):
-        super().__init__(input_length, horizon, stride, mode, split, normalize, batch_size, num_streams, num_workers)
+        super().__init__(
+            input_length,
+            horizon,
+            stride,
+            mode,
+            split,
+            normalize,
+            batch_size,
+            num_streams,
+            num_workers,
+            predict_split=predict_split,
+        )
         check_positive(length=length, **{f"periods[{i}]": p for i, p in enumerate(periods)})
         if noise < 0:
             raise ConfigError(f"noise={noise}: must be >= 0")
@@ -584,6 +643,8 @@ class MackeyGlass(_SeriesModule):
         batch_size: Windows per batch (``windows`` mode).
         num_streams: Contiguous pieces the train split is cut into (``stream`` mode).
         num_workers: DataLoader worker processes (``windows`` mode).
+        predict_split: The rows ``predict`` forecasts: ``val``, ``test`` (default) or ``all`` (the whole series);
+            every origin the split is scored on, plus the last rows', whose horizon runs past the data.
     """
 
     def __init__(
@@ -605,8 +666,20 @@ class MackeyGlass(_SeriesModule):
         batch_size: int = 32,
         num_streams: int = 1,
         num_workers: int = 0,
+        predict_split: Literal["val", "test", "all"] = "test",
     ):
-        super().__init__(input_length, horizon, stride, mode, split, normalize, batch_size, num_streams, num_workers)
+        super().__init__(
+            input_length,
+            horizon,
+            stride,
+            mode,
+            split,
+            normalize,
+            batch_size,
+            num_streams,
+            num_workers,
+            predict_split=predict_split,
+        )
         check_positive(length=length, tau=tau)
         if noise < 0:
             raise ConfigError(f"noise={noise}: must be >= 0")

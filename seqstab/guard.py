@@ -42,7 +42,7 @@ import torch
 
 from seqstab import checkpoint
 from seqstab.errors import ConfigError, SeqstabError
-from seqstab.record import Action, Run, Update
+from seqstab.record import Action, Run, Update, add_text
 
 __all__ = ["Action", "ExplosionGuard", "NonFiniteWeightsError", "check_finite_weights", "grad_norms"]
 
@@ -222,8 +222,7 @@ class ExplosionGuard:
             with open(run_dir / EVENTS_FILE, "a") as f:
                 f.write(json.dumps(event) + "\n")
         if run.is_global_zero:
-            for writer in run.writers:
-                writer.add_text("explosion/event", _markdown(event), global_step=update.step)
+            add_text(run, "explosion/event", _markdown(event), update.step)
             if first or action is Action.STOP:
                 print(self._summary(event, action), flush=True)
 

@@ -103,3 +103,17 @@ def partial_class(factory: functools.partial) -> type | None:
     if len(args) == 2 and isinstance(args[-1], type) and not isinstance(args[0], type):
         return args[-1]
     return None
+
+
+def drop_lightning_tips() -> None:
+    """Drop Lightning's "💡 Tip" lines (advertisements for other products) from its rank-zero info log."""
+    import lightning_utilities.core.rank_zero as rank_zero
+
+    log = rank_zero.log  # pytorch_lightning points it at its own logger on import
+    if not any(isinstance(f, _NoTips) for f in log.filters):
+        log.addFilter(_NoTips())
+
+
+class _NoTips:
+    def filter(self, record) -> bool:
+        return not str(record.msg).startswith("💡 Tip")

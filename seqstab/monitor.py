@@ -48,7 +48,7 @@ from torch import nn
 
 from seqstab import internals
 from seqstab.errors import check_positive
-from seqstab.record import Run, Update, writes
+from seqstab.record import Run, Update, add_histogram, add_image, writes
 from seqstab.spectra import recurrent_spectra
 
 HEATMAP_TAG = "grad_flow/heatmap"
@@ -223,8 +223,7 @@ class GradMonitor:
 
     def _draw_heatmap(self, run: Run, step: int) -> None:
         image = render_heatmap(self.flow_history)  # (H, W, 3) uint8
-        for writer in run.writers:
-            writer.add_image(HEATMAP_TAG, image, global_step=step, dataformats="HWC")
+        add_image(run, HEATMAP_TAG, image, step)
         self._drawn = len(self.flow_history)
 
     def _module_groups(self, run: Run) -> ModuleGroups:
@@ -366,13 +365,11 @@ class ModuleGroups:
 
 
 def _write_histograms(run: Run, step: int, copies: dict[str, HostCopy]) -> None:
-    writers = run.writers
     for tag, copy in copies.items():
         values = copy.get().float().numpy()
         values = values[np.isfinite(values)]
         if values.size:
-            for writer in writers:
-                writer.add_histogram(tag, values, global_step=step)
+            add_histogram(run, tag, values, step)
 
 
 # -- gradient flow through time ----------------------------------------------------------------------------

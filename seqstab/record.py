@@ -58,8 +58,10 @@ class Run(Protocol):
         module: The trained model: parameter names (events, snapshots, per-module norms) and its ``state_dict``.
         net: Where recurrent layers and weights are looked up for gradient flow and spectra (the recurrent
             contract of :mod:`seqstab.nets`); the module itself when it has no separate net.
-        loggers: Objects with ``log_metrics(metrics, step)``: every per-update tag goes to each of them.
-        writers: TensorBoard ``SummaryWriter`` objects, for what only TensorBoard shows (text, images, histograms).
+        loggers: Objects with ``log_metrics(metrics, step)``: every per-update tag goes to each of them; images and
+            text also go to MLflow and W&B loggers (:func:`add_image`, :func:`add_text`).
+        writers: TensorBoard ``SummaryWriter`` objects: they get text, images and histograms (and TensorBoard's
+            dashboard layout); a TensorBoard logger among ``loggers`` is reached through its writer.
         run_dir: Where ``explosions.jsonl`` and snapshots go (created on demand); None writes no file.
         is_global_zero: This process writes files and logs (rank 0).
         global_step: Optimizer steps applied so far.
@@ -119,3 +121,41 @@ def log_metrics(run: Run, metrics: dict[str, float], step: int) -> None:
     """Write ``metrics`` at ``step`` to every logger of the run."""
     for logger in run.loggers:
         logger.log_metrics(metrics, step=step)
+
+
+# -- what is not a number: to each logger that can take it --------------------------------------------------------
+
+
+def add_image(run: Run, tag: str, image: Any, step: int) -> None:
+    """An ``(H, W, 3)`` uint8 image to every TensorBoard writer, MLflow logger and W&B logger of the run."""
+    for writer in run.writers:
+        writer.add_image(tag, image, global_step=step, dataformats="HWC")
+    for logger in _not_tensorboard(run):
+        if _is(logger, "MLFlowLogger"):
+            logger.experiment.log_image(logger.run_id, image, key=tag, step=step)
+        elif _is(logger, "WandbLogger"):
+            logger.log_image(key=tag, images=[image], step=step)
+
+
+def add_text(run: Run, tag: str, text: str, step: int) -> None:
+    """Markdown ``text`` to every TensorBoard writer, and to MLflow as the artifact ``<tag>/<step>.md``."""
+    for writer in run.writers:
+        writer.add_text(tag, text, global_step=step)
+    for logger in _not_tensorboard(run):
+        if _is(logger, "MLFlowLogger"):
+            logger.experiment.log_text(logger.run_id, text, f"{tag}/{step}.md")
+
+
+def add_histogram(run: Run, tag: str, values: Any, step: int) -> None:
+    """A histogram of ``values`` (a 1-D float array) to every TensorBoard writer (the other loggers have none)."""
+    for writer in run.writers:
+        writer.add_histogram(tag, values, global_step=step)
+
+
+def _is(logger: Any, name: str) -> bool:
+    """``logger`` is a Lightning ``name`` logger, of either namespace (``pytorch_lightning``, ``lightning.pytorch``)."""
+    return any(kind.__name__ == name for kind in type(logger).__mro__)
+
+
+def _not_tensorboard(run: Run) -> list[Any]:
+    return [logger for logger in run.loggers if not _is(logger, "TensorBoardLogger")] if run.is_global_zero else []

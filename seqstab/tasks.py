@@ -38,6 +38,7 @@ from seqstab.errors import ConfigError, check_positive
 from seqstab.guard import ExplosionGuard, check_finite_weights
 from seqstab.monitor import GradMonitor
 from seqstab.nets import Hidden, RecurrentNet, sizing_only
+from seqstab.predictions import ForecastWriter
 from seqstab.recipes import NetFactory, class_path, declared, net_factory, net_recipe, object_recipe
 from seqstab.record import Action, Update
 from seqstab.resume import STATE_KEY, ExactResume
@@ -65,6 +66,7 @@ class SeqTask(pl.LightningModule):
     """
 
     kind: str | None = None  # the DataSpec.kind a task trains on (None: any; a subclass of one's own decides)
+    main_metric = "loss"  # the eval metric the progress bar shows (val/<main_metric>)
 
     def __init__(
         self,
@@ -109,7 +111,7 @@ class SeqTask(pl.LightningModule):
                 f"output), has {hidden_size!r}"
             )
         self.head = self.build_head(spec, hidden_size)
-        self.carry = {"train": tbptt.HiddenCarry(), "val": tbptt.HiddenCarry(), "test": tbptt.HiddenCarry()}
+        self.carry = {split: tbptt.HiddenCarry() for split in ("train", "val", "test", "predict")}
         self.run = TrainerRun(self, self.net, self.replay_recipe)  # what the stations see of the Trainer
         self._resume = ExactResume()
         self._eval_sums: dict[str, torch.Tensor] = {}
@@ -338,7 +340,7 @@ class SeqTask(pl.LightningModule):
         if self.trainer.sanity_checking:
             return metrics
         for name, value in metrics.items():
-            self.log(name, value, logger=False, prog_bar=name == f"{split}/loss")
+            self.log(name, value, logger=False, prog_bar=name == f"{split}/{self.main_metric}")
         for logger in self.loggers:
             logger.log_metrics(metrics, step=self.updates)
         return metrics
@@ -365,9 +367,21 @@ class SeqTask(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
 
-    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        out, _ = self(batch["x"])
-        return out
+    def on_predict_epoch_start(self) -> None:
+        self.carry["predict"].reset()
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> Any:
+        """The network's output ``(B, L, ...)``, the hidden state carried from batch to batch as in evaluation."""
+        return self._predict(batch)[0]
+
+    def _predict(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The output of every step and the ``(B, L)`` mask of the scored ones (None: all)."""
+        carry, batch_size = self.carry["predict"], batch["x"].shape[0]
+        hidden = carry.get(batch_size) if self.spec.stateful else None
+        out, hidden = self(batch["x"], hidden)
+        if self.spec.stateful:
+            carry.put(hidden, batch_size)
+        return out, batch.get("mask")
 
     # -- checkpoint: the task's own state (the resume machinery is seqstab.resume.ExactResume) -----------------
 
@@ -509,6 +523,7 @@ class LanguageModel(SeqTask):
     """
 
     kind = "lm"
+    main_metric = "ppl"
 
     def __init__(
         self,
@@ -591,6 +606,7 @@ class Forecaster(SeqTask):
     """
 
     kind = "forecast"
+    main_metric = "mae"
 
     def __init__(self, predict: Literal["level", "change"] = "level", dropout: float = 0.0, **kwargs):
         if predict not in ("level", "change"):
@@ -620,6 +636,19 @@ class Forecaster(SeqTask):
         if self.predict == "change":
             out = out + x.index_select(-1, self.target_index).unsqueeze(-2)  # + last value (B, L, 1, C)
         return out, hidden
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        return [*super().configure_callbacks(), ForecastWriter()]
+
+    def predict_step(self, batch, batch_idx):
+        """The forecasts of the scored steps, with what was observed (NaN past the data) and, when the batch has
+        ``row``, each step's row: what :class:`seqstab.predictions.ForecastWriter` writes to ``predictions.csv``."""
+        out, mask = self._predict(batch)
+        keep = torch.ones(out.shape[:2], dtype=torch.bool, device=out.device) if mask is None else mask.bool()
+        result = {"forecast": out[keep], "observed": batch["y"][keep]}  # (N, horizon, C) normalised units
+        if "row" in batch:
+            result["row"] = batch["row"][keep]
+        return result
 
     def step_losses(self, out, batch):
         err = out - batch["y"]  # (B, L, horizon, C), normalised units
@@ -659,6 +688,7 @@ class SequenceClassifier(SeqTask):
     """
 
     kind = "classification"
+    main_metric = "acc"
 
     def build_head(self, spec, hidden_size):
         check_positive(input_size=spec.input_size, output_size=spec.output_size)

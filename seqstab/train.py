@@ -127,6 +127,27 @@ class SeqstabCLI(internals.KeepConfigOnCkptPath, LightningCLI):
             subcommand_config.ckpt_path = str(found)
         elif ckpt_path not in (None, "last", "best", "hpc", "registry") and not _exists_or_remote(ckpt_path):
             raise checkpoint.CheckpointError(f"{ckpt_path}: no such checkpoint file")
+        if self.subcommand in EVAL_DIRS:
+            self._log_beside(subcommand_config.get("ckpt_path"))
+
+    def _log_beside(self, ckpt_path: str | None) -> None:
+        """``validate``, ``test`` and ``predict`` write into the run they evaluate (``<run>/eval``,
+        ``<run>/predict``), not into the next ``version_N`` (where the next ``fit`` would then not land): seqstab's
+        default logger only, and only when no ``version`` was given (a logger or version of one's own is kept)."""
+        logger = getattr(internals.cli_group(self, self.config, "trainer"), "logger", None)
+        current = self.trainer.logger
+        if type(current) is not TensorBoardLogger or len(self.trainer.loggers) != 1:
+            return
+        if getattr(getattr(logger, "init_args", None), "version", 0) is not None:
+            return
+        ckpt = Path(ckpt_path) if ckpt_path and Path(ckpt_path).is_file() else None
+        if ckpt is not None:
+            run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+        else:  # nothing to evaluate but the initial weights: beside the experiment's runs
+            run = Path(current.root_dir)
+        self.trainer.loggers = [
+            TensorBoardLogger(save_dir=str(run), name="", version=EVAL_DIRS[self.subcommand], default_hp_metric=False)
+        ]
 
     def experiment(self) -> dict:
         """This command's resolved config, as ``config.yaml`` in a run directory holds it."""
@@ -151,6 +172,9 @@ class SeqstabCLI(internals.KeepConfigOnCkptPath, LightningCLI):
         log_dir = run_dir(self.trainer)
         if log_dir is not None and self.trainer.is_global_zero:
             print(f"\nView it in TensorBoard:\n  tensorboard --logdir {log_dir}\n")
+        if self.trainer.is_global_zero:
+            self._print_best()
+            self._print_metrics("val", "last validation")
         core = getattr(self.model, "core", None)
         if core is not None and self.trainer.is_global_zero:
             print(f"seqstab: {core.summary()}", flush=True)
@@ -163,13 +187,26 @@ class SeqstabCLI(internals.KeepConfigOnCkptPath, LightningCLI):
     def after_test(self) -> None:
         self._print_metrics("test")
 
-    def _print_metrics(self, split: str) -> None:
-        """The split's metrics, one per line. The tasks write them to the logger at their own update step, so
-        Lightning's results table (built from ``self.log(..., logger=True)`` only) would be empty."""
+    def _print_metrics(self, split: str, title: str | None = None) -> None:
+        """The split's metrics, one per line (in the data's units: ``mae``, ``ppl``...). The tasks write them to the
+        logger at their own update step, so Lightning's results table (built from ``self.log(..., logger=True)``
+        only) would be empty."""
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith(f"{split}/")}
         if metrics and self.trainer.is_global_zero:
             width = max(map(len, metrics))
-            print("\n" + "\n".join(f"{name:<{width}}  {value:.6g}" for name, value in sorted(metrics.items())))
+            lines = [f"{name:<{width}}  {value:.6g}" for name, value in sorted(metrics.items())]
+            print("\n" + "\n".join([f"{title}:"] * bool(title) + lines))
+
+    def _print_best(self) -> None:
+        """Where the run's best checkpoint is, and its monitored value (or the last checkpoint, without a monitor)."""
+        callback = self.trainer.checkpoint_callback
+        if callback is None:
+            return
+        if callback.monitor and callback.best_model_path and callback.best_model_score is not None:
+            score = float(callback.best_model_score)
+            print(f"best checkpoint ({callback.monitor} {score:.6g}): {callback.best_model_path}")
+        elif callback.last_model_path or callback.best_model_path:
+            print(f"last checkpoint: {callback.last_model_path or callback.best_model_path}")
 
 
 def _follow_default_root_dir(trainer: Any) -> None:
@@ -200,6 +237,8 @@ def with_default(args: list[str]) -> list[str]:
 
 
 EXPERIMENT_KEYS = ("model", "data", "optimizer", "lr_scheduler")  # what makes two runs one experiment
+NOT_EXPERIMENT = {"data.predict_split", "data.num_workers"}  # ...except what changes no update
+EVAL_DIRS = {"validate": "eval", "test": "eval", "predict": "predict"}  # under the evaluated checkpoint's run
 
 
 def find_last(trainer, experiment: dict | None = None) -> Path | None:
@@ -239,7 +278,7 @@ def _differs(experiment: dict, path: Path) -> str | None:
         return f"config.yaml is missing or unreadable ({run / 'config.yaml'})"
     mine, theirs = _flat_config(experiment), _flat_config(saved)
     for key in sorted(set(mine) | set(theirs)):
-        if key.split(".")[0] in EXPERIMENT_KEYS and mine.get(key) != theirs.get(key):
+        if key.split(".")[0] in EXPERIMENT_KEYS and key not in NOT_EXPERIMENT and mine.get(key) != theirs.get(key):
             return f"{key} is {theirs.get(key)!r} (here {mine.get(key)!r})"
     return None
 
@@ -400,11 +439,8 @@ def one_line(message: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    warnings.filterwarnings("ignore", message=r".*configure_optimizers` will be overridden.*")
-    warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")  # we pass args on purpose
-    # our checkpoints hold the state after the batch's updates: what an exact resume needs
-    warnings.filterwarnings("ignore", message=r"Using ModelCheckpoint with manual optimization and every_n_train")
     args = with_default(sys.argv[1:] if argv is None else list(argv))
+    quiet(args[0] if args else "")
     SeqstabCLI.current = None
     roots = _run_roots(args)
     runs_before = {root: _existing_runs(root) for root in roots}
@@ -423,6 +459,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"seqstab.train: error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
     return getattr(cli, "exit_code", 0)
+
+
+def quiet(subcommand: str) -> None:
+    """Silence what Lightning and jsonargparse say that a seqstab user cannot act on, or that is wrong here."""
+    for message in (
+        r".*configure_optimizers` will be overridden",
+        r"LightningCLI's args parameter is intended",  # we pass args on purpose
+        # our checkpoints hold the state after the batch's updates: what an exact resume needs
+        r"Using ModelCheckpoint with manual optimization and every_n_train",
+        r"The number of training batches .* is smaller than the logging interval",  # seqstab logs every update
+        r"The lr scheduler dict contains the key\(s\) \['monitor'\]",  # seqstab steps it on the monitor itself
+        r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # Lightning's internals, on newer torch
+        r"\s*skip_none parameter was deprecated",  # jsonargparse, as LightningCLI calls it
+    ):
+        warnings.filterwarnings("ignore", message=message)
+    if subcommand in EVAL_DIRS:  # evaluating a checkpoint from elsewhere: its ModelCheckpoint state is not needed
+        warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
+    internals.drop_lightning_tips()
 
 
 def _trained() -> bool:

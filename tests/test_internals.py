@@ -111,3 +111,18 @@ def test_partial_class_finds_the_class_jsonargparse_builds_a_callable_argument_o
     factory = parser.instantiate_classes(config).net
     assert internals.partial_class(factory) is RecurrentNet and factory.keywords["hidden_size"] == 8
     assert factory(3).hidden_size == 8
+
+
+def test_drop_lightning_tips_filters_the_rank_zero_log_lightning_writes_its_tips_to(caplog):
+    import logging
+
+    import lightning_utilities.core.rank_zero as rank_zero
+    import pytorch_lightning as pl
+
+    assert rank_zero.log.name == "pytorch_lightning.utilities.rank_zero"  # where rank_zero_info writes
+    internals.drop_lightning_tips()
+    with caplog.at_level(logging.INFO):
+        pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+        rank_zero.log.info("💡 Tip: try another product")
+        rank_zero.log.info("GPU available: no")
+    assert "GPU available: no" in caplog.text and "💡 Tip" not in caplog.text
