@@ -1,6 +1,7 @@
 """Throughput: seqstab (LanguageModel through a Lightning Trainer) against the bare pytorch/examples word-LM loop.
 
     python benchmarks/bench_throughput.py                 # ~4 min on 2 cores; --help for the knobs
+    python benchmarks/bench_throughput.py --device cuda --size 1500 --variants bare,seqstab,seqstab-flow,seqstab+flow
 
 Both train the same model on the same data: a 2×200 LSTM word LM (embedding 200, dropout 0.2) over the
 WikiText-2 vocabulary (33,278 words, pytorch/examples tokenization), batch 20, windows of 35 tokens, stateful
@@ -21,6 +22,12 @@ Headline: tokens/s of the median update over all rounds (robust to other process
 and its ratio against ``bare``; the median over whole runs is printed beside it. On a machine shared with other
 work, wall time measures the neighbours as much as the code: the tokens per CPU-second of the process (all its
 threads) are printed too, and ``--threads 1`` keeps OpenMP from spinning on cores others hold.
+
+``--device cuda`` runs both loops on the GPU (the token stream on the device, as pytorch/examples keeps it;
+Lightning with ``accelerator="gpu"``) and sets the figures against a float32 ``torch.mm`` on that GPU. ``--size`` and
+``--layers`` change the LSTM (``--size 1500``: the PTB-large width of Zaremba et al.). Two more variants measure
+gradient flow (``GradMonitor``): ``seqstab+flow`` every update, ``seqstab-flow`` never (``seqstab`` has the
+default, every 50th update). ``--json FILE`` also writes the figures as JSON.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import argparse
 import contextlib
 import cProfile
 import io
+import json
 import logging
 import pstats
 import tempfile
@@ -44,10 +52,18 @@ from torch.utils.data import DataLoader
 
 from datamodules.base import DataSpec, SeqDataModule, StreamWindows, batchify
 from seqstab.clipping import NormClip
+from seqstab.monitor import GradMonitor
 from seqstab.nets import RecurrentNet
 from seqstab.tasks import LanguageModel, SeqTask
 
 BATCH, BPTT, SIZE, LAYERS, DROPOUT, LR, CLIP = 20, 35, 200, 2, 0.2, 20.0, 0.25
+DEVICE = torch.device("cpu")  # --device
+
+
+def configure(size: int, layers: int, device: str) -> None:
+    """Set the model's width and depth and the device both loops train on (``--size``, ``--layers``, ``--device``)."""
+    global SIZE, LAYERS, DEVICE
+    SIZE, LAYERS, DEVICE = size, layers, torch.device(device)
 
 
 # -- the bare loop, as pytorch/examples word_language_model writes it -------------------------------------------
@@ -92,11 +108,11 @@ def run_bare(
     With ``phases``, also adds up ``(wall, cpu)`` per phase of the timed updates into it."""
     torch.manual_seed(0)
     if seqstab_net:
-        model = make_language_model(vocab_size)
+        model = make_language_model(vocab_size).to(DEVICE)
         hidden = None
     else:
-        model = WordLM(vocab_size)
-        hidden = tuple(torch.zeros(LAYERS, BATCH, SIZE) for _ in range(2))
+        model = WordLM(vocab_size).to(DEVICE)
+        hidden = tuple(torch.zeros(LAYERS, BATCH, SIZE, device=DEVICE) for _ in range(2))
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
     total_loss = 0.0
@@ -210,7 +226,8 @@ def fit_timed(
     watch = Stopwatch()
     with tempfile.TemporaryDirectory() as logdir, open(f"{logdir}/stdout.txt", "w") as sink:
         options = dict(
-            accelerator="cpu",
+            accelerator="gpu" if DEVICE.type == "cuda" else "cpu",
+            devices=1,
             max_steps=updates + warmup,
             max_epochs=1,
             logger=pl.loggers.TensorBoardLogger(logdir, name="bench"),
@@ -229,9 +246,11 @@ def fit_timed(
     return intervals(watch.stamps, warmup)
 
 
-def run_seqstab(rows, vocab_size: int, updates: int, warmup: int, progress_bar: bool) -> list[tuple[float, float]]:
+def run_seqstab(
+    rows, vocab_size: int, updates: int, warmup: int, progress_bar: bool, monitor: GradMonitor | None = None
+) -> list[tuple[float, float]]:
     torch.manual_seed(0)
-    model = make_language_model(vocab_size)
+    model = make_language_model(vocab_size, monitor=monitor)
     return fit_timed(model, Rows(rows, vocab_size), updates, warmup, enable_progress_bar=progress_bar)
 
 
@@ -350,17 +369,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", help="WikiText-2 train/valid/test.txt (default: ../shared/data or download)")
     parser.add_argument("--profile", action="store_true", help="cProfile one seqstab run instead of timing")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, = cores)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where both loops train")
+    parser.add_argument("--size", type=int, default=SIZE, help="LSTM width (embedding and hidden)")
+    parser.add_argument("--layers", type=int, default=LAYERS, help="LSTM layers")
+    parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    configure(args.size, args.layers, args.device)
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)  # no GPU/TPU notes between rounds
 
     ids, vocab_size = _common.wikitext2_ids(args.data_dir)
     need = (args.updates + args.warmup) * BPTT + 1
-    rows = batchify(ids, BATCH)[:, :need].contiguous()  # (B, N): row b is stream b
+    rows = batchify(ids, BATCH)[:, :need].contiguous().to(DEVICE)  # (B, N): row b is stream b
     columns = rows.T.contiguous()  # (N, B): pytorch/examples layout
     print(f"machine: {_common.machine()}")
-    print(f"model: 2×{SIZE} LSTM, vocab {vocab_size:,}, batch {BATCH}, bptt {BPTT}, NormClip {CLIP}, SGD lr {LR}")
+    print(
+        f"model: {LAYERS}×{SIZE} LSTM, vocab {vocab_size:,}, batch {BATCH}, bptt {BPTT}, NormClip {CLIP}, SGD lr {LR}"
+    )
     if args.profile:
         profile_seqstab(rows, vocab_size, args.updates, args.warmup, top=25)
         return
@@ -370,6 +396,12 @@ def main(argv: list[str] | None = None) -> None:
         "bare+net": lambda: run_bare(columns, vocab_size, args.updates, args.warmup, seqstab_net=True),
         "seqstab": lambda: run_seqstab(rows, vocab_size, args.updates, args.warmup, progress_bar=False),
         "seqstab+bar": lambda: run_seqstab(rows, vocab_size, args.updates, args.warmup, progress_bar=True),
+        "seqstab+flow": lambda: run_seqstab(
+            rows, vocab_size, args.updates, args.warmup, False, GradMonitor(grad_flow_every_n_steps=1)
+        ),
+        "seqstab-flow": lambda: run_seqstab(
+            rows, vocab_size, args.updates, args.warmup, False, GradMonitor(grad_flow_every_n_steps=None)
+        ),
     }
     variants = args.variants.split(",")
     times: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}  # every timed update, pooled
@@ -383,12 +415,20 @@ def main(argv: list[str] | None = None) -> None:
             run_rates[variant].append(len(seconds) * tokens / sum(wall for wall, _ in seconds))
         print(f"round {r + 1}: " + ", ".join(f"{v} {run_rates[v][-1]:,.0f}" for v in variants), flush=True)
 
-    peak = _common.matmul_gflops()
+    peak = _common.matmul_gflops() if DEVICE.type == "cpu" else cuda_matmul_gflops()
     flops = flops_per_token(vocab_size)
     base = variants[0]
     wall = {v: tokens / _common.median([w for w, _ in times[v]]) for v in variants}  # tokens/s, median update
     cpu = {v: tokens / _common.median([c for _, c in times[v]]) for v in variants}  # tokens per CPU-second
-    print(f"\nmatmul peak (float32 2048² torch.mm, best of 10, {torch.get_num_threads()} threads): {peak:,.0f} GFLOP/s")
+    if DEVICE.type == "cpu":
+        threads = torch.get_num_threads()
+        print(f"\nmatmul peak (float32 2048² torch.mm, best of 10, {threads} threads): {peak:,.0f} GFLOP/s")
+    else:
+        print(
+            f"\nmatmul peak (float32 8192² torch.mm on {torch.cuda.get_device_name()}, TF32 for matmul "
+            f"{'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'}, best of 10): {peak:,.0f} GFLOP/s; "
+            f"cuDNN TF32 (the LSTM) {'on' if torch.backends.cudnn.allow_tf32 else 'off'}"
+        )
     print(f"training FLOPs per token (3 × forward, see flops_per_token): {flops / 1e6:.1f} MFLOP")
     print(f"{args.rounds} interleaved rounds × {args.updates} timed updates ({args.updates * tokens:,} tokens) per run")
     print(
@@ -402,9 +442,53 @@ def main(argv: list[str] | None = None) -> None:
             f"| {v} | {wall[v]:,.0f} | {wall[v] / wall[base]:.3f} | {_common.spread(run_rates[v])} "
             f"| {cpu[v]:,.0f} | {cpu[v] / cpu[base]:.3f} | {gflops:.1f} | {100 * gflops / peak:.0f}% |"
         )
+    paired = {}
     for v in variants[1:]:
-        paired = sorted(s / b for s, b in zip(run_rates[v], run_rates[base], strict=True))
-        print(f"per-round wall ratios {v}/{base}: {', '.join(f'{p:.3f}' for p in paired)}")
+        paired[v] = sorted(s / b for s, b in zip(run_rates[v], run_rates[base], strict=True))
+        print(f"per-round wall ratios {v}/{base}: {', '.join(f'{p:.3f}' for p in paired[v])}")
+    if args.json:
+        figures = {
+            "machine": _common.machine(),
+            "device": torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu",
+            "model": {"layers": LAYERS, "size": SIZE, "vocab": vocab_size, "batch": BATCH, "bptt": BPTT},
+            "rounds": args.rounds,
+            "updates": args.updates,
+            "warmup": args.warmup,
+            "tokens_per_update": tokens,
+            "flops_per_token": flops,
+            "matmul_peak_gflops": peak,
+            "tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32},
+            "base": base,
+            "variants": {
+                v: {
+                    "tokens_per_s": wall[v],
+                    "ratio": wall[v] / wall[base],
+                    "run_tokens_per_s": run_rates[v],
+                    "round_ratios": paired.get(v),
+                    "tokens_per_cpu_s": cpu[v],
+                    "effective_gflops": wall[v] * flops / 1e9,
+                    "median_update_ms": 1e3 * tokens / wall[v],
+                }
+                for v in variants
+            },
+        }
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=1)
+
+
+def cuda_matmul_gflops(n: int = 8192, repeats: int = 10) -> float:
+    """Best-of-``repeats`` float32 ``torch.mm`` of two ``n × n`` matrices on the GPU, in GFLOP/s (CUDA events)."""
+    a, b = torch.randn(n, n, device=DEVICE), torch.randn(n, n, device=DEVICE)
+    torch.mm(a, b)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        torch.mm(a, b)
+        end.record()
+        end.synchronize()
+        best = min(best, start.elapsed_time(end) / 1e3)
+    return 2 * n**3 / best / 1e9
 
 
 if __name__ == "__main__":
