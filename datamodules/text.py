@@ -10,6 +10,8 @@ into ``B`` parallel rows and read in contiguous windows of ``seq_len`` tokens (t
     window i of row b:  x = row[b, iL : iL+L]     y = row[b, iL+1 : iL+L+1]   (y is the next token)
 
 Tokenized corpora are cached under ``<cache>/tokens/`` keyed by the texts' SHA-256 and the tokenizer settings.
+The tokenizer rules and the vocabulary live in :mod:`seqstab.vocab`; a checkpoint carries the tokenizer (the
+datamodule's ``state_dict()``), so a trained model can generate and score text without its corpus.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,46 +30,37 @@ from torch.utils.data import DataLoader
 
 from datamodules.base import DataSpec, SeqDataModule, StreamWindows, batchify
 from datamodules.download import Remote, cache_root, extract, fetch
+from seqstab.checkpoint import CheckpointError
 from seqstab.errors import ConfigError, DataError, check_positive
+from seqstab.vocab import (
+    EOS,
+    UNK,
+    TextCodec,
+    Tokenizer,
+    Vocab,
+    bpe_ids,
+    char_ids,
+    datamodule_state,
+    import_tokenizers,
+    normalize,
+    split_lines,
+    word_tokens,
+)
 
-__all__ = ["PennTreebank", "TextFiles", "TinyShakespeare", "Vocab", "WikiText2", "read_text", "tokenize"]
+__all__ = [
+    "PennTreebank",
+    "TextCodec",
+    "TextFiles",
+    "TinyShakespeare",
+    "Vocab",
+    "WikiText2",
+    "read_text",
+    "tokenize",
+    "word_tokens",
+]
 
-Tokenizer = Literal["word", "char", "bpe"]
 SPLITS = ("train", "valid", "test")
-UNK, EOS = "<unk>", "<eos>"
 CACHE_VERSION = 1
-
-
-class Vocab:
-    """Token ↔ id map: ``<unk>`` is 0, ``<eos>`` is 1, then the training types by falling frequency
-    (ties in order of first appearance).
-
-    Args:
-        itos: The tokens, index = id.
-    """
-
-    def __init__(self, itos: list[str]):
-        self.itos = list(itos)
-        self.stoi = {token: i for i, token in enumerate(self.itos)}
-        if self.itos[:2] != [UNK, EOS] or len(self.stoi) != len(self.itos):
-            raise ValueError("itos must start with <unk>, <eos> and hold no duplicates")
-
-    @classmethod
-    def build(cls, counts: Counter, min_freq: int = 1, max_size: int | None = None) -> Vocab:
-        """Keep the types seen at least ``min_freq`` times; at most ``max_size`` entries, specials included."""
-        kept = [token for token, n in counts.most_common() if n >= min_freq and token not in (UNK, EOS)]
-        itos = [UNK, EOS, *kept]
-        return cls(itos[:max_size] if max_size else itos)
-
-    def __len__(self) -> int:
-        return len(self.itos)
-
-    def encode(self, tokens: list[str]) -> list[int]:
-        get = self.stoi.get
-        return [get(token, 0) for token in tokens]
-
-    def decode(self, ids) -> list[str]:
-        return [self.itos[i] for i in ids]
 
 
 # -- reading ----------------------------------------------------------------------------------------------------
@@ -95,65 +88,23 @@ def decode_text(raw: bytes, name: str) -> str:
         raise DataError(
             f"{name} line {line}: invalid UTF-8 (byte {raw[err.start]:#04x} at offset {err.start})"
         ) from None
-    if "\r" in text:
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return text.removeprefix("\ufeff")
-
-
-def _lines(text: str) -> list[str]:
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()  # a final newline ends the last line, it does not start an empty one
-    return lines
+    return normalize(text)
 
 
 # -- tokenizers -------------------------------------------------------------------------------------------------
 
 
-def word_tokens(text: str) -> list[str]:
-    """Whitespace-separated words, ``<eos>`` after every line (as pytorch/examples' word_language_model)."""
-    tokens: list[str] = []
-    for line in _lines(text):
-        tokens += line.split()
-        tokens.append(EOS)
-    return tokens
-
-
-def _char_ids(text: str, vocab: Vocab) -> np.ndarray:
-    """Characters to ids through a lookup table over code points: ``\\n`` is ``<eos>``, unseen ones ``<unk>``."""
-    points = np.frombuffer(text.encode("utf-32-le"), dtype="<u4")  # (N,) code points
-    known = [(ord(token), i) for i, token in enumerate(vocab.itos) if len(token) == 1]
-    size = max(int(points.max(initial=0)), *(p for p, _ in known), ord("\n")) + 1
-    table = np.zeros(size, dtype=np.int32)  # 0 = <unk>
-    for point, i in known:
-        table[point] = i
-    table[ord("\n")] = 1  # <eos>
-    return table[points]
-
-
 def _bpe_train(text: str, vocab_size: int, min_freq: int):
-    try:
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    except ImportError:
-        raise ConfigError(
-            "tokenizer='bpe' needs Hugging Face tokenizers: pip install 'seqstab[bpe]' (or pip install tokenizers)"
-        ) from None
-    tok = Tokenizer(models.BPE(unk_token=UNK))
+    hf = import_tokenizers()
+    decoders, models, pre_tokenizers, trainers = hf.decoders, hf.models, hf.pre_tokenizers, hf.trainers
+    tok = hf.Tokenizer(models.BPE(unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, min_frequency=min_freq, special_tokens=[UNK, EOS], show_progress=False
     )
-    tok.train_from_iterator(_lines(text), trainer)
+    tok.train_from_iterator(split_lines(text), trainer)
     return tok
-
-
-def _bpe_ids(tok, text: str) -> np.ndarray:
-    ids: list[int] = []
-    for encoding in tok.encode_batch(_lines(text)):
-        ids += encoding.ids
-        ids.append(1)  # <eos>
-    return np.asarray(ids, dtype=np.int32)
 
 
 def tokenize(
@@ -162,24 +113,25 @@ def tokenize(
     min_freq: int = 1,
     max_size: int | None = None,
     bpe_vocab_size: int = 8000,
-) -> tuple[Vocab, dict[str, torch.Tensor]]:
-    """Build the vocabulary on ``texts['train']`` and encode every split as one int64 stream ``(N,)``."""
+) -> tuple[TextCodec, dict[str, torch.Tensor]]:
+    """Build the tokenizer (its vocabulary; for ``bpe`` its merges) on ``texts['train']`` and encode every split as
+    one int64 stream ``(N,)``."""
     if tokenizer == "word":
         tokens = {split: word_tokens(text) for split, text in texts.items()}
-        vocab = Vocab.build(Counter(tokens["train"]), min_freq, max_size)
-        ids = {split: np.asarray(vocab.encode(t), dtype=np.int32) for split, t in tokens.items()}
+        codec = TextCodec("word", Vocab.build(Counter(tokens["train"]), min_freq, max_size))
+        ids = {split: np.asarray(codec.vocab.encode(t), dtype=np.int32) for split, t in tokens.items()}
     elif tokenizer == "char":
         counts = Counter(texts["train"])
         counts[EOS] = counts.pop("\n", 0)
-        vocab = Vocab.build(counts, min_freq, max_size)
-        ids = {split: _char_ids(text, vocab) for split, text in texts.items()}
+        codec = TextCodec("char", Vocab.build(counts, min_freq, max_size))
+        ids = {split: char_ids(text, codec.vocab) for split, text in texts.items()}
     elif tokenizer == "bpe":
         tok = _bpe_train(texts["train"], bpe_vocab_size, min_freq)
-        vocab = Vocab([tok.id_to_token(i) for i in range(tok.get_vocab_size())])
-        ids = {split: _bpe_ids(tok, text) for split, text in texts.items()}
+        codec = TextCodec("bpe", Vocab([tok.id_to_token(i) for i in range(tok.get_vocab_size())]), tok.to_str())
+        ids = {split: bpe_ids(tok, text) for split, text in texts.items()}
     else:
         raise ConfigError(f"tokenizer={tokenizer!r}: must be 'word', 'char' or 'bpe'")
-    return vocab, {split: torch.from_numpy(a).long() for split, a in ids.items()}
+    return codec, {split: torch.from_numpy(a).long() for split, a in ids.items()}
 
 
 # -- the datamodules ---------------------------------------------------------------------------------------------
@@ -187,10 +139,14 @@ def tokenize(
 
 @dataclass
 class Corpus:
-    """A tokenized corpus: the vocabulary and one id stream per split."""
+    """A tokenized corpus: the tokenizer (with its vocabulary) and one id stream per split."""
 
-    vocab: Vocab
+    codec: TextCodec
     streams: dict[str, torch.Tensor]  # split -> (N,) int64
+
+    @property
+    def vocab(self) -> Vocab:
+        return self.codec.vocab
 
 
 class _TextStream(SeqDataModule):
@@ -246,6 +202,11 @@ class _TextStream(SeqDataModule):
     def vocab(self) -> Vocab:
         return self.corpus.vocab
 
+    @property
+    def codec(self) -> TextCodec:
+        """The tokenizer the model is trained with; checkpoints carry it (:meth:`state_dict`)."""
+        return self.corpus.codec
+
     def _settings(self) -> str:
         return f"v{CACHE_VERSION}|{self.tokenizer}|{self.min_freq}|{self.max_size}|{self.bpe_vocab_size}"
 
@@ -257,14 +218,39 @@ class _TextStream(SeqDataModule):
         path = cache_root(self.cache_dir) / "tokens" / f"{type(self).__name__.lower()}-{key.hexdigest()[:24]}.pt"
         if path.is_file():
             saved = torch.load(path, weights_only=True)
-            return Corpus(Vocab(saved["itos"]), {split: saved[split].long() for split in SPLITS})
+            if self.tokenizer != "bpe" or saved.get("bpe") is not None:  # (entries of old have no bpe tokenizer)
+                codec = TextCodec(self.tokenizer, Vocab(saved["itos"]), saved.get("bpe"))
+                return Corpus(codec, {split: saved[split].long() for split in SPLITS})
         texts = {split: decode_text(data, name) for split, (name, data) in raw.items()}
-        vocab, streams = tokenize(texts, self.tokenizer, self.min_freq, self.max_size, self.bpe_vocab_size)
+        codec, streams = tokenize(texts, self.tokenizer, self.min_freq, self.max_size, self.bpe_vocab_size)
         for split, name in ((s, raw[s][0]) for s in SPLITS):
             if streams[split].numel() < 2:
                 raise DataError(f"{name}: holds {streams[split].numel()} token(s); a {split} stream needs at least 2")
-        _save_atomic({"itos": vocab.itos, **{s: streams[s].int() for s in SPLITS}}, path)
-        return Corpus(vocab, streams)
+        _save_atomic({"itos": codec.vocab.itos, "bpe": codec.bpe, **{s: streams[s].int() for s in SPLITS}}, path)
+        return Corpus(codec, streams)
+
+    # -- checkpoint: the tokenizer travels with the model ------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """What Lightning stores in a checkpoint under this class's name: the tokenizer and the evaluation batching
+        (:func:`seqstab.vocab.datamodule_state`), so ``seqstab.generate`` and ``seqstab.score`` need no corpus."""
+        return datamodule_state(self.codec, self.eval_batch_size, self.seq_len)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """On resume and on ``test --ckpt_path``: the tokenizer is rebuilt from the data; the checkpoint's vocabulary
+        must be the same, else its token ids would mean other tokens (:class:`CheckpointError`)."""
+        saved = state.get("codec") if isinstance(state, dict) else None
+        if not isinstance(saved, dict):
+            return
+        mine = self.codec
+        itos = list(saved.get("itos") or [])
+        if saved.get("tokenizer") != mine.tokenizer or itos != mine.vocab.itos:
+            first = next((i for i, (a, b) in enumerate(zip(itos, mine.vocab.itos, strict=False)) if a != b), None)
+            where = "" if first is None else f"; id {first} is {itos[first]!r} there, {mine.vocab.itos[first]!r} here"
+            raise CheckpointError(
+                f"checkpoint: made with another vocabulary ({saved.get('tokenizer')}, {len(itos):,} tokens; this "
+                f"data's: {mine.tokenizer}, {len(mine.vocab):,}{where}): its token ids would mean other tokens"
+            )
 
     # -- what the model and the trainer see -----------------------------------------------------------------------
 

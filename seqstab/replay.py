@@ -73,39 +73,40 @@ def class_paths(value: Any) -> list[str]:
     return found
 
 
-def check_trusted(snapshot: dict[str, Any], trust: list[str]) -> None:
+def check_trusted(snapshot: dict[str, Any], trust: list[str], what: str = "snapshot") -> None:
     """Refuse, before importing anything, a class path whose module is not seqstab's own, not imported yet and not
-    given with ``--trust``."""
+    given with ``--trust`` (``what``: the file, for the message; generate and score apply the same rule)."""
     names = [snapshot.get("task_class", ""), *class_paths(snapshot.get("hparams")), *class_paths(snapshot)]
     for path in dict.fromkeys(names):
         module = str(path).rpartition(".")[0]
         own = module == "seqstab" or module.startswith("seqstab.")
         if not (own or module in sys.modules or any(module == t or module.startswith(f"{t}.") for t in trust)):
             raise ConfigError(
-                f"snapshot names {path}, from module {module!r}, which replay does not import on a snapshot's word: "
+                f"{what} names {path}, from module {module!r}, which seqstab does not import on a {what}'s word: "
                 f"run it again with --trust {module} if you trust that module"
             )
 
 
-def rebuild_model(snapshot: dict[str, Any]) -> torch.nn.Module:
-    """The model of the snapshot, built from its class path and hyperparameters, with its weights loaded."""
+def rebuild_model(snapshot: dict[str, Any], what: str = "snapshot") -> torch.nn.Module:
+    """The model of the snapshot, built from its class path and hyperparameters, with its weights loaded (``what``:
+    the file, for messages)."""
     from seqstab.data import as_spec  # (Lightning, imported only when a model is rebuilt)
     from seqstab.tasks import SeqTask
 
     class_path = snapshot["task_class"]
     hparams = snapshot.get("hparams")
     if hparams is None:
-        raise ConfigError(f"snapshot model {class_path}: its hyperparameters are not plain values; cannot rebuild it")
+        raise ConfigError(f"{what} model {class_path}: its hyperparameters are not plain values; cannot rebuild it")
     task = snapshot.get("kind", "task") == "task"
     base = SeqTask if task else _lightning_modules()
-    cls = resolve(class_path, base, "snapshot model")
+    cls = resolve(class_path, base, f"{what} model")
     hparams = {k: v for k, v in hparams.items() if not k.startswith("_")}  # LightningCLI's _class_path, _instantiator
     if task:
         hparams["spec"] = as_spec(hparams.get("spec"))
     try:
         model = cls(**hparams)
     except TypeError as err:
-        raise ConfigError(f"snapshot model {class_path}: cannot rebuild it from its hyperparameters ({err})") from None
+        raise ConfigError(f"{what} model {class_path}: cannot rebuild it from its hyperparameters ({err})") from None
     model.load_state_dict(snapshot["state_dict"])
     return model
 
