@@ -216,7 +216,7 @@ class _SeriesModule(SeqDataModule):
         for split, (a, b) in bounds.items():
             self._check_split(split, data[split], series, a, b)
         self.num_targets, self.num_columns = series.num_targets, values.shape[1]
-        self.bounds = {**bounds, "all": (0, len(values))}
+        self.bounds = bounds
         self.target_names, self.dates = series.columns[: series.num_targets], series.dates
         return {**data, "all": normed, "mean": torch.from_numpy(mean), "std": torch.from_numpy(std)}
 
@@ -295,7 +295,7 @@ class _SeriesModule(SeqDataModule):
         into the unknown future too."""
         split = self.predict_split
         rows = self.data[split]  # (n, C)
-        n, origin = len(rows), self.bounds[split][0]
+        n, origin = len(rows), self.bounds[split][0] if split in self.bounds else 0  # "all" starts at row 0
         unknown = rows.new_full((self.horizon, rows.shape[1]), math.nan)
         padded = torch.cat([rows, unknown])  # (n + H, C): a horizon past the end, NaN
         targets = padded[:, : self.num_targets]

@@ -105,13 +105,19 @@ def partial_class(factory: functools.partial) -> type | None:
     return None
 
 
+LIGHTNING_NAMESPACES = ("pytorch_lightning", "lightning.pytorch")
+
+
 def drop_lightning_tips() -> None:
     """Drop Lightning's "💡 Tip" lines (advertisements for other products) from its rank-zero info log."""
+    import logging
+
     import lightning_utilities.core.rank_zero as rank_zero
 
-    log = rank_zero.log  # pytorch_lightning points it at its own logger on import
-    if not any(isinstance(f, _NoTips) for f in log.filters):
-        log.addFilter(_NoTips())
+    # each Lightning namespace points rank_zero.log at its own logger when it is imported (the last one wins)
+    for log in {rank_zero.log, *(logging.getLogger(f"{ns}.utilities.rank_zero") for ns in LIGHTNING_NAMESPACES)}:
+        if not any(isinstance(f, _NoTips) for f in log.filters):
+            log.addFilter(_NoTips())
 
 
 class _NoTips:
