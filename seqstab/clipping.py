@@ -20,8 +20,8 @@ Rules every policy keeps:
   * it sees what the optimizer will see: gradients after ``manual_backward`` (so under DDP already all-reduced,
     and every rank takes the same decision) and after AMP unscaling (Lightning #18089).
 
-Stateful policies (:class:`AutoClip`, :class:`ZClip`) keep their state as tensors and Python ints; it travels in
-the checkpoint (``state_dict``/``load_state_dict``) and loads with ``torch.load(weights_only=True)``.
+Stateful policies (:class:`AutoClip`, :class:`ZClip`, :class:`AdaGC`) keep their state as tensors and Python ints;
+it travels in the checkpoint (``state_dict``/``load_state_dict``) and loads with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -428,3 +428,109 @@ class ZClip(ClipPolicy):
             raise ConfigError(
                 f"ZClip warmup_steps={self.warmup_steps}: the checkpoint was taken with {len(self._warmup)}"
             )
+
+
+class AdaGC(ClipPolicy):
+    """Per-tensor adaptive clipping against an EMA of each tensor's own past clipped norms (Wang et al. 2025).
+
+    "AdaGC: Improving Training Stability for Large Language Model Pretraining", arXiv 2502.11034 (Algorithm 1 of
+    v1; v2 keeps the rule), as ``kozistr/pytorch_optimizer``'s ``AdaGC`` transcribes it. For each parameter tensor
+    i, with ``‖g_i‖`` its gradient's L2 norm and ``γ_i`` the tensor's reference norm:
+
+    * warm-up, the first ``warmup_steps`` updates: global norm clipping at ``max_norm`` (the paper's λ_abs),
+      ``ĝ = g · min(1, max_norm / ‖g‖)``, and ``γ_i`` is the running minimum of the clipped norms,
+      ``γ_i ← min(γ_i, ‖ĝ_i‖)`` (the first one starts it);
+    * after: each tensor on its own, ``ĝ_i = g_i · min(1, lambda_rel · γ_i / ‖g_i‖)``, then
+      ``γ_i ← beta · γ_i + (1 - beta) · ‖ĝ_i‖`` (the threshold uses γ from before this update).
+
+    Choices where the paper leaves room, and where seqstab's rules differ:
+
+    * "warm-up" counts updates attempted (skipped ones too), from 0: updates ``0 … warmup_steps-1``;
+    * ``‖ĝ_i‖`` is computed as ``‖g_i‖ · scale`` from the one fused norm pass, not measured again;
+    * a zero gradient norm carries no scale and never enters ``γ_i`` (in warm-up or after): a tensor whose gradient
+      is exactly zero at some update — ``W_hh`` on a chunk of one step from a zero state, an unused embedding —
+      would otherwise pin its ``γ_i`` at 0 and freeze the tensor for good. A tensor with no non-zero norm yet has
+      no ``γ_i``: it is not clipped, and its first non-zero clipped norm starts ``γ_i``;
+    * a non-finite global norm is reported, the gradient left as it is, and no ``γ_i`` changes (the guard decides);
+    * the state is one ``γ_i`` per parameter handed to the policy (in that order), so a tensor without a gradient at
+      some update keeps its own ``γ_i`` and the others stay aligned.
+
+    The logged threshold is ``max_norm`` in warm-up and none after (the rule is per tensor). ``tensor_norms`` are the
+    pre-clip per-tensor norms, as for every policy. The defaults are those of pytorch_optimizer's transcription
+    (λ_rel 1.05, β 0.98, T_start 100, λ_abs 1.0 for the GlobalGC warm-up); set ``warmup_steps`` well below the
+    run's length, and ``max_norm`` as you would NormClip's.
+
+    Args:
+        max_norm: Global-norm threshold of the warm-up (the paper's λ_abs); a threshold carries over only with the
+            same loss reduction (see :class:`NormClip`).
+        lambda_rel: Largest ratio of a tensor's gradient norm to its reference ``γ_i`` after warm-up (the paper's
+            λ_rel; > 1 lets a tensor's norm grow by at most that factor over its history per update).
+        beta: EMA coefficient of ``γ_i``, in (0, 1).
+        warmup_steps: Updates of global clipping that start every ``γ_i`` (the paper's T_start); 0 starts each ``γ_i``
+            from its first non-zero norm, unclipped.
+    """
+
+    def __init__(self, max_norm: float = 1.0, lambda_rel: float = 1.05, beta: float = 0.98, warmup_steps: int = 100):
+        check_positive(max_norm=max_norm, lambda_rel=lambda_rel)
+        _check_fraction("beta", beta)
+        _check_count("warmup_steps", warmup_steps, minimum=0)
+        self.max_norm = float(max_norm)
+        self.lambda_rel = float(lambda_rel)
+        self.beta = float(beta)
+        self.warmup_steps = warmup_steps
+        self.steps = 0
+        self._gamma: torch.Tensor | None = None  # (len(params),) γ_i; NaN where tensor i has no γ yet
+
+    def clip(self, params: list[torch.Tensor]) -> ClipResult:
+        present = [i for i, p in enumerate(params) if p.grad is not None]  # host-side: which tensors have gradients
+        grads = [params[i].grad for i in present]
+        norms, norm = norms_and_total(grads)
+        if norms is None:
+            return ClipResult(norm, norm, torch.zeros((), dtype=torch.bool))
+        gamma = self._gamma_for(len(params), norms)
+        every = len(present) == len(params)
+        gamma_now = gamma if every else torch.stack([gamma[i] for i in present])  # (P,) views, no host sync
+        finite = torch.isfinite(norm)
+        if self.steps < self.warmup_steps:
+            threshold = torch.full_like(norm, self.max_norm)
+            clipped, scale = _scale_to(norm, threshold)
+            _rescale_(grads, scale)
+            kept, post = norms * scale, norm * scale  # (P,) clipped per-tensor norms; clipped global norm
+            updated = torch.fmin(gamma_now, kept)  # fmin: a missing γ (NaN) takes the norm
+        else:
+            threshold = None
+            limit = self.lambda_rel * gamma_now  # NaN where no γ yet: never above it
+            over = finite & (norms > limit)
+            scales = torch.where(over, limit / norms, torch.ones_like(norms))
+            internals.foreach_mul_(grads, list(scales.unbind()))
+            kept = norms * scales
+            clipped, post = over.any(), torch.linalg.vector_norm(kept)
+            updated = torch.where(gamma_now.isnan(), kept, self.beta * gamma_now + (1 - self.beta) * kept)
+        gamma_now = torch.where(finite & (kept > 0), updated, gamma_now)
+        if every:
+            self._gamma = gamma_now
+        else:
+            slots = list(gamma.unbind())
+            for j, i in enumerate(present):
+                slots[i] = gamma_now[j]
+            self._gamma = torch.stack(slots)
+        self.steps += 1
+        return ClipResult(norm, post, clipped, threshold, norms)
+
+    def _gamma_for(self, count: int, norms: torch.Tensor) -> torch.Tensor:
+        """``(count,)`` γ on the norms' device and dtype: the state's, or all missing (NaN) at the first update."""
+        if self._gamma is None:
+            return torch.full((count,), math.nan, dtype=norms.dtype, device=norms.device)
+        if len(self._gamma) != count:
+            raise ConfigError(f"AdaGC: the state holds γ for {len(self._gamma)} tensors, the model has {count}")
+        return self._gamma.to(device=norms.device, dtype=norms.dtype)
+
+    def state_dict(self) -> dict:
+        state: dict = {"steps": self.steps}
+        if self._gamma is not None:
+            state["gamma"] = self._gamma.detach().cpu()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = int(state.get("steps", 0))
+        self._gamma = state.get("gamma")

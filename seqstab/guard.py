@@ -20,6 +20,11 @@ Lightning):
   * on the first event, a replay snapshot ``snapshot_update_<N>.pt`` (:func:`save_snapshot`, replayed by
     ``python -m seqstab.replay``).
 
+Under ``policy="reset_moments"`` (SPAM, Huang et al., ICLR 2025, arXiv 2501.06842) a flagged update is skipped as
+under ``skip`` and the optimizer's moment buffers of the tensors whose gradient spiked are zeroed
+(:func:`reset_moments`); the event's line lists them. With ``log_spike_score`` the guard also logs
+``grad/spike_score``, the fraction of spikes among the last ``window`` updates.
+
 A non-finite update is never applied, whatever the policy. Under 16-bit AMP a non-finite norm is the
 GradScaler's overflow (``amp/overflow`` 1): skipped without an event, while the scaler lowers its scale. No
 checkpoint holding non-finite weights is ever written: :func:`check_finite_weights` runs when seqstab's tasks and the
@@ -44,10 +49,20 @@ from seqstab import checkpoint
 from seqstab.errors import ConfigError, SeqstabError
 from seqstab.record import Action, Run, Update, add_text
 
-__all__ = ["Action", "ExplosionGuard", "NonFiniteWeightsError", "check_finite_weights", "grad_norms"]
+__all__ = [
+    "Action",
+    "ExplosionGuard",
+    "NonFiniteWeightsError",
+    "check_finite_weights",
+    "grad_norms",
+    "moment_buffers",
+    "reset_moments",
+]
 
 EVENTS_FILE = "explosions.jsonl"
 SNAPSHOT_FORMAT = "seqstab.snapshot/1"
+POLICIES = ("warn", "skip", "stop", "reset_moments")
+MOMENT_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")  # Adam/AdamW (amsgrad), SGD momentum
 
 
 class NonFiniteWeightsError(SeqstabError):
@@ -57,10 +72,30 @@ class NonFiniteWeightsError(SeqstabError):
 class ExplosionGuard:
     """Flags updates whose pre-clip gradient norm is non-finite or spikes, and skips, stops or warns.
 
+    With ``policy="reset_moments"`` a flagged update is not applied (as ``skip``) and the optimizer's moment
+    buffers (``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``, ``momentum_buffer``) of the tensors whose gradient
+    spiked are zeroed, with Adam's per-parameter ``step`` set back to 0, so those tensors restart like fresh ones
+    (bias correction then undoes the zeroing; SPAM keeps the step and warms the rate up instead, StableSPAM resets
+    it). Skipping alone already keeps the flagged gradient out of the moments; the reset also drops what they
+    gathered on the way to the spike. A tensor **spiked** when its own pre-clip gradient norm is non-finite or above
+    ``spike_factor`` × the median of its norms over the updates the global window holds (the guard's rule, applied
+    per tensor; after ``min_history`` of them). When no tensor passes that test (no baseline yet, detection off, or
+    a global spike spread thin), the tensor with the largest gradient norm — the one the event names — is reset.
+    Per-tensor norms are the policy's pre-clip ones (``ClipResult.tensor_norms``); a policy without them gives no
+    baseline. Other optimizer state (Adagrad's sum, RMSprop's average) is left alone. The event's line in
+    ``explosions.jsonl`` gains ``spiked`` (the tensors chosen) and ``reset`` (those whose buffers were zeroed: none
+    for plain SGD, which keeps no moments).
+
+    ``grad/spike_score`` (with ``log_spike_score``): at every update, the fraction of the last ``window`` updates
+    (this one included; AMP overflows left out) whose pre-clip norm was non-finite or above ``spike_factor`` × the
+    running median it met — the spike test, whether or not ``max_norm`` flagged the update first. It is computed from
+    the norm already read back: no further host sync.
+
     Args:
-        policy: What a flagged update gets: ``warn`` (applied anyway, unless non-finite), ``skip`` (not applied)
-            or ``stop`` (not applied; the run ends cleanly after a one-line summary). A non-finite update is never
-            applied under any policy.
+        policy: What a flagged update gets: ``warn`` (applied anyway, unless non-finite), ``skip`` (not applied),
+            ``stop`` (not applied; the run ends cleanly after a one-line summary) or ``reset_moments`` (not applied;
+            the spiked tensors' optimizer moments are zeroed). A non-finite update is never applied under any
+            policy.
         spike_factor: Flag a norm above this multiple of the running median. 10 sits well outside the 2-5x
             update-to-update swings of healthy training. None turns spike detection off.
         window: How many recent finite, non-zero norms the running median covers. Flagged norms enter it too, so a
@@ -70,20 +105,22 @@ class ExplosionGuard:
         snapshot: Save a replay snapshot (model, optimizer, the chunk, its hidden state, RNG state) at the first event.
         max_consecutive_skips: Stop the run cleanly after this many updates in a row were not applied (skipping
             forever hides a broken setup); None never stops for that.
+        log_spike_score: Log ``grad/spike_score`` at every update (off by default: it adds a tag to every run).
     """
 
     def __init__(
         self,
-        policy: Literal["warn", "skip", "stop"] = "skip",
+        policy: Literal["warn", "skip", "stop", "reset_moments"] = "skip",
         spike_factor: float | None = 10.0,
         window: int = 50,
         min_history: int = 5,
         max_norm: float | None = None,
         snapshot: bool = True,
         max_consecutive_skips: int | None = None,
+        log_spike_score: bool = False,
     ):
-        if policy not in ("warn", "skip", "stop"):
-            raise ConfigError(f"guard policy={policy!r}: must be 'warn', 'skip' or 'stop'")
+        if policy not in POLICIES:
+            raise ConfigError(f"guard policy={policy!r}: must be 'warn', 'skip', 'stop' or 'reset_moments'")
         if spike_factor is not None and not spike_factor > 1:
             raise ConfigError(f"guard spike_factor={spike_factor!r}: must be > 1 (or null to turn it off)")
         if not window >= 1:
@@ -105,9 +142,13 @@ class ExplosionGuard:
         self.max_norm = None if max_norm is None else float(max_norm)
         self.snapshot = snapshot
         self.max_consecutive_skips = max_consecutive_skips
+        self.log_spike_score = bool(log_spike_score)
         self.skipped_in_a_row = 0
         self._norms: deque[float] = deque()  # the last `window` finite, non-zero norms, oldest first
         self._sorted: list[float] = []  # the same values, sorted
+        self._rows: deque[torch.Tensor] = deque(maxlen=self.window)  # reset_moments: (P,) pre-clip tensor norms
+        self._spikes: deque[bool] = deque(maxlen=self.window)  # spike test of the last `window` updates
+        self._spike_count = 0  # of them, True
         self.events = 0
         self.first_event: int | None = None  # update index of the first event
         self.snapshot_path: str | None = None
@@ -140,21 +181,72 @@ class ExplosionGuard:
 
     def _decide(self, run: Run | None, update: Update) -> Action:
         if update.values.get("amp/overflow"):
-            update.values["explosion/events"] = float(self.events)
+            self._tag(update)
             return Action.SKIP
         norm = update.values["grad/norm_total"]
         reason, median = self.detect(norm)
+        self._count(not math.isfinite(norm) or self._above(norm, median))
+        resetting = reason is not None and run is not None and self.policy == "reset_moments"
+        baseline = list(self._rows) if resetting else []  # the per-tensor windows this update met
         if math.isfinite(norm) and norm > 0:
             self._remember(norm)
+            if self.policy == "reset_moments" and update.clip.tensor_norms is not None:
+                self._rows.append(update.clip.tensor_norms)
         if reason is None:
-            update.values["explosion/events"] = float(self.events)
+            self._tag(update)
             return Action.STEP
         self.events += 1
-        update.values["explosion/events"] = float(self.events)
+        self._tag(update)
         action = self._action(math.isfinite(norm))
         if run is not None:
-            self._record(run, update, reason, median, action)
+            spiked = self._spiked(run, update, baseline) if resetting else []
+            extra = {}
+            if resetting:
+                held = [name for name, param in spiked if moment_buffers(run.optimizer, param)]
+                extra = {"spiked": [name for name, _ in spiked], "reset": held}
+            self._record(run, update, reason, median, action, extra)  # the snapshot sees the moments as they were
+            for _, param in spiked:
+                reset_moments(run.optimizer, param)
         return action
+
+    def _tag(self, update: Update) -> None:
+        """The guard's per-update tags: ``explosion/events`` (and ``grad/spike_score``)."""
+        update.values["explosion/events"] = float(self.events)
+        if self.log_spike_score:
+            update.values["grad/spike_score"] = self._spike_count / len(self._spikes) if self._spikes else 0.0
+
+    def _above(self, norm: float, median: float | None) -> bool:
+        return self.spike_factor is not None and median is not None and norm > self.spike_factor * median
+
+    def _count(self, spike: bool) -> None:
+        """Add one update's spike test to the window of the last ``window`` (a running count, O(1))."""
+        if len(self._spikes) == self.window:
+            self._spike_count -= self._spikes[0]
+        self._spikes.append(spike)
+        self._spike_count += spike
+
+    def _spiked(self, run: Run, update: Update, baseline: list[torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
+        """The tensors whose own gradient spiked (see the class docstring), by name, with their parameters."""
+        named = [(name, p) for name, p in run.module.named_parameters() if p.grad is not None]
+        if not named:
+            return []
+        now = update.clip.tensor_norms
+        rows: list[list[float]] = []
+        if now is not None and len(now) == len(named):
+            kept = [r.to(device=now.device, dtype=now.dtype) for r in baseline if len(r) == len(named)]
+            norms, *rows = torch.stack([now, *kept]).tolist()  # one host sync, on an event only
+        else:
+            norms = list(grad_norms(run.module).values())
+        chosen = []
+        if len(rows) >= self.min_history:
+            for i, norm in enumerate(norms):
+                if not math.isfinite(norm) or self._above(norm, _median_of(sorted(r[i] for r in rows))):
+                    chosen.append(i)
+        else:
+            chosen = [i for i, norm in enumerate(norms) if not math.isfinite(norm)]
+        if not chosen:
+            chosen = [max(range(len(norms)), key=lambda i: _sortable(norms[i]))]
+        return [named[i] for i in chosen]
 
     def detect(self, norm: float) -> tuple[str | None, float | None]:
         """Why ``norm`` is an event (``non-finite``, ``max_norm``, ``spike``) or None; and the median it met."""
@@ -175,22 +267,22 @@ class ExplosionGuard:
         bisect.insort(self._sorted, norm)
 
     def _median(self) -> float | None:
-        n = len(self._sorted)
-        if n < self.min_history:
+        if len(self._sorted) < self.min_history:
             return None
-        mid = n // 2
-        return self._sorted[mid] if n % 2 else (self._sorted[mid - 1] + self._sorted[mid]) / 2
+        return _median_of(self._sorted)
 
     def _action(self, finite: bool) -> Action:
         if self.policy == "stop":
             return Action.STOP
-        if self.policy == "skip" or not finite:
+        if self.policy in ("skip", "reset_moments") or not finite:
             return Action.SKIP
         return Action.STEP
 
     # -- what an event leaves behind ------------------------------------------------------------------------
 
-    def _record(self, run: Run, update: Update, reason: str, median: float | None, action: Action) -> None:
+    def _record(
+        self, run: Run, update: Update, reason: str, median: float | None, action: Action, extra: dict[str, Any]
+    ) -> None:
         norm = update.values["grad/norm_total"]
         modules = grad_norms(run.module, update.clip.tensor_norms)  # pre-clip; one sync, on events only
         largest = max(modules, key=lambda name: _sortable(modules[name])) if modules else None
@@ -206,6 +298,7 @@ class ExplosionGuard:
             "loss": _json_float(update.values.get("train/loss")),
             "module": largest,
             "module_norm": _json_float(modules.get(largest)) if largest else None,
+            **extra,
         }
         run_dir = run.run_dir if run.is_global_zero else None
         if run_dir is not None:
@@ -235,8 +328,10 @@ class ExplosionGuard:
         line = (
             f"seqstab: explosion guard: {event['reason']} at update {event['update']} (epoch {event['epoch']}): "
             f"pre-clip grad norm {norm}{ratio}; largest in {event['module']}; {what[action]}; "
-            f"{self.events} event(s) so far"
         )
+        if "reset" in event:
+            line += f"moments reset for {', '.join(event['reset']) or 'no tensor (the optimizer keeps none)'}; "
+        line += f"{self.events} event(s) so far"
         if self.snapshot_path:
             line += f"; replay: python -m seqstab.replay {self.snapshot_path}"
         return line
@@ -251,6 +346,8 @@ class ExplosionGuard:
             "first_event": self.first_event,
             "snapshot_path": self.snapshot_path,
             "skipped_in_a_row": self.skipped_in_a_row,
+            "spikes": list(self._spikes),
+            "tensor_norms": [row.tolist() for row in self._rows],  # reset_moments only; a sync at a save
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -261,12 +358,17 @@ class ExplosionGuard:
         self.first_event = state.get("first_event")
         self.snapshot_path = state.get("snapshot_path")
         self.skipped_in_a_row = int(state.get("skipped_in_a_row", 0))
+        self._spikes, self._spike_count = deque(maxlen=self.window), 0
+        for spike in state.get("spikes", [])[-self.window :]:
+            self._count(bool(spike))
+        rows = state.get("tensor_norms", [])[-self.window :]
+        self._rows = deque((torch.tensor(row, dtype=torch.float64) for row in rows), maxlen=self.window)
 
     def __repr__(self) -> str:
         return (
             f"ExplosionGuard(policy={self.policy!r}, spike_factor={self.spike_factor}, window={self.window}, "
             f"min_history={self.min_history}, max_norm={self.max_norm}, snapshot={self.snapshot}, "
-            f"max_consecutive_skips={self.max_consecutive_skips})"
+            f"max_consecutive_skips={self.max_consecutive_skips}, log_spike_score={self.log_spike_score})"
         )
 
 
@@ -286,6 +388,28 @@ def grad_norms(module: torch.nn.Module, tensor_norms: torch.Tensor | None = None
     else:
         norms = torch.stack([torch.linalg.vector_norm(g.detach().float()) for _, g in named]).tolist()
     return {name: norm for (name, _), norm in zip(named, norms, strict=True)}
+
+
+def moment_buffers(optimizer: torch.optim.Optimizer | None, param: torch.Tensor) -> list[torch.Tensor]:
+    """The optimizer's moment buffers of ``param`` that :func:`reset_moments` zeroes (``MOMENT_KEYS`` it holds)."""
+    state = optimizer.state.get(param) if optimizer is not None else None  # .get: state is a defaultdict
+    return [state[key] for key in MOMENT_KEYS if isinstance(state.get(key), torch.Tensor)] if state else []
+
+
+def reset_moments(optimizer: torch.optim.Optimizer | None, param: torch.Tensor) -> bool:
+    """Zero ``param``'s moment buffers in place (Adam/AdamW ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``; SGD
+    ``momentum_buffer``) and set its ``step`` back to 0 where the optimizer keeps one (Adam's bias correction then
+    treats the tensor as new). Whether there was anything to reset."""
+    buffers = moment_buffers(optimizer, param)
+    for buffer in buffers:
+        buffer.zero_()
+    state = optimizer.state[param] if buffers else {}
+    step = state.get("step")
+    if isinstance(step, torch.Tensor):
+        step.zero_()
+    elif step is not None:
+        state["step"] = type(step)(0)
+    return bool(buffers)
 
 
 def check_finite_weights(state_dict: dict[str, torch.Tensor], where: str = "checkpoint") -> None:
@@ -373,6 +497,12 @@ def _plain_or_none(hparams: dict[str, Any] | None) -> dict[str, Any] | None:
         return _plain({k: v for k, v in hparams.items() if not str(k).startswith("_")})
     except TypeError:
         return None
+
+
+def _median_of(ordered: list[float]) -> float:
+    """The median of an ascending list: its middle value, or the mean of its middle two."""
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def _sortable(value: float) -> float:

@@ -60,6 +60,7 @@ OVERRIDES_FILE = "overrides.yaml"
 FAILED_FILE = "failed.json"  # a run that exited non-zero; run again when the sweep is started again
 SWEEP_KEYS = {"name", "base", "args", "grid", "variants", "plot"}
 TRAIN_TAIL = 20  # final train loss: mean over the last this many updates
+SPIKE_REASONS = ("spike", "non-finite")  # spike_count: events of these reasons (a max_norm event is not counted)
 
 
 @dataclass
@@ -366,6 +367,7 @@ def summarize(run: Run, data: dict[str, Any]) -> dict[str, Any]:
             "updates": len(norms),
             "first_explosion_step": events[0]["update"] if events else None,
             "first_nonfinite_step": nonfinite_steps[0] if nonfinite_steps else None,
+            "spike_count": sum(e.get("reason") in SPIKE_REASONS for e in events) if norms else None,
             "initial_norm": next((v for v in norms if v > 0), None),  # the first gradient: untrained weights
             "max_pre_clip_norm": max(finite) if finite else None,
             "frac_clipped": sum(clipped) / len(clipped) if clipped else None,
@@ -430,8 +432,9 @@ def _markdown(sweep: Sweep, rows: list[dict[str, Any]], columns: list[str], plot
         f"{sum(r['status'] == 'done' for r in rows)} finished, {total:.0f} s of run wall time in all.",
         "",
         "Steps are update indices (the x axis of every per-update TensorBoard scalar). `first_explosion_step`: "
-        "the first explosion-guard event; `initial_norm`: the first non-zero pre-clip norm (the weights as "
-        "initialised); "
+        "the first explosion-guard event; `spike_count`: guard events for a spike (pre-clip norm above "
+        "`spike_factor` × the running median) or a non-finite norm; `initial_norm`: the first non-zero pre-clip "
+        "norm (the weights as initialised); "
         "`max_pre_clip_norm`: the largest finite pre-clip gradient norm; "
         f"`final_train_loss`: mean of the last {TRAIN_TAIL} updates; `final_val/*`: the last validation; "
         "`grad_flow_growth`: median over the run, where the monitor logged it.",

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from seqstab.clipping import (
     AGC,
+    AdaGC,
     AutoClip,
     ClipPolicy,
     NoClip,
@@ -133,11 +134,13 @@ def _generous(name: str, gs: list[torch.Tensor], params) -> ClipPolicy:
         return AutoClip(percentile=100)  # the maximum of the history, current norm included: never clips
     if name == "zclip":
         return ZClip(warmup_steps=3)  # the first update is warm-up
+    if name == "adagc":
+        return AdaGC(max_norm=norm * 1.01, warmup_steps=1)  # warm-up: global clipping above the norm
     return NoClip()
 
 
 @FAST
-@given(grad_lists(), st.sampled_from(["none", "value", "norm", "per_parameter", "agc", "autoclip", "zclip"]))
+@given(grad_lists(), st.sampled_from(["none", "value", "norm", "per_parameter", "agc", "autoclip", "zclip", "adagc"]))
 def test_below_the_threshold_every_policy_leaves_gradients_bitwise_unchanged(gs, name):
     params = params_with(gs)
     result = _generous(name, gs, params)(params)
@@ -308,6 +311,209 @@ def test_zclip_matches_the_reference_implementation(norms, alpha, z_thresh, warm
             assert not bool(result.clipped) or float(result.post_norm) == pytest.approx(norm, rel=1e-4)
 
 
+# -- AdaGC ---------------------------------------------------------------------------------------------------------
+
+
+def tensors_with(*values: list[float], dtype=torch.float32) -> list[torch.nn.Parameter]:
+    """One parameter per list, its gradient that list."""
+    params = []
+    for v in values:
+        p = torch.nn.Parameter(torch.zeros(len(v), dtype=dtype))
+        p.grad = torch.tensor(v, dtype=dtype)
+        params.append(p)
+    return params
+
+
+def test_adagc_matches_the_hand_computed_rule():
+    """Wang et al. 2025, Algorithm 1, by hand: λ_abs (max_norm) 5, λ_rel 1.5, β 0.5, two warm-up updates."""
+    policy = AdaGC(max_norm=5.0, lambda_rel=1.5, beta=0.5, warmup_steps=2)
+    # warm-up 1: global norm 13 > 5, every gradient scaled by 5/13; γ starts at the clipped norms (25/13, 60/13)
+    params = tensors_with([3.0, 4.0], [12.0])
+    result = policy(params)
+    assert float(result.pre_norm) == 13.0 and float(result.threshold) == 5.0 and bool(result.clipped)
+    assert float(result.post_norm) == pytest.approx(5.0)
+    assert torch.allclose(params[0].grad, torch.tensor([15 / 13, 20 / 13])) and torch.allclose(
+        params[1].grad, torch.tensor([60 / 13])
+    )
+    assert torch.allclose(policy._gamma, torch.tensor([25 / 13, 60 / 13]))
+    # warm-up 2: global norm √5 < 5, untouched; γ = min(γ, ‖ĝ_i‖) = (1, 2)
+    params = tensors_with([0.6, 0.8], [2.0])
+    assert not bool(policy(params).clipped)
+    assert torch.equal(policy._gamma, torch.tensor([1.0, 2.0]))
+    # after warm-up: each tensor against 1.5 γ_i = (1.5, 3): tensor 0 (norm 5) rescaled to 1.5, tensor 1 (norm 1)
+    # untouched; no global threshold; then γ ← 0.5 γ + 0.5 ‖ĝ_i‖ = (1.25, 1.5)
+    params = tensors_with([3.0, 4.0], [1.0])
+    result = policy(params)
+    assert result.threshold is None and bool(result.clipped)
+    assert torch.allclose(params[0].grad, torch.tensor([0.9, 1.2])) and torch.equal(params[1].grad, torch.tensor([1.0]))
+    assert float(result.post_norm) == pytest.approx(math.sqrt(1.5**2 + 1))
+    assert torch.equal(result.tensor_norms, torch.tensor([5.0, 1.0]))  # pre-clip, as every policy reports them
+    assert torch.allclose(policy._gamma, torch.tensor([1.25, 1.5]))
+    # a zero gradient leaves its γ alone; tensor 1 at 10 > 1.5 · 1.5 is rescaled to 2.25 and γ_1 = 1.875
+    params = tensors_with([0.0, 0.0], [10.0])
+    policy(params)
+    assert torch.equal(params[0].grad, torch.zeros(2)) and torch.allclose(params[1].grad, torch.tensor([2.25]))
+    assert torch.allclose(policy._gamma, torch.tensor([1.25, 1.875]))
+
+
+def adagc_reference(steps: list[list[float]], max_norm: float, lambda_rel: float, beta: float, warmup: int):
+    """AdaGC's rule in plain floats (kozistr/pytorch_optimizer ``AdaGC.step``, transcribed without its optimizer and
+    its ``+ eps`` on the global norm, warm-up counted from update 0): each update's clipped per-tensor norms."""
+    gamma, out = None, []
+    for t, norms in enumerate(steps):
+        if t < warmup:
+            h = min(max_norm / math.sqrt(sum(n * n for n in norms)), 1.0)
+            kept = [n * h for n in norms]
+            gamma = kept if gamma is None else [min(g, k) for g, k in zip(gamma, kept, strict=True)]
+        else:
+            kept = [n * min(lambda_rel * g / n, 1.0) for n, g in zip(norms, gamma, strict=True)]
+            gamma = [beta * g + (1 - beta) * k for g, k in zip(gamma, kept, strict=True)]
+        out.append(kept)
+    return out
+
+
+@FAST
+@given(
+    st.integers(1, 3).flatmap(
+        lambda p: st.lists(st.lists(st.floats(0.1, 100.0), min_size=p, max_size=p), min_size=1, max_size=12)
+    ),
+    st.floats(0.5, 50.0),
+    st.floats(1.0, 2.0),
+    st.floats(0.5, 0.99),
+    st.integers(1, 4),
+)
+def test_adagc_matches_the_reference_rule(steps, max_norm, lambda_rel, beta, warmup):
+    policy = AdaGC(max_norm, lambda_rel, beta, warmup)
+    expected = adagc_reference(steps, max_norm, lambda_rel, beta, warmup)
+    for norms, want in zip(steps, expected, strict=True):
+        params = tensors_with(*[[n] for n in norms], dtype=torch.float64)  # each gradient's norm is exactly n
+        policy(params)
+        assert [abs(float(p.grad)) for p in params] == pytest.approx(want, rel=1e-9)
+
+
+def test_adagc_below_its_thresholds_after_warmup_leaves_gradients_bitwise_unchanged():
+    policy = AdaGC(max_norm=100.0, warmup_steps=2)
+    for _ in range(2):
+        policy(tensors_with([3.0, 4.0], [2.0]))  # γ = (5, 2)
+    params = tensors_with([1.5, -0.5, 0.25], [-2.1])  # 1.6 < 1.05 · 5 and 2.1 ≤ 1.05 · 2
+    before = [p.grad.clone() for p in params]
+    result = policy(params)
+    assert not bool(result.clipped) and float(result.post_norm) == float(result.pre_norm)
+    assert all(same_bits(b, p.grad) for b, p in zip(before, params, strict=True))
+
+
+def test_adagc_keeps_each_tensors_gamma_when_another_has_no_gradient():
+    policy = AdaGC(max_norm=100.0, warmup_steps=1)
+    a, b = tensors_with([2.0], [8.0])
+    policy([a, b])  # γ = (2, 8)
+    a.grad = None
+    policy([a, b])  # only b: its γ takes 8 again, a's stays
+    assert torch.equal(policy._gamma, torch.tensor([2.0, 8.0]))
+    a.grad, b.grad = torch.tensor([3.0]), torch.tensor([8.0])
+    policy([a, b])  # a at 3 > 1.05 · 2: clipped against its own γ, not b's
+    assert float(a.grad) == pytest.approx(2.1) and float(b.grad) == 8.0
+    with pytest.raises(ConfigError, match="γ for 2 tensors, the model has 3"):
+        policy(tensors_with([1.0], [1.0], [1.0]))
+
+
+def test_adagc_tensor_without_a_gamma_is_not_clipped_until_it_has_one():
+    """A gradient that was exactly zero through warm-up gives no scale: it is left alone, then starts its γ."""
+    policy = AdaGC(max_norm=100.0, warmup_steps=2)
+    for _ in range(2):
+        policy(tensors_with([0.0, 0.0], [1.0]))
+    assert math.isnan(float(policy._gamma[0])) and float(policy._gamma[1]) == 1.0
+    params = tensors_with([30.0, 40.0], [1.0])
+    assert not bool(policy(params).clipped) and float(params[0].grad.norm()) == 50.0
+    assert float(policy._gamma[0]) == 50.0  # its first non-zero norm, unclipped
+    params = tensors_with([36.0, 48.0], [1.0])
+    policy(params)
+    assert float(params[0].grad.norm()) == pytest.approx(52.5)  # 60, now against 1.05 · 50
+
+
+@pytest.mark.parametrize("steps_before", [0, 3], ids=["warm-up", "adaptive"])
+@pytest.mark.parametrize("bad", [math.inf, math.nan])
+def test_adagc_non_finite_norm_leaves_gradient_and_gamma_alone(steps_before, bad):
+    policy = AdaGC(max_norm=2.0, warmup_steps=2)
+    for _ in range(steps_before):
+        policy(tensors_with([3.0, 4.0], [1.0]))
+    gamma = None if policy._gamma is None else policy._gamma.clone()
+    gs = [torch.tensor([5.0, bad]), torch.tensor([100.0])]
+    params = params_with(gs)
+    result = policy(params)
+    assert not math.isfinite(float(result.pre_norm)) and not bool(result.clipped)
+    assert all(same_bits(a, b) for a, b in zip(gs, grads(params), strict=True))
+    if gamma is None:
+        assert torch.isnan(policy._gamma).all()
+    else:
+        assert torch.equal(policy._gamma, gamma)
+
+
+def test_adagc_resumes_bitwise_from_its_state():
+    """state_dict -> torch.save -> a weights_only load into a fresh policy: every later gradient bit for bit."""
+    gen = torch.Generator().manual_seed(3)
+    scales = (1, 2, 1, 3, 50, 1, 0.3, 1)  # a spike after the cut, then a quiet update
+    steps = [[torch.randn(4, 3, generator=gen) * s, torch.randn(3, generator=gen) * s] for s in scales]
+    make = lambda: AdaGC(max_norm=4.0, lambda_rel=1.1, beta=0.9, warmup_steps=3)  # noqa: E731
+    whole, first = make(), make()
+    expected = []
+    for gs in steps:
+        params = params_with(gs)
+        result = whole(params)
+        expected.append((grads(params), result))  # the gradients as clipped
+    for gs in steps[:4]:
+        first(params_with(gs))
+    buffer = io.BytesIO()
+    torch.save(first.state_dict(), buffer)
+    buffer.seek(0)
+    resumed = make()
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    clipped = []
+    for gs, (want_grads, want) in zip(steps[4:], expected[4:], strict=True):
+        params = params_with(gs)
+        got = resumed(params)
+        assert all(same_bits(a, b) for a, b in zip(want_grads, grads(params), strict=True))
+        assert same_bits(want.post_norm, got.post_norm) and bool(want.clipped) == bool(got.clipped)
+        clipped.append(bool(got.clipped))
+    assert True in clipped and False in clipped  # the comparison covers both decisions
+    assert torch.equal(resumed._gamma, whole._gamma)
+
+
+def test_adagc_resumed_run_makes_the_same_clip_decisions(tmp_path):
+    """Through the trainer: a checkpoint after one epoch carries γ; the resumed second epoch logs the same norms."""
+    from tests.test_clipping_runs import SECOND_EPOCH, UPDATES_PER_EPOCH, fit_adding
+
+    make = lambda: AdaGC(max_norm=1.0, lambda_rel=1.5, beta=0.9, warmup_steps=4)  # noqa: E731
+    whole = fit_adding(make(), epochs=2)
+    fit_adding(make(), epochs=1, ckpt_out=tmp_path / "epoch1.ckpt")
+    resumed = fit_adding(make(), epochs=2, ckpt_in=tmp_path / "epoch1.ckpt")
+    for tag in ("grad/clipped", "grad/norm_total", "grad/norm_total_clipped"):
+        assert [resumed[tag][s] for s in SECOND_EPOCH] == [whole[tag][s] for s in SECOND_EPOCH], tag
+    decisions = [whole["grad/clipped"][s] for s in SECOND_EPOCH]
+    assert 0 < sum(decisions) < len(decisions)
+    checkpoint = torch.load(tmp_path / "epoch1.ckpt", weights_only=True)
+    state = checkpoint["seqstab"]["clipping"]
+    assert state["steps"] == UPDATES_PER_EPOCH and state["gamma"].shape == (6,)  # one γ per trained tensor
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_adagc_does_not_synchronise_with_the_host_even_with_a_gradient_missing():
+    policy = AdaGC(max_norm=1.0, warmup_steps=2)
+    model = torch.nn.LSTM(4, 8).cuda()
+    params = list(model.parameters())
+    for step in range(5):
+        model.zero_grad()
+        model(torch.randn(5, 2, 4, device="cuda"))[0].pow(2).sum().mul(10**step).backward()
+        if step == 3:
+            params[1].grad = None  # one tensor without a gradient: the gather / scatter path
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            policy(params)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert policy._gamma.device.type == "cuda" and policy.steps == 5
+
+
 # -- non-finite norms: reported, gradient untouched, no statistic poisoned ------------------------------------------
 
 
@@ -368,6 +574,12 @@ def test_autoclip_with_no_finite_norm_yet_clips_nothing():
         (lambda: ZClip(z_thresh=0), "z_thresh=0"),
         (lambda: ZClip(warmup_steps=0), "warmup_steps=0"),
         (lambda: ZClip(max_grad_norm=-1), "max_grad_norm=-1"),
+        (lambda: AdaGC(max_norm=0), "max_norm=0"),
+        (lambda: AdaGC(lambda_rel=-1.0), "lambda_rel=-1.0"),
+        (lambda: AdaGC(beta=1), "beta=1"),
+        (lambda: AdaGC(beta=0), "beta=0"),
+        (lambda: AdaGC(warmup_steps=-1), "warmup_steps=-1"),
+        (lambda: AdaGC(warmup_steps=2.5), "warmup_steps=2.5"),
     ],
 )
 def test_bad_setting_fails_at_construction_with_one_line(make, needle):
@@ -380,6 +592,7 @@ def test_edge_settings_are_accepted():
     AutoClip(percentile=100)
     AutoClip(percentile=1e-9, history=1)
     ZClip(alpha=0.999, warmup_steps=1, max_grad_norm=None)
+    AdaGC(warmup_steps=0, beta=0.999, lambda_rel=1.0)
 
 
 def test_bad_clipping_setting_from_the_cli_is_one_line(tmp_path, monkeypatch, capsys):
@@ -403,6 +616,8 @@ def test_bad_clipping_setting_from_the_cli_is_one_line(tmp_path, monkeypatch, ca
         (lambda: AutoClip(70, history=4), 9),  # the ring has wrapped
         (lambda: ZClip(alpha=0.6, z_thresh=1.0, warmup_steps=4), 2),  # mid warm-up
         (lambda: ZClip(alpha=0.6, z_thresh=1.0, warmup_steps=4, max_grad_norm=8.0), 7),
+        (lambda: AdaGC(max_norm=3.0, lambda_rel=1.2, beta=0.6, warmup_steps=4), 2),  # mid warm-up
+        (lambda: AdaGC(max_norm=3.0, lambda_rel=1.2, beta=0.6, warmup_steps=4), 7),
     ],
 )
 def test_state_round_trips_through_a_weights_only_load(make, cut):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import time
@@ -16,8 +17,10 @@ from seqstab.clipping import NoClip
 from seqstab.errors import ConfigError
 from seqstab.guard import Action, ExplosionGuard, NonFiniteWeightsError
 from seqstab.nets import RecurrentNet
+from seqstab.record import StaticRun
 from seqstab.tasks import SequenceRegressor, Update
 from seqstab.train import main
+from seqstab.update import UpdateCore, drop_gradients
 from tests.helpers import REPO, TinyStream, quiet_trainer, scalars
 
 EXPLODE = REPO / "configs" / "explode" / "adding_rnn.yaml"
@@ -311,3 +314,190 @@ def test_event_names_the_module_by_its_pre_clip_norm(tmp_path, monkeypatch, clip
     assert event["update"] == reference["update"] == 0
     assert series["grad/clipped"][0] == (0, 1.0)  # the policy did change this update's gradient
     assert (event["module"], event["module_norm"]) == (reference["module"], reference["module_norm"])
+
+
+# -- reset_moments (SPAM): the flagged update skipped, the spiked tensors' optimizer moments zeroed ------------------
+
+SPIKE_AT = 5  # the update at which tensor a's gradient alone jumps 1000x
+OPTIMIZERS = {
+    "adam": lambda params: torch.optim.Adam(params, lr=0.01),
+    "adamw_amsgrad": lambda params: torch.optim.AdamW(params, lr=0.01, amsgrad=True),
+    "sgd_momentum": lambda params: torch.optim.SGD(params, lr=0.01, momentum=0.9),
+}
+MOMENTS = {
+    "adam": ("exp_avg", "exp_avg_sq"),
+    "adamw_amsgrad": ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+    "sgd_momentum": ("momentum_buffer",),
+}
+
+
+def state_of(optimizer, params) -> list[dict[str, torch.Tensor]]:
+    return [{k: v.clone() for k, v in optimizer.state[p].items()} for p in params]
+
+
+def hand_loop(policy, make_optimizer, run_dir=None, updates=7, swap_guard_at=None):
+    """Three tensors a (2,), b (3,), c (1,) trained through the update core with gradients set by hand: healthy ones,
+    then at ``SPIKE_AT`` a's gradient alone 1000x. Per update: the gradients, the weights and the optimizer state
+    before and after. ``swap_guard_at``: there, the guard is replaced by a fresh one loaded from its saved state."""
+    torch.manual_seed(0)
+    model = torch.nn.ParameterDict({k: torch.nn.Parameter(torch.randn(n)) for k, n in (("a", 2), ("b", 3), ("c", 1))})
+    params = list(model.parameters())
+    optimizer = make_optimizer(params)
+    core = UpdateCore(NoClip(), ExplosionGuard(policy=policy, min_history=3, snapshot=False))
+    run = StaticRun(model, optimizer=optimizer, run_dir=run_dir)
+    gen = torch.Generator().manual_seed(1)
+    seen = []
+    for i in range(updates):
+        if i == swap_guard_at:
+            buffer = io.BytesIO()
+            torch.save(core.guard.state_dict(), buffer)
+            buffer.seek(0)
+            core.guard = ExplosionGuard(policy=policy, min_history=3, snapshot=False)
+            core.guard.load_state_dict(torch.load(buffer, weights_only=True))
+        grads = [torch.randn(p.shape, generator=gen) * 0.1 for p in params]
+        if i == SPIKE_AT:
+            grads[0] = grads[0] * 1000
+
+        def backward(loss, grads=grads):
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g.clone()
+
+        weights, opt = [p.detach().clone() for p in params], state_of(optimizer, params)
+        update = core.update(
+            run, params, torch.zeros(()), backward=backward, step=optimizer.step, skip=lambda: drop_gradients(params)
+        )
+        seen.append((update, grads, weights, opt, [p.detach().clone() for p in params], state_of(optimizer, params)))
+    return seen, optimizer
+
+
+def same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.dtype == b.dtype and torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_reset_moments_skips_the_spike_and_zeroes_exactly_the_spiked_tensors_moments(name, tmp_path):
+    seen, _ = hand_loop("reset_moments", OPTIMIZERS[name], run_dir=tmp_path)
+    control, _ = hand_loop("skip", OPTIMIZERS[name])
+    assert [u.action for u, *_ in seen] == [Action.STEP] * SPIKE_AT + [Action.SKIP, Action.STEP]
+    update, _, weights, opt, weights_after, opt_after = seen[SPIKE_AT]
+    assert all(same(w, v) for w, v in zip(weights, weights_after, strict=True))  # the spike was not applied
+    a, *others = range(3)
+    for key in MOMENTS[name]:  # a's moments zeroed (they were not before) ...
+        assert opt[a][key].abs().sum() > 0 and torch.equal(opt_after[a][key], torch.zeros_like(opt[a][key]))
+    if "step" in opt[a]:  # ... and its step count set back, so Adam's bias correction treats it as new
+        assert float(opt[a]["step"]) == SPIKE_AT and float(opt_after[a]["step"]) == 0
+    for i in others:  # b's and c's state bit for bit as it was
+        assert opt[i].keys() == opt_after[i].keys() and all(same(opt[i][k], opt_after[i][k]) for k in opt[i])
+    event = json.loads((tmp_path / "explosions.jsonl").read_text())
+    assert (event["update"], event["reason"], event["action"]) == (SPIKE_AT, "spike", "skip")
+    assert event["spiked"] == event["reset"] == ["a"] and event["module"] == "a"
+
+    # the next update: a steps like a freshly created optimizer's first step on it; b and c as under plain skip
+    _, grads, weights, *_ = seen[SPIKE_AT + 1]
+    fresh = torch.nn.Parameter(weights[a].clone())
+    fresh.grad = grads[a].clone()
+    OPTIMIZERS[name]([fresh]).step()
+    after = seen[SPIKE_AT + 1][4]
+    assert same(after[a], fresh.detach())
+    assert not same(after[a], control[SPIKE_AT + 1][4][a])  # the reset made a difference to a ...
+    for i in others:  # ... and none to b and c
+        assert same(after[i], control[SPIKE_AT + 1][4][i]) and all(
+            same(seen[SPIKE_AT + 1][5][i][k], control[SPIKE_AT + 1][5][i][k]) for k in opt[i]
+        )
+
+
+def test_reset_moments_under_plain_sgd_has_nothing_to_reset_and_says_so(tmp_path, capsys):
+    seen, optimizer = hand_loop("reset_moments", lambda params: torch.optim.SGD(params, lr=0.01), run_dir=tmp_path)
+    assert seen[SPIKE_AT][0].action is Action.SKIP and not any(optimizer.state.values())
+    event = json.loads((tmp_path / "explosions.jsonl").read_text())
+    assert event["spiked"] == ["a"] and event["reset"] == []
+    assert "not applied; moments reset for no tensor (the optimizer keeps none)" in capsys.readouterr().out
+
+
+def test_reset_moments_without_a_per_tensor_baseline_resets_the_non_finite_or_the_largest():
+    torch.manual_seed(0)
+    model = torch.nn.ParameterDict({k: torch.nn.Parameter(torch.randn(n)) for k, n in (("a", 2), ("b", 3))})
+    params = list(model.parameters())
+    optimizer = torch.optim.Adam(params, lr=0.01)
+    guard = ExplosionGuard(policy="reset_moments", max_norm=50.0, snapshot=False)
+    core = UpdateCore(NoClip(), guard)
+    run = StaticRun(model, optimizer=optimizer)
+    for grads, spiked in (
+        ([[1.0, 1.0], [1.0, 1.0, 1.0]], None),
+        ([[1.0, 1.0], [100.0, 0.0, 0.0]], "b"),  # above max_norm, no history yet: the largest tensor
+        ([[math.inf, 1.0], [1.0, 1.0, 1.0]], "a"),  # non-finite: that tensor
+    ):
+        for p, g in zip(params, grads, strict=True):
+            p.grad = torch.tensor(g)
+        exp_avg = [optimizer.state[p]["exp_avg"].clone() for p in params] if optimizer.state else None
+        update = core.update(run, params, torch.zeros(()), step=optimizer.step, skip=lambda: drop_gradients(params))
+        if spiked is None:
+            assert update.action is Action.STEP
+            continue
+        assert update.action is Action.SKIP
+        for (name, p), before in zip(model.named_parameters(), exp_avg, strict=True):
+            now = optimizer.state[p]["exp_avg"]
+            assert torch.equal(now, torch.zeros_like(now)) if name == spiked else torch.equal(now, before)
+
+
+def test_reset_moments_guard_state_round_trips_bitwise(tmp_path):
+    """The per-tensor windows travel in the guard's state (plain lists: a weights_only load): a guard swapped for one
+    loaded from it mid-run picks the same tensors, and the run ends with the same bits."""
+    whole, _ = hand_loop("reset_moments", OPTIMIZERS["adam"], run_dir=tmp_path / "whole")
+    swapped, _ = hand_loop("reset_moments", OPTIMIZERS["adam"], run_dir=tmp_path / "swapped", swap_guard_at=4)
+    assert (tmp_path / "whole" / "explosions.jsonl").read_text() == (
+        tmp_path / "swapped" / "explosions.jsonl"
+    ).read_text()
+    assert all(same(a, b) for a, b in zip(whole[-1][4], swapped[-1][4], strict=True))
+    guard = ExplosionGuard(policy="reset_moments")
+    guard.load_state_dict({"tensor_norms": [[1.0, 2.0]] * 80})
+    assert len(guard.state_dict()["tensor_norms"]) == 50  # bounded by the window
+
+
+def test_reset_moments_from_the_cli(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    extra = ["--model.guard.policy", "reset_moments", "--optimizer.momentum", "0.9", "--model.guard.snapshot", "false"]
+    code, lines = run_explode(tmp_path, capsys, *extra, "--model.guard.log_spike_score", "true")
+    summary = [line for line in lines if "explosion guard" in line]
+    assert code == 0 and "not applied; moments reset for net.layers.0.weight_ih_l0, net" in summary[0]
+    run_dir = tmp_path / "runs" / "seqstab" / "version_0"
+    events = [json.loads(line) for line in (run_dir / "explosions.jsonl").read_text().splitlines()]
+    assert events and all(e["action"] == "skip" and e["reset"] and set(e["reset"]) <= set(e["spiked"]) for e in events)
+    score = dict(scalars(run_dir)["grad/spike_score"])
+    assert score[events[0]["update"]] > 0 and len(score) == len(scalars(run_dir)["grad/norm_total"])
+
+
+def test_unknown_guard_policy_from_the_cli_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", "--config", str(EXPLODE), *QUIET, "--model.guard.policy", "reset"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1 and errors[0].startswith("seqstab.train: error:") and "reset_moments" in errors[0]
+    assert "'reset'" in str(pytest.raises(ConfigError, ExplosionGuard, policy="reset").value)
+
+
+# -- grad/spike_score ------------------------------------------------------------------------------------------------
+
+
+def test_spike_score_is_the_fraction_of_spikes_in_the_last_window_updates():
+    settings = {"window": 4, "min_history": 2, "max_norm": 20.0, "snapshot": False, "log_spike_score": True}
+    guard = ExplosionGuard(spike_factor=10, **settings)
+    clip = NoClip().clip([])
+    norms = [1.0, 1.0, 50.0, 1.0, math.inf, 1.0, 1.0, 1.0, 1.0]
+    # 50: a spike (> 10 × median 1) though max_norm flags it first; inf: a spike; the first two have no median yet
+    want = [0, 0, 1 / 3, 1 / 4, 2 / 4, 2 / 4, 1 / 4, 1 / 4, 0]
+    got = []
+    for i, norm in enumerate(norms):
+        update = Update(i, {}, None, clip, {"grad/norm_total": norm})
+        guard.check(None, update)
+        got.append(update.values["grad/spike_score"])
+        if i == 4:  # the score resumes from the guard's state
+            state = guard.state_dict()
+            guard = ExplosionGuard(**settings)
+            guard.load_state_dict(state)
+    assert got == want
+    overflow = Update(9, {}, None, clip, {"grad/norm_total": math.inf, "amp/overflow": 1.0})
+    guard.check(None, overflow)  # an AMP overflow: the GradScaler's, not counted
+    assert overflow.values["grad/spike_score"] == 0.0 and len(guard.state_dict()["spikes"]) == 4
+    quiet = Update(0, {}, None, clip, {"grad/norm_total": 1.0})
+    ExplosionGuard().check(None, quiet)
+    assert "grad/spike_score" not in quiet.values  # off by default: existing runs log the tags they did

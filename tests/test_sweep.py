@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from seqstab.sweep import DONE_FILE, Sweep, command
+from seqstab.sweep import DONE_FILE, Run, Sweep, command, summarize
 from seqstab.sweep import main as sweep_main
 from seqstab.train import main as train_main
 from tests.helpers import REPO
@@ -125,6 +125,7 @@ def test_tiny_sweep_writes_report_and_plots_and_resumes(tmp_path, capsys):
         "data.seq_len",
         "first_explosion_step",
         "first_nonfinite_step",
+        "spike_count",
         "max_pre_clip_norm",
         "frac_clipped",
         "final_train_loss",
@@ -166,6 +167,20 @@ def test_failed_run_is_reported_and_not_marked_done(tmp_path, capsys):
     assert not (run_dir / DONE_FILE).exists() and "hidden_size=-1" in (run_dir / "train.log").read_text()
     with open(tmp_path / "out" / "tiny" / "report.csv") as f:
         assert next(csv.DictReader(f))["status"] == "failed (exit 2)"
+
+
+def test_spike_count_counts_the_guards_spike_and_non_finite_events():
+    """The report's spike count: events whose reason is a spike or a non-finite norm (an event for max_norm is not)."""
+    norms = [(0, 1.0), (1, 50.0), (2, float("inf")), (3, 9.0), (4, 60.0)]
+    reasons = ["spike", "non-finite", "max_norm", "spike"]
+    events = [{"update": u, "reason": r} for u, r in zip([1, 2, 3, 4], reasons, strict=True)]
+    data = {"scalars": {"grad/norm_total": norms}, "events": events, "manifest": None, "done": {"wall_s": 1.0}}
+    row = summarize(Run("r", None, {}), {**data, "failed": None})
+    assert row["spike_count"] == 3 and row["first_explosion_step"] == 1
+    quiet = summarize(Run("q", None, {}), {**data, "events": [], "failed": None})
+    assert quiet["spike_count"] == 0
+    missing = {"scalars": {}, "events": [], "manifest": None, "done": None, "failed": None}
+    assert summarize(Run("m", None, {}), missing)["spike_count"] is None  # a run that logged nothing: unknown
 
 
 SHIPPED = sorted((REPO / "configs" / "sweeps").glob("*.yaml"))
