@@ -86,6 +86,23 @@ def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
     return 2 * n**3 / best / 1e9
 
 
+def cuda_matmul_gflops(n: int = 8192, repeats: int = 10, dtype: torch.dtype = torch.float32) -> float:
+    """Best-of-``repeats`` ``torch.mm`` of two ``n × n`` matrices on the GPU, in GFLOP/s (timed by CUDA events;
+    float32 runs as TF32 when ``torch.backends.cuda.matmul.allow_tf32`` is on)."""
+    a, b = torch.randn(n, n, device="cuda", dtype=dtype), torch.randn(n, n, device="cuda", dtype=dtype)
+    for _ in range(3):  # warm-up
+        torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        torch.mm(a, b)
+        end.record()
+        end.synchronize()
+        best = min(best, start.elapsed_time(end) / 1e3)
+    return 2 * n**3 / best / 1e9
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 

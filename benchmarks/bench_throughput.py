@@ -415,7 +415,7 @@ def main(argv: list[str] | None = None) -> None:
             run_rates[variant].append(len(seconds) * tokens / sum(wall for wall, _ in seconds))
         print(f"round {r + 1}: " + ", ".join(f"{v} {run_rates[v][-1]:,.0f}" for v in variants), flush=True)
 
-    peak = _common.matmul_gflops() if DEVICE.type == "cpu" else cuda_matmul_gflops()
+    peak = _common.matmul_gflops() if DEVICE.type == "cpu" else _common.cuda_matmul_gflops()
     flops = flops_per_token(vocab_size)
     base = variants[0]
     wall = {v: tokens / _common.median([w for w, _ in times[v]]) for v in variants}  # tokens/s, median update
@@ -474,21 +474,6 @@ def main(argv: list[str] | None = None) -> None:
         }
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=1)
-
-
-def cuda_matmul_gflops(n: int = 8192, repeats: int = 10) -> float:
-    """Best-of-``repeats`` float32 ``torch.mm`` of two ``n × n`` matrices on the GPU, in GFLOP/s (CUDA events)."""
-    a, b = torch.randn(n, n, device=DEVICE), torch.randn(n, n, device=DEVICE)
-    torch.mm(a, b)  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        torch.mm(a, b)
-        end.record()
-        end.synchronize()
-        best = min(best, start.elapsed_time(end) / 1e3)
-    return 2 * n**3 / best / 1e9
 
 
 if __name__ == "__main__":

@@ -255,7 +255,7 @@ class ExplosionGuard:
         if self.max_norm is not None and norm > self.max_norm:
             return "max_norm", self._median()
         median = self._median()
-        if self.spike_factor is not None and median is not None and norm > self.spike_factor * median:
+        if self._above(norm, median):
             return "spike", median
         return None, median
 

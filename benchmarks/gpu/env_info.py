@@ -48,19 +48,9 @@ def mm_tflops(dtype: torch.dtype, tf32: bool, n: int = 8192, repeats: int = 10) 
     before = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = tf32
     try:
-        a = torch.randn(n, n, device="cuda", dtype=dtype)
-        b = torch.randn(n, n, device="cuda", dtype=dtype)
-        for _ in range(3):
-            torch.mm(a, b)
-        best = float("inf")
-        for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            torch.mm(a, b)
-            end.record()
-            end.synchronize()
-            best = min(best, start.elapsed_time(end) / 1e3)
-        return 2 * n**3 / best / 1e12
+        import _common  # after _repo put benchmarks/ on sys.path
+
+        return _common.cuda_matmul_gflops(n, repeats, dtype) / 1e3
     finally:
         torch.backends.cuda.matmul.allow_tf32 = before
 
