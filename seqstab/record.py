@@ -59,7 +59,8 @@ class Run(Protocol):
         net: Where recurrent layers and weights are looked up for gradient flow and spectra (the recurrent
             contract of :mod:`seqstab.nets`); the module itself when it has no separate net.
         loggers: Objects with ``log_metrics(metrics, step)``: every per-update tag goes to each of them; images and
-            text also go to MLflow and W&B loggers (:func:`add_image`, :func:`add_text`).
+            text also go to MLflow and W&B loggers, histograms to W&B (:func:`add_image`, :func:`add_text`,
+            :func:`add_histogram`).
         writers: TensorBoard ``SummaryWriter`` objects: they get text, images and histograms (and TensorBoard's
             dashboard layout); a TensorBoard logger among ``loggers`` is reached through its writer.
         run_dir: Where ``explosions.jsonl`` and snapshots go (created on demand); None writes no file.
@@ -138,18 +139,27 @@ def add_image(run: Run, tag: str, image: Any, step: int) -> None:
 
 
 def add_text(run: Run, tag: str, text: str, step: int) -> None:
-    """Markdown ``text`` to every TensorBoard writer, and to MLflow as the artifact ``<tag>/<step>.md``."""
+    """Markdown ``text`` to every TensorBoard writer, to MLflow as the artifact ``<tag>/<step>.md`` and to W&B as a
+    one-row table ``<tag>`` (columns ``step``, ``text``)."""
     for writer in run.writers:
         writer.add_text(tag, text, global_step=step)
     for logger in _not_tensorboard(run):
         if _is(logger, "MLFlowLogger"):
             logger.experiment.log_text(logger.run_id, text, f"{tag}/{step}.md")
+        elif _is(logger, "WandbLogger"):
+            logger.log_text(key=tag, columns=["step", "text"], data=[[step, text]], step=step)
 
 
 def add_histogram(run: Run, tag: str, values: Any, step: int) -> None:
-    """A histogram of ``values`` (a 1-D float array) to every TensorBoard writer (the other loggers have none)."""
+    """A histogram of ``values`` (a 1-D float array) to every TensorBoard writer and W&B logger (MLflow and CSV
+    have none)."""
     for writer in run.writers:
         writer.add_histogram(tag, values, global_step=step)
+    for logger in _not_tensorboard(run):
+        if _is(logger, "WandbLogger"):
+            import wandb  # there is a W&B logger, so there is wandb
+
+            logger.log_metrics({tag: wandb.Histogram(values)}, step=step)
 
 
 def _is(logger: Any, name: str) -> bool:

@@ -7,6 +7,7 @@ import contextlib
 import csv
 import io
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from seqstab import cli
 from seqstab.train import DEFAULT_CONFIG, main
 from tests.data_paths import SHARED_DATA
-from tests.helpers import scalars
+from tests.helpers import run_cli, scalars
 
 ETTH1 = SHARED_DATA / "timeseries" / "ETTh1.csv"
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "timeseries" / "etth1_lstm.yaml"
@@ -167,6 +168,64 @@ def test_every_logger_gets_the_same_series_and_mlflow_the_heatmap(tmp_path, monk
     assert from_csv == pytest.approx(tensorboard, rel=1e-6) and from_mlflow == pytest.approx(tensorboard, rel=1e-6)
     images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
     assert any(name.startswith("images/grad_flow~heatmap") for name in images), images
+
+
+WANDB = """\
+trainer:
+  logger:
+    - class_path: pytorch_lightning.loggers.TensorBoardLogger
+      init_args: {save_dir: runs, name: seqstab, default_hp_metric: false}
+    - class_path: pytorch_lightning.loggers.WandbLogger
+      init_args: {save_dir: wandb_runs, project: seqstab, offline: true}
+"""
+
+
+def wandb_history(run_file: Path) -> list[dict[str, str]]:
+    """The history rows of an offline W&B run, read from its ``run-<id>.wandb`` file: a LevelDB-style log (7-byte
+    file header; 32 KiB blocks of records, each a 7-byte header: CRC, length, type FULL/FIRST/MIDDLE/LAST) of
+    ``wandb_internal_pb2.Record`` messages. Each row maps a key to its JSON value."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, block = run_file.read_bytes(), 32768
+    assert data[:4] == b":W&B", data[:7]
+    rows, pos, parts = [], 7, b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        parts, pos = parts + data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind in (1, 4):  # FULL or LAST: a whole record
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(parts)
+            parts = b""
+            if record.WhichOneof("record_type") == "history":
+                rows.append({item.key or "/".join(item.nested_key): item.value_json for item in record.history.item})
+    return rows
+
+
+def test_wandb_gets_the_series_the_heatmap_histograms_and_explosion_events(tmp_path):
+    pytest.importorskip("wandb")
+    (tmp_path / "loggers.yaml").write_text(WANDB)
+    explode = Path(__file__).resolve().parents[1] / "configs" / "explode" / "adding_rnn.yaml"
+    result = run_cli(
+        *["fit", "--config", str(explode), "--config", "loggers.yaml", "--trainer.max_steps", "8"],
+        *["--data.seq_len", "50", "--data.num_train", "500", "--data.num_val", "50"],
+        *["--model.monitor.grad_flow_every_n_steps", "1", "--model.monitor.histogram_every_n_steps", "4", *QUIET],
+        cwd=tmp_path,
+        WANDB_SILENT="true",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    tensorboard = [value for _, value in scalars(tmp_path / "runs" / "seqstab" / "version_0")["grad/norm_total"]]
+    (run_file,) = (tmp_path / "wandb_runs" / "wandb").glob("offline-run-*/run-*.wandb")
+    rows = wandb_history(run_file)
+    norms = {int(row["trainer/global_step"]): float(row["grad/norm_total"]) for row in rows if "grad/norm_total" in row}
+    assert [norms[step] for step in sorted(norms)] == pytest.approx(tensorboard, rel=1e-6) and len(norms) == 8
+    keys = {key.split("/_type")[0] for row in rows for key in row if key.endswith("/_type")}
+    assert "grad_flow/heatmap" in keys, keys  # the image
+    assert "hist/grad/net.layers.0.hh" in keys, keys  # a histogram
+    assert "explosion/event" in keys, keys  # the guard's event, as a table
+    assert list(run_file.parent.glob("files/media/images/grad_flow/heatmap_*.png"))
 
 
 def test_the_seqstab_command(tmp_path, capsys):
