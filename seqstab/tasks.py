@@ -3,12 +3,13 @@
 The one optimization path, for every task and every feature: the chunk loop of truncated BPTT
 (``SeqTask.training_step``) around the update core (:mod:`seqstab.update`)::
 
-    for chunk in chunks(batch, tbptt_steps):            # seqstab.tbptt: chunks of LENGTH k
-        no scored step in the chunk: carry the state    # forward without grad; no update, nothing logged
+    for window in truncation.windows(L):                # seqstab.tbptt: Fixed(k) = chunks of LENGTH k, ...
+        advance hidden to window.start                  # without grad, where windows overlap or were skipped
+        no scored step in the window: carry the state   # forward without grad; no update, nothing logged
         core.arm                                        # gradient-flow hooks on h_t; RNG state for a snapshot
         loss = chunk_loss(chunk, hidden)                # forward from the carried hidden state; masked loss
         core.update(backward, unscale, step, skip)      # measure -> clip -> guard -> step | skip -> log
-        detach hidden                                   # cut the graph at the chunk boundary
+        detach hidden                                   # cut the graph at the window boundary
 
 Nothing else steps an optimizer, clips or measures norms. New behaviour is an object plugged into a station.
 Exact resume (loader position, RNG around validation, the carried state, epoch boundaries) is
@@ -40,7 +41,7 @@ from seqstab.monitor import GradMonitor
 from seqstab.nets import Hidden, RecurrentNet, sizing_only
 from seqstab.predictions import ForecastWriter
 from seqstab.recipes import NetFactory, class_path, declared, net_factory, net_recipe, object_recipe
-from seqstab.record import Action, Update
+from seqstab.record import Action, Update, log_metrics
 from seqstab.resume import STATE_KEY, ExactResume
 from seqstab.trainer_run import TrainerRun, hparam_values
 from seqstab.update import UpdateCore
@@ -57,7 +58,14 @@ class SeqTask(pl.LightningModule):
             (``seqstab.nets``), built with the input size the task gives it. Default: ``seqstab.nets.RecurrentNet``
             (a 128-unit LSTM; ``cell``, ``hidden_size``, ``num_layers``, ``init``, ``spectral_radius`` ... are its
             ``init_args``).
-        tbptt_steps: Chunk length ``k`` of truncated BPTT; None trains on the whole batch (full BPTT).
+        tbptt_steps: Chunk length ``k`` of truncated BPTT, the shorthand for ``truncation: Fixed(k)``; None (and no
+            ``truncation``) trains on the whole batch (full BPTT).
+        truncation: Truncation policy (``seqstab.tbptt``: ``Full``, ``Fixed``, ``Overlapping``, ``VariableLength``,
+            ``Unbiased``) by class path; None: ``tbptt_steps``.
+        truncation_bias_every_n_steps: Every n updates (at the first batch reaching it), log
+            ``grad/truncation_cosine`` and ``grad/truncation_norm_ratio`` (the policy's gradient of the batch against
+            full BPTT's, same weights and state) and the bytes saved for backward per update and by full BPTT. Costs
+            a full-BPTT pass of the batch; None: off.
         clipping: Clipping policy (``seqstab.clipping``); None measures only (``NoClip``).
         guard: Explosion guard (``seqstab.guard.ExplosionGuard``); None uses ``ExplosionGuard(policy='warn',
             snapshot=False)``: events are logged, non-finite updates are skipped, nothing else changes.
@@ -73,6 +81,8 @@ class SeqTask(pl.LightningModule):
         spec: DataSpec | None = None,
         net: NetFactory = RecurrentNet,
         tbptt_steps: int | None = None,
+        truncation: tbptt.TruncationPolicy | None = None,
+        truncation_bias_every_n_steps: int | None = None,
         clipping: ClipPolicy | None = None,
         guard: ExplosionGuard | None = None,
         monitor: GradMonitor | None = None,
@@ -81,7 +91,7 @@ class SeqTask(pl.LightningModule):
         super().__init__()
         if spec is None:
             raise ConfigError("spec is missing: the task needs its data's DataSpec (the CLI links data.spec)")
-        check_positive(tbptt_steps=tbptt_steps)
+        check_positive(tbptt_steps=tbptt_steps, truncation_bias_every_n_steps=truncation_bias_every_n_steps)
         if scheduler_interval not in ("step", "epoch"):
             raise ConfigError(f"scheduler_interval={scheduler_interval!r}: must be 'step' or 'epoch'")
         spec = as_spec(spec)  # a dict: from a checkpoint's hyperparameters (saved as plain data)
@@ -91,12 +101,15 @@ class SeqTask(pl.LightningModule):
                 f"model {type(self).__name__} trains on data of kind {self.kind!r}, but the data's spec.kind is "
                 f"{spec.kind!r}" + (f": use --model seqstab.tasks.{fits}" if fits else "")
             )
-        self.save_hyperparameters(ignore=["clipping", "guard", "monitor"])
+        self.save_hyperparameters(ignore=["clipping", "guard", "monitor", "truncation"])
         self.hparams["spec"] = dataclasses.asdict(spec)  # plain data: checkpoints load with weights_only=True
         self.hparams["net"] = net_recipe(net)  # {class_path, init_args}; None for a factory that cannot be said
         self.automatic_optimization = False
         self.spec = spec
         self.tbptt_steps = tbptt_steps
+        self.truncation = tbptt.policy_of(tbptt_steps, truncation)
+        self.truncation_bias_every_n_steps = truncation_bias_every_n_steps
+        self._bias_due_at = 0  # the update from which the next truncation-bias measurement is due
         self.scheduler_interval = scheduler_interval
         if guard is None:
             guard = ExplosionGuard(policy="warn", snapshot=False)
@@ -186,8 +199,9 @@ class SeqTask(pl.LightningModule):
     def chunk_loss(self, chunk: dict[str, torch.Tensor], hidden: Hidden | None) -> tuple[torch.Tensor, Hidden]:
         """The training loss of one chunk from ``hidden``, and the state after it: what every caller trains on (the
         chunk loop, ``python -m seqstab.replay``)."""
-        out, new_hidden = self(chunk["x"], hidden)
-        return self.reduce_loss(self.step_losses(out, chunk)["loss"], chunk.get("mask")), new_hidden
+        out, new_hidden = tbptt.forward(self, chunk, hidden)  # in pieces where the policy reweights the gradient
+        loss = self.reduce_loss(self.step_losses(out, chunk)["loss"], chunk.get("mask"))
+        return tbptt.weighted(loss, chunk), new_hidden
 
     # -- the one optimization path ------------------------------------------------------------------------
 
@@ -195,7 +209,7 @@ class SeqTask(pl.LightningModule):
         return [self._resume]
 
     def on_fit_start(self) -> None:
-        stations = {"clipping": self.clipping, "guard": self.guard}
+        stations = {"clipping": self.clipping, "guard": self.guard, "truncation": self.truncation}
         self.core.start(self.run, hparam_values(self, stations), metric_tags(self))
 
     def on_fit_end(self) -> None:
@@ -212,43 +226,72 @@ class SeqTask(pl.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         optimizer = self.optimizers()
         carry = self.carry["train"]
-        batch_size = batch["x"].shape[0]
+        batch_size, length = batch["x"].shape[0], batch["x"].shape[1]
         hidden = carry.get(batch_size) if self.spec.stateful else None
-        scored = self._scored_chunks(batch)
+        windows = self.truncation.windows(length)
         params = [p for p in self.parameters() if p.requires_grad]
-        for i, chunk in enumerate(tbptt.chunks(batch, self.tbptt_steps)):
+        self._measure_truncation_bias(batch, windows, hidden, params)
+        scored = self._scored_chunks(batch, windows)
+        at, stopped = 0, False  # hidden is the state before step `at`
+        for i, window in enumerate(windows):
             if self._out_of_steps():
+                stopped = True
                 break
+            hidden, at = self._advance(batch, hidden, at, window.start), window.start
+            chunk = tbptt.window_chunk(batch, window, self.reduce_loss)
+            carried = tbptt.carries(windows, i, length)  # the next window starts where this one stops
             if scored is not None and not scored[i]:  # no loss, no gradient: carry the state; no update, no log
-                with torch.no_grad():
-                    _, hidden = self(chunk["x"], hidden)
+                if carried:
+                    with torch.no_grad():
+                        _, hidden = self(chunk["x"], hidden)
+                    at = window.stop
                 continue
             self.core.arm(self.run)
             loss, new_hidden = self.chunk_loss(chunk, hidden)
-            update = self.core.update(
-                self.run,
-                params,
-                loss,
-                backward=lambda loss: self._backward(optimizer, loss),
-                unscale=lambda: self._unscale(optimizer),
-                step=lambda: self._step(optimizer),
-                skip=lambda: self._skip(optimizer),
-                chunk=chunk,
-                hidden_in=hidden,
-            )
+            with tbptt.scaled_lr(optimizer, window.lr_scale):
+                update = self.core.update(
+                    self.run,
+                    params,
+                    loss,
+                    backward=lambda loss: self._backward(optimizer, loss),
+                    unscale=lambda: self._unscale(optimizer),
+                    step=lambda: self._step(optimizer),
+                    skip=lambda: self._skip(optimizer),
+                    chunk=chunk,
+                    hidden_in=hidden,
+                )
             self.log("loss", update.values["train/loss"], prog_bar=True, logger=False)
-            hidden = tbptt.detach(new_hidden)
+            if carried:
+                hidden, at = tbptt.detach(new_hidden), window.stop
             if update.action is Action.STOP:
-                self.trainer.should_stop = True
+                self.trainer.should_stop = stopped = True
                 break
         if self.spec.stateful:
-            carry.put(hidden, batch_size)
+            carry.put(hidden if stopped else self._advance(batch, hidden, at, length), batch_size)
 
-    def _scored_chunks(self, batch: dict[str, torch.Tensor]) -> list[bool] | None:
-        """Which chunks of the batch carry a scored step on any process (None: all, the batch has no mask). A chunk
+    def _advance(self, batch: dict[str, torch.Tensor], hidden: Hidden | None, at: int, to: int) -> Hidden | None:
+        """The state before step ``to`` from the state before step ``at``: a forward without grad over the steps
+        between (where windows overlap, or a skipped window left them); nothing when ``at == to``."""
+        if at >= to:
+            return hidden
+        with torch.no_grad():
+            return self(batch["x"][:, at:to], hidden)[1]
+
+    def _measure_truncation_bias(self, batch, windows, hidden, params) -> None:
+        """``truncation_bias_every_n_steps``: the policy's gradient of this batch against full BPTT's, logged at the
+        batch's first update (see :func:`seqstab.tbptt.truncation_bias`)."""
+        every = self.truncation_bias_every_n_steps
+        if every is None or self.updates < self._bias_due_at or not self.run.loggers:
+            return
+        self._bias_due_at = (self.updates // every + 1) * every
+        values = tbptt.truncation_bias(self, batch, windows, hidden, params)
+        log_metrics(self.run, values, self.updates)
+
+    def _scored_chunks(self, batch: dict[str, torch.Tensor], windows: list[tbptt.Window]) -> list[bool] | None:
+        """Which windows of the batch score a step on any process (None: all, the batch has no mask). A window
         trained on one rank and skipped on another would leave DDP's gradient all-reduce waiting. With a mask: one
         host read (and, on several processes, one all-reduce) per batch; without, nothing."""
-        flags = tbptt.scored(batch, self.tbptt_steps)
+        flags = tbptt.scored(batch, windows)
         if flags is None:
             return None
         if self.trainer.world_size > 1:
@@ -388,6 +431,7 @@ class SeqTask(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         check_finite_weights(checkpoint["state_dict"])  # never write a checkpoint holding inf/nan weights
         checkpoint.setdefault(STATE_KEY, {}).update(self.core.state_dict())
+        checkpoint[STATE_KEY]["truncation"] = self.truncation.state_dict()  # a random policy's generator
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         trainer = internals.attached_trainer(self)
@@ -401,6 +445,7 @@ class SeqTask(pl.LightningModule):
             hint = f" (it was made with {', '.join(differs)})" if differs else ""
             raise CheckpointError(f"{err}{hint}") from None
         self.core.load_state_dict(checkpoint.get(STATE_KEY, {}))
+        self.truncation.load_state_dict(checkpoint.get(STATE_KEY, {}).get("truncation", {}))
 
     def replay_recipe(self) -> dict[str, Any]:
         """How ``python -m seqstab.replay`` rebuilds this task from a snapshot (read on a guard event)."""
