@@ -119,7 +119,9 @@ class Overlapping(TruncationPolicy):
 
     Args:
         k1: Steps between updates (each scored once).
-        k2: Steps the backward reaches back from an update (``k2 >= k1``; ``k2 = k1`` is ``Fixed(k1)``).
+        k2: Steps the backward reaches back from an update (``k2 >= k1``; ``k2 = k1`` is ``Fixed(k1)``): the ``k1``
+            scored steps and ``k2 - k1`` before them (fewer at the batch's start; a last, shorter window keeps the
+            ``k2 - k1``).
     """
 
     def __init__(self, k1: int, k2: int):
@@ -132,7 +134,7 @@ class Overlapping(TruncationPolicy):
         out = []
         for a in range(0, length, self.k1):
             stop = min(a + self.k1, length)
-            out.append(Window(max(0, stop - self.k2), stop, a))
+            out.append(Window(max(0, a - (self.k2 - self.k1)), stop, a))
         return out
 
 
