@@ -44,7 +44,8 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,12 +54,13 @@ import yaml
 
 from seqstab.checkpoint import write_text
 from seqstab.errors import ConfigError, SeqstabError
+from seqstab.search import Bisection, SearchSpec, meets
 
 DONE_FILE = "done.json"
 EXIT_INTERRUPTED = 130  # stopped by SIGINT/SIGTERM (128 + SIGINT), as a shell reports Ctrl-C
 OVERRIDES_FILE = "overrides.yaml"
 FAILED_FILE = "failed.json"  # a run that exited non-zero; run again when the sweep is started again
-SWEEP_KEYS = {"name", "base", "args", "grid", "variants", "plot"}
+SWEEP_KEYS = {"name", "base", "args", "grid", "variants", "plot", "search"}
 TRAIN_TAIL = 20  # final train loss: mean over the last this many updates
 SPIKE_REASONS = ("spike", "non-finite")  # spike_count: events of these reasons (a max_norm event is not counted)
 
@@ -71,6 +73,7 @@ class Run:
     variant: str | None
     values: dict[str, Any]  # swept key -> value (grid keys and the variant's own keys)
     overrides: dict[str, Any] = field(default_factory=dict)
+    cell: str | None = None  # a search's run: the id of the combination whose bisection it is part of
 
 
 @dataclass
@@ -83,6 +86,7 @@ class Sweep:
     grid: dict[str, list[Any]]
     variants: dict[str, dict[str, Any]] | None
     x: str | None
+    search: SearchSpec | None = None  # the stability map: bisect one key in every combination (seqstab/search.py)
 
     @classmethod
     def load(cls, path: str | Path) -> Sweep:
@@ -124,11 +128,18 @@ class Sweep:
         args = spec.get("args") or {}
         if not isinstance(args, dict):
             raise ConfigError(f"sweep config {path}: args must map keys to values")
+        search = SearchSpec.parse(spec["search"], f"sweep config {path}") if spec.get("search") is not None else None
+        if search is not None:
+            keys = [*grid, *args, *(k for v in (variants or {}).values() for k in v)]
+            if search.key in keys:
+                raise ConfigError(f"sweep config {path}: search.key {search.key!r} is set in args, grid or variants")
         plot = spec.get("plot") or {}
         x = plot.get("x") if isinstance(plot, dict) else None
         if x is None and grid:
             x = next(iter(grid))
-        return cls(str(spec.get("name") or path.stem), resolved, args, grid, variants, x)
+        if x is None and search is not None:
+            x = search.key
+        return cls(str(spec.get("name") or path.stem), resolved, args, grid, variants, x, search)
 
     def runs(self) -> list[Run]:
         """Every combination, in order. A variant setting a grid key runs at that value only (a list: those values)."""
@@ -249,23 +260,33 @@ class Stop:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(child.pid, signum)  # the child and whatever it started (its own session)
 
-    def start(self, cmd: list[str], log, env: dict[str, str]) -> subprocess.Popen | None:
+    def start(self, cmd: list[str], log, env: dict[str, str], cwd: str | None = None) -> subprocess.Popen | None:
         with self.lock:
             if self.requested.is_set():
                 return None
-            child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            child = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
+            )
             self.children.add(child)
             return child
 
     def wait(self, child: subprocess.Popen) -> int:
         try:
             return child.wait()
+        except KeyboardInterrupt:  # a cancelled Ray task (ray.cancel raises it in the task): end the run first
+            self.requested.set()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGTERM)
+            child.wait()
+            raise
         finally:
             with self.lock:
                 self.children.discard(child)
 
 
-def execute(sweep: Sweep, run: Run, run_dir: Path, threads: int | None, stop: Stop | None = None) -> dict | None:
+def execute(
+    sweep: Sweep, run: Run, run_dir: Path, threads: int | None, stop: Stop | None = None, cwd: str | None = None
+) -> dict | None:
     """Run one combination to completion; on success mark it done (atomically). Returns its outcome, or None when
     the sweep was stopped before or while it ran (nothing is marked: it runs again next time)."""
     stop = stop or Stop()
@@ -280,7 +301,7 @@ def execute(sweep: Sweep, run: Run, run_dir: Path, threads: int | None, stop: St
         env["OMP_NUM_THREADS"] = str(threads)
     start = time.perf_counter()
     with open(run_dir / "train.log", "w") as log:
-        child = stop.start(cmd, log, env)
+        child = stop.start(cmd, log, env, cwd)
         if child is None:
             return None
         code = stop.wait(child)
@@ -292,33 +313,196 @@ def execute(sweep: Sweep, run: Run, run_dir: Path, threads: int | None, stop: St
     return outcome
 
 
+# -- backends: where the runs run -----------------------------------------------------------------------------
+
+
+class LocalBackend:
+    """Runs as subprocesses of this process, ``jobs`` at a time (a thread pool waiting on them).
+
+    Args:
+        jobs: Runs at a time.
+        threads: torch threads per run (``OMP_NUM_THREADS``); default: cores / jobs when jobs > 1.
+        stop: The sweep's stop switch.
+    """
+
+    def __init__(self, jobs: int = 1, threads: int | None = None, stop: Stop | None = None) -> None:
+        if threads is None and jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
+            threads = max(1, (os.cpu_count() or 1) // jobs)
+        self.threads, self.stop = threads, stop or Stop()
+        self.pool = ThreadPoolExecutor(max_workers=max(1, jobs))
+
+    def submit(self, sweep: Sweep, run: Run, run_dir: Path) -> Future:
+        return self.pool.submit(execute, sweep, run, run_dir, self.threads, self.stop)
+
+    def wait(self, handles: list[Future]) -> list[tuple[Future, dict | None]]:
+        """Block until at least one run ends; its handle(s) and outcome(s) (None: stopped)."""
+        done, _ = futures_wait(handles, return_when=FIRST_COMPLETED)
+        return [(h, h.result()) for h in done]
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)  # queued runs never start once stopped
+
+
+def _ray_task(sweep: Sweep, run: Run, run_dir: str, threads: int | None, cwd: str) -> dict | None:
+    """One run on a Ray worker: the same ``execute`` as the local backend, in the driver's directory when this node
+    has it. ``ray.cancel`` ends the run's process group (``Stop.wait``) and marks nothing."""
+    return execute(sweep, run, Path(run_dir), threads, Stop(), cwd if os.path.isdir(cwd) else None)
+
+
+class RayBackend:
+    """Runs as Ray tasks, each an ordinary ``seqstab.train fit`` subprocess on whichever node Ray picks.
+
+    Ray *tasks*, not Ray Tune: the sweep keeps its own skip/rerun logic, run directories and report, identical to the
+    local backend's (Tune would own the trial directories, the scheduling and the resuming); Ray only places runs
+    on nodes by the resources each asks for.
+
+    Args:
+        address: A running cluster (``auto``, ``HOST:PORT``, ``ray://HOST:PORT``); None starts Ray on this machine
+            (or reuses the Ray this process already started).
+        cpus_per_run: CPUs Ray reserves for each run; also its torch threads (``OMP_NUM_THREADS``).
+        gpus_per_run: GPUs Ray reserves for each run (Ray sets ``CUDA_VISIBLE_DEVICES`` for it).
+        stop: The sweep's stop switch: once it fires, this sweep's tasks are cancelled.
+    """
+
+    def __init__(
+        self, address: str | None = None, cpus_per_run: float = 1, gpus_per_run: float = 0, stop: Stop | None = None
+    ) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise ConfigError("--backend ray: Ray is not installed (pip install 'seqstab[ray]')") from None
+        self.ray, self.stop, self.started = ray, stop or Stop(), False
+        if not ray.is_initialized():
+            try:
+                ray.init(address=address, log_to_driver=False, include_dashboard=False)
+            except ConnectionError as err:
+                raise ConfigError(f"--address {address}: no Ray cluster there ({' '.join(str(err).split())})") from None
+            self.started = True
+        self.threads = max(1, int(cpus_per_run)) if cpus_per_run else None
+        self.task = ray.remote(_ray_task).options(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=0)
+
+    def submit(self, sweep: Sweep, run: Run, run_dir: Path) -> Any:
+        return self.task.remote(sweep, run, str(run_dir.resolve()), self.threads, os.getcwd())
+
+    def wait(self, handles: list[Any]) -> list[tuple[Any, dict | None]]:
+        """Block until at least one run ends (polling, so that Ctrl-C is seen); once stopped: cancel every handle and
+        return them all, with None for those cancelled."""
+        while not self.stop.requested.is_set():
+            ready, _ = self.ray.wait(handles, num_returns=1, timeout=0.5)
+            if ready:
+                return [(ref, self.ray.get(ref)) for ref in ready]
+        for ref in handles:
+            self.ray.cancel(ref)  # queued: dropped; running: KeyboardInterrupt in the task, which ends its run
+        ended = []
+        for ref in handles:
+            try:
+                ended.append((ref, self.ray.get(ref)))  # finished before the cancel reached it: keep its outcome
+            except (self.ray.exceptions.TaskCancelledError, self.ray.exceptions.RayTaskError):
+                ended.append((ref, None))
+        return ended
+
+    def close(self) -> None:
+        if self.started:
+            self.ray.shutdown()
+
+
+# -- the driver: one loop for both backends -------------------------------------------------------------------
+
+
+class Plan:
+    """Which runs to start, and which run follows a finished one.
+
+    A grid sweep: every unfinished combination, at once. A search sweep: for each combination (a *cell*), the next
+    value its bisection tests; when that run ends, the one after it (runs of a cell in sequence, cells in parallel).
+    The bisection is replayed from the finished runs' directories, so a search resumes where it stopped."""
+
+    def __init__(self, sweep: Sweep, sweep_dir: Path) -> None:
+        self.sweep, self.sweep_dir = sweep, sweep_dir
+        self.verdicts: dict[str, bool] = {}  # run id -> met the criterion (finished runs, read once)
+
+    def total(self) -> int:
+        cells = self.sweep.runs()
+        return len(cells) * self.sweep.search.budget if self.sweep.search else len(cells)
+
+    def start(self) -> list[Run]:
+        if self.sweep.search is None:
+            return [r for r in self.sweep.runs() if not is_done(self.sweep_dir / r.id)]
+        return [nxt for cell in self.sweep.runs() if (nxt := self.replay(cell)[2]) is not None]
+
+    def after(self, run: Run, outcome: dict) -> list[Run]:
+        if self.sweep.search is None or outcome["exit_code"] != 0:
+            return []  # a failed run ends its cell's search until the sweep is started again
+        cell = self.cells()[run.cell]
+        nxt = self.replay(cell)[2]
+        return [nxt] if nxt is not None else []
+
+    def cells(self) -> dict[str, Run]:
+        return {c.id: c for c in self.sweep.runs()}
+
+    def replay(self, cell: Run) -> tuple[Bisection, list[Run], Run | None]:
+        """The cell's bisection from its finished runs: the state, the runs so far and the next one (None: done)."""
+        search = self.sweep.search
+        bisection = search.bisection()
+        runs: list[Run] = []
+        while (value := bisection.next_value()) is not None:
+            run = search_run(cell, search.key, value)
+            runs.append(run)
+            run_dir = self.sweep_dir / run.id
+            if not is_done(run_dir):
+                return bisection, runs, run
+            if run.id not in self.verdicts:
+                data = read_run(run_dir)
+                self.verdicts[run.id] = meets(search.criterion, data["scalars"], summarize(run, data))
+            bisection.record(value, self.verdicts[run.id])
+        return bisection, runs, None
+
+
+def search_run(cell: Run, key: str, value: float) -> Run:
+    """The run of a search cell at one value of the searched key."""
+    values = {**cell.values, key: value}
+    run_id = _run_id(cell.variant, values)
+    return Run(run_id, cell.variant, values, {**cell.overrides, key: value}, cell=cell.id)
+
+
 def run_sweep(
-    sweep: Sweep, out: Path, jobs: int = 1, threads: int | None = None, stop: Stop | None = None
+    sweep: Sweep,
+    out: Path,
+    jobs: int = 1,
+    threads: int | None = None,
+    stop: Stop | None = None,
+    backend: LocalBackend | RayBackend | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every unfinished combination (``jobs`` at a time) under ``out/<name>``, with a progress bar. With a
-    ``stop`` switch that fires: the running runs end, no new one starts, and what finished is returned."""
+    """Run every unfinished run under ``out/<name>`` on ``backend`` (default: local, ``jobs`` at a time), with a
+    progress bar. With a ``stop`` switch that fires: the running runs end, no new one starts, and what finished is
+    returned."""
     from tqdm import tqdm
 
     stop = stop or Stop()
+    backend = backend or LocalBackend(jobs, threads, stop)
     sweep_dir = out / sweep.name
-    runs = sweep.runs()
-    todo = [r for r in runs if not is_done(sweep_dir / r.id)]
-    if threads is None and jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
-        threads = max(1, (os.cpu_count() or 1) // jobs)
+    plan = Plan(sweep, sweep_dir)
+    todo = plan.start()
+    total = plan.total()
     outcomes = []
-    bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc=f"sweep {sweep.name}", unit="run")
-    pool = ThreadPoolExecutor(max_workers=max(1, jobs))
+    bar = tqdm(total=total, initial=total - len(todo), desc=f"sweep {sweep.name}", unit="run")
+    pending: dict[Any, Run] = {}
     try:
-        futures = {pool.submit(execute, sweep, r, sweep_dir / r.id, threads, stop): r for r in todo}
-        for future in as_completed(futures):
-            outcome = future.result()
-            if outcome is None:
-                continue
-            outcomes.append(outcome)
-            bar.set_postfix_str(f"{outcome['run']} ({'ok' if outcome['exit_code'] == 0 else 'FAILED'})")
-            bar.update()
+        for run in todo:
+            pending[backend.submit(sweep, run, sweep_dir / run.id)] = run
+        while pending:
+            for handle, outcome in backend.wait(list(pending)):
+                run = pending.pop(handle)
+                if outcome is None:
+                    continue
+                outcomes.append(outcome)
+                bar.set_postfix_str(f"{outcome['run']} ({'ok' if outcome['exit_code'] == 0 else 'FAILED'})")
+                bar.update()
+                if stop.requested.is_set():
+                    continue
+                for nxt in plan.after(run, outcome):
+                    pending[backend.submit(sweep, nxt, sweep_dir / nxt.id)] = nxt
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)  # queued runs never start once stopped
+        backend.close()
         bar.close()
     return outcomes
 
@@ -390,22 +574,135 @@ def _status(data: dict[str, Any]) -> str:
 
 
 def write_report(sweep: Sweep, out: Path) -> list[dict[str, Any]]:
-    """Write ``report.csv``, ``report.md`` and the plots into the sweep directory; return the rows."""
+    """Write ``report.csv``, ``report.md`` and the plots into the sweep directory; return the rows. A search sweep's
+    report opens with the stability map (``stability_map.csv``, ``stability_map.png``)."""
     sweep_dir = out / sweep.name
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    runs = sweep.runs()
+    plan = Plan(sweep, sweep_dir)
+    if sweep.search is None:
+        runs, cells = sweep.runs(), []
+    else:
+        cells = [(cell, *plan.replay(cell)) for cell in sweep.runs()]
+        runs = [r for _, _, cell_runs, _ in cells for r in cell_runs]
     data = {r.id: read_run(sweep_dir / r.id) for r in runs}
     rows = [summarize(r, data[r.id]) for r in runs]
+    for r, row in zip(runs, rows, strict=True):
+        if r.id in plan.verdicts:
+            row["criterion"] = "met" if plan.verdicts[r.id] else "not met"
     columns: list[str] = []
     for row in rows:
         columns += [c for c in row if c not in columns]
-    with open(sweep_dir / "report.csv", "w", newline="") as f:
+    _write_csv(sweep_dir / "report.csv", rows, columns)
+    head = None
+    if sweep.search is not None:
+        map_rows = [_map_row(sweep, cell, bisection, nxt, sweep_dir) for cell, bisection, _, nxt in cells]
+        _write_csv(sweep_dir / "stability_map.csv", map_rows, list(map_rows[0]) if map_rows else [])
+        head = _map_markdown(sweep, map_rows, _stability_plot(sweep, cells, sweep_dir))
+    plots = write_plots(sweep, runs, data, rows, sweep_dir)
+    (sweep_dir / "report.md").write_text(_markdown(sweep, rows, columns, plots, head))
+    return rows
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows({c: _csv_cell(row.get(c)) for c in columns} for row in rows)
-    plots = write_plots(sweep, runs, data, rows, sweep_dir)
-    (sweep_dir / "report.md").write_text(_markdown(sweep, rows, columns, plots))
-    return rows
+
+
+def _map_row(sweep: Sweep, cell: Run, bisection: Bisection, nxt: Run | None, sweep_dir: Path) -> dict[str, Any]:
+    """One row of the stability map: a combination, the largest value that met the criterion, the bracket."""
+    low, high = bisection.bracket
+    if nxt is None:
+        state = "done"
+    elif (sweep_dir / nxt.id / FAILED_FILE).is_file():
+        state = f"failed run {nxt.id}"
+    else:
+        state = "unfinished"
+    row: dict[str, Any] = {"cell": cell.id, "variant": cell.variant or ""}
+    row.update({k: _format_value(v) for k, v in cell.values.items()})
+    row.update(
+        {
+            "largest": bisection.largest,
+            "bracket_low": low,
+            "bracket_high": high,
+            "low_tested": bisection.largest is not None,
+            "high_tested": any(not ok for _, ok in bisection.tested),
+            "runs": len(bisection.tested),
+            "state": state,
+        }
+    )
+    return row
+
+
+def _map_markdown(sweep: Sweep, map_rows: list[dict[str, Any]], plot: str) -> list[str]:
+    search = sweep.search
+    name = search.key.rsplit(".", 1)[-1]
+    criterion = " and ".join(f"`{c}`" for c in search.criterion)
+    grid = [k for k in map_rows[0] if k not in ("cell", "variant")][: -len(MAP_COLUMNS)] if map_rows else []
+    lines = [
+        f"# Sweep `{sweep.name}`",
+        "",
+        f"## Stability map: the largest `{search.key}` that meets {criterion}",
+        "",
+        f"Bisection over [{search.low:g}, {search.high:g}] ({search.scale} scale), {search.budget} runs per variant, "
+        "run in sequence (the variants in parallel). The ends of the range are assumed (the low end meets the "
+        "criterion, the high end does not) and never run: an end marked * is such an assumption. `stable`: no "
+        "non-finite gradient norm or loss, and the final training loss below the first update's.",
+        "",
+        "| "
+        + " | ".join(
+            ["variant", *(k.rsplit(".", 1)[-1] for k in grid), f"largest stable {name}", "bracket", "runs", "state"]
+        )
+        + " |",  # fmt: skip
+        "|" + " --- |" * (len(grid) + 5),
+    ]
+    for row in map_rows:
+        largest = _md_value(row["largest"]) if row["largest"] is not None else f"< {_md_value(row['bracket_high'])}"
+        low = _md_value(row["bracket_low"]) + ("" if row["low_tested"] else "*")
+        high = _md_value(row["bracket_high"]) + ("" if row["high_tested"] else "*")
+        cells = [row["variant"] or row["cell"], *(str(row[k]) for k in grid), largest, f"[{low}, {high})"]
+        lines.append("| " + " | ".join([*cells, f"{row['runs']}/{search.budget}", row["state"]]) + " |")
+    return [*lines, "", f"![{plot}]({plot})", "", "## Every run", ""]
+
+
+MAP_COLUMNS = ("largest", "bracket_low", "bracket_high", "low_tested", "high_tested", "runs", "state")
+
+
+def _md_value(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def _stability_plot(sweep: Sweep, cells: list[tuple[Run, Bisection, list[Run], Run | None]], sweep_dir: Path) -> str:
+    """``stability_map.png``: per combination, its bracket as a bar, the values it ran (o: met, x: not met)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    search = sweep.search
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(cells) + 1.4))
+    for i, (_, bisection, _, _) in enumerate(cells):
+        low, high = bisection.bracket
+        ax.plot([low, high], [i, i], color="tab:blue", lw=6, alpha=0.35, solid_capstyle="butt")
+        passed = [v for v, ok in bisection.tested if ok]
+        failed = [v for v, ok in bisection.tested if not ok]
+        ax.plot(passed, [i] * len(passed), "o", color="tab:green", ms=5, label="met" if i == 0 else None)
+        ax.plot(failed, [i] * len(failed), "x", color="tab:red", ms=6, label="not met" if i == 0 else None)
+        if bisection.largest is not None:
+            ax.plot([bisection.largest], [i], "|", color="black", ms=14, mew=2)
+    ax.set_yticks(range(len(cells)), [cell.id for cell, *_ in cells], fontsize=8)
+    ax.invert_yaxis()
+    if search.scale == "log":
+        ax.set_xscale("log")
+    ax.set_xlim(search.low, search.high)
+    ax.set_xlabel(f"{search.key} (bar: the bracket; |: the largest that met the criterion)")
+    ax.set_title(f"{sweep.name}: stability map", fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(sweep_dir / "stability_map.png", dpi=90)
+    plt.close(fig)
+    return "stability_map.png"
 
 
 def _csv_cell(value: Any) -> Any:
@@ -422,12 +719,13 @@ def _md_cell(value: Any) -> str:
     return str(value)
 
 
-def _markdown(sweep: Sweep, rows: list[dict[str, Any]], columns: list[str], plots: list[str]) -> str:
+def _markdown(
+    sweep: Sweep, rows: list[dict[str, Any]], columns: list[str], plots: list[str], head: list[str] | None = None
+) -> str:
     shown = [c for c in columns if c != "run"]
     total = sum(r["wall_s"] or 0 for r in rows)
     lines = [
-        f"# Sweep `{sweep.name}`",
-        "",
+        *(head or [f"# Sweep `{sweep.name}`", ""]),
         f"{len(rows)} runs from {', '.join(f'`{p.name}`' for p in sweep.base) or 'the default config'}; "
         f"{sum(r['status'] == 'done' for r in rows)} finished, {total:.0f} s of run wall time in all.",
         "",
@@ -584,10 +882,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--config", "-c", required=True, type=Path, help="sweep YAML (configs/sweeps/<name>.yaml)")
     parser.add_argument("--out", type=Path, default=Path("runs/sweeps"), help="where the sweep directory goes")
-    parser.add_argument("--jobs", "-j", type=int, default=1, help="runs in parallel (processes); default 1")
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch threads per run (OMP_NUM_THREADS); default cores / jobs"
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="local: subprocesses of this machine (default); ray: Ray tasks on a cluster (pip install 'seqstab[ray]')",
     )
+    parser.add_argument("--jobs", "-j", type=int, default=1, help="local: runs in parallel (processes); default 1")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="local: torch threads per run (OMP_NUM_THREADS); default cores / jobs"
+    )
+    parser.add_argument(
+        "--address",
+        default=None,
+        help="ray: the cluster to use (auto, HOST:PORT, ray://HOST:PORT); default: start Ray on this machine",
+    )
+    parser.add_argument(
+        "--cpus-per-run", type=float, default=1, help="ray: CPUs reserved per run, also its torch threads; default 1"
+    )
+    parser.add_argument("--gpus-per-run", type=float, default=0, help="ray: GPUs reserved per run; default 0")
     parser.add_argument("--list", action="store_true", help="print each run's id and command, run nothing")
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from the finished runs")
     args = parser.parse_args(argv)
@@ -596,18 +909,27 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--jobs={args.jobs}: must be >= 1")
         if args.threads is not None and args.threads < 1:
             raise ConfigError(f"--threads={args.threads}: must be >= 1")
+        if args.backend == "local" and args.address is not None:
+            raise ConfigError(f"--address {args.address}: only with --backend ray")
+        if args.cpus_per_run < 0 or args.gpus_per_run < 0:
+            raise ConfigError(f"--cpus-per-run={args.cpus_per_run} --gpus-per-run={args.gpus_per_run}: must be >= 0")
         sweep = Sweep.load(args.config)
         sweep_dir = args.out / sweep.name
         if args.list:
-            for r in sweep.runs():
+            plan = Plan(sweep, sweep_dir)
+            listed = sweep.runs() if sweep.search is None else [r for c in sweep.runs() for r in plan.replay(c)[1]]
+            for r in listed:
                 state = "done" if is_done(sweep_dir / r.id) else "todo"
                 print(f"{r.id} [{state}]: {' '.join(command(sweep, r, sweep_dir / r.id)[1:])}")
             return 0
         start = time.perf_counter()
         stop = Stop()
+        backend = None
+        if args.backend == "ray" and not args.report_only:  # before our handlers: Ctrl-C is ours, not Ray's
+            backend = RayBackend(args.address, args.cpus_per_run, args.gpus_per_run, stop)
         handlers = {sig: signal.signal(sig, stop.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            outcomes = [] if args.report_only else run_sweep(sweep, args.out, args.jobs, args.threads, stop)
+            outcomes = [] if args.report_only else run_sweep(sweep, args.out, args.jobs, args.threads, stop, backend)
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)

@@ -1,0 +1,60 @@
+"""The sweep's Ray backend on a local Ray (``num_cpus=2``): the same report as the local backend, bit for bit.
+
+One test: Ray's start-up costs seconds on a 2-core machine."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from seqstab.sweep import main as sweep_main
+from tests.test_sweep import write_sweep
+
+ray = pytest.importorskip("ray")
+
+THREE = """\
+base: base.yaml
+args:
+  optimizer: {class_path: torch.optim.SGD, init_args: {lr: 0.1}}
+variants:
+  noclip: {}
+  normclip:
+    model.clipping: {class_path: seqstab.clipping.NormClip, init_args: {max_norm: 0.5}}
+  broken: {model.net.hidden_size: -1}
+"""
+
+
+def report(sweep_dir) -> list[dict[str, str]]:
+    """report.csv without the wall times (the one column that differs from run to run)."""
+    with open(sweep_dir / "report.csv") as f:
+        return [{k: v for k, v in row.items() if k != "wall_s"} for row in csv.DictReader(f)]
+
+
+def test_ray_backend_report_equals_local_reruns_only_unfinished_and_reports_failures(tmp_path, capsys):
+    path = write_sweep(tmp_path, THREE)
+    common = ["--config", str(path)]
+    assert sweep_main([*common, "--out", str(tmp_path / "local"), "--jobs", "2", "--threads", "1"]) == 1
+    capsys.readouterr()
+    local = report(tmp_path / "local" / "tiny")
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        on_ray = [*common, "--out", str(tmp_path / "ray"), "--backend", "ray", "--cpus-per-run", "1"]
+        assert sweep_main(on_ray) == 1
+        captured = capsys.readouterr()
+        assert "3 run(s) now, 2/3 done" in captured.out and "FAILED broken (exit 2)" in captured.err
+        sweep_dir = tmp_path / "ray" / "tiny"
+        rows = report(sweep_dir)
+        assert [r["status"] for r in rows] == ["done", "done", "failed (exit 2)"]
+        assert rows == local  # same statuses, same metrics to the last bit (floats written as repr)
+        assert float(rows[0]["final_train_loss"]) > 0 and rows[1]["frac_clipped"] not in ("", "0.0")
+
+        events = sorted(sweep_dir.rglob("events.out.tfevents.*"))
+        assert sweep_main(on_ray) == 1  # again: the finished runs are skipped, the failed one runs again
+        captured = capsys.readouterr()
+        assert "1 run(s) now, 2/3 done" in captured.out and "FAILED broken (exit 2)" in captured.err
+        assert sorted(sweep_dir.rglob("events.out.tfevents.*")) == events
+        assert report(sweep_dir) == local
+    finally:
+        ray.shutdown()
