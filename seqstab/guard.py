@@ -46,6 +46,7 @@ from typing import Any, Literal
 import torch
 
 from seqstab import checkpoint
+from seqstab import diagnose as diagnose_module
 from seqstab.errors import ConfigError, SeqstabError
 from seqstab.record import Action, Run, Update, add_text
 
@@ -106,6 +107,10 @@ class ExplosionGuard:
         max_consecutive_skips: Stop the run cleanly after this many updates in a row were not applied (skipping
             forever hides a broken setup); None never stops for that.
         log_spike_score: Log ``grad/spike_score`` at every update (off by default: it adds a tag to every run).
+        diagnose: Explain each event (:mod:`seqstab.diagnose`): rank growth through time, through depth, the
+            optimizer's step and the data by what is measured at the event, with the settings to try, in the event's
+            line (``diagnosis``), its TensorBoard text and the console. Between events it keeps O(1) statistics per
+            update (the step's scale, the chunk's largest ``|x|``); the flow profile is measured at the event only.
     """
 
     def __init__(
@@ -118,6 +123,7 @@ class ExplosionGuard:
         snapshot: bool = True,
         max_consecutive_skips: int | None = None,
         log_spike_score: bool = False,
+        diagnose: bool = True,
     ):
         if policy not in POLICIES:
             raise ConfigError(f"guard policy={policy!r}: must be 'warn', 'skip', 'stop' or 'reset_moments'")
@@ -143,6 +149,8 @@ class ExplosionGuard:
         self.snapshot = snapshot
         self.max_consecutive_skips = max_consecutive_skips
         self.log_spike_score = bool(log_spike_score)
+        self.diagnose = bool(diagnose)
+        self._tracker = diagnose_module.Tracker(self.window) if self.diagnose else None  # not checkpointed
         self.skipped_in_a_row = 0
         self._norms: deque[float] = deque()  # the last `window` finite, non-zero norms, oldest first
         self._sorted: list[float] = []  # the same values, sorted
@@ -164,6 +172,9 @@ class ExplosionGuard:
     def check(self, run: Run | None, update: Update) -> Action:
         """Decide what happens to ``update``; add ``explosion/events`` to its logged values."""
         action = self._decide(run, update)
+        if self._tracker is not None:  # O(1): what the next event's diagnosis compares against
+            lr = diagnose_module.learning_rate(run.optimizer) if run is not None else None
+            self._tracker.observe(update, lr, action is Action.STEP, diagnose_module.inputs_of(update.chunk))
         if action is Action.STEP:
             self.skipped_in_a_row = 0
             return action
@@ -300,6 +311,8 @@ class ExplosionGuard:
             "module_norm": _json_float(modules.get(largest)) if largest else None,
             **extra,
         }
+        if self._tracker is not None and run.is_global_zero:
+            event["diagnosis"] = diagnose_module.diagnose_event(run, update, self._tracker)  # events only
         run_dir = run.run_dir if run.is_global_zero else None
         if run_dir is not None:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -308,7 +321,7 @@ class ExplosionGuard:
             self.first_event = update.step
             if self.snapshot and run_dir is not None:
                 path = run_dir / f"snapshot_update_{update.step}.pt"
-                save_snapshot(path, run, update, modules, self._rng)
+                save_snapshot(path, run, update, modules, self._rng, event.get("diagnosis"))
                 self.snapshot_path = str(path)
                 event["snapshot"] = path.name
         if run_dir is not None:
@@ -318,6 +331,10 @@ class ExplosionGuard:
             add_text(run, "explosion/event", _markdown(event), update.step)
             if first or action is Action.STOP:
                 print(self._summary(event, action), flush=True)
+                if "diagnosis" in event:
+                    print(
+                        "\n".join(f"seqstab: {line}" for line in diagnose_module.lines(event["diagnosis"])), flush=True
+                    )
 
     def _summary(self, event: dict[str, Any], action: Action) -> str:
         what = {Action.STEP: "applied (policy warn)", Action.SKIP: "not applied", Action.STOP: "stopping the run"}
@@ -368,7 +385,8 @@ class ExplosionGuard:
         return (
             f"ExplosionGuard(policy={self.policy!r}, spike_factor={self.spike_factor}, window={self.window}, "
             f"min_history={self.min_history}, max_norm={self.max_norm}, snapshot={self.snapshot}, "
-            f"max_consecutive_skips={self.max_consecutive_skips}, log_spike_score={self.log_spike_score})"
+            f"max_consecutive_skips={self.max_consecutive_skips}, log_spike_score={self.log_spike_score}, "
+            f"diagnose={self.diagnose})"
         )
 
 
@@ -423,7 +441,14 @@ def check_finite_weights(state_dict: dict[str, torch.Tensor], where: str = "chec
             raise NonFiniteWeightsError(f"refusing to save the {where}: {name} holds inf or nan")
 
 
-def save_snapshot(path: Path, run: Run, update: Update, modules: dict[str, float], rng: dict[str, Any] | None) -> None:
+def save_snapshot(
+    path: Path,
+    run: Run,
+    update: Update,
+    modules: dict[str, float],
+    rng: dict[str, Any] | None,
+    diagnosis: dict[str, Any] | None = None,
+) -> None:
     """Everything ``python -m seqstab.replay`` needs to recompute this update's gradient, as plain tensors/dicts:
     the model (how to rebuild it: ``run.recipe``; its weights), the optimizer state, what was trained on and the
     hidden state it started from, the RNG state before its forward pass, the clipping policy and what was logged.
@@ -458,6 +483,7 @@ def save_snapshot(path: Path, run: Run, update: Update, modules: dict[str, float
             "grad_norms": modules,  # before clipping, as the policy measured them
         },
         "config_yaml": config.read_text() if config.is_file() else None,
+        "diagnosis": diagnosis,  # the event's (seqstab.diagnose): replay recomputes its flow, keeps the rest
         "versions": {"torch": str(torch.__version__), "python": sys.version.split()[0]},
     }
     checkpoint.save(snapshot, path)
@@ -517,4 +543,7 @@ def _json_float(value: float | None) -> float | str | None:
 
 
 def _markdown(event: dict[str, Any]) -> str:
-    return " | ".join(f"**{k}**: {v}" for k, v in event.items())
+    text = " | ".join(f"**{k}**: {v}" for k, v in event.items() if k != "diagnosis")
+    if "diagnosis" in event:
+        text += "\n\n" + diagnose_module.markdown(event["diagnosis"])
+    return text

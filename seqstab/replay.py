@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from seqstab import checkpoint
+from seqstab import checkpoint, diagnose
 from seqstab.checkpoint import CheckpointError
 from seqstab.clipping import ClipPolicy, NoClip
 from seqstab.errors import ConfigError, DataError, SeqstabError
@@ -162,7 +162,17 @@ def replay(snapshot: dict[str, Any], trust: list[str] = ()) -> dict[str, Any]:
             update = core.update(
                 StaticRun(model), params, loss, backward=torch.Tensor.backward, step=_nothing, skip=_nothing, log=False
             )
+            why = "the model offers no recurrent layers to follow (seqstab.nets: recurrent contract)"
+            net = getattr(model, "net", model)
+            try:
+                if "torch" in rng:
+                    torch.set_rng_state(rng["torch"])
+                profile = diagnose.flow_profile(net, lambda: _loss(model, snapshot))
+            except Exception as err:  # the norm above is replay's answer; the diagnosis is a bonus
+                profile, why = None, f"the flow could not be measured ({type(err).__name__}: {err})"
+            remedies = diagnose.remedies_for(net, _snapshot_lr(snapshot), policy)
             return {
+                "diagnosis": diagnose.rediagnose(snapshot.get("diagnosis"), profile, why, remedies),
                 "loss": update.values["train/loss"],
                 "norm": update.values["grad/norm_total"],
                 "post_norm": update.values["grad/norm_total_clipped"] if stateless else None,
@@ -185,6 +195,11 @@ def _loss(model: torch.nn.Module, snapshot: dict[str, Any]) -> torch.Tensor:
     if not isinstance(loss, torch.Tensor):
         raise ConfigError(f"snapshot model {snapshot['task_class']}: training_step returned no loss tensor")
     return loss
+
+
+def _snapshot_lr(snapshot: dict[str, Any]) -> float | None:
+    groups = (snapshot.get("optimizer") or {}).get("param_groups") or []
+    return float(groups[0]["lr"]) if groups and "lr" in groups[0] else None
 
 
 def _nothing() -> None:
@@ -228,6 +243,9 @@ def report(path: Path, snapshot: dict[str, Any], result: dict[str, Any]) -> str:
     for name, n in sorted(norms.items(), key=lambda item: -item[1] if not math.isnan(item[1]) else -math.inf):
         share = f"{100 * n * n / total:6.2f}%" if math.isfinite(n) else "      "
         lines.append(f"  {name:<{width}}  {n:.6e}  {share}")
+    if result.get("diagnosis"):
+        lines.append("diagnosis (the flow recomputed from the chunk; the optimizer and data as the run measured them):")
+        lines += diagnose.lines(result["diagnosis"])
     return "\n".join(lines)
 
 

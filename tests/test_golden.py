@@ -103,11 +103,18 @@ def observe(run_dir: Path) -> dict:
     saved = torch.load(ckpt, weights_only=True)
     return {
         "scalars": series,
-        "events": events.read_text().splitlines() if events.is_file() else [],
+        "events": [without_diagnosis(line) for line in events.read_text().splitlines()] if events.is_file() else [],
         "weights": weights_digest(saved["state_dict"]),
         "updates": saved["seqstab"]["updates"],
         "global_step": saved["global_step"],
     }
+
+
+def without_diagnosis(line: str) -> str:
+    """An event's line as recorded before events carried a diagnosis (seqstab.diagnose: measured, not pinned here)."""
+    event = json.loads(line)
+    event.pop("diagnosis", None)
+    return json.dumps(event)
 
 
 def machine() -> dict[str, str]:
