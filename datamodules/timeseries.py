@@ -22,6 +22,20 @@ scored on the last ``k`` steps.
 
 The targets are also inputs, the first columns of ``x``: ``DataSpec.target_index`` says so, and a
 ``Forecaster(predict="change")`` adds its output to the last observed (normalised) target values.
+
+What the usual forecasters add (windows mode):
+
+* ``calendar: [hour, dayofweek, dayofyear, month]`` (CSV with a date column): a sin/cos pair per feature, appended
+  to the inputs after normalisation. They are known for the horizon too: every batch carries ``known``
+  ``(B, L, H, 2·features)``, the calendar of rows ``t + 1 … t + H`` (``DataSpec.known_size`` says how many).
+* ``window_norm: mean | last`` (the RevIN idea): each window's value columns are shifted by a reference taken from
+  the window itself (its mean, or its value, up to and including the first scored step: never from a step whose
+  targets are scored before it), and the batch carries that reference of the targets as ``level`` ``(B, L, T)``;
+  the targets ``y`` stay on the global scale and the ``Forecaster`` adds ``level`` to its output, so forecasts and
+  metrics come back in the original units exactly. The scale stays the train split's.
+* ``lookback: true``: the val and test windows may read their inputs from the rows before their split (the
+  literature's borders: the first forecast's targets are the split's first row); targets never leave their split.
+  With ``CSVSeries(split_rows=[8640, 11520, 14400])`` that is the ETT protocol (12/4/4 months of hourly rows).
 """
 
 from __future__ import annotations
@@ -42,11 +56,42 @@ from datamodules.base import DataSpec, SeqDataModule, StreamWindows, batchify
 from datamodules.download import Remote, cache_root, fetch
 from seqstab.errors import ConfigError, DataError, check_non_negative, check_positive
 
-__all__ = ["CSVSeries", "MackeyGlass", "Series", "SumOfSines", "WindowDataset", "parse_date", "window_starts"]
+__all__ = [
+    "CALENDAR",
+    "CSVSeries",
+    "MackeyGlass",
+    "Series",
+    "SumOfSines",
+    "WindowDataset",
+    "calendar_features",
+    "parse_date",
+    "window_starts",
+]
 
 Mode = Literal["windows", "stream"]
 SPLITS = ("train", "val", "test")
 MISSING = {"", "na", "n/a", "nan", "null", "none", "?"}
+WindowNorm = Literal["none", "mean", "last"]
+# calendar feature -> its phase in [0, 1) from a datetime (sin and cos of 2π · phase are the two inputs)
+CALENDAR = {
+    "hour": lambda d: (d.hour + d.minute / 60) / 24,
+    "dayofweek": lambda d: d.weekday() / 7,
+    "dayofyear": lambda d: (d.timetuple().tm_yday - 1) / 366,
+    "month": lambda d: (d.month - 1) / 12,
+}
+
+
+def calendar_features(dates: list[datetime], names: list[str]) -> np.ndarray:
+    """``(N, 2·len(names))``: ``sin, cos`` of each feature's phase (``CALENDAR``), feature by feature."""
+    phase = np.array([[CALENDAR[name](d) for name in names] for d in dates]).reshape(len(dates), len(names))
+    angle = 2 * np.pi * phase  # (N, F)
+    return np.stack([np.sin(angle), np.cos(angle)], axis=-1).reshape(len(dates), 2 * len(names))  # (N, 2F)
+
+
+def extend_dates(dates: list[datetime], steps: int) -> list[datetime]:
+    """``dates`` and ``steps`` more, at the last interval (the calendar of a horizon past the data)."""
+    step = dates[-1] - dates[-2] if len(dates) > 1 else None
+    return dates + [dates[-1] + k * step for k in range(1, steps + 1)] if step else dates + dates[-1:] * steps
 
 
 @dataclass
@@ -95,6 +140,12 @@ class WindowDataset(Dataset):
         starts: Window starts; None: every ``stride``-th start whose targets stay inside the rows.
         origin: Each batch also gets ``row`` ``(B, L)``: the step's row in the series, ``origin`` being the row of
             ``rows[0]`` (what predictions are labelled with); None: no ``row``.
+        known: ``(n, K)`` inputs known for the horizon too (the calendar): each batch gets ``known``
+            ``(B, L, H, K)``, their values at rows ``t + 1 … t + H``; None: no ``known``.
+        window_norm: ``mean`` or ``last``: shift the first ``norm_columns`` columns of each window's ``x`` by the
+            window's mean (or value) over its steps up to and including the first scored one; the batch gets
+            ``level`` ``(B, L, T)``, that reference of the targets (the first ``T`` columns). ``none``: no shift.
+        norm_columns: How many leading columns ``window_norm`` shifts (the values; not the calendar).
     """
 
     def __init__(
@@ -107,12 +158,19 @@ class WindowDataset(Dataset):
         score_last: int | None = None,
         starts: torch.Tensor | None = None,
         origin: int | None = None,
+        known: torch.Tensor | None = None,
+        window_norm: WindowNorm = "none",
+        norm_columns: int = 0,
     ):
         self.rows, self.future = rows, future(targets, horizon)  # (n, C), (n - H, H, T)
+        self.num_targets = targets.shape[1]
+        self.known = None if known is None else future(known, horizon)  # (n - H, H, K)
         self.starts = window_starts(rows.shape[0], length, horizon, stride) if starts is None else starts
         self.origin = origin
         self.offsets = torch.arange(length)
         self.scored = None if score_last is None else self.offsets >= length - score_last  # (L,) bool
+        self.window_norm, self.norm_columns = window_norm, norm_columns
+        self.reference_end = length - (score_last or length) + 1  # steps [0, end) give the window's reference
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -120,6 +178,15 @@ class WindowDataset(Dataset):
     def __getitem__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         steps = self.starts[torch.as_tensor(indices)][:, None] + self.offsets  # (B, L) row of each step
         batch = {"x": self.rows[steps], "y": self.future[steps]}  # (B, L, C), (B, L, H, T)
+        if self.known is not None:
+            batch["known"] = self.known[steps]  # (B, L, H, K)
+        if self.window_norm != "none":
+            x, c = batch["x"].clone(), self.norm_columns
+            seen = x[:, : self.reference_end, :c]  # (B, r, c): never past the first scored step
+            reference = seen.mean(dim=1) if self.window_norm == "mean" else seen[:, -1].clone()  # (B, c)
+            x[..., :c] -= reference[:, None]
+            batch["x"] = x
+            batch["level"] = reference[:, None, : self.num_targets].expand(-1, len(self.offsets), -1).contiguous()
         if self.scored is not None:
             batch["mask"] = self.scored.repeat(len(steps), 1)  # (B, L): the last score_last steps
         if self.origin is not None:
@@ -144,6 +211,9 @@ class _SeriesModule(SeqDataModule):
         score_last: int | None = None,
         train_on: Literal["scored", "all"] = "scored",
         predict_split: Literal["val", "test", "all"] = "test",
+        calendar: list[str] | None = None,
+        window_norm: WindowNorm = "none",
+        lookback: bool = False,
     ):
         super().__init__()
         check_positive(
@@ -167,6 +237,17 @@ class _SeriesModule(SeqDataModule):
             raise ConfigError(f"train_on={train_on!r}: must be 'scored' or 'all'")
         if predict_split not in ("val", "test", "all"):
             raise ConfigError(f"predict_split={predict_split!r}: must be 'val', 'test' or 'all'")
+        self.calendar = list(calendar or [])
+        for name in self.calendar:
+            if name not in CALENDAR:
+                raise ConfigError(f"calendar: {name!r} is not a calendar feature ({', '.join(CALENDAR)})")
+        if len(set(self.calendar)) != len(self.calendar):
+            raise ConfigError(f"calendar={self.calendar}: a feature is named twice")
+        if window_norm not in ("none", "mean", "last"):
+            raise ConfigError(f"window_norm={window_norm!r}: must be 'none', 'mean' or 'last'")
+        if window_norm != "none" and mode != "windows":
+            raise ConfigError(f"window_norm={window_norm!r}: only for mode 'windows' (a stream has no windows)")
+        self.window_norm, self.lookback = window_norm, bool(lookback)
         self.predict_split = predict_split
         train, val = split
         if not (train > 0 and val > 0 and train + val < 1):
@@ -185,10 +266,16 @@ class _SeriesModule(SeqDataModule):
     def load(self) -> Series:
         raise NotImplementedError
 
-    def split_rows(self, series: Series) -> tuple[int, int]:
-        """First row of val and of test."""
+    def split_at(self, series: Series) -> tuple[int, int, int]:
+        """First row of val, first row of test, and the end of test (rows after it are not used)."""
         n = len(series.values)
-        return round(n * self.split[0]), round(n * (self.split[0] + self.split[1]))
+        return round(n * self.split[0]), round(n * (self.split[0] + self.split[1])), n
+
+    @property
+    def lookback_rows(self) -> int:
+        """Rows before val and test their windows read with ``lookback`` (so the first forecast's targets start at
+        the split's first row); 0 without."""
+        return self.input_length - (self.score_last or self.input_length) + 1 if self.lookback else 0
 
     # -- prepared data ---------------------------------------------------------------------------------------------
 
@@ -205,20 +292,29 @@ class _SeriesModule(SeqDataModule):
         need = self.input_length + self.horizon
         if len(values) < need:
             raise DataError(f"{source}: the series has {len(values)} rows, fewer than input_length + horizon = {need}")
-        val_at, test_at = self.split_rows(series)
-        bounds = {"train": (0, val_at), "val": (val_at, test_at), "test": (test_at, len(values))}
+        val_at, test_at, end = self.split_at(series)
+        back = self.lookback_rows
+        bounds = {"train": (0, val_at), "val": (max(val_at - back, 0), test_at), "test": (test_at - back, end)}
         train = values[:val_at]
         mean = train.mean(axis=0) if self.normalize and len(train) else np.zeros(values.shape[1])
         std = train.std(axis=0) if self.normalize and len(train) else np.ones(values.shape[1])
         std = np.where(std > 0, std, 1.0)  # a constant column stays as it is, shifted
-        normed = torch.from_numpy((values - mean) / std).float()  # (N, C)
+        normed = torch.from_numpy((values[:end] - mean) / std).float()  # (N, C)
+        known = None
+        if self.calendar:
+            if series.dates is None:
+                raise ConfigError(f"calendar={self.calendar}: {source} has no date column (set date_column)")
+            dates = extend_dates(series.dates[:end], self.horizon)  # a horizon past the end: predict's future
+            known = torch.from_numpy(calendar_features(dates, self.calendar)).float()  # (N + H, K)
+            normed = torch.cat([normed, known[:end]], dim=1)  # (N, C + K): the calendar, as it is, last
         data = {split: normed[a:b] for split, (a, b) in bounds.items()}
         for split, (a, b) in bounds.items():
             self._check_split(split, data[split], series, a, b)
-        self.num_targets, self.num_columns = series.num_targets, values.shape[1]
+        self.num_targets, self.num_values, self.num_columns = series.num_targets, values.shape[1], normed.shape[1]
         self.bounds = bounds
         self.target_names, self.dates = series.columns[: series.num_targets], series.dates
-        return {**data, "all": normed, "mean": torch.from_numpy(mean), "std": torch.from_numpy(std)}
+        out = {**data, "all": normed, "mean": torch.from_numpy(mean), "std": torch.from_numpy(std)}
+        return out if known is None else {**out, "known": known}
 
     def _check_split(self, split: str, rows: torch.Tensor, series: Series, a: int, b: int) -> None:
         where = f"rows {a}-{b - 1}" if b > a else "no rows"
@@ -250,6 +346,7 @@ class _SeriesModule(SeqDataModule):
             stateful=self.mode == "stream",
             target_scale=scale,
             target_index=tuple(range(self.num_targets)),  # the targets are the first input columns
+            known_size=self.num_columns - self.num_values if self.mode == "windows" else 0,
         )
 
     def denormalize(self, y: torch.Tensor) -> torch.Tensor:
@@ -275,10 +372,22 @@ class _SeriesModule(SeqDataModule):
             y = batchify(future(targets, self.horizon), streams)  # (B, n', H, T)
             return DataLoader(StreamWindows(x, y, self.input_length), batch_size=None)
         score_last = None if split == "train" and self.train_on == "all" else self.score_last
-        dataset = WindowDataset(rows, targets, self.input_length, self.horizon, self.stride, score_last)
+        a, b = self.bounds[split]
+        dataset = WindowDataset(
+            rows, targets, self.input_length, self.horizon, self.stride, score_last, **self._window_options(a, b)
+        )
         order = RandomSampler(dataset) if split == "train" else SequentialSampler(dataset)
         sampler = BatchSampler(order, self.batch_size, drop_last=False)
         return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=self.num_workers)
+
+    def _window_options(self, a: int, b: int) -> dict:
+        """The known inputs of rows ``[a, b)`` and the per-window normalisation, for :class:`WindowDataset`."""
+        known = self.data.get("known")
+        return {
+            "known": None if known is None else known[a:b],
+            "window_norm": self.window_norm,
+            "norm_columns": self.num_values,
+        }
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")
@@ -307,8 +416,17 @@ class _SeriesModule(SeqDataModule):
         starts = torch.arange(0, n - self.input_length + 1, self.stride)
         if len(starts) and starts[-1] != n - self.input_length:  # the window that ends at the last row
             starts = torch.cat([starts, torch.tensor([n - self.input_length])])
+        a, b = self.bounds.get(split, (0, n))
         dataset = WindowDataset(
-            padded, targets, self.input_length, self.horizon, self.stride, self.score_last, starts, origin
+            padded,
+            targets,
+            self.input_length,
+            self.horizon,
+            self.stride,
+            self.score_last,
+            starts,
+            origin,
+            **self._window_options(a, b + self.horizon),
         )
         sampler = BatchSampler(SequentialSampler(dataset), self.batch_size, drop_last=False)
         return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=self.num_workers)
@@ -373,6 +491,17 @@ class CSVSeries(_SeriesModule):
             ``score_last`` steps. More supervision per window, from states that have seen fewer inputs.
         predict_split: The rows ``predict`` forecasts: ``val``, ``test`` (default) or ``all`` (the whole series);
             every origin the split is scored on, plus the last rows', whose horizon runs past the data.
+        calendar: Calendar inputs from the date column, each a sin/cos pair: ``hour``, ``dayofweek``,
+            ``dayofyear``, ``month``. Appended to the inputs (not normalised); in ``windows`` mode their values over
+            the horizon come with every batch as ``known`` (a ``Forecaster(head="decoder")`` reads them).
+        window_norm: Per-window normalisation (``windows`` mode; the RevIN idea): ``mean`` or ``last`` shifts each
+            window's value columns by their mean (or value) over the steps up to the first scored one; the
+            ``Forecaster`` adds that level back to its output, so metrics stay in the original units. ``none``
+            (default): the global train-statistics normalisation only.
+        lookback: The val and test windows may read inputs from the rows before their split, so their first
+            forecast's targets are the split's first row (the ETT literature's borders). Targets stay in the split.
+        split_rows: ``[val start, test start, end]`` as row indices; rows from ``end`` on are not used. Replaces
+            ``split`` (the ETT protocol on ETTh1: ``[8640, 11520, 14400]``, 12/4/4 months).
     """
 
     def __init__(
@@ -398,6 +527,10 @@ class CSVSeries(_SeriesModule):
         score_last: int | None = None,
         train_on: Literal["scored", "all"] = "scored",
         predict_split: Literal["val", "test", "all"] = "test",
+        calendar: list[str] | None = None,
+        window_norm: WindowNorm = "none",
+        lookback: bool = False,
+        split_rows: tuple[int, int, int] | None = None,
     ):
         super().__init__(
             input_length,
@@ -412,7 +545,17 @@ class CSVSeries(_SeriesModule):
             score_last,
             train_on,
             predict_split,
+            calendar,
+            window_norm,
+            lookback,
         )
+        if split_rows is not None:
+            rows = list(split_rows)
+            if len(rows) != 3 or not all(isinstance(r, int) for r in rows) or not 0 < rows[0] < rows[1] < rows[2]:
+                raise ConfigError(f"split_rows={rows}: need three increasing row indices (val start, test start, end)")
+            if split_dates is not None:
+                raise ConfigError("split_rows and split_dates are both set: give one")
+        self.split_rows = None if split_rows is None else tuple(split_rows)
         self.targets = [target] if isinstance(target, str) else list(target)
         if not self.targets or not all(self.targets):
             raise ConfigError(f"target={target!r}: name at least one column to predict")
@@ -518,13 +661,18 @@ class CSVSeries(_SeriesModule):
                 raise DataError(f"{path} line {line}: column {name!r} value {text!r} is not finite")
         return out
 
-    def split_rows(self, series: Series) -> tuple[int, int]:
+    def split_at(self, series: Series) -> tuple[int, int, int]:
+        if self.split_rows is not None:
+            val_at, test_at, end = self.split_rows
+            if end > len(series.values):
+                raise DataError(f"{series.source}: split_rows ends at row {end}, the series has {len(series.values)}")
+            return val_at, test_at, end
         if self.split_dates is None:
-            return super().split_rows(series)
+            return super().split_at(series)
         val_start, test_start = self.split_dates
         val_at = sum(d < val_start for d in series.dates)
         test_at = sum(d < test_start for d in series.dates)
-        return val_at, test_at
+        return val_at, test_at, len(series.values)
 
 
 # -- synthetic series -------------------------------------------------------------------------------------------

@@ -15,6 +15,9 @@ A batch is a ``dict`` of tensors, batch-first, time on dim 1::
           (B, L, output_size) float               -- regression
           (B, L) int64 class index                -- classification
     mask  (B, L) bool, optional                   -- steps that carry loss; absent = every step
+    known (B, L, horizon, known_size), optional   -- forecast: the known-future inputs (calendar) of the horizon
+    level (B, L, output_size), optional           -- forecast: what the datamodule subtracted from each window's
+                                                     targets (per-window normalisation); added back to the output
 
 ``x``, ``y`` and ``mask`` share ``B`` and ``L``: truncated BPTT cuts all of them along dim 1 into
 chunks of ``tbptt_steps`` and the loss of a chunk counts only its masked steps.
@@ -59,6 +62,9 @@ class DataSpec:
         target_index: Where the targets sit among the input features (``forecast``): ``x[..., target_index[j]]`` is
             target ``j`` at the current step, in the same units as ``y``. None if the inputs do not hold the targets.
             Needed by ``Forecaster(predict="change")``.
+        known_size: How many inputs are known for the forecast horizon too (``forecast``; calendar features): the
+            last ``known_size`` columns of ``x``, whose values over the horizon come as ``known``
+            ``(B, L, horizon, known_size)`` in every batch. 0: none.
 
     Sequences are stored as tuples (a list, as read back from a checkpoint or YAML, is converted), so the spec stays
     plain data: ``dataclasses.asdict`` of it loads with ``torch.load(weights_only=True)``.
@@ -74,6 +80,7 @@ class DataSpec:
     chance_loss: float | None = None
     target_scale: tuple[float, ...] | None = None
     target_index: tuple[int, ...] | None = None
+    known_size: int = 0
 
     def __post_init__(self) -> None:
         for name, kind in (("target_scale", float), ("target_index", int)):

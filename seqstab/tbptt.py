@@ -340,19 +340,24 @@ class _ScaleGrad(torch.autograd.Function):
         return grad * ctx.factor, None
 
 
-def forward(module: Callable, chunk: dict[str, torch.Tensor], hidden: Hidden | None) -> tuple[torch.Tensor, Hidden]:
-    """``module(chunk["x"], hidden)``; for a chunk with gradient factors, in pieces between the compensation steps,
-    the state passed from one piece to the next through a factor on its gradient."""
+def forward(
+    step: Callable[[dict[str, torch.Tensor], Hidden | None], tuple[torch.Tensor, Hidden]],
+    chunk: dict[str, torch.Tensor],
+    hidden: Hidden | None,
+) -> tuple[torch.Tensor, Hidden]:
+    """``step(chunk, hidden)`` (the task's ``forward_batch``); for a chunk with gradient factors, in pieces between
+    the compensation steps, the state passed from one piece to the next through a factor on its gradient."""
     scale = chunk.get(GRAD_SCALE)
     if scale is None:
-        return module(chunk["x"], hidden)
+        return step(chunk, hidden)
     factors = scale.tolist()
     points = [i for i, f in enumerate(factors) if i > 0 and f != 1.0] + [len(factors)]
+    timed = {key: value for key, value in chunk.items() if key not in (GRAD_SCALE, LOSS_WEIGHT)}  # (B, n, ...)
     outs, a = [], 0
     for b in points:
         if a > 0:  # hidden: the state the previous piece left
             hidden = map_hidden(lambda h, f=factors[a]: _ScaleGrad.apply(h, f), hidden)
-        out, hidden = module(chunk["x"][:, a:b], hidden)  # (B, b - a, ...)
+        out, hidden = step({key: value[:, a:b] for key, value in timed.items()}, hidden)  # (B, b - a, ...)
         outs.append(out)
         a = b
     return torch.cat(outs, dim=1), hidden
@@ -473,7 +478,7 @@ def truncation_bias(
     with torch.random.fork_rng(devices=_rng_devices(batch)):
         state = torch.get_rng_state()
         with _SavedBytes() as full_bytes:
-            out, _ = task(batch["x"], hidden)
+            out, _ = task.forward_batch(batch, hidden)
             per_step = task.step_losses(out, batch)["loss"]  # (B, L)
         full = _grads(task.reduce_loss(per_step, mask), params)
         torch.set_rng_state(state)
@@ -486,7 +491,7 @@ def truncation_bias(
                 at = window.start
             chunk = window_chunk(batch, window, task.reduce_loss)
             with _SavedBytes() as counted:
-                out, new_h = forward(task, chunk, h)
+                out, new_h = forward(task.forward_batch, chunk, h)
                 losses = task.step_losses(out, chunk)["loss"]  # (B, n)
             largest = max(largest, counted.bytes)
             pieces.append(losses[:, window.score_from - window.start :])
