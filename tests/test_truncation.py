@@ -330,3 +330,31 @@ def test_truncation_cosine_is_one_for_full_and_falls_as_k_shrinks(tmp_path):
     assert cosine["full"] == pytest.approx(1.0, abs=1e-6)
     assert cosine["full"] > cosine["k20"] > cosine["k5"]
     assert saved["full"] > saved["k20"] > saved["k5"]
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        tbptt.Full(),
+        tbptt.Fixed(4),
+        tbptt.Overlapping(4, 6),
+        tbptt.VariableLength(k=4, sigma=1.0, p_half=0.2, min_len=2, seed=0),
+        tbptt.Unbiased(c=0.3, seed=0),
+    ],
+    ids=lambda p: type(p).__name__,
+)
+def test_every_policy_trains_a_task_scored_at_its_last_step(policy):
+    """A mask (the adding problem: the last step only): windows without a scored step are carried, not updates;
+    the one scored window per batch is the only update; the guard sees its starting state."""
+    from datamodules.synthetic import AddingProblem
+    from tests.helpers import RecordingGuard
+
+    torch.manual_seed(0)
+    data = AddingProblem(seq_len=16, num_train=16, num_val=8, num_test=8, batch_size=8)  # 2 batches
+    task = SequenceRegressor(net=partial(RecurrentNet, cell="lstm", hidden_size=4), spec=data.spec, truncation=policy)
+    task.guard = guard = RecordingGuard()
+    trainer = quiet_trainer(max_epochs=1)
+    trainer.fit(task, data)
+    assert task.updates == trainer.global_step == 2
+    if not isinstance(policy, tbptt.Full):
+        assert all(h is not None for h in guard.hidden_in)  # the scored window starts from the carried prefix
