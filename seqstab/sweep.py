@@ -281,7 +281,9 @@ class Stop:
 
     def wait(self, child: subprocess.Popen) -> int:
         try:
-            return child.wait()
+            while True:  # in short waits: ray.cancel's KeyboardInterrupt is raised between two, not after the run
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    return child.wait(timeout=0.5)
         except KeyboardInterrupt:  # a cancelled Ray task (ray.cancel raises it in the task): end the run first
             self.requested.set()
             with contextlib.suppress(ProcessLookupError):
@@ -355,6 +357,9 @@ class LocalBackend:
 def _ray_task(sweep: Sweep, run: Run, run_dir: str, threads: int | None, cwd: str) -> dict | None:
     """One run on a Ray worker: the same ``execute`` as the local backend, in the driver's directory when this node
     has it. ``ray.cancel`` ends the run's process group (``Stop.wait``) and marks nothing."""
+    # ray.cancel interrupts the task with SIGINT: make sure it raises KeyboardInterrupt here, even in a worker whose
+    # Ray was started from a process ignoring SIGINT (a shell's background job)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     return execute(sweep, run, Path(run_dir), threads, Stop(), cwd if os.path.isdir(cwd) else None)
 
 
