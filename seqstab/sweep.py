@@ -213,14 +213,23 @@ def command(sweep: Sweep, run: Run, run_dir: Path) -> list[str]:
     return cmd
 
 
+_CLASS_KEYS = ("class_path", "init_args", "dict_kwargs")
+
+
 def nested(overrides: dict[str, Any]) -> dict[str, Any]:
     """Dotted keys as the nested mapping of a config file: ``{"model.net.cell": "lstm"}`` -> ``{"model": {"net":
-    {"cell": "lstm"}}}`` (jsonargparse reads a class's arguments there with or without ``init_args``)."""
+    {"cell": "lstm"}}}`` (jsonargparse reads a class's arguments there with or without ``init_args``). Under a class
+    set by ``class_path`` and ``init_args`` (``optimizer: {class_path: ..., init_args: {lr: 0.1}}`` and
+    ``optimizer.lr: 1``), a dotted key goes into its ``init_args``."""
     tree: dict[str, Any] = {}
     for key, value in overrides.items():
         *parents, leaf = key.split(".")
         node = tree
-        for part in parents:
+        for part in [*parents, leaf]:
+            if "class_path" in node and isinstance(node.get("init_args"), dict) and part not in _CLASS_KEYS:
+                node = node["init_args"]
+            if part is leaf:
+                break
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"sweep override {key!r}: {part!r} is set to a value and also has keys under it")
@@ -272,7 +281,9 @@ class Stop:
 
     def wait(self, child: subprocess.Popen) -> int:
         try:
-            return child.wait()
+            while True:  # in short waits: ray.cancel's KeyboardInterrupt is raised between two, not after the run
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    return child.wait(timeout=0.5)
         except KeyboardInterrupt:  # a cancelled Ray task (ray.cancel raises it in the task): end the run first
             self.requested.set()
             with contextlib.suppress(ProcessLookupError):
@@ -346,6 +357,9 @@ class LocalBackend:
 def _ray_task(sweep: Sweep, run: Run, run_dir: str, threads: int | None, cwd: str) -> dict | None:
     """One run on a Ray worker: the same ``execute`` as the local backend, in the driver's directory when this node
     has it. ``ray.cancel`` ends the run's process group (``Stop.wait``) and marks nothing."""
+    # ray.cancel interrupts the task with SIGINT: make sure it raises KeyboardInterrupt here, even in a worker whose
+    # Ray was started from a process ignoring SIGINT (a shell's background job)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     return execute(sweep, run, Path(run_dir), threads, Stop(), cwd if os.path.isdir(cwd) else None)
 
 
@@ -424,6 +438,12 @@ class Plan:
         cells = self.sweep.runs()
         return len(cells) * self.sweep.search.budget if self.sweep.search else len(cells)
 
+    def finished(self) -> int:
+        """Runs already finished (a search: those its bisections replay)."""
+        if self.sweep.search is None:
+            return sum(is_done(self.sweep_dir / r.id) for r in self.sweep.runs())
+        return sum(is_done(self.sweep_dir / r.id) for cell in self.sweep.runs() for r in self.replay(cell)[1])
+
     def start(self) -> list[Run]:
         if self.sweep.search is None:
             return [r for r in self.sweep.runs() if not is_done(self.sweep_dir / r.id)]
@@ -484,7 +504,7 @@ def run_sweep(
     todo = plan.start()
     total = plan.total()
     outcomes = []
-    bar = tqdm(total=total, initial=total - len(todo), desc=f"sweep {sweep.name}", unit="run")
+    bar = tqdm(total=total, initial=plan.finished(), desc=f"sweep {sweep.name}", unit="run")
     pending: dict[Any, Run] = {}
     try:
         for run in todo:

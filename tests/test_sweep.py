@@ -265,3 +265,44 @@ def test_a_second_ctrl_c_ends_the_sweep_at_once(tmp_path):
     assert proc.wait(timeout=10) == 130
     stat = Path(f"/proc/{child}/stat")
     assert not stat.exists() or stat.read_text().split(") ")[1][0] == "Z"  # gone, or dead and not yet reaped
+
+
+SEARCH = """\
+base: base.yaml
+args:
+  optimizer: {class_path: torch.optim.SGD, init_args: {lr: 0.1}}
+search: {key: optimizer.lr, range: [1.0e-3, 1.0e+3], scale: log, budget: 2}
+variants:
+  noclip: {}
+  normclip:
+    model.clipping: {class_path: seqstab.clipping.NormClip, init_args: {max_norm: 0.5}}
+"""
+
+
+def test_search_sweep_bisects_each_variant_and_opens_the_report_with_the_stability_map(tmp_path, capsys):
+    path = write_sweep(tmp_path, SEARCH)
+    out = ["--config", str(path), "--out", str(tmp_path / "out")]
+    assert sweep_main([*out, "--jobs", "2", "--threads", "1"]) == 0
+    assert "4 run(s) now, 4/4 done" in capsys.readouterr().out
+    sweep_dir = tmp_path / "out" / "tiny"
+    with open(sweep_dir / "report.csv") as f:
+        rows = list(csv.DictReader(f))
+    with open(sweep_dir / "stability_map.csv") as f:
+        cells = {c["cell"]: c for c in csv.DictReader(f)}
+    assert list(cells) == ["noclip", "normclip"]
+    for variant, cell in cells.items():
+        first, second = [r for r in rows if r["variant"] == variant]
+        assert first["run"] == f"{variant}-lr=1.0" and first["status"] == second["status"] == "done"
+        # the second run bisects the half the first one left: above 1 if it met the criterion, below if not
+        met = first["criterion"] == "met"
+        assert float(second["optimizer.lr"]) == pytest.approx(10**1.5 if met else 10**-1.5, rel=1e-5)
+        passed = [float(r["optimizer.lr"]) for r in (first, second) if r["criterion"] == "met"]
+        assert cell["largest"] == (repr(max(passed)) if passed else "") and cell["state"] == "done"
+        assert float(cell["bracket_high"]) / float(cell["bracket_low"]) == pytest.approx(10**1.5, rel=1e-5)
+    report = (sweep_dir / "report.md").read_text()
+    assert report.startswith("# Sweep `tiny`\n\n## Stability map: the largest `optimizer.lr` that meets `stable`")
+    assert "| variant | largest stable lr | bracket | runs | state |" in report and "| 2/2 | done |" in report
+    assert (sweep_dir / "stability_map.png").read_bytes()[:4] == b"\x89PNG"
+
+    assert sweep_main(out) == 0  # finished: the bisection replays from the run directories, nothing runs again
+    assert "0 run(s) now, 4/4 done" in capsys.readouterr().out
