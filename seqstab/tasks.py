@@ -36,6 +36,7 @@ from seqstab.checkpoint import CheckpointError, check_shapes
 from seqstab.clipping import ClipPolicy, NoClip
 from seqstab.data import DataSpec, as_spec
 from seqstab.errors import ConfigError, check_positive
+from seqstab.fused import linear_cross_entropy
 from seqstab.guard import ExplosionGuard, check_finite_weights
 from seqstab.monitor import GradMonitor
 from seqstab.nets import Hidden, RecurrentNet, sizing_only
@@ -546,6 +547,8 @@ def _check_dropout(dropout: float) -> None:
         raise ConfigError(f"dropout={dropout!r}: must be in [0, 1)")
 
 
+FUSED_MIN_VOCAB = 4096  # fused_loss='auto' from this vocabulary up (benchmarks/bench_throughput.py --fused)
+
 TASK_OF_KIND = {
     "lm": "LanguageModel",
     "forecast": "Forecaster",
@@ -571,6 +574,10 @@ class LanguageModel(SeqTask):
             U(±a) like every other weight (Zaremba et al. 2014, with the net's ``init: uniform``).
         dropout: Dropout on the embedding's output and on the net's output before the decoder (the net's own
             dropout, between its layers, is ``net.init_args.dropout``).
+        fused_loss: Train on the decoder and cross-entropy fused and chunked (``seqstab.fused``: the ``(B·k, V)``
+            logits never held in full; equal to the unfused loss up to float32 rounding). ``auto``: where measured
+            faster (:data:`FUSED_MIN_VOCAB`: float32 on the CPU, vocabulary ≥ 4,096, the task's own forward and
+            losses); ``true``: always (under autocast in float32); ``false``: never. Evaluation is unfused.
         **kwargs: The net, truncation and stations: see :class:`SeqTask`.
     """
 
@@ -585,10 +592,13 @@ class LanguageModel(SeqTask):
         embedding_init: float | None = None,
         decoder_bias: Literal["zero", "uniform"] = "zero",
         dropout: float = 0.0,
+        fused_loss: bool | Literal["auto"] = "auto",
         **kwargs,
     ):
         check_positive(embedding_size=embedding_size, embedding_init=embedding_init)
         _check_dropout(dropout)
+        if fused_loss not in (True, False, "auto"):
+            raise ConfigError(f"fused_loss={fused_loss!r}: must be true, false or 'auto'")
         if loss_reduction not in ("token_mean", "sum_over_time"):
             raise ConfigError(f"loss_reduction={loss_reduction!r}: must be 'token_mean' or 'sum_over_time'")
         if decoder_bias not in ("zero", "uniform"):
@@ -601,6 +611,7 @@ class LanguageModel(SeqTask):
                 raise ConfigError("embedding_size: the net's hidden_size cannot be read from model.net; set it")
         self.embedding_size, self.tie_weights, self.loss_reduction = embedding_size, tie_weights, loss_reduction
         self.embedding_init, self.decoder_bias, self.dropout = embedding_init, decoder_bias, dropout
+        self.fused_loss = fused_loss
         super().__init__(**kwargs)
         if tie_weights:
             if self.head[1].weight.shape != self.encoder[0].weight.shape:
@@ -627,6 +638,35 @@ class LanguageModel(SeqTask):
     def step_losses(self, out, batch):
         ce = F.cross_entropy(out.flatten(0, 1), batch["y"].flatten(), reduction="none")  # (B*L,)
         return {"loss": ce.view_as(batch["y"])}  # (B, L)
+
+    def chunk_loss(self, chunk, hidden):
+        if not self._fused(chunk["x"]):
+            return super().chunk_loss(chunk, hidden)
+        out, new_hidden = self.net(self.encoder(chunk["x"]), hidden)  # (B, k, H)
+        out, decoder, y, mask = self.head[0](out), self.head[1], chunk["y"], chunk.get("mask")
+        ones = torch.ones(y.shape, dtype=torch.float32, device=y.device) if mask is None else mask.float()
+        # sum over time, mean over the batch | token mean over the (masked) steps
+        weight = ones / y.shape[0] if self.loss_reduction == "sum_over_time" else ones / ones.sum().clamp(min=1)
+        with torch.autocast(out.device.type, enabled=False):
+            loss = linear_cross_entropy(
+                out.flatten(0, 1).float(), decoder.weight.float(), decoder.bias.float(), y.flatten(), weight.flatten()
+            )
+        return loss, new_hidden
+
+    def _fused(self, x: torch.Tensor) -> bool:
+        """Whether this chunk trains on :func:`seqstab.fused.linear_cross_entropy` (``fused_loss``)."""
+        if self.fused_loss != "auto":
+            return bool(self.fused_loss)
+        own = type(self)
+        return (
+            x.device.type == "cpu"
+            and self.spec.vocab_size >= FUSED_MIN_VOCAB
+            and self.head[1].weight.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu")
+            and own.forward is SeqTask.forward
+            and own.step_losses is LanguageModel.step_losses
+            and own.reduce_loss is LanguageModel.reduce_loss
+        )
 
     def reduce_loss(self, per_step, mask):
         if self.loss_reduction == "sum_over_time":

@@ -1,0 +1,129 @@
+"""The fused, chunked decoder + cross-entropy (seqstab.fused) against F.cross_entropy on the same logits.
+
+Tolerance: float32 rounding. The fused loss sums the same terms in another order (chunk by chunk, each weighted
+before the sum) and its weight gradient adds the chunks' GEMMs one after the other: absolute 1e-5 on the loss and the
+gradients of these tiny models (rtol 1e-4), where the values are O(1) and their rounding O(1e-7).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from datamodules.base import DataSpec
+from seqstab.errors import ConfigError
+from seqstab.fused import CHUNK_BYTES, IGNORE_INDEX, chunk_rows_for, linear_cross_entropy
+from seqstab.nets import RecurrentNet
+from seqstab.tasks import FUSED_MIN_VOCAB, LanguageModel
+
+TOL = dict(rtol=1e-4, atol=1e-5)
+CHAR, WORD = 65, 5003  # tinyshakespeare's characters; a word vocabulary (odd sizes: no lucky alignment)
+
+
+def reference(hidden, weight, bias, target, row_weight):
+    logits = F.linear(hidden, weight, bias)  # (N, V)
+    return (F.cross_entropy(logits, target, reduction="none") * row_weight).sum()
+
+
+def grads(loss_fn, *leaves):
+    for leaf in leaves:
+        leaf.grad = None
+    loss = loss_fn()
+    loss.backward()
+    return loss.detach(), [leaf.grad.clone() for leaf in leaves]
+
+
+@pytest.mark.parametrize("vocab", [CHAR, WORD])
+@pytest.mark.parametrize("weights", ["mean", "mask", "sum_over_time"])
+@pytest.mark.parametrize("chunk_rows", [7, 64])  # several chunks, the last one short; one chunk
+def test_loss_and_gradients_match_cross_entropy(vocab, weights, chunk_rows):
+    g = torch.Generator().manual_seed(vocab)
+    batch, steps, size = 4, 9, 16
+    n = batch * steps
+    hidden = torch.randn(n, size, generator=g, requires_grad=True)
+    weight = (torch.randn(vocab, size, generator=g) * 0.3).requires_grad_()
+    bias = (torch.randn(vocab, generator=g) * 0.1).requires_grad_()
+    target = torch.randint(vocab, (n,), generator=g)
+    mask = (torch.rand(n, generator=g) > 0.3).float()
+    row_weight = {"mean": torch.full((n,), 1 / n), "mask": mask / mask.sum(), "sum_over_time": mask / batch}[weights]
+    leaves = (hidden, weight, bias)
+    expected, expected_grads = grads(lambda: reference(hidden, weight, bias, target, row_weight), *leaves)
+    got, got_grads = grads(lambda: linear_cross_entropy(hidden, weight, bias, target, row_weight, chunk_rows), *leaves)
+    torch.testing.assert_close(got, expected, **TOL)
+    for name, a, b in zip(("hidden", "weight", "bias"), got_grads, expected_grads, strict=True):
+        torch.testing.assert_close(a, b, **TOL, msg=lambda m, name=name: f"grad of {name}: {m}")
+
+
+def test_no_bias_ignore_index_and_scaled_backward():
+    g = torch.Generator().manual_seed(1)
+    hidden = torch.randn(10, 8, generator=g, requires_grad=True)
+    weight = torch.randn(CHAR, 8, generator=g, requires_grad=True)
+    target = torch.randint(CHAR, (10,), generator=g)
+    target[[2, 5]] = IGNORE_INDEX  # F.cross_entropy scores these 0
+    row_weight = torch.full((10,), 0.1)
+
+    def scaled(fn):  # a non-unit incoming gradient: backward scales the saved gradients
+        return lambda: 3.0 * fn()
+
+    leaves = (hidden, weight)
+    expected, expected_grads = grads(scaled(lambda: reference(hidden, weight, None, target, row_weight)), *leaves)
+    got, got_grads = grads(scaled(lambda: linear_cross_entropy(hidden, weight, None, target, row_weight, 3)), *leaves)
+    torch.testing.assert_close(got, expected, **TOL)
+    for a, b in zip(got_grads, expected_grads, strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+
+
+def test_chunk_rows_and_shape_errors():
+    assert chunk_rows_for(10**9) == 16  # at least 16 rows
+    assert chunk_rows_for(33_278) > 16 and chunk_rows_for(33_278) * 33_278 * 4 <= CHUNK_BYTES  # logits ~ the budget
+    with pytest.raises(ValueError, match="expected"):
+        target = torch.zeros(3, dtype=torch.long)
+        linear_cross_entropy(torch.zeros(3, 4), torch.zeros(5, 3), None, target, torch.ones(3))
+
+
+def language_model(vocab, fused, tie, reduction):
+    torch.manual_seed(0)
+    return LanguageModel(
+        net=partial(RecurrentNet, hidden_size=12, num_layers=2, dropout=0.2),
+        spec=DataSpec(kind="lm", vocab_size=vocab, stateful=True),
+        tie_weights=tie,
+        loss_reduction=reduction,
+        dropout=0.2,
+        embedding_init=0.1,
+        fused_loss=fused,
+    )
+
+
+@pytest.mark.parametrize("vocab", [CHAR, WORD])
+@pytest.mark.parametrize("tie", [False, True])
+@pytest.mark.parametrize("reduction,masked", [("token_mean", False), ("token_mean", True), ("sum_over_time", True)])
+def test_language_model_chunk_loss_fused_equals_unfused(vocab, tie, reduction, masked):
+    g = torch.Generator().manual_seed(2)
+    chunk = {"x": torch.randint(vocab, (3, 6), generator=g), "y": torch.randint(vocab, (3, 6), generator=g)}
+    if masked:
+        chunk["mask"] = (torch.rand(3, 6, generator=g) > 0.4).float()
+    results = []
+    for fused in (False, True):
+        model = language_model(vocab, fused, tie, reduction)
+        assert model._fused(chunk["x"]) is fused
+        torch.manual_seed(3)  # the same dropout masks in both
+        loss, hidden = model.chunk_loss(chunk, None)
+        loss.backward()
+        results.append((loss.detach(), hidden, {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (loss_a, hidden_a, grads_a), (loss_b, hidden_b, grads_b) = results
+    torch.testing.assert_close(loss_b, loss_a, **TOL)
+    torch.testing.assert_close(hidden_b, hidden_a, rtol=0, atol=0)  # the net's forward is the same
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        torch.testing.assert_close(grads_b[name], grads_a[name], **TOL, msg=lambda m, n=name: f"grad of {n}: {m}")
+
+
+def test_auto_follows_vocabulary_and_bad_value_is_one_line():
+    x = torch.zeros(2, 3, dtype=torch.long)
+    assert not language_model(CHAR, "auto", False, "token_mean")._fused(x)
+    assert language_model(FUSED_MIN_VOCAB, "auto", False, "token_mean")._fused(x)
+    with pytest.raises(ConfigError, match="fused_loss='yes'"):
+        language_model(CHAR, "yes", False, "token_mean")
