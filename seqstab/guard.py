@@ -158,6 +158,8 @@ class ExplosionGuard:
         self._spikes: deque[bool] = deque(maxlen=self.window)  # spike test of the last `window` updates
         self._spike_count = 0  # of them, True
         self.events = 0
+        self.peak: tuple[float, int] | None = None  # the largest finite pre-clip norm and its update
+        self.applied_max = 0.0  # the largest norm of an applied update (post-clip)
         self.first_event: int | None = None  # update index of the first event
         self.snapshot_path: str | None = None
         self._rng: dict[str, torch.Tensor] | None = None
@@ -172,6 +174,7 @@ class ExplosionGuard:
     def check(self, run: Run | None, update: Update) -> Action:
         """Decide what happens to ``update``; add ``explosion/events`` to its logged values."""
         action = self._decide(run, update)
+        self._keep_peak(update, action)
         if self._tracker is not None:  # O(1): what the next event's diagnosis compares against
             lr = diagnose_module.learning_rate(run.optimizer) if run is not None else None
             self._tracker.observe(update, lr, action is Action.STEP, diagnose_module.inputs_of(update.chunk))
@@ -189,6 +192,29 @@ class ExplosionGuard:
                 )
             return Action.STOP
         return action
+
+    def _keep_peak(self, update: Update, action: Action) -> None:
+        """The run's largest pre-clip norm and largest applied norm, for the closing lines (:meth:`closing`)."""
+        norm = update.values["grad/norm_total"]
+        if math.isfinite(norm) and (self.peak is None or norm > self.peak[0]):
+            self.peak = (norm, update.step)
+        if action is Action.STEP:
+            self.applied_max = max(self.applied_max, update.values.get("grad/norm_total_clipped", 0.0))
+
+    def closing(self, clipping: Any) -> str | None:
+        """One line for the end of a run: where the pre-clip norm peaked and whether the clipping policy held every
+        applied update at its threshold (``max_norm``); None before any update."""
+        if self.peak is None:
+            return None
+        norm, step = self.peak
+        line = f"the pre-clip gradient norm peaked at {norm:.3g} (update {step})"
+        bound = getattr(clipping, "max_norm", None)
+        if isinstance(bound, float) and norm > bound:
+            line += f", {norm / bound:.3g}x the clip threshold"
+            held = "held" if self.applied_max <= bound * (1 + 1e-6) else "did not hold"
+            line += f"; {type(clipping).__name__} {held} every applied update at <= {bound:g}"
+            line += f" (largest {self.applied_max:.3g})"
+        return line
 
     def _decide(self, run: Run | None, update: Update) -> Action:
         if update.values.get("amp/overflow"):
@@ -365,6 +391,8 @@ class ExplosionGuard:
             "skipped_in_a_row": self.skipped_in_a_row,
             "spikes": list(self._spikes),
             "tensor_norms": [row.tolist() for row in self._rows],  # reset_moments only; a sync at a save
+            "peak": list(self.peak) if self.peak is not None else None,
+            "applied_max": self.applied_max,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -375,6 +403,9 @@ class ExplosionGuard:
         self.first_event = state.get("first_event")
         self.snapshot_path = state.get("snapshot_path")
         self.skipped_in_a_row = int(state.get("skipped_in_a_row", 0))
+        peak = state.get("peak")
+        self.peak = (float(peak[0]), int(peak[1])) if peak else None
+        self.applied_max = float(state.get("applied_max", 0.0))
         self._spikes, self._spike_count = deque(maxlen=self.window), 0
         for spike in state.get("spikes", [])[-self.window :]:
             self._count(bool(spike))

@@ -177,9 +177,22 @@ class SeqstabCLI(internals.KeepConfigOnCkptPath, LightningCLI):
             self._print_metrics("val", "last validation")
         core = getattr(self.model, "core", None)
         if core is not None and self.trainer.is_global_zero:
+            self._print_control(core)
             print(f"seqstab: {core.summary()}", flush=True)
         if core is not None and core.updates and not core.applied:
             self.exit_code = EXIT_NOTHING_APPLIED
+
+    def _print_control(self, core: Any) -> None:
+        """Plain words on what the run's gradients did and what the model learned: the peak pre-clip norm against the
+        clip threshold, and the last val/loss against the data's chance loss."""
+        peak = core.guard.closing(core.clipping) if core.guard is not None else None
+        if peak:
+            print(f"seqstab: {peak}")
+        loss, chance = self.trainer.callback_metrics.get("val/loss"), getattr(self.model.spec, "chance_loss", None)
+        if loss is not None and chance:
+            loss = float(loss)
+            verdict = f"{chance / loss:.3g}x below chance" if loss < chance else "not below chance"
+            print(f"seqstab: val/loss {loss:.4g} vs the chance loss {chance:.4g}: {verdict}")
 
     def after_validate(self) -> None:
         self._print_metrics("val")

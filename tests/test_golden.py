@@ -138,7 +138,8 @@ def observed(tmp_path_factory) -> dict[str, dict]:
         os.chdir(cwd)
         torch.set_num_threads(threads)
     if RECORD:
-        GOLDEN.write_text(json.dumps({"machine": machine(), "runs": results}, indent=1) + "\n")
+        kept = json.loads(GOLDEN.read_text()) if GOLDEN.is_file() else {}  # the default experiment's pin stays
+        GOLDEN.write_text(json.dumps({**kept, "machine": machine(), "runs": results}, indent=1) + "\n")
     return results
 
 
@@ -175,3 +176,29 @@ def test_numbers_are_bitwise_the_recorded_ones(observed, name):
     for tag in expected["scalars"]:
         assert got["scalars"][tag] == expected["scalars"][tag], tag
     assert got["weights"] == expected["weights"]
+
+
+def test_default_experiment_learns_below_half_chance(tmp_path, monkeypatch, capsys):
+    """``python -m seqstab.train`` with no arguments, seed 0: pre-clip norms that explode, every applied update held at
+    norm 1 by NormClip, and a val/loss below half the chance loss 1/6, pinned bitwise beside the four runs above (key
+    ``default_experiment``, recorded with them; compared where the machine matches its recording)."""
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["fit", *QUIET]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    series = scalars(tmp_path / "runs" / "seqstab" / "version_0")
+    loss = series["val/loss"][-1][1]
+    assert loss < (1 / 6) / 2
+    assert max(v for _, v in series["grad/norm_total"]) > 1e4  # explodes ...
+    assert max(v for _, v in series["grad/norm_total_clipped"]) <= 1 + 1e-6  # ... and is held at 1
+    out = capsys.readouterr().out
+    assert "NormClip held every applied update at <= 1" in out and "below chance" in out
+    pinned = {"machine": machine(), "val/loss": f32_hex(loss)}
+    recorded = json.loads(GOLDEN.read_text())
+    if RECORD:
+        GOLDEN.write_text(json.dumps({**recorded, "default_experiment": pinned}, indent=1) + "\n")
+    elif recorded.get("default_experiment", {}).get("machine") == machine():
+        assert pinned == recorded["default_experiment"]

@@ -101,7 +101,7 @@ def test_cli_group_reads_a_group_under_the_subcommand():
 def test_cli_parser_dumps_a_subcommands_config_as_config_yaml_holds_it():
     cli = SeqstabCLI(args=["--config", str(DEFAULT_CONFIG)], run=False)
     dumped = internals.cli_parser(cli, None).dump(cli.config, skip_none=False)
-    assert "class_path: seqstab.tasks.SequenceRegressor" in dumped and "seq_len: 100" in dumped
+    assert "class_path: seqstab.tasks.SequenceRegressor" in dumped and "seq_len: 50" in dumped
 
 
 def test_partial_class_finds_the_class_jsonargparse_builds_a_callable_argument_of():

@@ -183,7 +183,7 @@ def test_monitor_does_nothing_when_not_due():
 
 
 def test_cli_run_writes_every_monitor_tag(tmp_path):
-    """The default experiment (tanh RNN, ρ = 1.5, NormClip(max_norm=1)) with every measurement switched on."""
+    """The default experiment (IRNN, NormClip(max_norm=1)) with every measurement switched on."""
     args = ["--data.seq_len", "30", "--data.num_train", "150", "--data.num_val", "50", "--trainer.max_epochs", "1"]
     args += [
         "--trainer.enable_progress_bar",
