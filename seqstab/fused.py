@@ -74,8 +74,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         target = target.masked_fill(ignored, 0)
         row_weight = row_weight.to(hidden.dtype).masked_fill(ignored, 0)
         grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = torch.zeros_like(weight) if need_w else None
-        grad_b = torch.zeros_like(bias) if need_b else None
+        grad_w = torch.empty_like(weight) if need_w else None  # the first chunk writes, the others add
+        grad_b = torch.empty_like(bias) if need_b else None
         loss = hidden.new_zeros((), dtype=torch.float32)
         weight_t = weight.t()
         minus_one = hidden.new_full((min(chunk_rows, hidden.shape[0]), 1), -1.0)
@@ -92,15 +92,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
             # the row weights scale the (c, H) factors and a GEMV, not the (c, V) gradient
             if need_h:
                 torch.mm(grad, weight, out=grad_h[rows]).mul_(w[:, None])
+            beta = 0 if start == 0 else 1  # beta 0: the empty buffer's contents are ignored
             if need_w:
-                grad_w.addmm_(grad.t(), h * w[:, None])
+                grad_w.addmm_(grad.t(), h * w[:, None], beta=beta)
             if need_b:
-                grad_b.addmv_(grad.t(), w)
+                grad_b.addmv_(grad.t(), w, beta=beta)
         ctx.save_for_backward(grad_h, grad_w, grad_b)
         return loss.to(hidden.dtype)
 
     @staticmethod
     def backward(ctx, grad_loss):
-        grad_h, grad_w, grad_b = ctx.saved_tensors
-        scaled = [None if g is None else g * grad_loss.to(g.dtype) for g in (grad_h, grad_w, grad_b)]
-        return (*scaled, None, None, None)
+        grads = ctx.saved_tensors
+        if grad_loss.device.type != "cpu" or grad_loss.item() != 1.0:  # (a loss trained as is: nothing to scale)
+            grads = [None if g is None else g * grad_loss.to(g.dtype) for g in grads]
+        return (*grads, None, None, None)
