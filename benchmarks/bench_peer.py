@@ -141,10 +141,17 @@ def commands(args, data: Path, work: Path) -> dict[str, tuple[list[str], Path, r
     ]  # fmt: skip
     # main.py prints its line N after batch index N (N % interval == 0, N > 0), N + 1 updates done; seqstab's after
     # N updates: the span between two marks is the same number of updates in both
-    return {
+    programs = {
         "main.py": (peer, args.peer.parent, re.compile(r"\|\s+(\d+)/\s*\d+ batches")),
         "seqstab": (seqstab, REPO, re.compile(rf"{MARK} (\d+)")),
     }
+    if args.unfused:
+        programs["seqstab unfused"] = (
+            [*seqstab, "--model.init_args.fused_loss", "false"],
+            REPO,
+            programs["seqstab"][2],
+        )
+    return programs
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -156,6 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads of both programs")
     parser.add_argument("--data-dir", type=Path, help="WikiText-2 train.txt (default: ../shared/data/wikitext-2)")
     parser.add_argument("--peer", type=Path, default=PEER, help="pytorch/examples word_language_model/main.py")
+    parser.add_argument("--unfused", action="store_true", help="a third program: seqstab with fused_loss false")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("seqstab_args", nargs="*", help="more arguments for seqstab.train (after --)")
     args = parser.parse_args(argv)
@@ -187,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
         results: dict[str, list[dict]] = {name: [] for name in programs}
         names = list(programs)
         for r in range(args.rounds):
-            order = names[r % 2 :] + names[: r % 2]
+            order = names[r % len(names) :] + names[: r % len(names)]
             for name in order:
                 cmd, cwd, mark = programs[name]
                 out = run_timed(cmd, env, cwd, mark, work / f"{name}-{r}.log")
@@ -206,27 +214,35 @@ def main(argv: list[str] | None = None) -> None:
 
 def report(results: dict[str, list[dict]], args, cut: dict) -> None:
     import _common
+    import torch
 
-    peer, ours = results["main.py"], results["seqstab"]
-    wall_ratio = [p["ms"] / s["ms"] for p, s in zip(peer, ours, strict=True)]  # > 1: seqstab faster
-    cpu_ratio = [s["cpu_ms"] / p["cpu_ms"] for p, s in zip(peer, ours, strict=True)]  # < 1: seqstab cheaper
+    peak = _common.matmul_gflops()
+    flops = 3 * (2 * 2 * 4 * 200 * 400 + 2 * 200 * cut["vocab"]) * BATCH * BPTT  # per update: bench_throughput's count
+    peer = results["main.py"]
     print(f"\n{args.rounds} rounds, {args.updates} timed updates each ({args.updates * BATCH * BPTT:,} tokens)")
-    print("| program | ms/update wall: median (min–max) | CPU ms/update | whole process wall s | whole process CPU s |")
-    print("|---|---:|---:|---:|---:|")
+    print(f"matmul peak (float32 2048² torch.mm, best of 10, {torch.get_num_threads()} threads): {peak:,.0f} GFLOP/s")
+    print(
+        "| program | ms/update wall: median (min–max) | CPU ms/update | whole process wall s | whole process CPU s "
+        "| effective GFLOP/s | % of matmul peak |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name, runs in results.items():
+        gflops = flops / _common.median([r["ms"] for r in runs]) / 1e6
         print(
             f"| {name} | {_spread([r['ms'] for r in runs])} | {_spread([r['cpu_ms'] for r in runs])} "
-            f"| {_spread([r['wall'] for r in runs], 1)} | {_spread([r['cpu'] for r in runs], 1)} |"
+            f"| {_spread([r['wall'] for r in runs], 1)} | {_spread([r['cpu'] for r in runs], 1)} "
+            f"| {gflops:.1f} | {100 * gflops / peak:.0f}% |"
         )
-    print(
-        f"speed, main.py ms / seqstab ms (≥ 1: seqstab as fast or faster): median {_common.median(wall_ratio):.3f}, "
-        f"per round {', '.join(f'{x:.3f}' for x in wall_ratio)}"
-    )
-    print(
-        f"CPU, seqstab / main.py per update (≤ 1: seqstab as cheap or cheaper): "
-        f"median {_common.median(cpu_ratio):.3f}, "
-        f"per round {', '.join(f'{x:.3f}' for x in cpu_ratio)}"
-    )
+    ratios = {}
+    for name, ours in list(results.items())[1:]:
+        wall_ratio = [p["ms"] / s["ms"] for p, s in zip(peer, ours, strict=True)]  # > 1: seqstab faster
+        cpu_ratio = [s["cpu_ms"] / p["cpu_ms"] for p, s in zip(peer, ours, strict=True)]  # < 1: seqstab cheaper
+        ratios[name] = {"wall": wall_ratio, "cpu": cpu_ratio}
+        print(
+            f"{name}: speed, main.py ms / its ms (≥ 1: as fast or faster): median {_common.median(wall_ratio):.3f}, "
+            f"per round {', '.join(f'{x:.3f}' for x in wall_ratio)}; CPU per update, its / main.py's (≤ 1: as cheap "
+            f"or cheaper): median {_common.median(cpu_ratio):.3f}, per round {', '.join(f'{x:.3f}' for x in cpu_ratio)}"
+        )
     print(
         "settings that differ: seqstab logs every update to TensorBoard (loss, pre/post-clip norm, clip flag, "
         "threshold, lr; per-module norms and gradient flow every 50th, the monitor's default) and shows its progress "
@@ -238,7 +254,7 @@ def report(results: dict[str, list[dict]], args, cut: dict) -> None:
     )
     if args.json:
         figures = {"cut": cut, "rounds": args.rounds, "updates": args.updates, "warmup": args.warmup,
-                   "wall_ratio": wall_ratio, "cpu_ratio": cpu_ratio, "runs": results}  # fmt: skip
+                   "matmul_peak_gflops": peak, "ratios": ratios, "runs": results}  # fmt: skip
         args.json.write_text(json.dumps(figures, indent=1))
 
 

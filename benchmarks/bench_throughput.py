@@ -2,6 +2,7 @@
 
     python benchmarks/bench_throughput.py                 # ~4 min on 2 cores; --help for the knobs
     python benchmarks/bench_throughput.py --device cuda --size 1500 --variants bare,seqstab,seqstab-flow,seqstab+flow
+    python benchmarks/bench_throughput.py --fused --threads 2     # decoder + loss alone: unfused / fused, V = 33k, 200k
 
 Both train the same model on the same data: a 2×200 LSTM word LM (embedding 200, dropout 0.2) over the
 WikiText-2 vocabulary (33,278 words, pytorch/examples tokenization), batch 20, windows of 35 tokens, stateful
@@ -360,6 +361,84 @@ def profile_seqstab(rows, vocab_size, updates, warmup, top: int) -> None:
     print(out.getvalue())
 
 
+# -- the fused decoder + cross-entropy (seqstab.fused) against the unfused one ----------------------------------------
+
+
+def decoder_loss(variant: str, vocab_size: int, rows: int = BATCH * BPTT, seed: int = 0):
+    """A closure running one forward + backward of the decoder and token-mean cross-entropy of ``rows`` positions
+    (``(rows, SIZE)`` hidden, a ``(V, SIZE)`` decoder): ``unfused`` as ``LanguageModel.step_losses`` computes it
+    (``F.linear`` then ``F.cross_entropy``), ``fused`` by :func:`seqstab.fused.linear_cross_entropy`."""
+    from seqstab.fused import linear_cross_entropy
+
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(rows, SIZE, generator=g).requires_grad_()
+    weight = (torch.rand(vocab_size, SIZE, generator=g) * 0.2 - 0.1).requires_grad_()
+    bias = torch.zeros(vocab_size, requires_grad=True)
+    target = torch.randint(vocab_size, (rows,), generator=g)
+    row_weight = torch.full((rows,), 1.0 / rows)
+
+    def run() -> None:
+        hidden.grad = weight.grad = bias.grad = None
+        if variant == "fused":
+            loss = linear_cross_entropy(hidden, weight, bias, target, row_weight)
+        else:
+            loss = F.cross_entropy(F.linear(hidden, weight, bias), target)
+        loss.backward()
+
+    return run
+
+
+def peak_memory_mib(variant: str, vocab_size: int) -> float:
+    """Peak resident memory one decoder + loss update adds to a fresh process (``VmHWM`` after it, less ``VmRSS``
+    before it, inputs and their gradients allocated), in MiB."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, bench_throughput as b\n"
+        "def kb(key):\n"
+        "    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith(key))\n"
+        f"run = b.decoder_loss({variant!r}, {vocab_size})\n"
+        "run(); import gc; gc.collect()\n"  # gradients allocated, allocator warm
+        "before = kb('VmRSS:')\n"
+        "open('/proc/self/clear_refs', 'w').write('5')\n"  # reset VmHWM to the current RSS
+        "run()\n"
+        "print((kb('VmHWM:') - before) / 1024)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=str(_common.REPO / "benchmarks"))  # fmt: skip
+    return float(out.stdout.split()[-1])
+
+
+def bench_fused(vocab_sizes: list[int], repeats: int) -> None:
+    """Decoder + loss alone, unfused and fused, interleaved ``repeats`` times per vocabulary: median ms, effective
+    GFLOP/s (3 GEMMs of 2·N·H·V FLOPs) and share of the matmul peak; peak memory in a fresh process each."""
+    peak = _common.matmul_gflops()
+    rows = BATCH * BPTT
+    print(f"matmul peak (float32 2048² torch.mm, best of 10, {torch.get_num_threads()} threads): {peak:,.0f} GFLOP/s")
+    print(f"decoder + token-mean cross-entropy, forward + backward, {rows} rows × {SIZE} → V; median of {repeats}")
+    print("| V | variant | ms (median, min–max) | effective GFLOP/s | % of matmul peak | peak memory MiB |")
+    print("|---:|---|---:|---:|---:|---:|")
+    for vocab_size in vocab_sizes:
+        runs = {v: decoder_loss(v, vocab_size) for v in ("unfused", "fused")}
+        times: dict[str, list[float]] = {v: [] for v in runs}
+        for run in runs.values():
+            run()  # warm-up
+        for _ in range(repeats):
+            for v, run in runs.items():
+                start = time.perf_counter()
+                run()
+                times[v].append(1e3 * (time.perf_counter() - start))
+        del runs
+        for v, ms in times.items():
+            gflops = 3 * 2 * rows * SIZE * vocab_size / _common.median(ms) / 1e6
+            print(
+                f"| {vocab_size:,} | {v} | {_common.spread(ms)} | {gflops:.1f} | {100 * gflops / peak:.0f}% "
+                f"| {peak_memory_mib(v, vocab_size):,.0f} |",
+                flush=True,
+            )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--updates", type=int, default=20, help="timed updates per run")
@@ -373,11 +452,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=SIZE, help="LSTM width (embedding and hidden)")
     parser.add_argument("--layers", type=int, default=LAYERS, help="LSTM layers")
     parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument("--fused", action="store_true", help="time the decoder + loss alone, unfused and fused")
+    parser.add_argument("--vocab", default="33278,200000", help="vocabulary sizes for --fused")
+    parser.add_argument("--repeats", type=int, default=10, help="interleaved repeats for --fused")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     configure(args.size, args.layers, args.device)
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)  # no GPU/TPU notes between rounds
+    if args.fused:
+        print(f"machine: {_common.machine()}")
+        bench_fused([int(v) for v in args.vocab.split(",")], args.repeats)
+        return
 
     ids, vocab_size = _common.wikitext2_ids(args.data_dir)
     need = (args.updates + args.warmup) * BPTT + 1

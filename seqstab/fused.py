@@ -5,9 +5,9 @@ and, in backward, the gradient of each: several ``N × V`` arrays (93 MB each fo
 33,278 words) written and read again. :func:`linear_cross_entropy` computes, for ``c`` rows at a time::
 
     logits = h_c @ W.T + b                    (c, V)   the only (·, V) array, reused for every chunk's work
-    loss  += Σ w_i (logsumexp(logits_i) - logits_i[y_i])
-    G      = w_i (softmax(logits_i) - onehot(y_i))      in place: dloss/dlogits of the chunk
-    dh_c   = G @ W      dW += G.T @ h_c      db += Σ_rows G
+    loss  -= Σ w_i log_softmax(logits_i)[y_i]
+    G      = softmax(logits_i) - onehot(y_i)             in place: dloss/dlogits of the chunk, less the row weights
+    dh_c   = w ⊙ (G @ W)    dW += G.T @ (w ⊙ h_c)    db += G.T @ w      the weights scale (c, H) factors only
 
 in the forward pass, so backward only scales the saved ``dh``, ``dW`` and ``db`` by the incoming gradient: the
 three GEMMs of the unfused decoder, with the logits never materialised in full and their gradient never re-read
@@ -74,31 +74,35 @@ class _LinearCrossEntropy(torch.autograd.Function):
         target = target.masked_fill(ignored, 0)
         row_weight = row_weight.to(hidden.dtype).masked_fill(ignored, 0)
         grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = torch.zeros_like(weight) if need_w else None
-        grad_b = torch.zeros_like(bias) if need_b else None
+        grad_w = torch.empty_like(weight) if need_w else None  # the first chunk writes, the others add
+        grad_b = torch.empty_like(bias) if need_b else None
         loss = hidden.new_zeros((), dtype=torch.float32)
         weight_t = weight.t()
+        minus_one = hidden.new_full((min(chunk_rows, hidden.shape[0]), 1), -1.0)
         for start in range(0, hidden.shape[0], chunk_rows):
             rows = slice(start, start + chunk_rows)
-            h, y, w = hidden[rows], target[rows, None], row_weight[rows, None]  # (c, H), (c, 1), (c, 1)
+            h, y, w = hidden[rows], target[rows, None], row_weight[rows]  # (c, H), (c, 1), (c,)
             logits = torch.addmm(bias, h, weight_t) if bias is not None else h @ weight_t  # (c, V)
-            lse = torch.logsumexp(logits, dim=1, keepdim=True)  # (c, 1)
-            loss += ((lse - logits.gather(1, y)) * w).sum(dtype=torch.float32)
+            log_p = torch.log_softmax(logits, dim=1)  # (c, V)
+            del logits
+            loss -= (log_p.gather(1, y).squeeze(1) * w).sum(dtype=torch.float32)
             if not (need_h or need_w or need_b):
                 continue
-            grad = logits.sub_(lse).exp_().mul_(w)  # w·softmax, in place (c, V)
-            grad.scatter_add_(1, y, -w)  # - w at the target: dloss/dlogits
+            grad = log_p.exp_().scatter_add_(1, y, minus_one[: len(w)])  # softmax - onehot, in place (c, V)
+            # the row weights scale the (c, H) factors and a GEMV, not the (c, V) gradient
             if need_h:
-                torch.mm(grad, weight, out=grad_h[rows])
+                torch.mm(grad, weight, out=grad_h[rows]).mul_(w[:, None])
+            beta = 0 if start == 0 else 1  # beta 0: the empty buffer's contents are ignored
             if need_w:
-                grad_w.addmm_(grad.t(), h)
+                grad_w.addmm_(grad.t(), h * w[:, None], beta=beta)
             if need_b:
-                grad_b += grad.sum(0)
+                grad_b.addmv_(grad.t(), w, beta=beta)
         ctx.save_for_backward(grad_h, grad_w, grad_b)
         return loss.to(hidden.dtype)
 
     @staticmethod
     def backward(ctx, grad_loss):
-        grad_h, grad_w, grad_b = ctx.saved_tensors
-        scaled = [None if g is None else g * grad_loss.to(g.dtype) for g in (grad_h, grad_w, grad_b)]
-        return (*scaled, None, None, None)
+        grads = ctx.saved_tensors
+        if grad_loss.device.type != "cpu" or grad_loss.item() != 1.0:  # (a loss trained as is: nothing to scale)
+            grads = [None if g is None else g * grad_loss.to(g.dtype) for g in grads]
+        return (*grads, None, None, None)
