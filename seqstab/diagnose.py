@@ -101,6 +101,18 @@ def inputs_of(chunk: Any) -> torch.Tensor | None:
     return chunk if isinstance(chunk, torch.Tensor) and chunk.is_floating_point() else None
 
 
+def optimizer_path(optimizer: Any) -> str | None:
+    """``torch.optim.SGD`` for an SGD optimizer (or Lightning's wrapper of one); the full class path otherwise."""
+    if optimizer is None:
+        return None
+    cls = type(getattr(optimizer, "optimizer", optimizer))
+    return f"torch.optim.{cls.__name__}" if getattr(torch.optim, cls.__name__, None) is cls else _path(cls)
+
+
+def _path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def learning_rate(optimizer: torch.optim.Optimizer | None) -> float | None:
     if optimizer is None or not optimizer.param_groups:
         return None
@@ -261,12 +273,14 @@ class Remedies:
         recurrent_net: The net is ``seqstab.nets.RecurrentNet`` (its ``init``, ``residual`` ... exist).
         cell: Its cell (``rnn``, ``lstm``, ``gru``).
         lr: The optimizer's learning rate (None: no optimizer).
+        optimizer_class: Its class path (``--optimizer`` must name it for ``--optimizer.lr`` to be accepted).
         clipped: The run already clips (``NormClip`` or another policy than ``NoClip``).
     """
 
     recurrent_net: bool = False
     cell: str | None = None
     lr: float | None = None
+    optimizer_class: str | None = None
     clipped: bool = False
 
     def _clip(self) -> list[str]:
@@ -295,22 +309,24 @@ class Remedies:
         ]
 
     def optimizer(self) -> list[str]:
-        tips = [f"--optimizer.lr {self.lr / 100:g}"] if self.lr else []
-        return tips + self._clip()
+        if not (self.lr and self.optimizer_class):
+            return self._clip()
+        return [f"--optimizer {self.optimizer_class} --optimizer.lr {self.lr / 100:g}", *self._clip()]
 
     def data(self) -> list[str]:
         return ["--model.guard.policy skip (hold such batches back)", "clean or normalise the data"]
 
 
-def remedies_for(net: nn.Module | None, lr: float | None, clipping: Any) -> Remedies:
-    """The :class:`Remedies` of a run with this net, learning rate and clipping policy."""
+def remedies_for(net: nn.Module | None, clipping: Any, optimizer: Any = None) -> Remedies:
+    """The :class:`Remedies` of a run with this net, clipping policy and optimizer (None: name no learning rate)."""
     from seqstab.clipping import NoClip
     from seqstab.nets import RecurrentNet
 
     return Remedies(
         recurrent_net=isinstance(net, RecurrentNet),
         cell=getattr(net, "cell", None),
-        lr=lr,
+        lr=learning_rate(getattr(optimizer, "optimizer", optimizer)),
+        optimizer_class=optimizer_path(optimizer),
         clipped=clipping is not None and not isinstance(clipping, NoClip),
     )
 
@@ -329,7 +345,7 @@ def diagnose_event(run: Any, update: Any, tracker: Tracker) -> dict[str, Any]:
     """The diagnosis of ``update`` (a guard event) from the live run: flow measured now, the rest from ``tracker``."""
     module = run.module
     clipping = getattr(getattr(module, "core", None), "clipping", None)
-    remedies = remedies_for(run.net, learning_rate(run.optimizer), clipping)
+    remedies = remedies_for(run.net, clipping, run.optimizer)
     if tracker.flow is not None and update.step - tracker.flow[0] < FLOW_EVERY:  # an event storm: measured lately
         step, time, depth = tracker.flow
         time, depth = (replace(f, evidence=f"{f.evidence} (measured at update {step})") for f in (time, depth))
