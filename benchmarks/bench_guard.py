@@ -6,7 +6,7 @@ Two workloads, each through ``Trainer.fit`` with the TensorBoard logger and ``No
 
 * ``lm``: the throughput benchmark's WikiText-2 word LM (2×200 LSTM, batch 20, bptt 35): the guard's cost
   against a realistic update (~0.4 s on 2 cores);
-* ``small``: the embedded default experiment (vanilla tanh RNN, 64 units, adding problem T = 100, batch 50):
+* ``small``: a vanilla tanh RNN (64 units, W_hh at spectral radius 1.5, adding problem T = 100, batch 50):
   an update of a few milliseconds, where any per-update Python cost shows.
 
 The guard's own ``check`` is also timed directly (µs per update), which no machine noise hides.

@@ -26,6 +26,9 @@ optimizers that rescale or accumulate (Adam moves each coordinate by about ``lr`
 ``‖θ‖`` is read at the event. A mechanism scoring ``IMPLICATED`` (1: tenfold) or more is a cause; the top one is
 the diagnosis's ``top`` (None when none reaches it).
 
+In a storm of events the flow is measured again only ``FLOW_EVERY`` (10) updates after it last was; the events in
+between carry its findings, marked with the update they were measured at.
+
 Between events the guard pays :meth:`Tracker.observe` per update: a few appends and one ``amax`` kernel, no host
 sync. ``python -m seqstab.replay`` recomputes the flow profile of the snapshot's chunk and ranks it with the
 optimizer and data evidence the run stored in the snapshot.
@@ -37,7 +40,7 @@ import math
 import statistics
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -47,6 +50,7 @@ from torch import nn
 MECHANISMS = ("time", "depth", "optimizer", "data")
 IMPLICATED = 1.0  # score (log10 of the measured amplification) from which a mechanism counts as a cause
 REL_STEP = 0.01  # a step moving a tensor by 1 % of its norm: large for any optimizer
+FLOW_EVERY = 10  # in a storm of events, the flow is measured again only this many updates after it last was
 
 
 @dataclass
@@ -75,6 +79,7 @@ class Tracker:
             maxlen=window
         )  # applied: lr·s, ‖g_i‖, lr·‖g‖
         self.ranges: deque[torch.Tensor] = deque(maxlen=window)  # finite-input batches' max |x| (device scalars)
+        self.flow: tuple[int, Finding, Finding] | None = None  # the last event's flow findings and their update
 
     def observe(self, update: Any, lr: float | None, applied: bool, x: torch.Tensor | None) -> None:
         """After the guard's decision on ``update``: remember its step (if applied) and its input range."""
@@ -94,6 +99,18 @@ def inputs_of(chunk: Any) -> torch.Tensor | None:
     elif isinstance(chunk, (list, tuple)):
         chunk = next((c for c in chunk if isinstance(c, torch.Tensor) and c.is_floating_point()), None)
     return chunk if isinstance(chunk, torch.Tensor) and chunk.is_floating_point() else None
+
+
+def optimizer_path(optimizer: Any) -> str | None:
+    """``torch.optim.SGD`` for an SGD optimizer (or Lightning's wrapper of one); the full class path otherwise."""
+    if optimizer is None:
+        return None
+    cls = type(getattr(optimizer, "optimizer", optimizer))
+    return f"torch.optim.{cls.__name__}" if getattr(torch.optim, cls.__name__, None) is cls else _path(cls)
+
+
+def _path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def learning_rate(optimizer: torch.optim.Optimizer | None) -> float | None:
@@ -215,7 +232,7 @@ def _time(top: np.ndarray, ref: int, steps: int, remedies: Remedies) -> Finding:
     bad = np.nonzero(~np.isfinite(head))[0]
     if len(bad):
         text = f"‖∂L/∂h_t‖ of the top layer is non-finite from step {int(bad[-1]) + 1} of {steps} back"
-        return Finding("time", math.inf, text, remedies.time(math.inf, steps))
+        return Finding("time", math.inf, text, remedies.time(math.inf, steps, int(bad[-1]), ref))
     peak = int(np.argmax(head))
     amplification = float(head[peak] / head[ref])
     growth = float((head[0] / head[ref]) ** (1.0 / ref)) if ref > 0 and head[0] > 0 else 1.0
@@ -223,7 +240,7 @@ def _time(top: np.ndarray, ref: int, steps: int, remedies: Remedies) -> Finding:
         f"‖∂L/∂h_t‖ of the top layer grows {growth:.3g}x per step back over the {steps}-step chunk and peaks at step "
         f"{peak + 1}, {amplification:.3g}x its value at step {ref + 1}"
     )
-    return Finding("time", _log10(amplification), text, remedies.time(growth, steps))
+    return Finding("time", _log10(amplification), text, remedies.time(growth, steps, peak, ref))
 
 
 def _depth(at_ref: np.ndarray, ref: int, remedies: Remedies) -> Finding:
@@ -256,19 +273,24 @@ class Remedies:
         recurrent_net: The net is ``seqstab.nets.RecurrentNet`` (its ``init``, ``residual`` ... exist).
         cell: Its cell (``rnn``, ``lstm``, ``gru``).
         lr: The optimizer's learning rate (None: no optimizer).
+        optimizer_class: Its class path (``--optimizer`` must name it for ``--optimizer.lr`` to be accepted).
         clipped: The run already clips (``NormClip`` or another policy than ``NoClip``).
     """
 
     recurrent_net: bool = False
     cell: str | None = None
     lr: float | None = None
+    optimizer_class: str | None = None
     clipped: bool = False
 
     def _clip(self) -> list[str]:
         return [] if self.clipped else ["--model.clipping seqstab.clipping.NormClip --model.clipping.max_norm 1"]
 
-    def time(self, growth: float, steps: int) -> list[str]:
-        k = steps // 4 if not math.isfinite(growth) or growth <= 1 else int(math.log(10) / math.log(growth))
+    def time(self, growth: float, steps: int, peak: int, ref: int) -> list[str]:
+        """Truncate so that the growth stays within tenfold: ``log 10 / log growth`` steps when it grows steadily,
+        else half the distance from where it peaked to the last scored step."""
+        steady = math.isfinite(growth) and growth > 1
+        k = int(math.log(10) / math.log(growth)) if steady else (ref - peak) // 2
         tips = [f"--model.tbptt_steps {max(1, min(k, steps - 1))}", *self._clip()]
         if self.recurrent_net:
             tips.append("--model.net.init orthogonal")
@@ -287,22 +309,24 @@ class Remedies:
         ]
 
     def optimizer(self) -> list[str]:
-        tips = [f"--optimizer.lr {self.lr / 100:g}"] if self.lr else []
-        return tips + self._clip()
+        if not (self.lr and self.optimizer_class):
+            return self._clip()
+        return [f"--optimizer {self.optimizer_class} --optimizer.lr {self.lr / 100:g}", *self._clip()]
 
     def data(self) -> list[str]:
         return ["--model.guard.policy skip (hold such batches back)", "clean or normalise the data"]
 
 
-def remedies_for(net: nn.Module | None, lr: float | None, clipping: Any) -> Remedies:
-    """The :class:`Remedies` of a run with this net, learning rate and clipping policy."""
+def remedies_for(net: nn.Module | None, clipping: Any, optimizer: Any = None) -> Remedies:
+    """The :class:`Remedies` of a run with this net, clipping policy and optimizer (None: name no learning rate)."""
     from seqstab.clipping import NoClip
     from seqstab.nets import RecurrentNet
 
     return Remedies(
         recurrent_net=isinstance(net, RecurrentNet),
         cell=getattr(net, "cell", None),
-        lr=lr,
+        lr=learning_rate(getattr(optimizer, "optimizer", optimizer)),
+        optimizer_class=optimizer_path(optimizer),
         clipped=clipping is not None and not isinstance(clipping, NoClip),
     )
 
@@ -321,17 +345,13 @@ def diagnose_event(run: Any, update: Any, tracker: Tracker) -> dict[str, Any]:
     """The diagnosis of ``update`` (a guard event) from the live run: flow measured now, the rest from ``tracker``."""
     module = run.module
     clipping = getattr(getattr(module, "core", None), "clipping", None)
-    remedies = remedies_for(run.net, learning_rate(run.optimizer), clipping)
-    why = "the net offers no recurrent layers to follow (seqstab.nets: recurrent contract)"
-    profile = None
-    if hasattr(module, "chunk_loss") and isinstance(update.chunk, dict):
-        try:
-            profile = flow_profile(run.net, lambda: module.chunk_loss(update.chunk, update.hidden_in)[0])
-        except Exception as err:  # a measurement must never end the run it explains
-            why = f"the flow could not be measured ({type(err).__name__}: {err})"
+    remedies = remedies_for(run.net, clipping, run.optimizer)
+    if tracker.flow is not None and update.step - tracker.flow[0] < FLOW_EVERY:  # an event storm: measured lately
+        step, time, depth = tracker.flow
+        time, depth = (replace(f, evidence=f"{f.evidence} (measured at update {step})") for f in (time, depth))
     else:
-        why = "measured by python -m seqstab.replay (the run's loss is not a seqstab task's chunk loss)"
-    time, depth = time_and_depth(profile, why, remedies)
+        time, depth = _flow_findings(run, update, remedies)
+        tracker.flow = (update.step, time, depth)
     x = inputs_of(update.chunk)
     return rank(
         [
@@ -341,6 +361,21 @@ def diagnose_event(run: Any, update: Any, tracker: Tracker) -> dict[str, Any]:
             data_finding(tracker, x, remedies),
         ]
     )
+
+
+def _flow_findings(run: Any, update: Any, remedies: Remedies) -> tuple[Finding, Finding]:
+    """Time and depth from the flow profile of the event's chunk, measured now on the live module."""
+    module = run.module
+    why = "the net offers no recurrent layers to follow (seqstab.nets: recurrent contract)"
+    profile = None
+    if hasattr(module, "chunk_loss") and isinstance(update.chunk, dict):
+        try:
+            profile = flow_profile(run.net, lambda: module.chunk_loss(update.chunk, update.hidden_in)[0])
+        except Exception as err:  # a measurement must never end the run it explains
+            why = f"the flow could not be measured ({type(err).__name__}: {err})"
+    else:
+        why = "measured by python -m seqstab.replay (the run's loss is not a seqstab task's chunk loss)"
+    return time_and_depth(profile, why, remedies)
 
 
 def rediagnose(stored: dict[str, Any] | None, profile: np.ndarray | None, why: str, remedies: Remedies) -> dict:

@@ -170,7 +170,7 @@ def replay(snapshot: dict[str, Any], trust: list[str] = ()) -> dict[str, Any]:
                 profile = diagnose.flow_profile(net, lambda: _loss(model, snapshot))
             except Exception as err:  # the norm above is replay's answer; the diagnosis is a bonus
                 profile, why = None, f"the flow could not be measured ({type(err).__name__}: {err})"
-            remedies = diagnose.remedies_for(net, _snapshot_lr(snapshot), policy)
+            remedies = diagnose.remedies_for(net, policy)  # the optimizer's and the data's: as the run stored them
             return {
                 "diagnosis": diagnose.rediagnose(snapshot.get("diagnosis"), profile, why, remedies),
                 "loss": update.values["train/loss"],
@@ -195,11 +195,6 @@ def _loss(model: torch.nn.Module, snapshot: dict[str, Any]) -> torch.Tensor:
     if not isinstance(loss, torch.Tensor):
         raise ConfigError(f"snapshot model {snapshot['task_class']}: training_step returned no loss tensor")
     return loss
-
-
-def _snapshot_lr(snapshot: dict[str, Any]) -> float | None:
-    groups = (snapshot.get("optimizer") or {}).get("param_groups") or []
-    return float(groups[0]["lr"]) if groups and "lr" in groups[0] else None
 
 
 def _nothing() -> None:

@@ -3,9 +3,9 @@
     python tools/tensorboard_screenshot.py                          # train both runs, capture docs/img/explosion.png
     python tools/tensorboard_screenshot.py --logdir runs/explode    # keep the runs there; reuse them next time
 
-The two runs are seqstab's default experiment (vanilla tanh RNN, W_hh at spectral radius 1.5, adding problem,
-T = 100) trained by plain SGD (lr 0.1) for 80 updates, gradient flow and spectra measured every 5 updates: one
-without clipping (``--model.clipping null``), which explodes within a few updates, and one with the default
+The two runs are the default experiment's sizes with a vanilla tanh RNN (W_hh at spectral radius 1.5, adding
+problem, T = 100) trained by plain SGD (lr 0.1) for 80 updates, gradient flow and spectra measured every 5 updates:
+one without clipping (``--model.clipping null``), which explodes within a few updates, and one with the default
 ``NormClip(max_norm=1)``, which does not. The script starts ``tensorboard --logdir`` on 127.0.0.1, opens its scalars
 page in headless Chromium (Debian's ``chromium`` package: ``apt-get install -y chromium``) driven over the DevTools
 pipe, switches the loss and norm charts to a log y axis, and captures it; the PNG is palette-compressed to stay
@@ -34,7 +34,8 @@ RUNS = {  # run name -> arguments on top of the default experiment
     "clipped_sgd_normclip_1": [],
 }
 COMMON = [
-    *("--optimizer", "SGD", "--optimizer.lr", "0.1"),
+    *("--model.net.nonlinearity", "tanh", "--model.net.init", "default", "--model.net.spectral_radius", "1.5"),
+    *("--data.seq_len", "100", "--optimizer", "SGD", "--optimizer.lr", "0.1"),
     *("--data.num_train", "2000", "--trainer.max_epochs", "2"),  # 80 updates of 50 sequences
     *("--model.monitor", "seqstab.monitor.GradMonitor"),  # gradient flow and spectra every 5 updates, not 50/100
     *("--model.monitor.grad_flow_every_n_steps", "5", "--model.monitor.spectrum_every_n_steps", "5"),
