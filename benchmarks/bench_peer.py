@@ -2,6 +2,7 @@
 against ``python -m seqstab.train fit -c configs/lm/wikitext2_lstm.yaml``, on the same cut of WikiText-2.
 
     flock /work/heavy.lock python benchmarks/bench_peer.py          # ~15 min on 2 cores; --help for the knobs
+    python benchmarks/bench_peer.py --profile --unfused --threads 1 --warmup 10 --updates 50 --every 10   # ~3 min
 
 Both programs train the same model with the same settings: a 2×200 LSTM word LM (embedding 200, dropout 0.2 on the
 embedding, between the layers and before the decoder; embedding and decoder U(±0.1), decoder bias 0), batch 20,
@@ -154,6 +155,36 @@ def commands(args, data: Path, work: Path) -> dict[str, tuple[list[str], Path, r
     return programs
 
 
+PROFILE = """
+import runpy, sys, torch
+from torch.profiler import ProfilerActivity, profile
+target, out, rows = sys.argv[1], sys.argv[2], int(sys.argv[3])
+sys.argv = [target, *sys.argv[4:]]
+with profile(activities=[ProfilerActivity.CPU]) as prof:
+    try:
+        if target.endswith(".py"):
+            sys.path.insert(0, target.rsplit("/", 1)[0])
+            runpy.run_path(target, run_name="__main__")
+        else:
+            runpy.run_module(target, run_name="__main__", alter_sys=True)
+    except SystemExit:
+        pass
+open(out, "w").write(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+"""
+
+
+def profile_programs(args, programs: dict, work: Path, env: dict) -> None:
+    """Each program once under ``torch.profiler`` (CPU), the whole run: the top operators by self CPU time."""
+    for name, (cmd, cwd, _mark) in programs.items():
+        out = work / f"profile-{name.replace(' ', '_')}.txt"
+        target = cmd[1] if cmd[1] != "-m" else cmd[2]
+        rest = cmd[2:] if cmd[1] != "-m" else cmd[3:]
+        subprocess.run([sys.executable, "-c", PROFILE, target, str(out), str(args.top), *rest], cwd=cwd, env=env,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)  # fmt: skip
+        print(f"\n{name}: top operators by self CPU time, whole run (start-up and validation included)")
+        print(out.read_text())
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="rounds, each one run of both programs (A B, B A, ...)")
@@ -164,6 +195,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", type=Path, help="WikiText-2 train.txt (default: ../shared/data/wikitext-2)")
     parser.add_argument("--peer", type=Path, default=PEER, help="pytorch/examples word_language_model/main.py")
     parser.add_argument("--unfused", action="store_true", help="a third program: seqstab with fused_loss false")
+    parser.add_argument("--profile", action="store_true", help="each program once under torch.profiler instead")
+    parser.add_argument("--top", type=int, default=20, help="operators shown by --profile")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("seqstab_args", nargs="*", help="more arguments for seqstab.train (after --)")
     args = parser.parse_args(argv)
@@ -192,6 +225,9 @@ def main(argv: list[str] | None = None) -> None:
         programs = commands(args, data, work)
         for name, (cmd, *_rest) in programs.items():
             print(f"{name}: {' '.join(cmd)}")
+        if args.profile:
+            profile_programs(args, programs, work, env)
+            return
         results: dict[str, list[dict]] = {name: [] for name in programs}
         names = list(programs)
         for r in range(args.rounds):
