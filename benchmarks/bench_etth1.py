@@ -83,6 +83,8 @@ def naive_from_loader(dm: CSVSeries, split: str = "test") -> dict[str, float]:
     abs_sum = sq_sum = count = 0.0
     for batch in getattr(dm, f"{split}_dataloader")():
         now = batch["x"][..., : dm.num_targets].double()  # (B, L, T) targets at step t, normalised
+        if "level" in batch:  # per-window normalisation (window_norm): the window's level, back
+            now = now + batch["level"].double()
         err = (now[:, :, None] - batch["y"].double()) * std  # (B, L, H, T) in °C (the mean cancels)
         weight = batch["mask"].double() if "mask" in batch else torch.ones(err.shape[:2], dtype=torch.double)
         abs_sum += (err.abs().mean(dim=(-2, -1)) * weight).sum().item()

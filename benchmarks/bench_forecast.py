@@ -289,8 +289,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=OUT, help=f"where the JSONs go (default {OUT})")
     parser.add_argument("--path", type=Path, help="ETTh1.csv (default: ../shared/data, else the config's download)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: a shared 2-core machine)")
-    parser.add_argument("--peer-epochs", type=int, default=6, help="darts RNNModel's n_epochs")
-    parser.add_argument("--peer-steps", type=int, default=600, help="neuralforecast's max_steps")
+    parser.add_argument("--peer-epochs", type=int, default=15, help="darts RNNModel's n_epochs")
+    parser.add_argument("--peer-steps", type=int, default=1000, help="neuralforecast's max_steps")
     args = parser.parse_args(argv)
     if args.report:
         print(report(args.out))
