@@ -21,6 +21,14 @@ Sweep file (keys are the dotted keys of ``python -m seqstab.train``, without the
       tbptt20: {model.tbptt_steps: 20, data.seq_len: [200, 400]}  # a grid key set in a variant: only these
     plot:
       x: data.seq_len                      # the x axis of the "against T" plots; default: the first grid key
+    search:                                # optional: the stability map (seqstab/search.py)
+      key: optimizer.lr                    # for each combination, the largest value meeting the criterion,
+      range: [1.0e-4, 10.0]                # by bisection: that combination's runs in sequence, combinations
+      budget: 5                            # in parallel; the report opens with the map
+
+Backends: ``--backend local`` (default) runs ``--jobs`` subprocesses from a thread pool; ``--backend ray`` runs each
+as a Ray task (``--address``, ``--cpus-per-run``, ``--gpus-per-run``) that starts the same subprocess. One driver
+(``Plan`` + ``run_sweep``) decides what runs for both, so skipping, rerunning, Ctrl-C and the report are the same.
 
 Run directory of a combination: ``<out>/<name>/<variant>-<key>=<value>...`` (``overrides.yaml``: the run's
 overrides as the config file read after the base; ``train.log``, TensorBoard events, ``config.yaml``,
@@ -225,10 +233,10 @@ def nested(overrides: dict[str, Any]) -> dict[str, Any]:
     for key, value in overrides.items():
         *parents, leaf = key.split(".")
         node = tree
-        for part in [*parents, leaf]:
+        for depth, part in enumerate([*parents, leaf]):
             if "class_path" in node and isinstance(node.get("init_args"), dict) and part not in _CLASS_KEYS:
                 node = node["init_args"]
-            if part is leaf:
+            if depth == len(parents):
                 break
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
