@@ -8,6 +8,7 @@ gradients of these tiny models (rtol 1e-4), where the values are O(1) and their 
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +19,9 @@ from seqstab.errors import ConfigError
 from seqstab.fused import CHUNK_BYTES, IGNORE_INDEX, chunk_rows_for, linear_cross_entropy
 from seqstab.nets import RecurrentNet
 from seqstab.tasks import FUSED_MIN_VOCAB, LanguageModel
+from seqstab.train import main
+from tests.helpers import scalars
+from tests.test_resume import write_text
 
 TOL = dict(rtol=1e-4, atol=1e-5)
 CHAR, WORD = 65, 5003  # tinyshakespeare's characters; a word vocabulary (odd sizes: no lucky alignment)
@@ -127,3 +131,32 @@ def test_auto_follows_vocabulary_and_bad_value_is_one_line():
     assert language_model(FUSED_MIN_VOCAB, "auto", False, "token_mean")._fused(x)
     with pytest.raises(ConfigError, match="fused_loss='yes'"):
         language_model(CHAR, "yes", False, "token_mean")
+
+
+def test_cli_fused_and_unfused_runs_log_the_same_losses(tmp_path, monkeypatch):
+    """``--model.fused_loss true`` and ``false`` from the command line: the same seeded run, the same losses, pre-clip
+    norms and final weights within float32 rounding (a tied, sum_over_time, truncated LM on a tiny text)."""
+    write_text(tmp_path / "train.txt", 60, seed=0)
+    write_text(tmp_path / "valid.txt", 10, seed=1)
+    args = [
+        *["--model", "seqstab.tasks.LanguageModel", "--model.net.hidden_size", "8", "--model.tie_weights", "true"],
+        *["--model.loss_reduction", "sum_over_time", "--model.tbptt_steps", "4", "--model.dropout", "0.1"],
+        *["--data", "datamodules.text.TextFiles", "--data.train", str(tmp_path / "train.txt")],
+        *["--data.valid", str(tmp_path / "valid.txt"), "--data.batch_size", "3", "--data.seq_len", "8"],
+        *["--trainer.max_steps", "6", "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false"],
+    ]
+    seen = {}
+    for fused in ("true", "false"):
+        (tmp_path / fused).mkdir()
+        monkeypatch.chdir(tmp_path / fused)
+        assert main(["fit", *args, "--model.fused_loss", fused, "--data.cache_dir", str(tmp_path / "cache")]) == 0
+        run = Path.cwd() / "runs" / "seqstab" / "version_0"
+        weights = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+        seen[fused] = (scalars(run), weights)
+    (fused_tags, fused_weights), (plain_tags, plain_weights) = seen["true"], seen["false"]
+    for tag in ("train/loss", "grad/norm_total"):
+        assert [s for s, _ in fused_tags[tag]] == [s for s, _ in plain_tags[tag]]
+        values = torch.tensor([v for _, v in fused_tags[tag]]), torch.tensor([v for _, v in plain_tags[tag]])
+        torch.testing.assert_close(*values, **TOL)
+    for name in plain_weights:
+        torch.testing.assert_close(fused_weights[name], plain_weights[name], **TOL)
