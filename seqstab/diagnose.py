@@ -81,6 +81,25 @@ class Tracker:
         self.ranges: deque[tuple[torch.Tensor, torch.Tensor]] = deque(maxlen=window)  # batches' (min x, max x)
         self.flow: tuple[int, Finding, Finding] | None = None  # the last event's flow findings and their update
 
+    def state_dict(self) -> dict[str, Any]:
+        """Plain values (a weights_only checkpoint): one host sync, at a save."""
+        return {
+            "steps": [[scale, None if n is None else n.tolist(), step] for scale, n, step in self.steps],
+            "ranges": [[float(lo), float(hi)] for lo, hi in self.ranges],
+            "flow": None if self.flow is None else [self.flow[0], asdict(self.flow[1]), asdict(self.flow[2])],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps.clear()
+        for scale, norms, step in state.get("steps", []):
+            tensor = None if norms is None else torch.tensor(norms, dtype=torch.float64)
+            self.steps.append((float(scale), tensor, float(step)))
+        self.ranges.clear()
+        for lo, hi in state.get("ranges", []):
+            self.ranges.append((torch.tensor(lo, dtype=torch.float64), torch.tensor(hi, dtype=torch.float64)))
+        flow = state.get("flow")
+        self.flow = None if flow is None else (int(flow[0]), Finding(**flow[1]), Finding(**flow[2]))
+
     def observe(self, update: Any, lr: float | None, applied: bool, x: torch.Tensor | None) -> None:
         """After the guard's decision on ``update``: remember its step (if applied) and its input range."""
         if applied and lr is not None:
