@@ -1,6 +1,7 @@
 """Overhead of the explosion guard: the same training step with ``guard: ExplosionGuard`` and without.
 
     python benchmarks/bench_guard.py                      # ~3 min on 2 cores; --help for the knobs
+    python benchmarks/bench_guard.py --workloads none     # only the guard's idle check() timing, seconds
 
 Two workloads, each through ``Trainer.fit`` with the TensorBoard logger and ``NormClip``:
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import time
 from functools import partial
 
@@ -69,6 +71,29 @@ def small_run(updates, warmup, guard) -> list[tuple[float, float]]:
     return fit_timed(model, data, updates, warmup)
 
 
+def idle_check_us(diagnose: bool, calls: int = 2000, repeats: int = 5) -> float:
+    """µs per ``ExplosionGuard.check`` when nothing happens (no event), best of ``repeats``: the per-update cost of the
+    guard itself, with or without the diagnosis's running statistics (``diagnose``), on the small workload's sizes."""
+    from seqstab.record import StaticRun
+    from seqstab.update import Update
+
+    module = torch.nn.ModuleDict({"net": torch.nn.RNN(2, 64, batch_first=True), "head": torch.nn.Linear(64, 1)})
+    for p in module.parameters():
+        p.grad = torch.randn_like(p)
+    clip = NormClip(1e9)(list(module.parameters()))
+    chunk = {"x": torch.rand(50, 100, 2), "y": torch.rand(50, 100, 1)}  # (B, T, F)
+    run = StaticRun(module, optimizer=torch.optim.Adam(module.parameters()))
+    guard, best = ExplosionGuard(diagnose=diagnose, snapshot=False), math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for i in range(calls):
+            values = {"grad/norm_total": 1.0 + (i % 7) / 100, "grad/norm_total_clipped": 1.0, "train/loss": 0.5}
+            guard.check(run, Update(i, chunk, None, clip, values))
+        best = min(best, (time.perf_counter() - start) / calls * 1e6)
+    assert guard.events == 0
+    return best
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -108,6 +133,13 @@ def main(argv: list[str] | None = None) -> None:
             f"| {cpu[True] / cpu[False]:.3f} | {_common.median(runs[True]) / _common.median(runs[False]):.3f} |",
             flush=True,
         )
+    idle = {d: idle_check_us(d) for d in (False, True)}
+    print(
+        f"\nExplosionGuard.check when nothing happens: {idle[True]:.1f} µs per update with the diagnosis's running "
+        f"statistics (diagnose=true, the default), {idle[False]:.1f} µs without"
+    )
+    if "small" not in args.workloads:
+        return
     timed = TimedGuard()
     seconds = small_run(args.small_updates, 20, timed)
     per_update = sum(w for w, _ in seconds) / len(seconds)

@@ -16,7 +16,7 @@ optimizer  the relative size ``‖Δθ‖/‖θ‖`` of the last applied update 
            it moved most, over that tensor's median over recent updates, or over        the clip scale, the
            ``REL_STEP`` (a step of 1 % of a tensor's norm) when that is larger           policy's per-tensor norms
 data       the batch's largest input ``|x|`` over the median of recent batches'          O(1) per update: one
-           (inf for a non-finite input)                                                  ``amax`` of the chunk
+           (inf for a non-finite input)                                                  ``aminmax`` of the chunk
 =========  ===========================================================================  ==========================
 
 Time and depth are kept apart by where they are read: the time ratio within the top layer (nothing above it adds
@@ -29,7 +29,7 @@ the diagnosis's ``top`` (None when none reaches it).
 In a storm of events the flow is measured again only ``FLOW_EVERY`` (10) updates after it last was; the events in
 between carry its findings, marked with the update they were measured at.
 
-Between events the guard pays :meth:`Tracker.observe` per update: a few appends and one ``amax`` kernel, no host
+Between events the guard pays :meth:`Tracker.observe` per update: a few appends and one ``aminmax`` kernel, no host
 sync. ``python -m seqstab.replay`` recomputes the flow profile of the snapshot's chunk and ranks it with the
 optimizer and data evidence the run stored in the snapshot.
 """
@@ -70,16 +70,35 @@ class Tracker:
     """What the optimizer and data evidence need from the updates before an event, kept in O(1) per update.
 
     Per update: the step's scale (``lr`` × clip scale, floats already read back), a reference to the clipping
-    policy's per-tensor pre-clip norms (a device tensor it computed anyway) and the chunk's largest ``|x|`` (one
-    ``amax``, left on the device). Nothing is read back until an event.
+    policy's per-tensor pre-clip norms (a device tensor it computed anyway) and the chunk's smallest and largest
+    input (one ``aminmax``, left on the device). Nothing is read back until an event.
     """
 
     def __init__(self, window: int = 50):
         self.steps: deque[tuple[float, torch.Tensor | None, float]] = deque(
             maxlen=window
         )  # applied: lr·s, ‖g_i‖, lr·‖g‖
-        self.ranges: deque[torch.Tensor] = deque(maxlen=window)  # finite-input batches' max |x| (device scalars)
+        self.ranges: deque[tuple[torch.Tensor, torch.Tensor]] = deque(maxlen=window)  # batches' (min x, max x)
         self.flow: tuple[int, Finding, Finding] | None = None  # the last event's flow findings and their update
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain values (a weights_only checkpoint): one host sync, at a save."""
+        return {
+            "steps": [[scale, None if n is None else n.tolist(), step] for scale, n, step in self.steps],
+            "ranges": [[float(lo), float(hi)] for lo, hi in self.ranges],
+            "flow": None if self.flow is None else [self.flow[0], asdict(self.flow[1]), asdict(self.flow[2])],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps.clear()
+        for scale, norms, step in state.get("steps", []):
+            tensor = None if norms is None else torch.tensor(norms, dtype=torch.float64)
+            self.steps.append((float(scale), tensor, float(step)))
+        self.ranges.clear()
+        for lo, hi in state.get("ranges", []):
+            self.ranges.append((torch.tensor(lo, dtype=torch.float64), torch.tensor(hi, dtype=torch.float64)))
+        flow = state.get("flow")
+        self.flow = None if flow is None else (int(flow[0]), Finding(**flow[1]), Finding(**flow[2]))
 
     def observe(self, update: Any, lr: float | None, applied: bool, x: torch.Tensor | None) -> None:
         """After the guard's decision on ``update``: remember its step (if applied) and its input range."""
@@ -87,8 +106,8 @@ class Tracker:
             pre, post = update.values["grad/norm_total"], update.values.get("grad/norm_total_clipped", math.nan)
             scale = post / pre if pre > 0 and math.isfinite(pre) and math.isfinite(post) else 1.0
             self.steps.append((lr * scale, update.clip.tensor_norms, lr * post))
-        if x is not None:
-            self.ranges.append(x.detach().abs().amax())
+        if x is not None and x.numel():
+            self.ranges.append(torch.aminmax(x.detach()))  # one kernel, left on the device (half abs().amax()'s cost)
 
 
 def inputs_of(chunk: Any) -> torch.Tensor | None:
@@ -158,7 +177,9 @@ def data_finding(tracker: Tracker, x: torch.Tensor | None, remedies: Remedies) -
     finite, amax = (v.item() for v in (torch.isfinite(x).all(), x.abs().amax()))
     if not finite:
         return Finding("data", math.inf, "the batch holds non-finite inputs (nan or inf)", remedies.data())
-    history = torch.stack(list(tracker.ranges)).double().tolist() if tracker.ranges else []
+    history = []
+    if tracker.ranges:  # max |x| of each batch: one sync
+        history = torch.stack([torch.stack(pair) for pair in tracker.ranges]).double().abs().amax(dim=1).tolist()
     history = [v for v in history if math.isfinite(v)]
     if not history:
         return Finding("data", None, f"the batch's inputs reach |x| = {amax:.3g}; no earlier batch to compare", [])

@@ -150,7 +150,7 @@ class ExplosionGuard:
         self.max_consecutive_skips = max_consecutive_skips
         self.log_spike_score = bool(log_spike_score)
         self.diagnose = bool(diagnose)
-        self._tracker = diagnose_module.Tracker(self.window) if self.diagnose else None  # not checkpointed
+        self._tracker = diagnose_module.Tracker(self.window) if self.diagnose else None
         self.skipped_in_a_row = 0
         self._norms: deque[float] = deque()  # the last `window` finite, non-zero norms, oldest first
         self._sorted: list[float] = []  # the same values, sorted
@@ -393,6 +393,7 @@ class ExplosionGuard:
             "tensor_norms": [row.tolist() for row in self._rows],  # reset_moments only; a sync at a save
             "peak": list(self.peak) if self.peak is not None else None,
             "applied_max": self.applied_max,
+            **{f"diagnosis_{k}": v for k, v in (self._tracker.state_dict() if self._tracker else {}).items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -406,6 +407,8 @@ class ExplosionGuard:
         peak = state.get("peak")
         self.peak = (float(peak[0]), int(peak[1])) if peak else None
         self.applied_max = float(state.get("applied_max", 0.0))
+        if self._tracker is not None:
+            self._tracker.load_state_dict({k[10:]: v for k, v in state.items() if k.startswith("diagnosis_")})
         self._spikes, self._spike_count = deque(maxlen=self.window), 0
         for spike in state.get("spikes", [])[-self.window :]:
             self._count(bool(spike))
