@@ -642,8 +642,9 @@ class LanguageModel(SeqTask):
     def chunk_loss(self, chunk, hidden):
         if not self._fused(chunk["x"]):
             return super().chunk_loss(chunk, hidden)
-        out, new_hidden = self.net(self.encoder(chunk["x"]), hidden)  # (B, k, H)
-        out, decoder, y, mask = self.head[0](out), self.head[1], chunk["y"], chunk.get("mask")
+        # the net's output, in pieces where the truncation policy reweights the gradient (as the unfused loss)
+        out, new_hidden = tbptt.forward(lambda piece, h: self.net(self.encoder(piece["x"]), h), chunk, hidden)
+        out, decoder, y, mask = self.head[0](out), self.head[1], chunk["y"], chunk.get("mask")  # out: (B, k, H)
         ones = torch.ones(y.shape, dtype=torch.float32, device=y.device) if mask is None else mask.float()
         # sum over time, mean over the batch | token mean over the (masked) steps
         weight = ones / y.shape[0] if self.loss_reduction == "sum_over_time" else ones / ones.sum().clamp(min=1)
@@ -651,7 +652,7 @@ class LanguageModel(SeqTask):
             loss = linear_cross_entropy(
                 out.flatten(0, 1).float(), decoder.weight.float(), decoder.bias.float(), y.flatten(), weight.flatten()
             )
-        return loss, new_hidden
+        return tbptt.weighted(loss, chunk), new_hidden
 
     def _fused(self, x: torch.Tensor) -> bool:
         """Whether this chunk trains on :func:`seqstab.fused.linear_cross_entropy` (``fused_loss``)."""

@@ -133,14 +133,27 @@ def test_auto_follows_vocabulary_and_bad_value_is_one_line():
         language_model(CHAR, "yes", False, "token_mean")
 
 
-def test_cli_fused_and_unfused_runs_log_the_same_losses(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "truncation",
+    [
+        ["--model.tbptt_steps", "4"],
+        # the policy's loss weights and gradient factors reach the fused loss too (no dropout: the unfused loss runs
+        # the head piece by piece between the compensation steps, so it draws its dropout masks in another order)
+        [
+            *["--model.truncation", "seqstab.tbptt.Unbiased", "--model.truncation.c", "0.3"],
+            *["--model.truncation.seed", "0", "--model.dropout", "0.0"],
+        ],
+    ],
+    ids=["fixed", "unbiased"],
+)
+def test_cli_fused_and_unfused_runs_log_the_same_losses(tmp_path, monkeypatch, truncation):
     """``--model.fused_loss true`` and ``false`` from the command line: the same seeded run, the same losses, pre-clip
     norms and final weights within float32 rounding (a tied, sum_over_time, truncated LM on a tiny text)."""
     write_text(tmp_path / "train.txt", 60, seed=0)
     write_text(tmp_path / "valid.txt", 10, seed=1)
     args = [
         *["--model", "seqstab.tasks.LanguageModel", "--model.net.hidden_size", "8", "--model.tie_weights", "true"],
-        *["--model.loss_reduction", "sum_over_time", "--model.tbptt_steps", "4", "--model.dropout", "0.1"],
+        *["--model.loss_reduction", "sum_over_time", "--model.dropout", "0.1", *truncation],
         *["--data", "datamodules.text.TextFiles", "--data.train", str(tmp_path / "train.txt")],
         *["--data.valid", str(tmp_path / "valid.txt"), "--data.batch_size", "3", "--data.seq_len", "8"],
         *["--trainer.max_steps", "6", "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false"],
