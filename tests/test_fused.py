@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from datamodules.base import DataSpec
 from seqstab.errors import ConfigError
-from seqstab.fused import CHUNK_BYTES, IGNORE_INDEX, chunk_rows_for, linear_cross_entropy
+from seqstab.fused import IGNORE_INDEX, chunk_rows_for, linear_cross_entropy
 from seqstab.nets import RecurrentNet
 from seqstab.tasks import FUSED_MIN_VOCAB, LanguageModel
 from seqstab.train import main
@@ -81,8 +81,10 @@ def test_no_bias_ignore_index_and_scaled_backward():
 
 
 def test_chunk_rows_and_shape_errors():
-    assert chunk_rows_for(10**9) == 16  # at least 16 rows
-    assert chunk_rows_for(33_278) > 16 and chunk_rows_for(33_278) * 33_278 * 4 <= CHUNK_BYTES  # logits ~ the budget
+    assert chunk_rows_for(700, 65) == 700  # a small vocabulary: one chunk
+    assert chunk_rows_for(700, 33_278) == 234 and 234 * 33_278 * 4 < 32 * 2**20  # 3 chunks under the mmap threshold
+    assert chunk_rows_for(700, 200_000) == 234  # no more than MAX_CHUNKS: W and dW re-read 3 times, not 35
+    assert chunk_rows_for(100, 33_278) == 100 and chunk_rows_for(1, 10**9) == 1
     with pytest.raises(ValueError, match="expected"):
         target = torch.zeros(3, dtype=torch.long)
         linear_cross_entropy(torch.zeros(3, 4), torch.zeros(5, 3), None, target, torch.ones(3))
