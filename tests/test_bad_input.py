@@ -50,7 +50,7 @@ def here(tmp_path, monkeypatch):
         (["--optimizer", "Adam", "--optimizer.lr", "0"], "optimizer.lr=0.0: must be > 0"),
         (["--optimizer", "SGD", "--lr_scheduler", "StepLR", "--lr_scheduler.step_size", "0"], "step_size=0"),
         (["--optimizer", "Adam", "--optimizer.eps", "-1"], "optimizer: Invalid epsilon value: -1.0"),
-        # accepted by LightningCLI, then dropped: a scheduler without an optimizer
+        # accepted by LightningCLI, then dropped: a scheduler without an optimizer (the default config names one)
         (
             ["--optimizer", "null", "--lr_scheduler", "StepLR", "--lr_scheduler.step_size", "1"],
             "lr_scheduler is set but optimizer is not",

@@ -220,7 +220,7 @@ def test_cli_run_writes_every_monitor_tag(tmp_path):
     for layer in (0, 1):
         assert [s for s, _ in series(acc, f"rnn/spectral_radius/layer_{layer}")] == [0, 2]
     ((_, radius), _) = series(acc, "rnn/spectral_radius/layer_0")
-    assert radius == pytest.approx(1.5, rel=1e-4)  # the configured spectral radius, measured before step 0
+    assert radius == pytest.approx(1.0, rel=1e-4)  # identity W_hh (the IRNN's init), measured before step 0
 
     experiment = hparams_metadata.parse_experiment_plugin_data(
         acc.PluginTagToContent("hparams")[hparams_metadata.EXPERIMENT_TAG]
