@@ -2,8 +2,9 @@
 
 At every update the update core (:class:`seqstab.update.UpdateCore`) calls :meth:`ExplosionGuard.check` with the
 update's pre-clip global gradient norm already read back as a float (the update's one host sync). When nothing
-happens the guard costs a comparison and a sorted insert into a window of at most ``window`` floats: about 3 µs per
-update.
+happens the guard costs a comparison and a sorted insert into a window of at most ``window`` floats (about 3 µs per
+update), plus the diagnosis's O(1) running statistics (one ``aminmax`` of the chunk; about 15 µs in all on a loaded
+2-core machine: ``python benchmarks/bench_guard.py --workloads none``).
 
 An **event** is an update whose pre-clip norm is
 
@@ -16,7 +17,9 @@ Lightning):
 
   * ``explosion/events`` (the cumulative count of events, logged at every update) steps up;
   * a text entry ``explosion/event`` in TensorBoard and a line in ``explosions.jsonl``: update, epoch, norm,
-    its ratio to the median, the parameter with the largest gradient norm (computed only now: events are rare);
+    its ratio to the median, the parameter with the largest gradient norm (computed only now: events are rare),
+    and its ``diagnosis`` (:mod:`seqstab.diagnose`: growth through time, depth, the optimizer's step or the data,
+    ranked by measured evidence, with the settings to try), also printed for the first event;
   * on the first event, a replay snapshot ``snapshot_update_<N>.pt`` (:func:`save_snapshot`, replayed by
     ``python -m seqstab.replay``).
 
