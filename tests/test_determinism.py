@@ -20,13 +20,7 @@ SMALL = ["--data.seq_len", "50", "--data.num_train", "500", "--data.num_val", "5
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models: one thread is as fast, and two spin-waiting threads crawl on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def bits(series: list[tuple[int, float]]) -> list[tuple[int, bytes]]:

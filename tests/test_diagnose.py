@@ -6,7 +6,6 @@ import json
 import math
 
 import pytest
-import torch
 
 from seqstab.diagnose import Finding, rank
 from seqstab.replay import main as replay_main
@@ -18,13 +17,7 @@ QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summa
 FAST = ["--trainer.limit_val_batches", "1", *QUIET]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models: one thread is as fast, and two spin-waiting threads crawl on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def events(tmp_path) -> list[dict]:

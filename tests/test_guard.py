@@ -27,13 +27,7 @@ EXPLODE = REPO / "configs" / "explode" / "adding_rnn.yaml"
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models: one thread is as fast, and two spin-waiting threads crawl on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def guard_with(norms: list[float], **kwargs) -> ExplosionGuard:

@@ -24,13 +24,7 @@ from tests.helpers import REPO, TinyStream, quiet_trainer, scalars
 EXPLODE = REPO / "configs" / "explode" / "adding_rnn.yaml"
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models: one thread is as fast, and two spin-waiting threads crawl on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def f32(value: float) -> bytes:

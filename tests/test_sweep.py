@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from seqstab.sweep import DONE_FILE, Run, Sweep, command, summarize
 from seqstab.sweep import main as sweep_main
@@ -43,13 +42,7 @@ variants:
 """
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models: one thread is as fast, and two spin-waiting threads crawl on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_sweep(root: Path, text: str = TINY) -> Path:
