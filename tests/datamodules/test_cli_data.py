@@ -52,10 +52,11 @@ def test_lstm_on_wikitext2_from_a_local_directory():
     assert "datamodules.text.WikiText2" in config and "cell: lstm" in config
 
 
-def test_lstm_on_a_multivariate_csv():
+def test_lstm_on_a_csv_with_calendar_features():
     run_dir, series = fit("timeseries/etth1_lstm.yaml", *SMALL_NET)
     assert len(series["train/loss"]) == 3 and {"val/mae", "val/rmse"} <= series.keys()
-    assert "cell: lstm" in (run_dir / "config.yaml").read_text()
+    config = (run_dir / "config.yaml").read_text()
+    assert "cell: lstm" in config and "- hour" in config
 
 
 def test_vanilla_rnn_on_a_csv_reports_metrics_in_original_units():
