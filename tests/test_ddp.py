@@ -164,3 +164,35 @@ def test_ddp_chunks_scored_on_one_rank_only_are_updates_on_every_rank(tmp_path):
     guard = [read(tmp_path / f"guard-rank{r}.jsonl") for r in (0, 1)]
     assert [[g["update"] for g in ranks] for ranks in guard] == [[0, 1, 2, 3]] * 2  # 2 windows x chunks 0 and 1
     assert [[g["action"] for g in ranks] for ranks in guard] == [["step"] * 4] * 2
+
+
+@pytest.mark.parametrize("policy", ["VariableLength", "Unbiased"])
+def test_ddp_ranks_cut_random_truncation_policies_alike(policy, tmp_path):
+    """A policy that draws its cuts (variable length, random truncation) draws the same ones on every rank: a rank
+    cutting elsewhere would update a different number of times and wait in the all-reduce forever, or train on
+    windows the other rank does not."""
+    write_text(tmp_path / "train.txt", 200, seed=0)
+    data = ["--data", "datamodules.text.TextFiles", "--data.train", "train.txt", "--data.valid", "train.txt"]
+    data += ["--data.batch_size", "4", "--data.seq_len", "16", "--data.cache_dir", "cache"]
+    draws = {
+        "VariableLength": [
+            "--model.truncation.k",
+            "6",
+            "--model.truncation.sigma",
+            "3",
+            "--model.truncation.min_len",
+            "1",
+        ],
+        "Unbiased": ["--model.truncation.c", "0.3"],
+    }[policy]
+    args = [
+        *["--model", "seqstab.tasks.LanguageModel", "--model.net.hidden_size", "8"],
+        *["--model.truncation", f"seqstab.tbptt.{policy}", *draws, "--seed_everything", "3"],
+        *["--model.guard", "tests.test_ddp.RecordingGuard", "--model.guard.snapshot", "false"],
+        *data,
+        *["--trainer.max_steps", "12", "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false"],
+    ]
+    fit_on_two_processes(args, tmp_path)
+    lengths = [[len(g["x"][0]) for g in read(tmp_path / f"guard-rank{r}.jsonl")] for r in (0, 1)]
+    assert lengths[0] == lengths[1] and len(lengths[0]) == 12
+    assert len(set(lengths[0])) > 1, lengths  # the cuts were drawn, not fixed
