@@ -123,6 +123,31 @@ def test_flow_probe_matches_unrolled_backprop_through_time(cell, nonlinearity):
     assert all(len(layer._forward_hooks) == 0 for layer in net.layers)  # hooks removed
 
 
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_flow_probe_follows_a_chunk_run_in_pieces(cell):
+    """A chunk run in pieces (``Unbiased``'s compensation points: the state passed on with its graph) is measured
+    as the whole chunk: every piece's steps, and the gradient a piece's last state gets from the next piece."""
+    torch.manual_seed(2)
+    net = RecurrentNet(3, 5, num_layers=2, cell=cell).double()
+    x = torch.randn(4, 9, 3, dtype=torch.double)
+    weight = torch.randn(4, 9, 5, dtype=torch.double)
+
+    probe = FlowProbe(net.layers)
+    out, _ = net(x)
+    (torch.tanh(out) * weight).sum().backward()
+    whole = probe.norms()
+
+    probe = FlowProbe(net.layers)
+    with torch.no_grad():
+        net(x)  # a forward without grad between arm and backward (the chunk loop's carry) is not measured
+    first, state = net(x[:, :4])
+    second, _ = net(x[:, 4:], state)
+    (torch.tanh(torch.cat([first, second], dim=1)) * weight).sum().backward()
+    pieces = probe.norms()
+    assert pieces.shape == whole.shape == (2, 9)
+    assert torch.allclose(pieces.double(), whole.double(), rtol=1e-6)
+
+
 def test_flow_under_truncation_on_a_last_step_task(tmp_path):
     """Truncated BPTT on the adding problem: only the last of 4 chunks carries loss, so each batch is one update,
     and a flow period of 2 lands on updates with a gradient to follow (before, on loss-free chunks, it had none)."""
