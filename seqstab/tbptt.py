@@ -89,6 +89,23 @@ class TruncationPolicy:
         pass
 
 
+class _Drawn(TruncationPolicy):
+    """A policy that draws its cuts from its own generator (seeded by ``seed``, else ``torch.initial_seed()`` when
+    built: ``seed_everything``'s seed under the CLI, the same on every DDP rank); the generator's state travels in
+    the checkpoint, so a resumed run draws what the uninterrupted one would."""
+
+    def __init__(self, seed: int | None) -> None:
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed if seed is not None else torch.initial_seed())
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "generator" in state:
+            self.generator.set_state(state["generator"])
+
+
 class Full(TruncationPolicy):
     """Full BPTT: one update per batch, the backward through all of it."""
 
@@ -138,7 +155,7 @@ class Overlapping(TruncationPolicy):
         return out
 
 
-class VariableLength(TruncationPolicy):
+class VariableLength(_Drawn):
     """AWD-LSTM's variable-length truncation (Merity, Keskar & Socher 2017): each window's length is drawn from
     ``N(k, sigma)`` (with probability ``p_half`` from ``N(k/2, sigma)``), floored at ``min_len``, so chunk boundaries
     do not fall on the same tokens every epoch; the learning rate of its update is scaled by length / k. A batch is
@@ -172,9 +189,9 @@ class VariableLength(TruncationPolicy):
             raise ConfigError(f"VariableLength(p_half={p_half!r}): must be in [0, 1]")
         if max_len is not None and max_len < min_len:
             raise ConfigError(f"VariableLength(max_len={max_len}): must be >= min_len={min_len}")
+        super().__init__(seed)
         self.k, self.sigma, self.p_half, self.min_len, self.max_len = k, sigma, p_half, min_len, max_len
-        self.scale_lr, self.seed = scale_lr, seed
-        self.generator = torch.Generator().manual_seed(seed if seed is not None else torch.initial_seed())
+        self.scale_lr = scale_lr
 
     def draw(self) -> int:
         """One window length, as AWD-LSTM draws it."""
@@ -190,15 +207,8 @@ class VariableLength(TruncationPolicy):
             a = stop
         return out
 
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
 
-    def load_state_dict(self, state: dict) -> None:
-        if "generator" in state:
-            self.generator.set_state(state["generator"])
-
-
-class Unbiased(TruncationPolicy):
+class Unbiased(_Drawn):
     """Anticipated Reweighted Truncated Backpropagation, ARTBP (Tallec & Ollivier 2017): at each candidate step the
     backward is cut with probability ``c``; where it is not, the gradient flowing back through the hidden state is
     multiplied by the compensation factor ``1 / (1 - c)``. A path of the full-BPTT gradient that crosses ``n``
@@ -220,8 +230,8 @@ class Unbiased(TruncationPolicy):
         if not 0 < c < 1:
             raise ConfigError(f"Unbiased(c={c!r}): must be in (0, 1)")
         _check_steps(stride=stride)
-        self.c, self.stride, self.seed = c, stride, seed
-        self.generator = torch.Generator().manual_seed(seed if seed is not None else torch.initial_seed())
+        super().__init__(seed)
+        self.c, self.stride = c, stride
 
     def windows(self, length: int) -> list[Window]:
         points = list(range(self.stride, length, self.stride))
@@ -236,13 +246,6 @@ class Unbiased(TruncationPolicy):
                 kept.append((t, factor))
         out.append(Window(a, length, a, share=True, compensate=tuple(kept)))
         return out
-
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        if "generator" in state:
-            self.generator.set_state(state["generator"])
 
 
 def _check_steps(**values: int | None) -> None:
