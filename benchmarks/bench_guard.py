@@ -31,10 +31,10 @@ from bench_throughput import BATCH, Rows, fit_timed, make_language_model
 
 from datamodules.base import batchify
 from datamodules.synthetic import AddingProblem
-from seqstab.clipping import NormClip
-from seqstab.guard import ExplosionGuard
-from seqstab.nets import RecurrentNet
-from seqstab.tasks import SequenceRegressor
+from seqstab.core.clipping import NormClip
+from seqstab.core.guard import ExplosionGuard
+from seqstab.nets.recurrent import RecurrentNet
+from seqstab.tasks.base import SequenceRegressor
 
 
 def lm_run(rows, vocab_size, updates, warmup, guard) -> list[tuple[float, float]]:
@@ -74,8 +74,8 @@ def small_run(updates, warmup, guard) -> list[tuple[float, float]]:
 def idle_check_us(diagnose: bool, calls: int = 2000, repeats: int = 5) -> float:
     """µs per ``ExplosionGuard.check`` when nothing happens (no event), best of ``repeats``: the per-update cost of the
     guard itself, with or without the diagnosis's running statistics (``diagnose``), on the small workload's sizes."""
-    from seqstab.record import StaticRun
-    from seqstab.update import Update
+    from seqstab.core.record import StaticRun
+    from seqstab.core.update import Update
 
     module = torch.nn.ModuleDict({"net": torch.nn.RNN(2, 64, batch_first=True), "head": torch.nn.Linear(64, 1)})
     for p in module.parameters():

@@ -27,7 +27,7 @@ import _common
 
 def child(length: int, input_length: int, hidden: int, tbptt: int, max_epochs: int) -> None:
     """Train once in this process and print one JSON line: peak RSS (MiB), wall time."""
-    from seqstab.train import main
+    from seqstab.cli.train import main
 
     args = [
         "fit",

@@ -49,11 +49,11 @@ from pytorch_lightning.loggers import TensorBoardLogger  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from datamodules.base import DataSpec, SeqDataModule, StreamWindows, batchify  # noqa: E402
-from seqstab.clipping import ClipPolicy, ClipResult, NoClip  # noqa: E402
-from seqstab.guard import Action, ExplosionGuard  # noqa: E402
-from seqstab.monitor import GradMonitor, render_heatmap  # noqa: E402
-from seqstab.nets import RecurrentNet  # noqa: E402
-from seqstab.tasks import LanguageModel  # noqa: E402
+from seqstab.core.clipping import ClipPolicy, ClipResult, NoClip  # noqa: E402
+from seqstab.core.guard import Action, ExplosionGuard  # noqa: E402
+from seqstab.core.monitor import GradMonitor, render_heatmap  # noqa: E402
+from seqstab.nets.recurrent import RecurrentNet  # noqa: E402
+from seqstab.tasks.base import LanguageModel  # noqa: E402
 
 WIKITEXT2 = REPO.parent / "shared" / "data" / "wikitext-2"
 VOCAB = 33_278  # WikiText-2 word types

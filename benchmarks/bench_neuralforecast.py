@@ -48,8 +48,8 @@ from neuralforecast.models import LSTM
 from pytorch_lightning.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from seqstab.callbacks import GradientStability
-from seqstab.clipping import NormClip
+from seqstab.core.clipping import NormClip
+from seqstab.lightning.callbacks import GradientStability
 
 ETTH1 = _common.SHARED_DATA / "timeseries" / "ETTh1.csv"
 TRAIN_ROWS = 12 * 30 * 24  # the standard ETTh1 split (Informer): 12/4/4 months of 30 days

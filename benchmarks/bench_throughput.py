@@ -52,10 +52,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from datamodules.base import DataSpec, SeqDataModule, StreamWindows, batchify
-from seqstab.clipping import NormClip
-from seqstab.monitor import GradMonitor
-from seqstab.nets import RecurrentNet
-from seqstab.tasks import LanguageModel, SeqTask
+from seqstab.core.clipping import NormClip
+from seqstab.core.monitor import GradMonitor
+from seqstab.nets.recurrent import RecurrentNet
+from seqstab.tasks.base import LanguageModel, SeqTask
 
 BATCH, BPTT, SIZE, LAYERS, DROPOUT, LR, CLIP = 20, 35, 200, 2, 0.2, 20.0, 0.25
 DEVICE = torch.device("cpu")  # --device
@@ -368,7 +368,7 @@ def decoder_loss(variant: str, vocab_size: int, rows: int = BATCH * BPTT, seed: 
     """A closure running one forward + backward of the decoder and token-mean cross-entropy of ``rows`` positions
     (``(rows, SIZE)`` hidden, a ``(V, SIZE)`` decoder): ``unfused`` as ``LanguageModel.step_losses`` computes it
     (``F.linear`` then ``F.cross_entropy``), ``fused`` by :func:`seqstab.fused.linear_cross_entropy`."""
-    from seqstab.fused import linear_cross_entropy
+    from seqstab.nets.fused import linear_cross_entropy
 
     g = torch.Generator().manual_seed(seed)
     hidden = torch.randn(rows, SIZE, generator=g).requires_grad_()

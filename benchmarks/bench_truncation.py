@@ -106,7 +106,7 @@ BIAS_POLICIES = {
 
 def bias(out: Path) -> str:
     """grad/truncation_cosine, norm ratio and saved bytes per policy (CLI), and Unbiased's mean converging."""
-    from seqstab.train import main as train
+    from seqstab.cli.train import main as train
 
     base = ["fit", "--seed_everything", "0", "--model", "seqstab.tasks.Forecaster", "--model.net.cell", "rnn"]
     base += ["--model.net.nonlinearity", "linear", "--model.net.spectral_radius", "1.1"]
@@ -137,10 +137,10 @@ def bias(out: Path) -> str:
 def unbiased_convergence() -> str:
     import torch
 
-    from seqstab import tbptt
-    from seqstab.data import DataSpec
-    from seqstab.nets import RecurrentNet
-    from seqstab.tasks import SequenceRegressor
+    from seqstab.core import tbptt
+    from seqstab.data.module import DataSpec
+    from seqstab.nets.recurrent import RecurrentNet
+    from seqstab.tasks.base import SequenceRegressor
 
     torch.manual_seed(0)
     spec = DataSpec(kind="regression", input_size=2, output_size=1, stateful=False)

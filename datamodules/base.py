@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
-from seqstab.data import BATCH_KEYS, DataSpec, SeqDataModule, TaskKind
-from seqstab.errors import DataError
-from seqstab.resume import in_order_across_ranks
+from seqstab.core.errors import DataError
+from seqstab.data.loaders import in_order_across_ranks
+from seqstab.data.module import BATCH_KEYS, DataSpec, SeqDataModule, TaskKind
 
 __all__ = [
     "BATCH_KEYS",

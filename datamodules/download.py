@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from seqstab.errors import DataError
+from seqstab.core.errors import DataError
 
 __all__ = ["CACHE_ENV", "Remote", "cache_root", "extract", "fetch", "file_digest"]
 

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from datamodules.base import DataSpec, SeqDataModule
-from seqstab.errors import ConfigError
+from seqstab.core.errors import ConfigError
 
 
 class DelayedEcho(SeqDataModule):

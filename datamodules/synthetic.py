@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from datamodules.base import DataSpec, SeqDataModule
-from seqstab.errors import ConfigError, check_non_negative, check_positive
+from seqstab.core.errors import ConfigError, check_non_negative, check_positive
 
 
 class _SampledTask(SeqDataModule):

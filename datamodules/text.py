@@ -30,9 +30,9 @@ from torch.utils.data import DataLoader
 
 from datamodules.base import DataSpec, SeqDataModule, StreamWindows, batchify
 from datamodules.download import Remote, cache_root, extract, fetch
-from seqstab.checkpoint import CheckpointError
-from seqstab.errors import ConfigError, DataError, check_positive
-from seqstab.vocab import (
+from seqstab.core.errors import ConfigError, DataError, check_positive
+from seqstab.core.io import CheckpointError
+from seqstab.data.vocab import (
     EOS,
     UNK,
     TextCodec,

@@ -54,7 +54,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 
 from datamodules.base import DataSpec, SeqDataModule, StreamWindows, batchify
 from datamodules.download import Remote, cache_root, fetch
-from seqstab.errors import ConfigError, DataError, check_non_negative, check_positive
+from seqstab.core.errors import ConfigError, DataError, check_non_negative, check_positive
 
 __all__ = [
     "CALENDAR",

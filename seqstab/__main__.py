@@ -1,5 +1,7 @@
+"""``python -m seqstab`` is the ``seqstab`` command: ``python -m seqstab fit ...``, ``python -m seqstab sweep ...``."""
+
 import sys
 
-from seqstab.train import main
+from seqstab.cli.command import main
 
 sys.exit(main())

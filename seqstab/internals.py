@@ -19,6 +19,8 @@ accessor                                  what it relies on
 :class:`KeepConfigOnCkptPath`             ``LightningCLI._parse_ckpt_path`` (overridden: the config stays as given)
 :func:`cli_group`                         ``LightningCLI._get`` (a config group under the subcommand, if any)
 :func:`cli_parser`                        ``LightningCLI._parser`` (the parser of a subcommand, which dumps its config)
+:func:`retype`                            ``DataLoader`` keeps no state that depends on its class, so a plain one
+                                          can become a subclass that only adds methods (``obj.__class__ = ...``)
 :func:`partial_class`                     jsonargparse builds a ``Callable[[int], nn.Module]`` argument as
                                           ``partial(<instantiator>, <instantiator>, cls, **init_args)``
 ========================================  ====================================================================
@@ -95,6 +97,12 @@ def cli_parser(cli: Any, subcommand: str | None) -> Any:
 def cli_group(cli: Any, config: Any, group: str) -> Any:
     """``config[<subcommand>.]group`` of a LightningCLI (None when absent)."""
     return cli._get(config, group)
+
+
+def retype(loader: Any, subclass: type) -> None:
+    """Make a plain ``torch.utils.data.DataLoader`` an instance of ``subclass`` in place (no copy: Lightning and the
+    datamodule keep the same object). ``subclass`` adds methods only; the loader's attributes stay as they are."""
+    loader.__class__ = subclass
 
 
 def partial_class(factory: functools.partial) -> type | None:

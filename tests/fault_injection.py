@@ -45,7 +45,7 @@ class Kill(pl.Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         if self.where == "save" and trainer.global_step >= self.at:
-            from seqstab import checkpoint as files
+            from seqstab.core import io as files
 
             files.os.replace = lambda *args: os.kill(os.getpid(), signal.SIGKILL)  # dies before the rename
 
@@ -78,7 +78,7 @@ def _child(cwd: Path, argv: list[str]) -> None:
     import logging
     import warnings
 
-    from seqstab.train import main
+    from seqstab.cli.train import main
 
     os.chdir(cwd)
     torch.set_num_threads(1)

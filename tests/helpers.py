@@ -12,8 +12,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from datamodules.base import DataSpec, SeqDataModule, StreamWindows
-from seqstab.clipping import ClipResult, NoClip
-from seqstab.guard import Action, ExplosionGuard
+from seqstab.core.clipping import ClipResult, NoClip
+from seqstab.core.guard import Action, ExplosionGuard
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

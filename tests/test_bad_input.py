@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 
-from seqstab.train import main
+from seqstab.cli.train import main
 
 TINY = ["--data.num_train", "40", "--data.num_val", "20", "--data.seq_len", "10", "--data.batch_size", "10"]
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1"]
@@ -135,7 +135,7 @@ def test_a_full_disk_at_a_checkpoint_save_is_one_line_and_keeps_the_run(here, ca
     keeps its event files (nothing half-written under the checkpoint's name)."""
     import errno
 
-    from seqstab import checkpoint
+    from seqstab.core import io as checkpoint
 
     def full(obj, f):
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -17,11 +17,11 @@ from pytorch_lightning.plugins.precision import MixedPrecision
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from seqstab.callbacks import GradientStability
-from seqstab.clipping import AutoClip, NoClip, NormClip
-from seqstab.errors import ConfigError
-from seqstab.guard import ExplosionGuard
-from seqstab.replay import main as replay_main
+from seqstab.cli.replay import main as replay_main
+from seqstab.core.clipping import AutoClip, NoClip, NormClip
+from seqstab.core.errors import ConfigError
+from seqstab.core.guard import ExplosionGuard
+from seqstab.lightning.callbacks import GradientStability
 from tests.helpers import scalars
 
 try:

@@ -13,12 +13,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from seqstab import checkpoint
-from seqstab.checkpoint import CheckpointError, QuietLoader, ResumableLoader
-from seqstab.nets import RecurrentNet
-from seqstab.resume import AtomicCheckpointIO
-from seqstab.tasks import SequenceRegressor
-from seqstab.train import main
+from seqstab.cli.train import main
+from seqstab.core import io as checkpoint
+from seqstab.core.io import CheckpointError
+from seqstab.data.loaders import QuietLoader, ResumableLoader
+from seqstab.lightning.resume import AtomicCheckpointIO
+from seqstab.nets.recurrent import RecurrentNet
+from seqstab.tasks.base import SequenceRegressor
 from tests.test_resume import python_path
 
 TINY = ["--data.num_train", "40", "--data.num_val", "20", "--data.seq_len", "10", "--data.batch_size", "10"]
@@ -69,7 +70,7 @@ def test_interrupted_save_leaves_the_previous_checkpoint_whole(tmp_path, monkeyp
 KILLED_WRITER = textwrap.dedent(
     """
     import os, signal, sys, torch
-    from seqstab import checkpoint
+    from seqstab.core import io as checkpoint
     path = sys.argv[1]
     checkpoint.save({"step": 1, "w": torch.ones(3)}, path)                 # the last good checkpoint
     real_open = os.fdopen
@@ -167,7 +168,7 @@ def test_checkpoints_load_with_weights_only_and_rebuild_the_model(good_checkpoin
 
 
 def test_forecaster_spec_with_target_index_round_trips(tmp_path, monkeypatch):
-    from seqstab.tasks import Forecaster
+    from seqstab.tasks.base import Forecaster
 
     rows = "".join(f"2020-01-{1 + i // 24:02d} {i % 24:02d}:00,{i % 11},{i % 5}\n" for i in range(120))
     (tmp_path / "series.csv").write_text("date,load,temp\n" + rows)

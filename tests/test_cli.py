@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from seqstab.train import main
+from seqstab.cli.train import main
 from tests.helpers import run_cli, scalars
 
 TINY = ["--data.num_train", "100", "--data.num_val", "50", "--trainer.max_epochs", "1"]
@@ -41,7 +41,7 @@ def test_validate_and_test_print_their_metrics(tmp_path, monkeypatch, capsys):
 
 def test_no_arguments_runs_the_embedded_default(tmp_path, monkeypatch):
     """``python -m seqstab.train`` alone means ``fit`` on seqstab/default.yaml (checked without training)."""
-    from seqstab import train
+    from seqstab.cli import train
 
     assert train.with_default([]) == ["fit", "--config", str(train.DEFAULT_CONFIG)]
     assert train.with_default(["fit", "--trainer.max_epochs", "1"])[1:3] == ["--config", str(train.DEFAULT_CONFIG)]

@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seqstab.clipping import (
+from seqstab.core.clipping import (
     AGC,
     AdaGC,
     AutoClip,
@@ -25,7 +25,7 @@ from seqstab.clipping import (
     global_norm,
     unit_norms,
 )
-from seqstab.errors import ConfigError
+from seqstab.core.errors import ConfigError
 
 FAST = settings(max_examples=40, deadline=None)
 
@@ -596,7 +596,7 @@ def test_edge_settings_are_accepted():
 
 
 def test_bad_clipping_setting_from_the_cli_is_one_line(tmp_path, monkeypatch, capsys):
-    from seqstab.train import main
+    from seqstab.cli.train import main
 
     monkeypatch.chdir(tmp_path)
     args = ["fit", "--model.clipping", "seqstab.clipping.AutoClip", "--model.clipping.percentile", "0"]

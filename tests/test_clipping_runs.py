@@ -14,10 +14,10 @@ from pytorch_lightning.loggers.logger import Logger
 from pytorch_lightning.plugins.precision import MixedPrecision
 
 from datamodules.synthetic import AddingProblem
-from seqstab.clipping import AutoClip, ClipResult, NormClip, ZClip
-from seqstab.monitor import GradMonitor
-from seqstab.nets import RecurrentNet
-from seqstab.tasks import SequenceRegressor
+from seqstab.core.clipping import AutoClip, ClipResult, NormClip, ZClip
+from seqstab.core.monitor import GradMonitor
+from seqstab.nets.recurrent import RecurrentNet
+from seqstab.tasks.base import SequenceRegressor
 from tests.helpers import TinyStream, quiet_trainer, run_cli, scalars
 
 QUIET = ["--trainer.enable_progress_bar", "false"]
@@ -78,7 +78,7 @@ def test_unknown_policy_class_is_one_line_from_the_cli(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert lines == [
         "seqstab.train: error: model.clipping: class_path 'seqstab.clipping.Nope': "
-        "module 'seqstab.clipping' has no attribute 'Nope'"
+        "module 'seqstab.core.clipping' has no attribute 'Nope'"
     ]
     assert not (tmp_path / "runs").exists()
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from seqstab.train import main
+from seqstab.cli.train import main
 from tests.helpers import REPO
 
 ALL_YAML = sorted((REPO / "configs").rglob("*.yaml"))

@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader
 
 from datamodules.base import DataSpec, SeqDataModule, StreamWindows
 from datamodules.text import TextFiles
-from seqstab.clipping import ZClip
-from seqstab.guard import ExplosionGuard
+from seqstab.core.clipping import ZClip
+from seqstab.core.guard import ExplosionGuard
 from tests.helpers import scalars
 from tests.test_resume import python_path, write_text
 

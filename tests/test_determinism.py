@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from seqstab.train import main
+from seqstab.cli.train import main
 from tests.helpers import REPO, scalars
 
 EXPLODE = REPO / "configs" / "explode" / "adding_rnn.yaml"

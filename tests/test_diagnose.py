@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from seqstab.diagnose import Finding, rank
-from seqstab.replay import main as replay_main
-from seqstab.train import main
+from seqstab.cli.replay import main as replay_main
+from seqstab.cli.train import main
+from seqstab.core.diagnose import Finding, rank
 from tests.helpers import REPO
 
 CAUSES = REPO / "configs" / "explode"

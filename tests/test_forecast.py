@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from datamodules.timeseries import CSVSeries, calendar_features
-from seqstab.errors import ConfigError
-from seqstab.nets import RecurrentNet
-from seqstab.tasks import Forecaster
+from seqstab.core.errors import ConfigError
+from seqstab.nets.recurrent import RecurrentNet
+from seqstab.tasks.base import Forecaster
 
 START = datetime(2021, 3, 1, 0, 0)
 

@@ -12,7 +12,7 @@ import warnings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from seqstab.train import main
+from seqstab.cli.train import main
 
 NUMBERS = st.sampled_from(["nan", "inf", "-inf", "1e309", "abc", "", "0", "-0.0", "2.5"])
 SIZES = st.one_of(st.integers(-2, 12), NUMBERS)

@@ -18,10 +18,11 @@ import pytest
 import torch
 
 from datamodules.text import TextFiles
-from seqstab import checkpoint, generate, score
-from seqstab.checkpoint import CheckpointError
-from seqstab.lm import load_lm
-from seqstab.train import main as train
+from seqstab.cli import generate, score
+from seqstab.cli.lm import load_lm
+from seqstab.cli.train import main as train
+from seqstab.core import io as checkpoint
+from seqstab.core.io import CheckpointError
 from tests.data_paths import SHARED_DATA, TEST_CACHE
 from tests.helpers import REPO
 
@@ -230,7 +231,7 @@ def test_a_wrong_checkpoint_is_one_line(module, case, work, forecaster, capsys):
     code, out, err = run(module, capsys, *argv)
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and "Traceback" not in err
-    assert err.startswith(f"{module.__name__}: error: {paths[case]}")
+    assert err.startswith(f"seqstab.{module.__name__.rpartition('.')[2]}: error: {paths[case]}")
     needle = {"missing": "no such", "garbage": "not a readable", "not a checkpoint": "not a checkpoint of a seqstab",
               "forecaster": "seqstab.tasks.Forecaster"}[case]  # fmt: skip
     assert needle in err

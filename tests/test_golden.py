@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from seqstab.train import main
+from seqstab.cli.train import main
 from tests.helpers import REPO, scalars
 from tests.test_resume import write_text
 

@@ -13,14 +13,14 @@ import pytest
 import torch
 
 from datamodules.synthetic import AddingProblem
-from seqstab.clipping import NoClip
-from seqstab.errors import ConfigError
-from seqstab.guard import Action, ExplosionGuard, NonFiniteWeightsError
-from seqstab.nets import RecurrentNet
-from seqstab.record import StaticRun
-from seqstab.tasks import SequenceRegressor, Update
-from seqstab.train import main
-from seqstab.update import UpdateCore, drop_gradients
+from seqstab.cli.train import main
+from seqstab.core.clipping import NoClip
+from seqstab.core.errors import ConfigError
+from seqstab.core.guard import Action, ExplosionGuard, NonFiniteWeightsError
+from seqstab.core.record import StaticRun
+from seqstab.core.update import UpdateCore, drop_gradients
+from seqstab.nets.recurrent import RecurrentNet
+from seqstab.tasks.base import SequenceRegressor, Update
 from tests.helpers import REPO, TinyStream, quiet_trainer, scalars
 
 EXPLODE = REPO / "configs" / "explode" / "adding_rnn.yaml"

@@ -16,9 +16,9 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 from seqstab import internals
-from seqstab.nets import RecurrentNet
-from seqstab.tasks import SequenceRegressor
-from seqstab.train import DEFAULT_CONFIG, SeqstabCLI
+from seqstab.cli.train import DEFAULT_CONFIG, SeqstabCLI
+from seqstab.nets.recurrent import RecurrentNet
+from seqstab.tasks.base import SequenceRegressor
 from tests.helpers import TinyStream, quiet_trainer
 
 

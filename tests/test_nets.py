@@ -7,8 +7,8 @@ from functools import partial
 import pytest
 import torch
 
-from seqstab.errors import ConfigError
-from seqstab.nets import RecurrentNet, gate_blocks, spectral_radius
+from seqstab.core.errors import ConfigError
+from seqstab.nets.recurrent import RecurrentNet, gate_blocks, spectral_radius
 
 
 @pytest.mark.parametrize(
@@ -90,7 +90,7 @@ def test_bad_settings_name_key_and_value(kwargs, needle):
 def test_language_model_embedding_init_as_pytorch_examples():
     """``embedding_init: 0.1``: embedding and decoder U(±0.1), decoder bias 0, the LSTM left at PyTorch's default."""
     from datamodules.base import DataSpec
-    from seqstab.tasks import LanguageModel
+    from seqstab.tasks.base import LanguageModel
 
     torch.manual_seed(0)
     spec = DataSpec(kind="lm", vocab_size=500, stateful=True)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from seqstab import cli
-from seqstab.train import DEFAULT_CONFIG, main
+from seqstab.cli import command as cli
+from seqstab.cli.train import DEFAULT_CONFIG, main
 from tests.data_paths import SHARED_DATA
 from tests.helpers import run_cli, scalars
 

@@ -11,9 +11,9 @@ import textwrap
 import pytest
 import torch
 
-from seqstab.example_net import IndRNN
-from seqstab.replay import main as replay_main
-from seqstab.train import main
+from seqstab.cli.replay import main as replay_main
+from seqstab.cli.train import main
+from seqstab.nets.example import IndRNN
 from tests.helpers import REPO, run_cli, scalars
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
@@ -56,7 +56,7 @@ def test_the_example_net_trains_from_its_config_with_spectra_and_one_note_about_
 
 
 def test_the_example_net_is_under_fifty_lines_and_keeps_the_contract():
-    source = (REPO / "seqstab" / "example_net.py").read_text()
+    source = (REPO / "seqstab" / "nets" / "example.py").read_text()
     assert len(source[source.index("class IndRNN") :].splitlines()) < 50
     net = IndRNN(3, hidden_size=5, num_layers=2)
     out, hidden = net(torch.randn(4, 7, 3))

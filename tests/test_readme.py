@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from seqstab import clipping
+from seqstab.core import clipping
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -78,7 +78,7 @@ def test_every_shipped_config_in_a_yaml_block_parses():
 
 
 def test_the_example_net_is_the_shipped_one():
-    match = re.search(r"This is the IndRNN of\n\[`seqstab/example_net.py`\].*?```python\n(.*?)```", README, flags=re.S)
-    assert match, "the README shows seqstab/example_net.py's net"
-    source = (ROOT / "seqstab" / "example_net.py").read_text()
+    match = re.search(r"This is the IndRNN of\n\[`seqstab/nets/example.py`\].*?```python\n(.*?)```", README, flags=re.S)
+    assert match, "the README shows seqstab/nets/example.py's net"
+    source = (ROOT / "seqstab" / "nets" / "example.py").read_text()
     assert match.group(1).strip() == source[source.index("class IndRNN") :].strip()

@@ -12,13 +12,13 @@ from functools import partial
 import pytest
 import torch
 
-from seqstab.clipping import NoClip
-from seqstab.guard import SNAPSHOT_FORMAT, ExplosionGuard
-from seqstab.nets import RecurrentNet
-from seqstab.replay import load_snapshot, replay
-from seqstab.replay import main as replay_main
-from seqstab.tasks import SequenceRegressor
-from seqstab.train import main as train_main
+from seqstab.cli.replay import load_snapshot, replay
+from seqstab.cli.replay import main as replay_main
+from seqstab.cli.train import main as train_main
+from seqstab.core.clipping import NoClip
+from seqstab.core.guard import SNAPSHOT_FORMAT, ExplosionGuard
+from seqstab.nets.recurrent import RecurrentNet
+from seqstab.tasks.base import SequenceRegressor
 from tests.helpers import REPO, TinyStream, quiet_trainer, scalars
 
 EXPLODE = REPO / "configs" / "explode" / "adding_rnn.yaml"

@@ -17,11 +17,11 @@ import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
 from datamodules.synthetic import AddingProblem
-from seqstab.clipping import ZClip
-from seqstab.nets import RecurrentNet
-from seqstab.resume import AtomicCheckpointIO
-from seqstab.tasks import SequenceRegressor
-from seqstab.train import main
+from seqstab.cli.train import main
+from seqstab.core.clipping import ZClip
+from seqstab.lightning.resume import AtomicCheckpointIO
+from seqstab.nets.recurrent import RecurrentNet
+from seqstab.tasks.base import SequenceRegressor
 from tests.helpers import REPO, TinyStream, quiet_trainer, scalars
 
 

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from seqstab.errors import ConfigError
-from seqstab.search import Bisection, Condition, SearchSpec, meets
+from seqstab.cli.sweep.search import Bisection, Condition, SearchSpec, meets
+from seqstab.core.errors import ConfigError
 
 
 def search(boundary: float, low: float, high: float, scale: str, budget: int) -> Bisection:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from seqstab.sweep import DONE_FILE, Run, Sweep, command, summarize
-from seqstab.sweep import main as sweep_main
-from seqstab.train import main as train_main
+from seqstab.cli.sweep.main import DONE_FILE, Run, Sweep, command, summarize
+from seqstab.cli.sweep.main import main as sweep_main
+from seqstab.cli.train import main as train_main
 from tests.helpers import REPO
 
 BASE = """\

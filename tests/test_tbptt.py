@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from datamodules.synthetic import AddingProblem
-from seqstab import tbptt
-from seqstab.nets import RecurrentNet
-from seqstab.tasks import SequenceRegressor
+from seqstab.core import tbptt
+from seqstab.nets.recurrent import RecurrentNet
+from seqstab.tasks.base import SequenceRegressor
 from tests.helpers import RecordingClip, RecordingGuard, TinyStream, quiet_trainer
 
 

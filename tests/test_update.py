@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from seqstab.clipping import AutoClip, NormClip
-from seqstab.guard import ExplosionGuard
-from seqstab.monitor import GradMonitor
-from seqstab.record import Action, StaticRun
-from seqstab.update import UpdateCore, drop_gradients
+from seqstab.core.clipping import AutoClip, NormClip
+from seqstab.core.guard import ExplosionGuard
+from seqstab.core.monitor import GradMonitor
+from seqstab.core.record import Action, StaticRun
+from seqstab.core.update import UpdateCore, drop_gradients
 
 
 class ListLogger:

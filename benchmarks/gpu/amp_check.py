@@ -41,12 +41,12 @@ import torch
 from torch import nn
 
 from datamodules.synthetic import AddingProblem
-from seqstab.callbacks import GradientStability
-from seqstab.clipping import NormClip
-from seqstab.guard import ExplosionGuard
-from seqstab.monitor import GradMonitor
-from seqstab.nets import RecurrentNet
-from seqstab.tasks import SequenceRegressor
+from seqstab.core.clipping import NormClip
+from seqstab.core.guard import ExplosionGuard
+from seqstab.core.monitor import GradMonitor
+from seqstab.lightning.callbacks import GradientStability
+from seqstab.nets.recurrent import RecurrentNet
+from seqstab.tasks.base import SequenceRegressor
 
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed")
 # Largest relative difference |logged - reference| / reference accepted per precision. fp16 keeps 11 significant

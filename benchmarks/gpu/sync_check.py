@@ -35,10 +35,10 @@ from torch.utils.data import DataLoader
 
 from datamodules.base import DataSpec, SeqDataModule, StreamWindows, batchify
 from datamodules.synthetic import AddingProblem
-from seqstab.clipping import AGC, AutoClip, NoClip, NormClip, PerParameterNormClip, ValueClip, ZClip, global_norm
-from seqstab.guard import ExplosionGuard
-from seqstab.nets import RecurrentNet
-from seqstab.tasks import LanguageModel, SequenceRegressor
+from seqstab.core.clipping import AGC, AutoClip, NoClip, NormClip, PerParameterNormClip, ValueClip, ZClip, global_norm
+from seqstab.core.guard import ExplosionGuard
+from seqstab.nets.recurrent import RecurrentNet
+from seqstab.tasks.base import LanguageModel, SequenceRegressor
 
 POLICIES = {
     "NoClip": NoClip,

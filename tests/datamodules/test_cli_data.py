@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from seqstab.train import main
+from seqstab.cli.train import main
 from tests.data_paths import REPO, SHARED_DATA, config_overrides
 from tests.helpers import run_cli, scalars
 

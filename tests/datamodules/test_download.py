@@ -15,7 +15,7 @@ import pytest
 
 from datamodules.download import Remote, cache_root, extract, fetch
 from datamodules.text import WikiText2
-from seqstab.errors import DataError
+from seqstab.core.errors import DataError
 
 SPLIT_TEXT = {
     "train": " the cat sat on the mat \n a dog sat \n",

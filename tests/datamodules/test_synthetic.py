@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from datamodules.synthetic import AddingProblem, CopyingMemory, TemporalOrder
-from seqstab.errors import ConfigError
+from seqstab.core.errors import ConfigError
 
 SMALL = {"num_train": 64, "num_val": 16, "num_test": 16}
 

@@ -10,7 +10,7 @@ import torch
 import datamodules.text as text_module
 from datamodules.base import batchify
 from datamodules.text import PennTreebank, TextFiles, TinyShakespeare, Vocab, WikiText2, tokenize, word_tokens
-from seqstab.errors import ConfigError, DataError
+from seqstab.core.errors import ConfigError, DataError
 from tests.data_paths import SHARED_DATA
 
 WIKITEXT2 = SHARED_DATA / "wikitext-2"

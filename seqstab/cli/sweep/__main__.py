@@ -1,0 +1,5 @@
+import sys
+
+from seqstab.cli.sweep.main import main
+
+sys.exit(main())

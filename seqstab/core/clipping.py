@@ -1,0 +1,536 @@
+"""Clipping policies: one station of the optimization path, after backward (and AMP unscaling), before the guard.
+
+A policy gets the parameters whose gradients it may change in place and returns a :class:`ClipResult`: the
+pre-clip and post-clip global norms, whether it changed the gradient, and its threshold where it has one.
+Choose one from YAML by class path::
+
+    model:
+      init_args:
+        clipping:
+          class_path: seqstab.clipping.ZClip
+          init_args: {alpha: 0.97, z_thresh: 2.5}
+
+Rules every policy keeps:
+  * everything stays on the device: norms in one fused ``torch._foreach_norm`` pass, decisions by
+    ``torch.where``, no ``.item()`` and no Python branch on a tensor value, so no host synchronisation here;
+    the optimization path reads the results back together with the loss in its one transfer per update;
+  * below its threshold it leaves the gradients bitwise unchanged (they are multiplied by exactly 1);
+  * when the global norm is non-finite it is reported as such and the gradient is left as it is (never scaled
+    to zeros or NaNs), and no running statistic takes it in: deciding what to do is the explosion guard's job;
+  * it sees what the optimizer will see: gradients after ``manual_backward`` (so under DDP already all-reduced,
+    and every rank takes the same decision) and after AMP unscaling (Lightning #18089).
+
+Stateful policies (:class:`AutoClip`, :class:`ZClip`, :class:`AdaGC`) keep their state as tensors and Python ints;
+it travels in the checkpoint (``state_dict``/``load_state_dict``) and loads with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from seqstab import internals
+from seqstab.core.errors import ConfigError, check_positive
+
+
+@dataclass
+class ClipResult:
+    """What a clipping policy did at one update. Every field is a 0-dim tensor on the gradients' device.
+
+    Attributes:
+        pre_norm: Global gradient norm before clipping (may be inf or nan).
+        post_norm: Global gradient norm after clipping.
+        clipped: True when the policy changed the gradient.
+        threshold: The global-norm threshold in force at this update (the gradient is clipped when ``pre_norm``
+            exceeds it), or None for policies without one (per-element, per-tensor and per-unit rules).
+        tensor_norms: ``(P,)`` L2 norm of each gradient tensor before clipping, in :func:`grads_of` order (the
+            pass ``pre_norm`` came from); the guard names the largest on an event. None where not computed.
+    """
+
+    pre_norm: torch.Tensor
+    post_norm: torch.Tensor
+    clipped: torch.Tensor
+    threshold: torch.Tensor | None = None
+    tensor_norms: torch.Tensor | None = None
+
+
+def grads_of(params: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [p.grad for p in params if p.grad is not None]
+
+
+def _norm_dtype(grads: list[torch.Tensor]) -> torch.dtype:
+    """Norms are accumulated in float32 at least (bf16/fp16 gradients), float64 for float64 gradients."""
+    return torch.float64 if any(g.dtype == torch.float64 for g in grads) else torch.float32
+
+
+def tensor_norms(grads: list[torch.Tensor], norm_type: float = 2.0) -> list[torch.Tensor]:
+    """Each tensor's norm, in one fused ``torch._foreach_norm`` pass (no host sync)."""
+    return list(internals.foreach_norm(grads, norm_type, dtype=_norm_dtype(grads)))
+
+
+def global_norm(grads: list[torch.Tensor], norm_type: float = 2.0) -> torch.Tensor:
+    """Norm of all gradients taken together, in one fused ``torch._foreach_norm`` pass (no host sync)."""
+    return norms_and_total(grads, norm_type)[1]
+
+
+def norms_and_total(grads: list[torch.Tensor], norm_type: float = 2.0) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """``((P,) per-tensor norms, global norm)`` from one fused pass; ``(None, 0)`` without gradients."""
+    if not grads:
+        return None, torch.zeros(())
+    norms = torch.stack(tensor_norms(grads, norm_type))
+    return norms, torch.linalg.vector_norm(norms, norm_type)
+
+
+def _scale_to(norm: torch.Tensor, threshold: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(clipped, scale)`` for rescaling a finite ``norm`` above ``threshold`` down to it; scale is 1 otherwise."""
+    clipped = torch.isfinite(norm) & (norm > threshold)
+    return clipped, torch.where(clipped, threshold / norm, torch.ones_like(norm))
+
+
+def _rescale_(grads: list[torch.Tensor], scale: torch.Tensor) -> None:
+    """Multiply every gradient by one 0-dim ``scale`` in place (exactly 1 leaves them bitwise unchanged)."""
+    if grads:
+        internals.foreach_mul_(grads, scale)
+
+
+def _check_fraction(name: str, value: float) -> None:
+    if not 0 < value < 1:
+        raise ConfigError(f"{name}={value!r}: must be in (0, 1)")
+
+
+def _check_count(name: str, value: int | None, minimum: int = 1) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+        raise ConfigError(f"{name}={value!r}: must be an integer >= {minimum}")
+
+
+class ClipPolicy:
+    """Base class of clipping policies. Subclasses implement :meth:`clip`; stateful ones also
+    :meth:`state_dict`/:meth:`load_state_dict`, which travel in the checkpoint."""
+
+    def clip(self, params: list[torch.Tensor]) -> ClipResult:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def __call__(self, params: list[torch.Tensor]) -> ClipResult:
+        return self.clip(params)
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({args})"
+
+
+class NoClip(ClipPolicy):
+    """Measure and log only: the gradient is never changed."""
+
+    def clip(self, params: list[torch.Tensor]) -> ClipResult:
+        norms, norm = norms_and_total(grads_of(params))
+        return ClipResult(norm, norm, torch.zeros((), dtype=torch.bool, device=norm.device), tensor_norms=norms)
+
+
+class ValueClip(ClipPolicy):
+    """Clamp every gradient element to ``[-clip_value, clip_value]``.
+
+    As ``torch.nn.utils.clip_grad_value_`` and Keras ``clipvalue``. The direction of the gradient changes.
+
+    Args:
+        clip_value: Largest absolute value an element may keep.
+    """
+
+    def __init__(self, clip_value: float = 1.0):
+        check_positive(clip_value=clip_value)
+        self.clip_value = float(clip_value)
+
+    def clip(self, params: list[torch.Tensor]) -> ClipResult:
+        grads = grads_of(params)
+        norms, norm = norms_and_total(grads)
+        finite = torch.isfinite(norm)
+        if not grads:
+            return ClipResult(norm, norm, torch.zeros((), dtype=torch.bool))
+        largest = torch.stack(tensor_norms(grads, math.inf)).max()  # max |g| over all elements
+        clipped = finite & (largest > self.clip_value)
+        bound = torch.where(finite, self.clip_value, math.inf).to(norm.dtype)  # inf bound: untouched
+        for g in grads:
+            g.clamp_(-bound, bound)
+        return ClipResult(norm, global_norm(grads), clipped, tensor_norms=norms)
+
+
+class NormClip(ClipPolicy):
+    """Rescale the whole gradient to ``max_norm`` when its global norm exceeds it.
+
+    As ``torch.nn.utils.clip_grad_norm_``, Keras ``global_clipnorm`` and Pascanu et al. 2013, Algorithm 1
+    (the scale is exactly ``max_norm / norm``, without ``clip_grad_norm_``'s ``+1e-6``).
+
+    Args:
+        max_norm: Threshold on the global gradient norm. Only carries over between setups with the same loss
+            reduction: 5 for a loss summed over time (Zaremba et al. 2014), 0.25 for a token mean.
+        norm_type: The p of the p-norm (``inf`` for the largest absolute element).
+    """
+
+    def __init__(self, max_norm: float = 1.0, norm_type: float = 2.0):
+        check_positive(max_norm=max_norm, norm_type=norm_type)
+        self.max_norm = float(max_norm)
+        self.norm_type = float(norm_type)
+
+    def clip(self, params: list[torch.Tensor]) -> ClipResult:
+        grads = grads_of(params)
+        norms, norm = norms_and_total(grads, self.norm_type)
+        threshold = torch.full_like(norm, self.max_norm)  # a fill, not a host-to-device copy (which syncs)
+        clipped, scale = _scale_to(norm, threshold)
+        _rescale_(grads, scale)
+        return ClipResult(norm, norm * scale, clipped, threshold, norms if self.norm_type == 2 else None)
+
+
+class PerParameterNormClip(ClipPolicy):
+    """Rescale each parameter tensor's gradient on its own to L2 norm ``max_norm`` when it exceeds it.
+
+    As Keras ``clipnorm`` (per variable). The global direction changes; no global threshold is logged.
+
+    Args:
+        max_norm: Threshold on each parameter tensor's gradient norm.
+    """
+
+    def __init__(self, max_norm: float = 1.0):
+        check_positive(max_norm=max_norm)
+        self.max_norm = float(max_norm)
+
+    def clip(self, params: list[torch.Tensor]) -> ClipResult:
+        grads = grads_of(params)
+        if not grads:
+            norm = global_norm(grads)
+            return ClipResult(norm, norm, torch.zeros((), dtype=torch.bool))
+        norms = torch.stack(tensor_norms(grads))  # (P,)
+        norm = torch.linalg.vector_norm(norms)
+        over = torch.isfinite(norm) & (norms > self.max_norm)  # (P,)
+        scales = torch.where(over, self.max_norm / norms, torch.ones_like(norms))
+        internals.foreach_mul_(grads, list(scales.unbind()))
+        return ClipResult(norm, torch.linalg.vector_norm(norms * scales), over.any(), tensor_norms=norms)
+
+
+def unit_norms(x: torch.Tensor) -> torch.Tensor:
+    """L2 norm of each unit of ``x``, shaped to broadcast against it (float32 at least).
+
+    A unit is a row — an output unit of ``nn.Linear`` ``(out, in)``, one unit of one gate of a recurrent
+    ``W_hh`` ``(gates·H, H)``, one token of an ``nn.Embedding``; for higher-dimensional weights, everything after
+    dimension 0. A 0-d or 1-d tensor (a bias, a LayerNorm gain) is one unit as a whole, as in optax's
+    ``unitwise_norm``.
+    """
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if x.ndim <= 1:
+        return torch.linalg.vector_norm(x, dtype=dtype).reshape([1] * x.ndim)
+    return torch.linalg.vector_norm(x, dim=tuple(range(1, x.ndim)), keepdim=True, dtype=dtype)
+
+
+class AGC(ClipPolicy):
+    """Unit-wise adaptive gradient clipping (Brock et al. 2021; optax ``adaptive_grad_clip``).
+
+    Each unit's gradient norm is capped at ``clip_factor · max(‖W_unit‖, eps)``; a unit above it is rescaled to
+    it. Units are rows of each parameter tensor (see :func:`unit_norms`): for a recurrent ``W_hh`` each row, i.e.
+    each hidden unit of each gate; biases and other 1-d tensors count as one unit. Every trained tensor is
+    clipped, the output layer included (Brock et al. leave their final classifier unclipped). No global
+    threshold is logged.
+
+    Args:
+        clip_factor: Largest allowed ratio of a unit's gradient norm to its weight norm (0.01–0.16 in Brock et al.).
+        eps: Floor on the weight norm, so zero-initialised units (biases) can still move.
+    """
+
+    def __init__(self, clip_factor: float = 0.01, eps: float = 1e-3):
+        check_positive(clip_factor=clip_factor, eps=eps)
+        self.clip_factor = float(clip_factor)
+        self.eps = float(eps)
+
+    def clip(self, params: list[torch.Tensor]) -> ClipResult:
+        pairs = [(p.detach(), p.grad) for p in params if p.grad is not None]
+        grads = [g for _, g in pairs]
+        norms, norm = norms_and_total(grads)
+        finite = torch.isfinite(norm)
+        any_clipped = torch.zeros((), dtype=torch.bool, device=norm.device)
+        for weight, grad in pairs:
+            g_norm = unit_norms(grad)
+            cap = self.clip_factor * unit_norms(weight).clamp_min(self.eps)
+            over = finite & (g_norm > cap)
+            grad.mul_(torch.where(over, cap / g_norm, torch.ones_like(g_norm)))
+            any_clipped = any_clipped | over.any()
+        return ClipResult(norm, global_norm(grads), any_clipped, tensor_norms=norms)
+
+
+class AutoClip(ClipPolicy):
+    """Clip the global norm to the ``percentile``-th percentile of the norms seen so far (Seetharaman et al. 2020).
+
+    At every update the pre-clip norm joins the history first, then the threshold is the percentile of the
+    history, current norm included (the paper's Algorithm 1 and its reference ``autoclip.py``), computed with
+    ``torch.nanquantile`` and linear interpolation as ``numpy.percentile``'s default. Non-finite norms are
+    reported but kept out of the history (they still take a slot of the last ``history``). With no finite norm
+    yet the threshold is NaN and nothing is clipped. With ``history=None`` the buffer grows for the whole run and
+    each update sorts it: O(n log n); set ``history`` for long runs (torch.quantile caps it at 2**24 entries).
+
+    Args:
+        percentile: The p of the p-th percentile, in (0, 100]; the paper's best was 10.
+        history: Use only the last ``history`` norms; None uses all of them (the paper).
+    """
+
+    def __init__(self, percentile: float = 10.0, history: int | None = None):
+        if not 0 < percentile <= 100:
+            raise ConfigError(f"percentile={percentile!r}: must be in (0, 100]")
+        _check_count("history", history)
+        self.percentile = float(percentile)
+        self.history = history
+        self.steps = 0  # norms recorded so far
+        self._norms: torch.Tensor | None = None  # (capacity,), NaN where empty or non-finite
+
+    def _record(self, norm: torch.Tensor) -> torch.Tensor:
+        """Write ``norm`` (NaN if non-finite) into the history buffer; return the buffer."""
+        if self._norms is None:
+            self._norms = torch.full((self.history or 64,), math.nan, dtype=norm.dtype, device=norm.device)
+        self._norms = self._norms.to(device=norm.device, dtype=norm.dtype)
+        if self.history is None and self.steps == len(self._norms):  # grow by doubling: amortised O(1)
+            self._norms = torch.cat([self._norms, torch.full_like(self._norms, math.nan)])
+        slot = self.steps % len(self._norms)
+        self._norms[slot] = torch.where(torch.isfinite(norm), norm, math.nan)
+        self.steps += 1
+        return self._norms
+
+    def clip(self, params: list[torch.Tensor]) -> ClipResult:
+        grads = grads_of(params)
+        norms, norm = norms_and_total(grads)
+        threshold = torch.nanquantile(self._record(norm), self.percentile / 100, interpolation="linear")
+        clipped, scale = _scale_to(norm, threshold)
+        _rescale_(grads, scale)
+        return ClipResult(norm, norm * scale, clipped, threshold, norms)
+
+    def state_dict(self) -> dict:
+        if self._norms is None:
+            return {"steps": self.steps}
+        return {"steps": self.steps, "norms": self._norms[: min(self.steps, len(self._norms))].detach().cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = int(state.get("steps", 0))
+        norms = state.get("norms")
+        self._norms = None
+        if norms is not None:
+            capacity = self.history or max(64, 1 << max(len(norms) - 1, 0).bit_length())
+            if len(norms) > capacity:
+                raise ConfigError(f"AutoClip history={self.history}: the checkpoint holds {len(norms)} norms")
+            self._norms = torch.full((capacity,), math.nan, dtype=norms.dtype)
+            self._norms[: len(norms)] = norms
+
+
+class ZClip(ClipPolicy):
+    """Z-score clipping of gradient-norm spikes against an EMA of the norm's mean and variance (Kumar et al. 2025).
+
+    As the reference implementation (github.com/bluorion-com/ZClip, ``mode="zscore"``,
+    ``clip_option="adaptive_scaling"``, ``clip_factor=1``):
+
+    * warm-up: the first ``warmup_steps`` norms are only collected (and capped at ``max_grad_norm`` if set); at
+      the last of them ``μ`` and ``σ²`` start as their mean and population variance;
+    * then ``z = (g - μ) / (σ + eps)``; on a spike (``z > z_thresh``) the gradient is rescaled to
+      ``g* = μ + z_thresh·σ / (z / z_thresh)``, otherwise ``g* = g``; ``max_grad_norm``, if set, caps the result;
+    * the EMA takes the clipped norm ``g*`` (before the ``max_grad_norm`` cap), variance after the mean:
+      ``μ ← α μ + (1 - α) g*``, ``σ² ← α σ² + (1 - α) (g* - μ)²``.
+
+    Differences: the rescale factor is exactly ``g*/g`` (the reference divides by ``g + 1e-6``), and a non-finite
+    norm updates nothing (in warm-up it is left out of the initial mean and variance). The logged threshold is the
+    level a norm must exceed to be clipped, ``min(μ + z_thresh·(σ + eps), max_grad_norm)``; none in warm-up unless
+    ``max_grad_norm`` is set.
+
+    Args:
+        alpha: EMA smoothing factor of the mean and variance, in (0, 1).
+        z_thresh: z-score above which a norm is a spike.
+        warmup_steps: Updates whose norms initialise the mean and variance.
+        max_grad_norm: Optional fixed cap on the global norm, in warm-up and after; None for no cap.
+        eps: Added to σ in the z-score.
+    """
+
+    def __init__(
+        self,
+        alpha: float = 0.97,
+        z_thresh: float = 2.5,
+        warmup_steps: int = 25,
+        max_grad_norm: float | None = None,
+        eps: float = 1e-6,
+    ):
+        _check_fraction("alpha", alpha)
+        check_positive(z_thresh=z_thresh, max_grad_norm=max_grad_norm, eps=eps)
+        _check_count("warmup_steps", warmup_steps)
+        self.alpha = float(alpha)
+        self.z_thresh = float(z_thresh)
+        self.warmup_steps = warmup_steps
+        self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
+        self.eps = float(eps)
+        self.steps = 0
+        self._warmup: torch.Tensor | None = None  # (warmup_steps,) norms, NaN where non-finite
+        self._mean: torch.Tensor | None = None
+        self._var: torch.Tensor | None = None
+
+    def clip(self, params: list[torch.Tensor]) -> ClipResult:
+        grads = grads_of(params)
+        norms, norm = norms_and_total(grads)
+        if self.steps < self.warmup_steps:
+            target, threshold = self._collect(norm), None
+        else:
+            target, threshold = self._adapt(norm)
+        if self.max_grad_norm is not None:
+            cap = torch.full_like(norm, self.max_grad_norm)
+            target = torch.minimum(target, cap)
+            threshold = cap if threshold is None else torch.minimum(threshold, cap)
+        clipped, scale = _scale_to(norm, target)
+        _rescale_(grads, scale)
+        self.steps += 1
+        return ClipResult(norm, norm * scale, clipped, threshold, norms)
+
+    def _collect(self, norm: torch.Tensor) -> torch.Tensor:
+        """Warm-up: store the norm; at the last warm-up step, start the EMA. Returns the (unclipped) target."""
+        if self._warmup is None:
+            self._warmup = torch.full((self.warmup_steps,), math.nan, dtype=norm.dtype, device=norm.device)
+        self._warmup = self._warmup.to(device=norm.device, dtype=norm.dtype)
+        self._warmup[self.steps] = torch.where(torch.isfinite(norm), norm, math.nan)
+        if self.steps == self.warmup_steps - 1:
+            self._mean = self._warmup.nanmean()
+            self._var = (self._warmup - self._mean).square().nanmean()
+            self._warmup = None
+        return norm
+
+    def _adapt(self, norm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """After warm-up: the z-score rule and the EMA update. Returns ``(target, detection threshold)``."""
+        mean = self._mean.to(device=norm.device, dtype=norm.dtype)
+        var = self._var.to(device=norm.device, dtype=norm.dtype)
+        std = var.sqrt()
+        z = (norm - mean) / (std + self.eps)
+        finite = torch.isfinite(norm)
+        spike = finite & (z > self.z_thresh)
+        target = torch.where(spike, mean + self.z_thresh * std / (z / self.z_thresh), norm)
+        new_mean = self.alpha * mean + (1 - self.alpha) * target
+        new_var = self.alpha * var + (1 - self.alpha) * (target - new_mean).square()
+        self._mean = torch.where(finite, new_mean, mean)
+        self._var = torch.where(finite, new_var, var)
+        return target, mean + self.z_thresh * (std + self.eps)
+
+    def state_dict(self) -> dict:
+        state: dict = {"steps": self.steps}
+        for key in ("warmup", "mean", "var"):
+            value = getattr(self, f"_{key}")
+            if value is not None:
+                state[key] = value.detach().cpu()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = int(state.get("steps", 0))
+        self._warmup, self._mean, self._var = (state.get(key) for key in ("warmup", "mean", "var"))
+        if self.steps < self.warmup_steps and self._warmup is not None and len(self._warmup) != self.warmup_steps:
+            raise ConfigError(
+                f"ZClip warmup_steps={self.warmup_steps}: the checkpoint was taken with {len(self._warmup)}"
+            )
+
+
+class AdaGC(ClipPolicy):
+    """Per-tensor adaptive clipping against an EMA of each tensor's own past clipped norms (Wang et al. 2025).
+
+    "AdaGC: Improving Training Stability for Large Language Model Pretraining", arXiv 2502.11034 (Algorithm 1 of
+    v1; v2 keeps the rule), as ``kozistr/pytorch_optimizer``'s ``AdaGC`` transcribes it. For each parameter tensor
+    i, with ``‖g_i‖`` its gradient's L2 norm and ``γ_i`` the tensor's reference norm:
+
+    * warm-up, the first ``warmup_steps`` updates: global norm clipping at ``max_norm`` (the paper's λ_abs),
+      ``ĝ = g · min(1, max_norm / ‖g‖)``, and ``γ_i`` is the running minimum of the clipped norms,
+      ``γ_i ← min(γ_i, ‖ĝ_i‖)`` (the first one starts it);
+    * after: each tensor on its own, ``ĝ_i = g_i · min(1, lambda_rel · γ_i / ‖g_i‖)``, then
+      ``γ_i ← beta · γ_i + (1 - beta) · ‖ĝ_i‖`` (the threshold uses γ from before this update).
+
+    Choices where the paper leaves room, and where seqstab's rules differ:
+
+    * "warm-up" counts updates attempted (skipped ones too), from 0: updates ``0 … warmup_steps-1``;
+    * ``‖ĝ_i‖`` is computed as ``‖g_i‖ · scale`` from the one fused norm pass, not measured again;
+    * a zero gradient norm carries no scale and never enters ``γ_i`` (in warm-up or after): a tensor whose gradient
+      is exactly zero at some update — ``W_hh`` on a chunk of one step from a zero state, an unused embedding —
+      would otherwise pin its ``γ_i`` at 0 and freeze the tensor for good. A tensor with no non-zero norm yet has
+      no ``γ_i``: it is not clipped, and its first non-zero clipped norm starts ``γ_i``;
+    * a non-finite global norm is reported, the gradient left as it is, and no ``γ_i`` changes (the guard decides);
+    * the state is one ``γ_i`` per parameter handed to the policy (in that order), so a tensor without a gradient at
+      some update keeps its own ``γ_i`` and the others stay aligned.
+
+    The logged threshold is ``max_norm`` in warm-up and none after (the rule is per tensor). ``tensor_norms`` are the
+    pre-clip per-tensor norms, as for every policy. The defaults are those of pytorch_optimizer's transcription
+    (λ_rel 1.05, β 0.98, T_start 100, λ_abs 1.0 for the GlobalGC warm-up); set ``warmup_steps`` well below the
+    run's length, and ``max_norm`` as you would NormClip's.
+
+    Args:
+        max_norm: Global-norm threshold of the warm-up (the paper's λ_abs); a threshold carries over only with the
+            same loss reduction (see :class:`NormClip`).
+        lambda_rel: Largest ratio of a tensor's gradient norm to its reference ``γ_i`` after warm-up (the paper's
+            λ_rel; > 1 lets a tensor's norm grow by at most that factor over its history per update).
+        beta: EMA coefficient of ``γ_i``, in (0, 1).
+        warmup_steps: Updates of global clipping that start every ``γ_i`` (the paper's T_start); 0 starts each ``γ_i``
+            from its first non-zero norm, unclipped.
+    """
+
+    def __init__(self, max_norm: float = 1.0, lambda_rel: float = 1.05, beta: float = 0.98, warmup_steps: int = 100):
+        check_positive(max_norm=max_norm, lambda_rel=lambda_rel)
+        _check_fraction("beta", beta)
+        _check_count("warmup_steps", warmup_steps, minimum=0)
+        self.max_norm = float(max_norm)
+        self.lambda_rel = float(lambda_rel)
+        self.beta = float(beta)
+        self.warmup_steps = warmup_steps
+        self.steps = 0
+        self._gamma: torch.Tensor | None = None  # (len(params),) γ_i; NaN where tensor i has no γ yet
+
+    def clip(self, params: list[torch.Tensor]) -> ClipResult:
+        present = [i for i, p in enumerate(params) if p.grad is not None]  # host-side: which tensors have gradients
+        grads = [params[i].grad for i in present]
+        norms, norm = norms_and_total(grads)
+        if norms is None:
+            return ClipResult(norm, norm, torch.zeros((), dtype=torch.bool))
+        gamma = self._gamma_for(len(params), norms)
+        every = len(present) == len(params)
+        gamma_now = gamma if every else torch.stack([gamma[i] for i in present])  # (P,) views, no host sync
+        finite = torch.isfinite(norm)
+        if self.steps < self.warmup_steps:
+            threshold = torch.full_like(norm, self.max_norm)
+            clipped, scale = _scale_to(norm, threshold)
+            _rescale_(grads, scale)
+            kept, post = norms * scale, norm * scale  # (P,) clipped per-tensor norms; clipped global norm
+            updated = torch.fmin(gamma_now, kept)  # fmin: a missing γ (NaN) takes the norm
+        else:
+            threshold = None
+            limit = self.lambda_rel * gamma_now  # NaN where no γ yet: never above it
+            over = finite & (norms > limit)
+            scales = torch.where(over, limit / norms, torch.ones_like(norms))
+            internals.foreach_mul_(grads, list(scales.unbind()))
+            kept = norms * scales
+            clipped, post = over.any(), torch.linalg.vector_norm(kept)
+            updated = torch.where(gamma_now.isnan(), kept, self.beta * gamma_now + (1 - self.beta) * kept)
+        gamma_now = torch.where(finite & (kept > 0), updated, gamma_now)
+        if every:
+            self._gamma = gamma_now
+        else:
+            slots = list(gamma.unbind())
+            for j, i in enumerate(present):
+                slots[i] = gamma_now[j]
+            self._gamma = torch.stack(slots)
+        self.steps += 1
+        return ClipResult(norm, post, clipped, threshold, norms)
+
+    def _gamma_for(self, count: int, norms: torch.Tensor) -> torch.Tensor:
+        """``(count,)`` γ on the norms' device and dtype: the state's, or all missing (NaN) at the first update."""
+        if self._gamma is None:
+            return torch.full((count,), math.nan, dtype=norms.dtype, device=norms.device)
+        if len(self._gamma) != count:
+            raise ConfigError(f"AdaGC: the state holds γ for {len(self._gamma)} tensors, the model has {count}")
+        return self._gamma.to(device=norms.device, dtype=norms.dtype)
+
+    def state_dict(self) -> dict:
+        state: dict = {"steps": self.steps}
+        if self._gamma is not None:
+            state["gamma"] = self._gamma.detach().cpu()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = int(state.get("steps", 0))
+        self._gamma = state.get("gamma")
