@@ -1,24 +1,59 @@
 """Throughput against the real peer: pytorch/examples' ``word_language_model/main.py``, unmodified, run as a program,
-against ``python -m seqstab.train fit -c configs/lm/wikitext2_lstm.yaml``, on the same cut of WikiText-2.
+against ``python -m seqstab.train fit -c configs/lm/wikitext2_lstm.yaml``, on the same files, in four settings.
 
-    flock /work/heavy.lock python benchmarks/bench_peer.py          # ~15 min on 2 cores; --help for the knobs
-    python benchmarks/bench_peer.py --profile --unfused --threads 1 --warmup 10 --updates 50 --every 10   # ~3 min
+    flock /work/heavy.lock python benchmarks/bench_peer.py          # all four settings, 3 rounds: ~25-30 min on 2 cores
+    python benchmarks/bench_peer.py --settings floor --rounds 5     # one setting
+    python benchmarks/bench_peer.py --profile --unfused --threads 1 --warmup 10 --updates 50 --every 10 \\
+        --settings wt2-33k                                          # torch.profiler, ~3 min
 
-Both programs train the same model with the same settings: a 2×200 LSTM word LM (embedding 200, dropout 0.2 on the
-embedding, between the layers and before the decoder; embedding and decoder U(±0.1), decoder bias 0), batch 20,
-bptt 35, stateful, SGD lr 20, global-norm clipping at 0.25 of the token-mean loss, ``--threads`` torch threads
-(``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``). The cut: the first lines of WikiText-2's ``train.txt`` holding enough
-tokens for ``--warmup + --updates`` updates and a few more; ``valid.txt`` and ``test.txt`` are the first lines of that
-cut (so evaluation is short and both programs see the same vocabulary: main.py builds it over the three files,
-seqstab over ``train.txt``).
+Both programs train the same model with the same settings: a 2-layer LSTM word LM (embedding = hidden, 200 units
+unless the setting says otherwise; dropout 0.2 on the embedding, between the layers and before the decoder; embedding
+and decoder U(±0.1), decoder bias 0), batch 20, bptt 35, stateful, SGD lr 20, global-norm clipping at 0.25 of the
+token-mean loss, ``--threads`` torch threads (``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``; in the floor setting
+``--floor-threads``, default 1, see there).
 
-How an update is timed, the same way for both: the program prints a line every ``--every`` updates (main.py its own
-``--log-interval`` line; seqstab a one-line callback of this file, ``UpdateMarks``, added with
-``--trainer.callbacks+=``); on each line this process reads the wall clock and the child's CPU time (user + system,
-all its threads: ``/proc/<pid>/stat``). The timed part runs from the mark after ``--warmup`` updates to the mark
-``--updates`` later: start-up, vocabulary, validation and the checkpoint lie outside it. The whole process's CPU
-time (``resource.getrusage(RUSAGE_CHILDREN)``) and wall time are printed beside it. Rounds alternate A B A B (who
-goes first rotates each round), so a neighbour's burst on a shared machine falls on both.
+The settings (``--settings``, a comma list; default all four). Each one's corpus is written once per invocation into
+a temporary folder, and every program of the setting reads those same three files. The cut is the first lines of
+WikiText-2's ``train.txt`` whose tokens (after the setting's mapping) suffice for ``--warmup + --updates`` updates
+and a few more; ``valid.txt`` and ``test.txt`` are the first ~1,400 tokens of the written ``train.txt``, so
+evaluation is short and main.py's vocabulary (built over the three files) is seqstab's (built over ``train.txt``,
+plus ``<unk>`` and ``<eos>``): the script computes both from the files and prints them in each setting's header.
+
+    wt2-33k   WikiText-2 words at the full vocabulary: the cut, then lines holding once each type of the whole
+              ``train.txt`` that the cut lacks (20 a line, at the end of the file): 33,278 types, as WikiText-2.
+    wt2-10k   the same file with every word outside its 9,998 most frequent (counted on that file; ``<unk>`` itself
+              not counted) replaced by ``<unk>``: exactly 10,000 types with ``<unk>`` and ``<eos>``.
+    floor     the host floor: the cut's words hashed to 98 words (``w%d`` % (CRC-32 of the word mod 98); ``<unk>``
+              kept): 100 types; the LSTM 2 layers × 16 units, embedding 16 (main.py ``--emsize 16 --nhid 16``, seqstab
+              ``--model.init_args.embedding_size 16 --model.init_args.net.init_args.hidden_size 16``). Compute is
+              nearly nil, so what is timed is per-update host work; 1,000 timed updates unless ``--updates`` says
+              otherwise (a few ms each: enough for the 10 ms CPU tick). It runs on ``--floor-threads`` (default 1):
+              its kernels are too small for a second thread to help, and with two OpenMP threads on a busy 2-core
+              machine the spinning workers turned 3-ms updates into 100-900-ms ones (CPU ≈ wall), which measures the
+              neighbours, not the programs. A third program runs here, ``lightning-floor``
+              (``benchmarks/lightning_floor.py``, same file, same net and sizes): a bare manual-optimization
+              LightningModule, forward + backward + ``optimizer.step()`` and nothing else, no logger, bar or
+              checkpoint: Lightning's own floor, which separates what is Lightning's from seqstab's.
+    char      characters: each line's words written as characters separated by spaces, ``_`` for a space
+              (``<unk>`` kept as one symbol); main.py and seqstab both read the file as words, so the vocabulary is
+              the characters of the cut plus ``_``, ``<unk>``, ``<eos>`` (113 symbols at the default cut). The
+              2×200 model.
+
+How an update is timed, the same way for every program: the program prints a line every ``--every`` updates (main.py
+its own ``--log-interval`` line; seqstab and lightning-floor a one-line callback of this file, ``UpdateMarks``,
+added to seqstab with ``--trainer.callbacks+=``); on each line this process reads the wall clock and the child's CPU
+time, user and system apart (all its threads: ``/proc/<pid>/stat`` fields utime and stime, clock ticks of 10 ms).
+The timed part runs from the mark after ``--warmup`` updates to the mark ``--updates`` later: start-up,
+vocabulary, validation and the checkpoint lie outside it. The whole process's wall time and CPU time (user and
+system deltas of ``resource.getrusage(RUSAGE_CHILDREN)``) are printed beside it. Rounds run every selected setting in
+turn, and within a setting the programs in rotating order (A B, then B A; with three programs A B C, B C A, C A B),
+so a neighbour's burst on a shared machine falls on both; each ratio is taken within a round, and the headline is
+the median over rounds.
+
+Per setting a table: each round's ms/update and CPU ms/update (user + sys) of each program, the ratios (speed:
+main.py ms ÷ seqstab ms, ≥ 1 when seqstab is faster; CPU: seqstab CPU ÷ main.py CPU, ≤ 1 when cheaper; sys ÷ sys)
+and the medians; then the whole processes. At the end one summary table against the goals: speed ratio ≥ 1.0 and
+CPU ratio ≤ 1.0 in every setting, sys ratio ≤ 1.2, and in the floor setting seqstab's ms/update ≤ 1.15 × main.py's.
 """
 
 from __future__ import annotations
@@ -33,13 +68,19 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 PEER = REPO.parent / "shared" / "peers" / "pytorch-examples-word_language_model" / "main.py"
+FLOOR = BENCH / "lightning_floor.py"
 BATCH, BPTT = 20, 35
+EVAL_TOKENS = 4 * 10 * BPTT  # valid = test: 4 evaluation batches of 10 streams
 MARK = "seqstab-bench updates"  # UpdateMarks' line
+UNK, EOS, SPACE = "<unk>", "<eos>", "_"
 
 try:  # the callback below is imported by the seqstab child, which needs Lightning; this parent does not
     import pytorch_lightning as pl
@@ -61,45 +102,121 @@ class UpdateMarks(_Callback):
             print(f"{MARK} {updates}", flush=True)
 
 
-def cut_corpus(source: Path, out: Path, tokens: int, eval_tokens: int) -> dict[str, int]:
-    """The first lines of ``source/train.txt`` holding at least ``tokens`` tokens (``<eos>`` counted, as both
-    programs count it) as ``out/train.txt``; its first ``eval_tokens`` as ``valid.txt`` and ``test.txt``."""
-    out.mkdir(parents=True, exist_ok=True)
-    lines, count = [], 0
-    with open(source / "train.txt", encoding="utf8") as f:
-        for line in f:
-            lines.append(line)
-            count += len(line.split()) + 1
-            if count >= tokens:
-                break
-    if count < tokens:
-        raise SystemExit(f"{source / 'train.txt'}: {count:,} tokens, fewer than the {tokens:,} the timed part needs")
-    (out / "train.txt").write_text("".join(lines), encoding="utf8")
-    head, n = [], 0
+@dataclass(frozen=True)
+class Setting:
+    what: str  # one line for the header
+    hidden: int  # embedding = hidden units of each of the 2 layers
+    updates: int  # default timed updates a run
+
+
+SETTINGS = {
+    "wt2-33k": Setting("WikiText-2 words, the full train vocabulary", 200, 300),
+    "wt2-10k": Setting("WikiText-2 words, the 10,000 most frequent (the rest <unk>)", 200, 300),
+    # a floor update takes a few ms: 1,000 updates keep the 10 ms CPU clock tick below 1 % of the timed part
+    "floor": Setting("WikiText-2 words hashed to 100, a 2×16 LSTM: per-update host work", 16, 1000),
+    "char": Setting("WikiText-2 as space-separated characters", 200, 300),
+}
+FLOOR_BUCKETS, TOP_K = 98, 10_000
+
+
+# -- the corpora ---------------------------------------------------------------------------------------------------
+
+
+def _take(lines, tokens: int, name: str) -> list[str]:
+    """The first ``lines`` holding at least ``tokens`` tokens (whitespace words, ``<eos>`` at each line's end)."""
+    taken, count = [], 0
     for line in lines:
-        head.append(line)
-        n += len(line.split()) + 1
-        if n >= eval_tokens:
-            break
+        taken.append(line)
+        count += len(line.split()) + 1
+        if count >= tokens:
+            return taken
+    raise SystemExit(f"{name}: {count:,} tokens, fewer than the {tokens:,} the timed part needs")
+
+
+def _hashed(line: str) -> str:
+    words = (w if w == UNK else f"w{zlib.crc32(w.encode('utf8')) % FLOOR_BUCKETS}" for w in line.split())
+    return " ".join(words) + "\n"
+
+
+def _chars(line: str) -> str:
+    symbols: list[str] = []
+    for i, word in enumerate(line.split()):
+        if i:
+            symbols.append(SPACE)
+        symbols.extend([UNK] if word == UNK else word)
+    return " ".join(symbols) + "\n"
+
+
+def write_corpus(setting: str, source: Path, out: Path, tokens: int) -> None:
+    """``setting``'s ``train.txt`` (at least ``tokens`` tokens) and its first ``EVAL_TOKENS`` as ``valid.txt`` and
+    ``test.txt``, into ``out``."""
+    out.mkdir(parents=True)
+    train = source / "train.txt"
+    with open(train, encoding="utf8") as f:
+        if setting in ("wt2-33k", "wt2-10k"):
+            lines = _take(f, tokens, str(train))
+        elif setting == "floor":
+            lines = _take(map(_hashed, f), tokens, str(train))
+        elif setting == "char":
+            lines = _take(map(_chars, f), tokens, str(train))
+            if any(SPACE in w for line in lines for w in line.split() if len(w) > 1):
+                raise SystemExit(f"{train}: holds {SPACE!r}, the character setting's space")
+        else:
+            raise ValueError(setting)
+    if setting in ("wt2-33k", "wt2-10k"):
+        have = {w for line in lines for w in line.split()}
+        missing: dict[str, None] = {}  # the whole train.txt's types the cut lacks, in order of first appearance
+        with open(train, encoding="utf8") as f:
+            for line in f:
+                missing.update((w, None) for w in line.split() if w not in have)
+        words = list(missing)
+        lines = [*lines, *(" ".join(words[i : i + 20]) + "\n" for i in range(0, len(words), 20))]
+    if setting == "wt2-10k":
+        counts = Counter(w for line in lines for w in line.split() if w != UNK)
+        keep = {w for w, _n in counts.most_common(TOP_K - 2)}  # ties: first seen first
+        lines = [" ".join(w if w in keep else UNK for w in line.split()) + "\n" for line in lines]
+    (out / "train.txt").write_text("".join(lines), encoding="utf8")
+    head = _take(lines, EVAL_TOKENS, "the cut")
     for split in ("valid", "test"):
         (out / f"{split}.txt").write_text("".join(head), encoding="utf8")
-    types = {w for line in lines for w in line.split()} | {"<eos>"}
-    return {"train_tokens": count, "eval_tokens": n, "vocab": len(types)}
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a running process, all its threads (``/proc/<pid>/stat`` fields 14, 15)."""
+def vocabularies(data: Path) -> dict[str, int]:
+    """Tokens of the written ``train.txt``, the vocabulary pytorch/examples' ``data.Corpus`` builds over the three
+    files (``<eos>`` and every type) and the one seqstab builds over ``train.txt`` (``<unk>``, ``<eos>``, every
+    type: ``min_freq`` 1, no ``max_size``)."""
+    types: dict[str, set[str]] = {}
+    tokens = 0
+    for split in ("train", "valid", "test"):
+        seen: set[str] = set()
+        with open(data / f"{split}.txt", encoding="utf8") as f:
+            for line in f:
+                words = line.split()
+                seen.update(words)
+                tokens += (len(words) + 1) * (split == "train")
+        types[split] = seen
+    main_py = len(types["train"] | types["valid"] | types["test"] | {EOS})
+    seqstab = len(types["train"] | {UNK, EOS})
+    return {"train_tokens": tokens, "main.py": main_py, "seqstab": seqstab}
+
+
+# -- running and timing ----------------------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of a running process, all its threads (``/proc/<pid>/stat`` fields 14, 15)."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def run_timed(cmd: list[str], env: dict, cwd: Path, mark: re.Pattern, log: Path) -> dict:
     """Run ``cmd``; at each stdout line matching ``mark`` (group 1: updates done) stamp wall clock and the child's
-    CPU time. Returns the stamps and the whole process's wall and CPU (getrusage of children) seconds."""
+    user and system CPU time. Returns the stamps and the whole process's wall, user and system seconds."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    stamps: dict[int, tuple[float, float]] = {}
+    stamps: dict[int, tuple[float, float, float]] = {}
     with open(log, "w") as err:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1)
         lines = []
@@ -107,51 +224,62 @@ def run_timed(cmd: list[str], env: dict, cwd: Path, mark: re.Pattern, log: Path)
             found = mark.search(line)
             if found:
                 with contextlib.suppress(OSError):
-                    stamps[int(found.group(1))] = (time.perf_counter(), cpu_seconds(proc.pid))
+                    stamps[int(found.group(1))] = (time.perf_counter(), *cpu_seconds(proc.pid))
             lines.append(line)
         proc.wait()
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         tail = "".join(lines[-5:]) + log.read_text()[-3000:]
         raise SystemExit(f"{cmd[:4]}... exited {proc.returncode}:\n{tail}")
-    return {"stamps": stamps, "wall": wall, "cpu": cpu}
+    return {
+        "stamps": stamps,
+        "wall": wall,
+        "user": after.ru_utime - before.ru_utime,
+        "sys": after.ru_stime - before.ru_stime,
+    }
 
 
-def per_update(stamps: dict[int, tuple[float, float]], first: int, last: int) -> tuple[float, float]:
-    """Wall and CPU milliseconds per update between the marks after ``first`` and ``last`` updates."""
+def per_update(stamps: dict, first: int, last: int) -> tuple[float, float, float]:
+    """Wall, user CPU and system CPU milliseconds per update between the marks after ``first`` and ``last``
+    updates."""
     if first not in stamps or last not in stamps:
         raise SystemExit(f"marks after {first} and {last} updates not seen (got {sorted(stamps)})")
-    (w0, c0), (w1, c1) = stamps[first], stamps[last]
-    return 1e3 * (w1 - w0) / (last - first), 1e3 * (c1 - c0) / (last - first)
+    (w0, u0, s0), (w1, u1, s1) = stamps[first], stamps[last]
+    n = last - first
+    return 1e3 * (w1 - w0) / n, 1e3 * (u1 - u0) / n, 1e3 * (s1 - s0) / n
 
 
-def commands(args, data: Path, work: Path) -> dict[str, tuple[list[str], Path, re.Pattern]]:
+def commands(args, setting: str, data: Path, work: Path) -> dict[str, tuple[list[str], Path, re.Pattern]]:
     """Each program's command line, working directory and mark pattern (group 1: the mark's number N)."""
+    hidden = SETTINGS[setting].hidden
     peer = [
         sys.executable, str(args.peer), "--data", str(data), "--epochs", "1", "--log-interval", str(args.every),
-        "--save", str(work / "model.pt"),
+        "--save", str(work / "model.pt"), "--emsize", str(hidden), "--nhid", str(hidden),
     ]  # fmt: skip
     seqstab = [
         sys.executable, "-m", "seqstab.train", "fit", "-c", str(REPO / "configs" / "lm" / "wikitext2_lstm.yaml"),
         "--data.data_dir", str(data), "--data.cache_dir", str(work / "cache"), "--trainer.max_epochs", "1",
         "--trainer.default_root_dir", str(work / "runs"),
         "--trainer.callbacks+=bench_peer.UpdateMarks", "--trainer.callbacks.every", str(args.every),
-        *args.seqstab_args,
     ]  # fmt: skip
+    if hidden != 200:
+        seqstab += ["--model.init_args.embedding_size", str(hidden), "--model.init_args.net.init_args.hidden_size",
+                    str(hidden)]  # fmt: skip
+    seqstab += args.seqstab_args
+    ours = re.compile(rf"{MARK} (\d+)")
     # main.py prints its line N after batch index N (N % interval == 0, N > 0), N + 1 updates done; seqstab's after
     # N updates: the span between two marks is the same number of updates in both
     programs = {
         "main.py": (peer, args.peer.parent, re.compile(r"\|\s+(\d+)/\s*\d+ batches")),
-        "seqstab": (seqstab, REPO, re.compile(rf"{MARK} (\d+)")),
+        "seqstab": (seqstab, REPO, ours),
     }
     if args.unfused:
-        programs["seqstab unfused"] = (
-            [*seqstab, "--model.init_args.fused_loss", "false"],
-            REPO,
-            programs["seqstab"][2],
-        )
+        programs["seqstab unfused"] = ([*seqstab, "--model.init_args.fused_loss", "false"], REPO, ours)
+    if setting == "floor":
+        floor = [sys.executable, str(FLOOR), "--data", str(data), "--emsize", str(hidden), "--nhid", str(hidden),
+                 "--every", str(args.every)]  # fmt: skip
+        programs["lightning-floor"] = (floor, work, ours)
     return programs
 
 
@@ -173,34 +301,41 @@ open(out, "w").write(prof.key_averages().table(sort_by="self_cpu_time_total", ro
 """
 
 
-def profile_programs(args, programs: dict, work: Path, env: dict) -> None:
+def profile_programs(args, setting: str, programs: dict, work: Path, env: dict) -> None:
     """Each program once under ``torch.profiler`` (CPU), the whole run: the top operators by self CPU time."""
     for name, (cmd, cwd, _mark) in programs.items():
-        out = work / f"profile-{name.replace(' ', '_')}.txt"
+        out = work / f"profile-{setting}-{name.replace(' ', '_')}.txt"
         target = cmd[1] if cmd[1] != "-m" else cmd[2]
         rest = cmd[2:] if cmd[1] != "-m" else cmd[3:]
         subprocess.run([sys.executable, "-c", PROFILE, target, str(out), str(args.top), *rest], cwd=cwd, env=env,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)  # fmt: skip
-        print(f"\n{name}: top operators by self CPU time, whole run (start-up and validation included)")
+        print(f"\n{setting}, {name}: top operators by self CPU time, whole run (start-up and validation included)")
         print(out.read_text())
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3, help="rounds, each one run of both programs (A B, B A, ...)")
-    parser.add_argument("--updates", type=int, default=300, help="timed updates per run")
+    parser.add_argument("--settings", default=",".join(SETTINGS), help=f"comma list of {', '.join(SETTINGS)}")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, each one run of every program (A B, B A, ...)")
+    parser.add_argument("--updates", type=int, help="timed updates per run (default: 300; floor 1,000)")
     parser.add_argument("--warmup", type=int, default=50, help="updates before the timed part (a multiple of every)")
     parser.add_argument("--every", type=int, default=50, help="a mark every this many updates")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads of both programs")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (floor: --floor-threads)")
+    parser.add_argument("--floor-threads", type=int, default=1, help="torch threads in the floor setting")
     parser.add_argument("--data-dir", type=Path, help="WikiText-2 train.txt (default: ../shared/data/wikitext-2)")
     parser.add_argument("--peer", type=Path, default=PEER, help="pytorch/examples word_language_model/main.py")
-    parser.add_argument("--unfused", action="store_true", help="a third program: seqstab with fused_loss false")
+    parser.add_argument("--unfused", action="store_true", help="one more program: seqstab with fused_loss false")
     parser.add_argument("--profile", action="store_true", help="each program once under torch.profiler instead")
     parser.add_argument("--top", type=int, default=20, help="operators shown by --profile")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("seqstab_args", nargs="*", help="more arguments for seqstab.train (after --)")
     args = parser.parse_args(argv)
-    if args.warmup % args.every or args.updates % args.every:
+    settings = [s.strip() for s in args.settings.split(",") if s.strip()]
+    unknown = [s for s in settings if s not in SETTINGS]
+    if unknown or not settings:
+        parser.error(f"--settings: {', '.join(unknown) or 'none'}; choose from {', '.join(SETTINGS)}")
+    updates = {s: args.updates or SETTINGS[s].updates for s in settings}
+    if args.warmup % args.every or any(n % args.every for n in updates.values()):
         parser.error("--warmup and --updates must be multiples of --every")
     sys.path.insert(0, str(BENCH))
     import _common
@@ -208,95 +343,205 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     source = _common.wikitext2_dir(str(args.data_dir) if args.data_dir else None)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore"}
-    env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    env["PYTHONPATH"] = os.pathsep.join([str(BENCH), str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    first, last = args.warmup, args.warmup + args.updates
+    base = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore"}
+    base["PYTHONPATH"] = os.pathsep.join([str(BENCH), str(REPO), base.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    threads = {s: args.floor_threads if s == "floor" else args.threads for s in settings}
+    print(f"machine: {_common.machine()}")
+    print(
+        f"peer: {args.peer} (unmodified); {args.threads} threads each (OMP/MKL_NUM_THREADS), in the floor setting "
+        f"{args.floor_threads}"
+    )
+    print(f"source: {source / 'train.txt'}; {args.rounds} rounds, each setting in turn, programs in rotating order")
     with tempfile.TemporaryDirectory(prefix="bench_peer_") as tmp:
         work = Path(tmp)
-        data = work / "wikitext-2-cut"
-        cut = cut_corpus(source, data, (last + 5) * BATCH * BPTT + BATCH, eval_tokens=4 * 10 * BPTT)
-        print(f"machine: {_common.machine()}")
-        print(f"peer: {args.peer} (unmodified); {torch.get_num_threads()} threads each (OMP/MKL_NUM_THREADS)")
-        print(
-            f"data: first {cut['train_tokens']:,} tokens of {source / 'train.txt'} ({cut['vocab']:,} types); "
-            f"valid = test = its first {cut['eval_tokens']:,}; timed: updates {first}..{last} of each run"
-        )
-        programs = commands(args, data, work)
-        for name, (cmd, *_rest) in programs.items():
-            print(f"{name}: {' '.join(cmd)}")
+        runs: dict[str, dict] = {}
+        for setting in settings:
+            data, swork = work / setting / "data", work / setting
+            write_corpus(setting, source, data, (args.warmup + updates[setting] + 5) * BATCH * BPTT + BATCH)
+            programs = commands(args, setting, data, swork)
+            env = {**base, "OMP_NUM_THREADS": str(threads[setting]), "MKL_NUM_THREADS": str(threads[setting])}
+            runs[setting] = {
+                "vocab": vocabularies(data),
+                "programs": programs,
+                "env": env,
+                "threads": threads[setting],
+                "results": {n: [] for n in programs},
+            }
+            vocab = runs[setting]["vocab"]
+            print(
+                f"\n{setting}: {SETTINGS[setting].what}; {vocab['train_tokens']:,} train tokens; vocabulary main.py "
+                f"{vocab['main.py']:,}, seqstab {vocab['seqstab']:,}; timed: updates {args.warmup}.."
+                f"{args.warmup + updates[setting]} of each run; {threads[setting]} threads"
+                + ("" if vocab["main.py"] == vocab["seqstab"] else "  ** THEY DIFFER **")
+            )
+            for name, (cmd, *_rest) in programs.items():
+                print(f"  {name}: {' '.join(cmd)}")
+            if args.profile:
+                profile_programs(args, setting, programs, swork, env)
         if args.profile:
-            profile_programs(args, programs, work, env)
             return
-        results: dict[str, list[dict]] = {name: [] for name in programs}
-        names = list(programs)
         for r in range(args.rounds):
-            order = names[r % len(names) :] + names[: r % len(names)]
-            for name in order:
-                cmd, cwd, mark = programs[name]
-                out = run_timed(cmd, env, cwd, mark, work / f"{name}-{r}.log")
-                stamps = out["stamps"]
-                wall, cpu = per_update(stamps, first, last)
-                laps = [per_update(stamps, n, n + args.every)[0] for n in range(first, last, args.every)]
-                results[name].append({**out, "stamps": None, "ms": wall, "cpu_ms": cpu, "laps": laps})
-                print(
-                    f"round {r + 1} {name}: {wall:.1f} ms/update wall, {cpu:.1f} ms CPU; whole process "
-                    f"{out['wall']:.1f} s wall, {out['cpu']:.1f} s CPU; laps of {args.every}: "
-                    + ", ".join(f"{x:.0f}" for x in laps),
-                    flush=True,
-                )
-    report(results, args, cut)
+            for setting in settings:
+                programs, results = runs[setting]["programs"], runs[setting]["results"]
+                names = list(programs)
+                order = names[r % len(names) :] + names[: r % len(names)]
+                first, last = args.warmup, args.warmup + updates[setting]
+                for name in order:
+                    cmd, cwd, mark = programs[name]
+                    log = work / setting / f"{name.replace(' ', '_')}-{r}.log"
+                    out = run_timed(cmd, runs[setting]["env"], cwd, mark, log)
+                    stamps = out.pop("stamps")
+                    ms, user, sys_ms = per_update(stamps, first, last)
+                    laps = [per_update(stamps, n, n + args.every)[0] for n in range(first, last, args.every)]
+                    results[name].append(
+                        {**out, "ms": ms, "user_ms": user, "sys_ms": sys_ms, "order": order.index(name), "laps": laps}
+                    )
+                    print(
+                        f"round {r + 1} {setting} {name}: {ms:.2f} ms/update wall, CPU {user + sys_ms:.2f} ms "
+                        f"(user {user:.2f} + sys {sys_ms:.2f}); whole process {out['wall']:.1f} s wall, CPU "
+                        f"{out['user']:.1f} + {out['sys']:.1f} s; laps of {args.every}: "
+                        + ", ".join(f"{x:.1f}" for x in laps),
+                        flush=True,
+                    )
+    report(runs, args, updates)
 
 
-def report(results: dict[str, list[dict]], args, cut: dict) -> None:
+# -- the report ------------------------------------------------------------------------------------------------------
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else float("inf") if a else float("nan")
+
+
+def flops_per_update(hidden: int, vocab: int, layers: int = 2) -> float:
+    """Training FLOPs of one update, bench_throughput's count: 3 × forward; each LSTM layer 2·4H·(I+H) a token
+    (I = H: the embedding is as wide), the decoder 2·H·V."""
+    return 3 * (layers * 2 * 4 * hidden * 2 * hidden + 2 * hidden * vocab) * BATCH * BPTT
+
+
+def report(runs: dict[str, dict], args, updates: dict[str, int]) -> None:
     import _common
     import torch
 
+    med = _common.median
     peak = _common.matmul_gflops()
-    flops = 3 * (2 * 2 * 4 * 200 * 400 + 2 * 200 * cut["vocab"]) * BATCH * BPTT  # per update: bench_throughput's count
-    peer = results["main.py"]
-    print(f"\n{args.rounds} rounds, {args.updates} timed updates each ({args.updates * BATCH * BPTT:,} tokens)")
-    print(f"matmul peak (float32 2048² torch.mm, best of 10, {torch.get_num_threads()} threads): {peak:,.0f} GFLOP/s")
+    print(f"\nmatmul peak (float32 2048² torch.mm, best of 10, {torch.get_num_threads()} threads): {peak:,.0f} GFLOP/s")
+    summary, figures = [], {}
+    for setting, run in runs.items():
+        results, vocab = run["results"], run["vocab"]
+        names = list(results)
+        ours = [n for n in names if n != "main.py"]
+        peer = results["main.py"]
+        ratios = {
+            name: {
+                "speed": [_ratio(p["ms"], s["ms"]) for p, s in zip(peer, results[name], strict=True)],
+                "cpu": [
+                    _ratio(s["user_ms"] + s["sys_ms"], p["user_ms"] + p["sys_ms"])
+                    for p, s in zip(peer, results[name], strict=True)
+                ],
+                "sys": [_ratio(s["sys_ms"], p["sys_ms"]) for p, s in zip(peer, results[name], strict=True)],
+            }
+            for name in ours
+        }
+        same = "equal" if vocab["main.py"] == vocab["seqstab"] else "**they differ**"
+        print(
+            f"\n### {setting}: {SETTINGS[setting].what}\n\nvocabulary: main.py {vocab['main.py']:,} (train + valid + "
+            f"test), seqstab {vocab['seqstab']:,} (train): {same}; {vocab['train_tokens']:,} train tokens; "
+            f"2×{SETTINGS[setting].hidden} LSTM; {run['threads']} threads; {args.rounds} rounds × {updates[setting]} "
+            "timed updates "
+            f"({updates[setting] * BATCH * BPTT:,} tokens) after {args.warmup}\n"
+        )
+        head = ["round"]
+        for name in names:
+            head += [f"{name} ms", f"{name} CPU ms (user + sys)"]
+        for name in ours:
+            head += [f"{name} speed", f"{name} CPU", f"{name} sys"]
+        print("| " + " | ".join(head) + " |")
+        print("|---|" + "---:|" * (len(head) - 1))
+
+        for r in range(args.rounds):
+            order = sorted(names, key=lambda n, r=r: results[n][r]["order"])
+            values = {n: (results[n][r]["ms"], results[n][r]["user_ms"], results[n][r]["sys_ms"]) for n in names}
+            per_round = {n: {k: v[r] for k, v in ratios[n].items()} for n in ours}
+            print(_row(f"{r + 1} ({', '.join(order)})", values, per_round))
+        values = {n: tuple(med([x[k] for x in results[n]]) for k in ("ms", "user_ms", "sys_ms")) for n in names}
+        print(_row("**median**", values, {n: {k: med(v) for k, v in ratios[n].items()} for n in ours}))
+        flops = flops_per_update(SETTINGS[setting].hidden, vocab["seqstab"])
+        print(
+            "\n| program | whole process wall s | CPU user s | CPU sys s | effective GFLOP/s | % of matmul peak |\n"
+            "|---|---:|---:|---:|---:|---:|"
+        )
+        for name in names:
+            gflops = flops / med([x["ms"] for x in results[name]]) / 1e6
+            print(
+                f"| {name} | {_spread([x['wall'] for x in results[name]])} "
+                f"| {_spread([x['user'] for x in results[name]])} | {_spread([x['sys'] for x in results[name]])} "
+                f"| {gflops:.2f} | {100 * gflops / peak:.1f}% |"
+            )
+        ms = {name: med([x["ms"] for x in results[name]]) for name in names}
+        cpu = {name: med([x["user_ms"] + x["sys_ms"] for x in results[name]]) for name in names}
+        if "lightning-floor" in results:
+            print(
+                f"\nseqstab over Lightning's floor: {ms['seqstab'] - ms['lightning-floor']:+.2f} ms/update wall, "
+                f"{cpu['seqstab'] - cpu['lightning-floor']:+.2f} ms CPU (medians); Lightning's floor over main.py: "
+                f"{ms['lightning-floor'] - ms['main.py']:+.2f} ms wall, {cpu['lightning-floor'] - cpu['main.py']:+.2f}"
+                " ms CPU"
+            )
+        speed, cpu_ratio, sys_ratio = (med(ratios["seqstab"][k]) for k in ("speed", "cpu", "sys"))
+        missed = []
+        if speed < 1.0:
+            missed.append(f"speed {speed:.3f} < 1.0")
+        if cpu_ratio > 1.0:
+            missed.append(f"CPU {cpu_ratio:.3f} > 1.0")
+        if sys_ratio > 1.2:
+            missed.append(f"sys {sys_ratio:.3f} > 1.2")
+        if setting == "floor" and ms["seqstab"] > 1.15 * ms["main.py"]:
+            missed.append(f"ms {ms['seqstab'] / ms['main.py']:.3f}× > 1.15×")
+        floor_ms = f"{ms['lightning-floor']:.2f}" if "lightning-floor" in ms else "–"
+        summary.append(
+            f"| {setting} | {vocab['main.py']:,} / {vocab['seqstab']:,} | {speed:.3f} | {cpu_ratio:.3f} "
+            f"| {sys_ratio:.3f} | {ms['seqstab']:.2f} | {ms['main.py']:.2f} | {floor_ms} "
+            f"| {'met' if not missed else 'not met: ' + '; '.join(missed)} |"
+        )
+        figures[setting] = {"vocab": vocab, "threads": run["threads"], "updates": updates[setting],
+                            "ratios": ratios, "runs": results}  # fmt: skip
     print(
-        "| program | ms/update wall: median (min–max) | CPU ms/update | whole process wall s | whole process CPU s "
-        "| effective GFLOP/s | % of matmul peak |"
+        "\n### Summary (medians over rounds; goals: speed ≥ 1.0, CPU ≤ 1.0, sys ≤ 1.2, floor ms ≤ 1.15× main.py)\n\n"
+        "| setting | vocabulary main.py / seqstab | speed: main.py ms ÷ seqstab ms | CPU: seqstab ÷ main.py "
+        "| sys: seqstab ÷ main.py | seqstab ms/update | main.py ms/update | Lightning floor ms/update | goals |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for name, runs in results.items():
-        gflops = flops / _common.median([r["ms"] for r in runs]) / 1e6
-        print(
-            f"| {name} | {_spread([r['ms'] for r in runs])} | {_spread([r['cpu_ms'] for r in runs])} "
-            f"| {_spread([r['wall'] for r in runs], 1)} | {_spread([r['cpu'] for r in runs], 1)} "
-            f"| {gflops:.1f} | {100 * gflops / peak:.0f}% |"
-        )
-    ratios = {}
-    for name, ours in list(results.items())[1:]:
-        wall_ratio = [p["ms"] / s["ms"] for p, s in zip(peer, ours, strict=True)]  # > 1: seqstab faster
-        cpu_ratio = [s["cpu_ms"] / p["cpu_ms"] for p, s in zip(peer, ours, strict=True)]  # < 1: seqstab cheaper
-        ratios[name] = {"wall": wall_ratio, "cpu": cpu_ratio}
-        print(
-            f"{name}: speed, main.py ms / its ms (≥ 1: as fast or faster): median {_common.median(wall_ratio):.3f}, "
-            f"per round {', '.join(f'{x:.3f}' for x in wall_ratio)}; CPU per update, its / main.py's (≤ 1: as cheap "
-            f"or cheaper): median {_common.median(cpu_ratio):.3f}, per round {', '.join(f'{x:.3f}' for x in cpu_ratio)}"
-        )
+    print("\n".join(summary))
     print(
-        "settings that differ: seqstab logs every update to TensorBoard (loss, pre/post-clip norm, clip flag, "
+        "\nsettings that differ: seqstab logs every update to TensorBoard (loss, pre/post-clip norm, clip flag, "
         "threshold, lr; per-module norms and gradient flow every 50th, the monitor's default) and shows its progress "
         f"bar (stderr); main.py prints a line every {args.every} batches (its default: 200). main.py keeps the batch "
         "sequence-first (L, B), seqstab batch-first (B, L); main.py's loss is log_softmax + NLLLoss, seqstab's "
-        "cross-entropy (fused with the decoder where model.fused_loss is on); main.py's SGD step is p.data.add_ per "
-        "parameter, seqstab's torch.optim.SGD. Seeds differ (1111, 0). Outside the timed part: main.py validates "
-        "at the epoch's end and saves model.pt; seqstab also runs 2 sanity validation batches and saves a checkpoint."
+        "cross-entropy (fused with the decoder where model.fused_loss is on: auto = vocabulary ≥ 4,096, so wt2-33k "
+        "and wt2-10k); main.py's SGD step is p.data.add_ per parameter, seqstab's torch.optim.SGD. Seeds differ "
+        "(1111, 0). Outside the timed part: main.py validates at the epoch's end and saves model.pt; seqstab also "
+        "runs 2 sanity validation batches and saves a checkpoint. lightning-floor: see benchmarks/lightning_floor.py."
     )
     if args.json:
-        figures = {"cut": cut, "rounds": args.rounds, "updates": args.updates, "warmup": args.warmup,
-                   "matmul_peak_gflops": peak, "ratios": ratios, "runs": results}  # fmt: skip
-        args.json.write_text(json.dumps(figures, indent=1))
+        out = {"rounds": args.rounds, "warmup": args.warmup, "every": args.every, "threads": args.threads,
+               "matmul_peak_gflops": peak, "settings": figures}  # fmt: skip
+        args.json.write_text(json.dumps(out, indent=1))
+
+
+def _row(label: str, values: dict[str, tuple[float, float, float]], ratios: dict[str, dict[str, float]]) -> str:
+    """One row of a setting's table: each program's ms and CPU ms (user + sys), then each ratio against main.py."""
+    cells = [label]
+    for ms, user, sys_ms in values.values():
+        cells += [f"{ms:.2f}", f"{user + sys_ms:.2f} ({user:.2f} + {sys_ms:.2f})"]
+    for ratio in ratios.values():
+        cells += [f"{ratio[key]:.3f}" if ratio[key] == ratio[key] else "–" for key in ("speed", "cpu", "sys")]
+    return "| " + " | ".join(cells) + " |"
 
 
 def _spread(values: list[float], digits: int = 1) -> str:
-    med = sorted(values)[len(values) // 2] if len(values) % 2 else sum(sorted(values)[len(values) // 2 - 1 :][:2]) / 2
-    return f"{med:.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
+    import _common
+
+    return f"{_common.median(values):.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
 
 
 if __name__ == "__main__":
