@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from seqstab.cli.train import main
 from seqstab.core import io as checkpoint
 from seqstab.core.io import CheckpointError
+from seqstab.data import loaders
 from seqstab.data.loaders import QuietLoader, ResumableLoader
 from seqstab.lightning.resume import AtomicCheckpointIO
 from seqstab.nets.recurrent import RecurrentNet
@@ -257,19 +258,19 @@ def _shuffled_loader() -> DataLoader:
 
 def test_resumable_loader_continues_the_same_epoch_order():
     torch.manual_seed(0)
-    uninterrupted = checkpoint.make_resumable(_shuffled_loader())
+    uninterrupted = loaders.make_resumable(_shuffled_loader())
     full = [batch[0].tolist() for batch in uninterrupted]
     after_epoch = torch.get_rng_state()
 
     torch.manual_seed(0)
-    first = checkpoint.make_resumable(_shuffled_loader())
+    first = loaders.make_resumable(_shuffled_loader())
     iterator = iter(first)
     seen = [next(iterator)[0].tolist() for _ in range(3)]
     state = first.state_dict()
     assert state["batches"] == 3
 
     torch.manual_seed(99)  # a new process: another RNG state, then the checkpoint's RNG state is restored
-    resumed = checkpoint.make_resumable(_shuffled_loader())
+    resumed = loaders.make_resumable(_shuffled_loader())
     resumed.load_state_dict(state)
     torch.set_rng_state(after_epoch)
     rest = [batch[0].tolist() for batch in resumed]
@@ -279,10 +280,10 @@ def test_resumable_loader_continues_the_same_epoch_order():
 
 def test_a_finished_epoch_is_not_skipped():
     torch.manual_seed(0)
-    loader = checkpoint.make_resumable(_shuffled_loader())
+    loader = loaders.make_resumable(_shuffled_loader())
     list(loader)
     state = loader.state_dict()
-    fresh = checkpoint.make_resumable(_shuffled_loader())
+    fresh = loaders.make_resumable(_shuffled_loader())
     fresh.load_state_dict(state)
     assert len(list(fresh)) == len(fresh)
 
@@ -291,17 +292,17 @@ def test_only_plain_dataloaders_are_converted():
     class Custom(DataLoader):
         pass
 
-    assert type(checkpoint.make_resumable(_shuffled_loader())) is ResumableLoader
+    assert type(loaders.make_resumable(_shuffled_loader())) is ResumableLoader
     custom = Custom(TensorDataset(torch.arange(4)))
-    assert type(checkpoint.make_resumable(custom)) is Custom
-    quiet = checkpoint.make_quiet([_shuffled_loader(), custom])
+    assert type(loaders.make_resumable(custom)) is Custom
+    quiet = loaders.make_quiet([_shuffled_loader(), custom])
     assert [type(q) for q in quiet] == [QuietLoader, Custom]
 
 
 def test_quiet_loader_leaves_the_global_rng_alone():
     torch.manual_seed(0)
     before = torch.get_rng_state()
-    list(checkpoint.make_quiet(DataLoader(TensorDataset(torch.arange(4)), batch_size=2)))
+    list(loaders.make_quiet(DataLoader(TensorDataset(torch.arange(4)), batch_size=2)))
     assert torch.equal(torch.get_rng_state(), before)
     list(DataLoader(TensorDataset(torch.arange(4)), batch_size=2))  # control: a plain loader draws a seed
     assert not torch.equal(torch.get_rng_state(), before)

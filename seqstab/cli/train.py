@@ -33,6 +33,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from seqstab import _aliases, internals
 from seqstab.core import io as checkpoint
 from seqstab.core.errors import ConfigError, SeqstabError
+from seqstab.core.recipes import flatten
 from seqstab.data.module import SeqDataModule
 from seqstab.lightning.manifest import ManifestCallback, run_dir
 from seqstab.lightning.resume import AtomicCheckpointIO
@@ -291,7 +292,7 @@ def _differs(experiment: dict, path: Path) -> str | None:
         saved = yaml.safe_load((run / "config.yaml").read_text()) or {}
     except (OSError, yaml.YAMLError):
         return f"config.yaml is missing or unreadable ({run / 'config.yaml'})"
-    mine, theirs = _canonical(_flat_config(experiment)), _canonical(_flat_config(saved))
+    mine, theirs = _canonical(flatten(experiment)), _canonical(flatten(saved))
     for key in sorted(set(mine) | set(theirs)):
         if key.split(".")[0] in EXPERIMENT_KEYS and key not in NOT_EXPERIMENT and mine.get(key) != theirs.get(key):
             return f"{key} is {theirs.get(key)!r} (here {mine.get(key)!r})"
@@ -314,16 +315,6 @@ def _class_of(path: Any) -> Any:
     except (ImportError, AttributeError, ValueError):
         return path
     return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _flat_config(config: Any, prefix: str = "") -> dict[str, Any]:
-    """A config as dotted keys in the command line's form (``data.seq_len``: ``init_args`` levels dropped)."""
-    if not isinstance(config, dict):
-        return {prefix.rstrip("."): config}
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        flat.update(_flat_config(value, prefix if key == "init_args" else f"{prefix}{key}."))
-    return flat
 
 
 def check_yaml(args: list[str]) -> None:

@@ -1,4 +1,16 @@
-"""The errors seqstab reports to users as one line, without a traceback."""
+"""The errors seqstab reports to users as one line, without a traceback, and the checks that raise them.
+
+Every check names the setting and the value it got, so the one line says what is wrong and where::
+
+    >>> check_choice("cell", "lstn", ("rnn", "lstm", "gru"))
+    Traceback (most recent call last):
+    ...
+    seqstab.core.errors.ConfigError: cell='lstn': must be 'rnn', 'lstm' or 'gru'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
 
 
 class SeqstabError(Exception):
@@ -25,3 +37,29 @@ def check_non_negative(**values: float | int | None) -> None:
     for name, value in values.items():
         if value is not None and value < 0:
             raise ConfigError(f"{name}={value!r}: must be >= 0")
+
+
+def check_count(name: str, value: int | None, minimum: int = 1) -> None:
+    """``value`` is an integer ``>= minimum`` (a bool is not; ``None`` passes)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+        raise ConfigError(f"{name}={value!r}: must be an integer >= {minimum}")
+
+
+def check_fraction(name: str, value: float, low_inclusive: bool = False) -> None:
+    """``value`` is in ``(0, 1)`` (``[0, 1)`` with ``low_inclusive``: a dropout rate)."""
+    inside = (0 <= value < 1) if low_inclusive else (0 < value < 1)
+    if not inside:
+        raise ConfigError(f"{name}={value!r}: must be in {'[' if low_inclusive else '('}0, 1)")
+
+
+def check_choice(name: str, value: object, choices: Iterable[object]) -> None:
+    """``value`` is one of ``choices``; the message lists them."""
+    options = list(choices)
+    if value not in options:
+        raise ConfigError(f"{name}={value!r}: must be {either(options)}")
+
+
+def either(options: Iterable[object]) -> str:
+    """``'a'``, ``'a' or 'b'``, ``'a', 'b' or 'c'``."""
+    quoted = [repr(o) if isinstance(o, str) else str(o).lower() if isinstance(o, bool) else str(o) for o in options]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"

@@ -18,6 +18,7 @@ from torch import nn
 from seqstab.core.errors import ConfigError
 from seqstab.internals import partial_class
 
+RECIPE_KEYS = {"class_path", "init_args", "dict_kwargs"}  # what a config's class block may hold
 NetFactory = Callable[[int], nn.Module]  # input_size -> a net of the recurrent contract (seqstab.nets)
 
 
@@ -89,3 +90,35 @@ def resolve(path: str, base: type | tuple[type, ...], what: str) -> type:
         names = " or ".join(class_path(b) for b in (base if isinstance(base, tuple) else (base,)))
         raise ConfigError(f"{what} class_path {path!r}: not a {names}")
     return cls
+
+
+def flatten(values: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested settings as dotted keys in the command line's form: ``{"net": {"class_path": "...RecurrentNet",
+    "init_args": {"hidden_size": 8}}}`` -> ``{"net.class_path": "...RecurrentNet", "net.hidden_size": 8}``.
+
+    Mappings (dicts and jsonargparse namespaces) are walked; a recipe's ``init_args`` level is dropped, its
+    ``class_path`` kept under ``<key>.class_path``; keys starting with ``_`` (LightningCLI's ``_class_path``,
+    ``_instantiator``) are left out; anything else is a leaf.
+
+    >>> flatten({"net": {"class_path": "a.B", "init_args": {"hidden_size": 8}}, "lr": 0.1, "_instantiator": "x"})
+    {'net.class_path': 'a.B', 'net.hidden_size': 8, 'lr': 0.1}
+    """
+    if hasattr(values, "as_dict"):  # a jsonargparse Namespace
+        values = values.as_dict()
+    if not isinstance(values, dict):
+        return {prefix.rstrip("."): values}
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if str(key).startswith("_"):
+            continue
+        if hasattr(value, "as_dict"):
+            value = value.as_dict()
+        if isinstance(value, dict) and "class_path" in value and set(value) <= RECIPE_KEYS:
+            flat[f"{prefix}{key}.class_path"] = value["class_path"]
+            value = {**(value.get("init_args") or {}), **(value.get("dict_kwargs") or {})}
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from seqstab import internals
-from seqstab.core.recipes import init_arg_names
+from seqstab.core.recipes import flatten, init_arg_names
 from seqstab.lightning.manifest import run_dir
 
 
@@ -126,13 +126,9 @@ def hparam_values(module: Any, stations: dict[str, Any]) -> dict[str, Any]:
 
 
 def _flatten(out: dict[str, Any], key: str, value: Any) -> None:
-    if isinstance(value, dict) and set(value) == {"class_path", "init_args"}:  # a recipe: its class, then its args
-        out[key] = str(value["class_path"]).rpartition(".")[2]
-        value = value["init_args"] or {}
-    if isinstance(value, dict):
-        for k, v in value.items():
-            _flatten(out, f"{key}.{k}", v)
-    elif isinstance(value, bool | int | float | str):
-        out[key] = value
-    else:
-        out[key] = str(value)
+    """``value`` under ``key`` as flat plain values (HPARAMS takes no others): a recipe as its class's name, then its
+    arguments (``net`` = ``RecurrentNet``, ``net.hidden_size`` = 64); anything not plain as its ``str``."""
+    for name, leaf in flatten({key: value}).items():
+        if name.endswith(".class_path"):
+            name, leaf = name.removesuffix(".class_path"), str(leaf).rpartition(".")[2]
+        out[name] = leaf if isinstance(leaf, bool | int | float | str) else str(leaf)

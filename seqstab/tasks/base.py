@@ -38,7 +38,7 @@ from seqstab.core.errors import ConfigError, check_positive
 from seqstab.core.guard import ExplosionGuard, check_finite_weights
 from seqstab.core.io import CheckpointError, check_shapes
 from seqstab.core.monitor import GradMonitor
-from seqstab.core.recipes import NetFactory, class_path, declared, net_factory, net_recipe, object_recipe
+from seqstab.core.recipes import NetFactory, class_path, declared, flatten, net_factory, net_recipe, object_recipe
 from seqstab.core.record import Action, Update, log_metrics
 from seqstab.core.update import UpdateCore
 from seqstab.data.module import DataSpec, as_spec
@@ -449,7 +449,7 @@ class SeqTask(pl.LightningModule):
                 self.state_dict(), checkpoint.get("state_dict", {}), str(getattr(trainer, "ckpt_path", "") or "")
             )
         except CheckpointError as err:
-            saved, mine = _flat(checkpoint.get("hyper_parameters") or {}), _flat(dict(self.hparams))
+            saved, mine = flatten(checkpoint.get("hyper_parameters") or {}), flatten(dict(self.hparams))
             differs = [f"{k}={saved[k]!r}" for k in mine if k in saved and saved[k] != mine[k]]
             hint = f" (it was made with {', '.join(differs)})" if differs else ""
             raise CheckpointError(f"{err}{hint}") from None
@@ -510,22 +510,6 @@ def metric_tags(task: SeqTask) -> list[str]:
     if task.guard is not None:
         tags.append("explosion/events")
     return tags
-
-
-def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested hyperparameters as dotted keys (a net's recipe: ``net.hidden_size``), for naming what differs."""
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        if str(key).startswith("_"):
-            continue
-        if isinstance(value, dict) and set(value) == {"class_path", "init_args"}:
-            flat[f"{prefix}{key}"] = value["class_path"]
-            value = value["init_args"] or {}
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _uniform_(module: nn.Module | nn.Parameter, scale: float | None) -> nn.Module | nn.Parameter:
