@@ -31,6 +31,7 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from seqstab import _aliases, internals
+from seqstab.cli.yaml_files import read_yaml
 from seqstab.core import io as checkpoint
 from seqstab.core.errors import ConfigError, SeqstabError
 from seqstab.core.recipes import flatten
@@ -322,40 +323,8 @@ def check_yaml(args: list[str]) -> None:
     paths = [b for a, b in zip(args, args[1:], strict=False) if a in ("-c", "--config")]
     paths += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
     for path in paths:
-        if not Path(path).is_file():
-            continue  # jsonargparse reports a missing file itself
-        try:
-            yaml.load(Path(path).read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
-        except DuplicateKey as dup:
-            raise ConfigError(
-                f"{path}: key {dup.key!r} appears twice in one mapping (line {dup.first} and line {dup.second}); "
-                "the second would silently win"
-            ) from None
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-            raise ConfigError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', None) or err}") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"{path}: not a text file (UTF-8)") from None
-
-
-class DuplicateKey(Exception):
-    def __init__(self, key: Any, first: int, second: int):
-        self.key, self.first, self.second = key, first, second
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key repeated in one mapping (plain PyYAML keeps the last one)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            line = key_node.start_mark.line + 1
-            if key in seen:
-                raise DuplicateKey(key, seen[key], line)
-            seen[key] = line
-        return super().construct_mapping(node, deep=deep)
+        if Path(path).is_file():  # jsonargparse reports a missing file itself
+            read_yaml(path)
 
 
 def _exists_or_remote(path: str) -> bool:
