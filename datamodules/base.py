@@ -15,10 +15,9 @@ from torch.utils.data import Dataset
 
 from seqstab.core.errors import DataError
 from seqstab.data.loaders import in_order_across_ranks
-from seqstab.data.module import BATCH_KEYS, DataSpec, SeqDataModule, TaskKind
+from seqstab.data.module import DataSpec, SeqDataModule, TaskKind
 
 __all__ = [
-    "BATCH_KEYS",
     "DataError",
     "DataSpec",
     "SeqDataModule",

@@ -41,7 +41,7 @@ ALIASES = {  # the path before the layout change -> the module that holds it now
     "seqstab.resume": "seqstab.lightning.resume",
     "seqstab.score": "seqstab.cli.score",
     "seqstab.search": "seqstab.cli.sweep.search",
-    "seqstab.spectra": "seqstab.core.spectra",
+    "seqstab.spectra": "seqstab.core.monitor.spectra",
     "seqstab.sweep": "seqstab.cli.sweep",
     "seqstab.tbptt": "seqstab.core.tbptt",
     "seqstab.train": "seqstab.cli.train",

@@ -20,7 +20,7 @@ from seqstab.data import loaders
 from seqstab.data.loaders import QuietLoader, ResumableLoader
 from seqstab.lightning.resume import AtomicCheckpointIO
 from seqstab.nets.recurrent import RecurrentNet
-from seqstab.tasks.base import SequenceRegressor
+from seqstab.tasks import SequenceRegressor
 from tests.test_resume import python_path
 
 TINY = ["--data.num_train", "40", "--data.num_val", "20", "--data.seq_len", "10", "--data.batch_size", "10"]
@@ -169,7 +169,7 @@ def test_checkpoints_load_with_weights_only_and_rebuild_the_model(good_checkpoin
 
 
 def test_forecaster_spec_with_target_index_round_trips(tmp_path, monkeypatch):
-    from seqstab.tasks.base import Forecaster
+    from seqstab.tasks import Forecaster
 
     rows = "".join(f"2020-01-{1 + i // 24:02d} {i % 24:02d}:00,{i % 11},{i % 5}\n" for i in range(120))
     (tmp_path / "series.csv").write_text("date,load,temp\n" + rows)

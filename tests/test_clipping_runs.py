@@ -17,7 +17,7 @@ from datamodules.synthetic import AddingProblem
 from seqstab.core.clipping import AutoClip, ClipResult, NormClip, ZClip
 from seqstab.core.monitor import GradMonitor
 from seqstab.nets.recurrent import RecurrentNet
-from seqstab.tasks.base import SequenceRegressor
+from seqstab.tasks import SequenceRegressor
 from tests.helpers import TinyStream, quiet_trainer, run_cli, scalars
 
 QUIET = ["--trainer.enable_progress_bar", "false"]

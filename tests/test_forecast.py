@@ -14,7 +14,7 @@ import torch
 from datamodules.timeseries import CSVSeries, calendar_features
 from seqstab.core.errors import ConfigError
 from seqstab.nets.recurrent import RecurrentNet
-from seqstab.tasks.base import Forecaster
+from seqstab.tasks import Forecaster
 
 START = datetime(2021, 3, 1, 0, 0)
 

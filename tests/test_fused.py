@@ -19,7 +19,7 @@ from seqstab.cli.train import main
 from seqstab.core.errors import ConfigError
 from seqstab.nets.fused import IGNORE_INDEX, chunk_rows_for, linear_cross_entropy
 from seqstab.nets.recurrent import RecurrentNet
-from seqstab.tasks.base import FUSED_MIN_VOCAB, LanguageModel
+from seqstab.tasks import FUSED_MIN_VOCAB, LanguageModel
 from tests.helpers import scalars
 from tests.test_resume import write_text
 

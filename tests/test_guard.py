@@ -17,10 +17,10 @@ from seqstab.cli.train import main
 from seqstab.core.clipping import NoClip
 from seqstab.core.errors import ConfigError
 from seqstab.core.guard import Action, ExplosionGuard, NonFiniteWeightsError
-from seqstab.core.record import StaticRun
+from seqstab.core.record import StaticRun, Update
 from seqstab.core.update import UpdateCore, drop_gradients
 from seqstab.nets.recurrent import RecurrentNet
-from seqstab.tasks.base import SequenceRegressor, Update
+from seqstab.tasks import SequenceRegressor
 from tests.helpers import REPO, TinyStream, quiet_trainer, scalars
 
 EXPLODE = REPO / "configs" / "explode" / "adding_rnn.yaml"

@@ -18,7 +18,7 @@ from torch.utils.tensorboard import SummaryWriter
 from seqstab import internals
 from seqstab.cli.train import DEFAULT_CONFIG, SeqstabCLI
 from seqstab.nets.recurrent import RecurrentNet
-from seqstab.tasks.base import SequenceRegressor
+from seqstab.tasks import SequenceRegressor
 from tests.helpers import TinyStream, quiet_trainer
 
 

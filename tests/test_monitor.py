@@ -15,10 +15,10 @@ from torch.utils.data import DataLoader
 from datamodules.base import DataSpec, SeqDataModule, StreamWindows
 from datamodules.synthetic import AddingProblem
 from seqstab.core.monitor import FlowProbe, GradMonitor, flow_summary
+from seqstab.core.monitor.spectra import recurrent_spectra
 from seqstab.core.record import StaticRun
-from seqstab.core.spectra import recurrent_spectra
 from seqstab.nets.recurrent import RecurrentNet
-from seqstab.tasks.base import LanguageModel, SequenceRegressor
+from seqstab.tasks import LanguageModel, SequenceRegressor
 from tests.helpers import quiet_trainer, run_cli
 
 EVERYTHING = {

@@ -90,7 +90,7 @@ def test_bad_settings_name_key_and_value(kwargs, needle):
 def test_language_model_embedding_init_as_pytorch_examples():
     """``embedding_init: 0.1``: embedding and decoder U(±0.1), decoder bias 0, the LSTM left at PyTorch's default."""
     from datamodules.base import DataSpec
-    from seqstab.tasks.base import LanguageModel
+    from seqstab.tasks import LanguageModel
 
     torch.manual_seed(0)
     spec = DataSpec(kind="lm", vocab_size=500, stateful=True)

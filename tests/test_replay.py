@@ -18,7 +18,7 @@ from seqstab.cli.train import main as train_main
 from seqstab.core.clipping import NoClip
 from seqstab.core.guard import SNAPSHOT_FORMAT, ExplosionGuard
 from seqstab.nets.recurrent import RecurrentNet
-from seqstab.tasks.base import SequenceRegressor
+from seqstab.tasks import SequenceRegressor
 from tests.helpers import REPO, TinyStream, quiet_trainer, scalars
 
 EXPLODE = REPO / "configs" / "explode" / "adding_rnn.yaml"

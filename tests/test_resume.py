@@ -21,7 +21,7 @@ from seqstab.cli.train import main
 from seqstab.core.clipping import ZClip
 from seqstab.lightning.resume import AtomicCheckpointIO
 from seqstab.nets.recurrent import RecurrentNet
-from seqstab.tasks.base import SequenceRegressor
+from seqstab.tasks import SequenceRegressor
 from tests.helpers import REPO, TinyStream, quiet_trainer, scalars
 
 

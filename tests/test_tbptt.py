@@ -9,8 +9,9 @@ import torch
 
 from datamodules.synthetic import AddingProblem
 from seqstab.core import tbptt
+from seqstab.core.plain import map_tensors
 from seqstab.nets.recurrent import RecurrentNet
-from seqstab.tasks.base import SequenceRegressor
+from seqstab.tasks import SequenceRegressor
 from tests.helpers import RecordingClip, RecordingGuard, TinyStream, quiet_trainer
 
 
@@ -84,7 +85,7 @@ def test_stateful_carry_across_batches_and_reset_each_epoch(cell):
     starts = guard.hidden_in
     assert len(starts) == 4
     assert starts[0] is None and starts[2] is None  # reset at each epoch start
-    for got, want in zip(tbptt.map_hidden(lambda t: t, starts[1]), after_first, strict=True):
+    for got, want in zip(map_tensors(lambda t: t, starts[1]), after_first, strict=True):
         pair_got = got if isinstance(got, tuple) else (got,)
         pair_want = want if isinstance(want, tuple) else (want,)
         assert len(pair_got) == (2 if cell == "lstm" else 1)

@@ -16,7 +16,7 @@ from seqstab.cli.train import main
 from seqstab.core import tbptt
 from seqstab.core.errors import ConfigError
 from seqstab.nets.recurrent import RecurrentNet
-from seqstab.tasks.base import SequenceRegressor
+from seqstab.tasks import SequenceRegressor
 from tests.helpers import RecordingClip, TinyStream, quiet_trainer, scalars
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]

@@ -60,7 +60,7 @@ def load_lm(path: str | Path, trust: list[str] = ()) -> TrainedLM:
 
     from seqstab import replay  # (Lightning, imported only once the file is a checkpoint)
     from seqstab.core.recipes import resolve
-    from seqstab.tasks.base import LanguageModel, SeqTask
+    from seqstab.tasks import LanguageModel, SeqTask
 
     replay.check_trusted(recipe, list(trust), what="checkpoint")
     cls = resolve(class_path, SeqTask, "checkpoint model")
@@ -93,7 +93,7 @@ def load_lm(path: str | Path, trust: list[str] = ()) -> TrainedLM:
 
 def _class_of_kind(kind: Any) -> str | None:
     """The seqstab task of a data kind, for a checkpoint written outside the CLI (no ``_class_path``)."""
-    from seqstab.tasks.base import TASK_OF_KIND
+    from seqstab.tasks import TASK_OF_KIND
 
     name = TASK_OF_KIND.get(kind)
     return f"seqstab.tasks.{name}" if name else None

@@ -92,7 +92,7 @@ def rebuild_model(snapshot: dict[str, Any], what: str = "snapshot") -> torch.nn.
     """The model of the snapshot, built from its class path and hyperparameters, with its weights loaded (``what``:
     the file, for messages)."""
     from seqstab.data.module import as_spec  # (Lightning, imported only when a model is rebuilt)
-    from seqstab.tasks.base import SeqTask
+    from seqstab.tasks import SeqTask
 
     class_path = snapshot["task_class"]
     hparams = snapshot.get("hparams")

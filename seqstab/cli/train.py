@@ -38,7 +38,7 @@ from seqstab.core.recipes import flatten
 from seqstab.data.module import SeqDataModule
 from seqstab.lightning.manifest import ManifestCallback, run_dir
 from seqstab.lightning.resume import AtomicCheckpointIO
-from seqstab.tasks.base import SeqTask
+from seqstab.tasks import SeqTask
 
 DEFAULT_CONFIG = resources.files("seqstab.cli") / "default.yaml"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")

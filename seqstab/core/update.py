@@ -34,17 +34,11 @@ import torch
 
 from seqstab.core.clipping import ClipPolicy, ClipResult, NoClip
 from seqstab.core.guard import ExplosionGuard
+from seqstab.core.logs import log_metrics
 from seqstab.core.monitor import GradMonitor
-from seqstab.core.record import Action, Run, Update, log_metrics
+from seqstab.core.record import Action, Run, Update
 
 __all__ = ["Action", "UpdateCore", "Update", "drop_gradients", "read_back"]
-
-STATE_KEYS = (
-    "updates",
-    "applied",
-    "clipping",
-    "guard",
-)  # what UpdateCore.state_dict holds (checkpoint["seqstab"][...])
 
 
 class UpdateCore:

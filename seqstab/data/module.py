@@ -38,10 +38,9 @@ from typing import Literal
 
 import pytorch_lightning as pl
 
-__all__ = ["BATCH_KEYS", "DataSpec", "SeqDataModule", "TaskKind"]
+__all__ = ["DataSpec", "SeqDataModule", "TaskKind", "as_spec"]
 
 TaskKind = Literal["lm", "forecast", "regression", "classification"]
-BATCH_KEYS = ("x", "y", "mask")  # every tensor of a batch is cut along time with these; "mask" is optional
 
 
 @dataclass(frozen=True)

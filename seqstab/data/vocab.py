@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from seqstab.core.errors import ConfigError
+from seqstab.core.errors import ConfigError, check_choice
 
 __all__ = [
     "EOS",
@@ -160,8 +160,7 @@ class TextCodec:
     _bpe: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.tokenizer not in TOKENIZERS:
-            raise ConfigError(f"tokenizer={self.tokenizer!r}: must be 'word', 'char' or 'bpe'")
+        check_choice("tokenizer", self.tokenizer, TOKENIZERS)
         if self.tokenizer == "bpe" and not isinstance(self.bpe, str):
             raise ValueError("a bpe codec needs its tokenizer's JSON")
 

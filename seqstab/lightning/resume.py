@@ -40,6 +40,7 @@ from seqstab import internals
 from seqstab.core import tbptt
 from seqstab.core.guard import NonFiniteWeightsError
 from seqstab.core.io import CheckpointError, load, rng_state, save, set_rng_state
+from seqstab.core.plain import map_tensors
 from seqstab.data.loaders import in_order_across_ranks, make_quiet, make_resumable
 
 __all__ = ["AtomicCheckpointIO", "ExactResume", "Resumable", "in_order_across_ranks"]
@@ -166,7 +167,7 @@ class ExactResume(pl.Callback):
 def _gather_process_state(pl_module: Resumable) -> list[dict[str, Any]]:
     """What only each process knows, from every rank: the hidden state its streams carry, its RNG states."""
     carry = pl_module.carry["train"]
-    mine = {"carry": tbptt.map_hidden(torch.Tensor.cpu, carry.state), "carry_batch": carry.batch_size}
+    mine = {"carry": map_tensors(torch.Tensor.cpu, carry.state), "carry_batch": carry.batch_size}
     mine["rng"] = rng_state()
     dist = torch.distributed
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
@@ -187,7 +188,7 @@ def _restore_process_state(trainer: pl.Trainer, pl_module: Resumable, ranks: lis
         return
     mine = ranks[trainer.global_rank]
     carry = pl_module.carry["train"]
-    carry.state = tbptt.map_hidden(lambda t: t.to(pl_module.device), mine["carry"])
+    carry.state = map_tensors(lambda t: t.to(pl_module.device), mine["carry"])
     carry.batch_size = mine.get("carry_batch", _legacy_batch_size(carry.state))
     set_rng_state(mine["rng"])
 
@@ -195,7 +196,7 @@ def _restore_process_state(trainer: pl.Trainer, pl_module: Resumable, ranks: lis
 def _legacy_batch_size(hidden: Any) -> int | None:
     """Checkpoints before ``carry_batch``: seqstab's nets' layout, ``(1, B, H)`` per layer."""
     leaves: list[torch.Tensor] = []
-    tbptt.map_hidden(leaves.append, hidden)
+    map_tensors(leaves.append, hidden)
     return leaves[0].shape[1] if leaves else None
 
 

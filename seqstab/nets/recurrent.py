@@ -48,7 +48,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from seqstab.core.errors import ConfigError, check_positive
+from seqstab.core.errors import ConfigError, check_choice, check_fraction, check_positive
 
 Cell = Literal["rnn", "lstm", "gru"]
 Nonlinearity = Literal["tanh", "relu", "linear"]
@@ -123,13 +123,12 @@ class RecurrentNet(nn.Module):
         super().__init__()
         check_positive(input_size=input_size, hidden_size=hidden_size, num_layers=num_layers)
         check_positive(init_scale=init_scale, spectral_radius=spectral_radius)
-        _check_choice("cell", cell, GATES)
-        _check_choice("nonlinearity", nonlinearity, ("tanh", "relu", "linear"))
-        _check_choice("init", init, ("default", "uniform", "xavier", "orthogonal", "identity"))
+        check_choice("cell", cell, GATES)
+        check_choice("nonlinearity", nonlinearity, ("tanh", "relu", "linear"))
+        check_choice("init", init, ("default", "uniform", "xavier", "orthogonal", "identity"))
         if cell != "rnn" and nonlinearity != "tanh":
             raise ConfigError(f"nonlinearity={nonlinearity!r}: only cell='rnn' takes a nonlinearity (cell={cell!r})")
-        if not 0 <= dropout < 1:
-            raise ConfigError(f"dropout={dropout!r}: must be in [0, 1)")
+        check_fraction("dropout", dropout, low_inclusive=True)
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.cell, self.nonlinearity = cell, nonlinearity
         self.residual = residual
@@ -170,11 +169,6 @@ class RecurrentNet(nn.Module):
     def recurrent_weights(self) -> list[torch.Tensor]:
         """Each layer's ``W_hh``, shape ``(GATES * H, H)``; ``cell`` names its gate blocks."""
         return [layer.weight_hh_l0 for layer in self.layers]
-
-
-def _check_choice(name: str, value: str, choices) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name}={value!r}: must be one of {', '.join(map(repr, choices))}")
 
 
 def gate_blocks(weight_hh: torch.Tensor) -> list[torch.Tensor]:

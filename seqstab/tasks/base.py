@@ -19,39 +19,34 @@ Exact resume (loader position, RNG around validation, the carried state, epoch b
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections import defaultdict
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
 from seqstab import internals
 from seqstab.core import tbptt
 from seqstab.core.clipping import ClipPolicy, NoClip
-from seqstab.core.errors import ConfigError, check_positive
+from seqstab.core.errors import ConfigError, check_choice, check_positive
 from seqstab.core.guard import ExplosionGuard, check_finite_weights
 from seqstab.core.io import CheckpointError, check_shapes
+from seqstab.core.logs import log_metrics
 from seqstab.core.monitor import GradMonitor
-from seqstab.core.recipes import NetFactory, class_path, declared, flatten, net_factory, net_recipe, object_recipe
-from seqstab.core.record import Action, Update, log_metrics
+from seqstab.core.recipes import NetFactory, class_path, flatten, net_factory, net_recipe, object_recipe
+from seqstab.core.record import Action
 from seqstab.core.update import UpdateCore
 from seqstab.data.module import DataSpec, as_spec
-from seqstab.lightning.predictions import ForecastWriter
 from seqstab.lightning.resume import STATE_KEY, ExactResume
 from seqstab.lightning.trainer_run import TrainerRun, hparam_values
-from seqstab.nets.fused import linear_cross_entropy
-from seqstab.nets.recurrent import Hidden, RecurrentNet, sizing_only
+from seqstab.nets.recurrent import Hidden, RecurrentNet
+from seqstab.tasks.evaluation import Evaluation
+from seqstab.tasks.memory import check_fits_memory
 
-__all__ = ["Forecaster", "LanguageModel", "SeqTask", "SequenceClassifier", "SequenceRegressor", "Update"]
 
-
-class SeqTask(pl.LightningModule):
+class SeqTask(Evaluation, pl.LightningModule):
     """Base of seqstab's tasks: the recurrent net, the truncated-BPTT loop around the update core, its stations.
 
     Args:
@@ -94,8 +89,7 @@ class SeqTask(pl.LightningModule):
         if spec is None:
             raise ConfigError("spec is missing: the task needs its data's DataSpec (the CLI links data.spec)")
         check_positive(tbptt_steps=tbptt_steps, truncation_bias_every_n_steps=truncation_bias_every_n_steps)
-        if scheduler_interval not in ("step", "epoch"):
-            raise ConfigError(f"scheduler_interval={scheduler_interval!r}: must be 'step' or 'epoch'")
+        check_choice("scheduler_interval", scheduler_interval, ("step", "epoch"))
         spec = as_spec(spec)  # a dict: from a checkpoint's hyperparameters (saved as plain data)
         if self.kind is not None and spec.kind != self.kind:
             fits = TASK_OF_KIND.get(spec.kind)
@@ -365,76 +359,6 @@ class SeqTask(pl.LightningModule):
                 category=UserWarning,
             )
 
-    # -- evaluation: whole batches, hidden state carried within the pass when the data is stateful ---------
-
-    def _eval_step(self, batch: dict[str, torch.Tensor], split: str) -> None:
-        carry = self.carry[split]
-        batch_size = batch["x"].shape[0]
-        hidden = carry.get(batch_size) if self.spec.stateful else None
-        out, hidden = self.forward_batch(batch, hidden)
-        if self.spec.stateful:
-            carry.put(hidden, batch_size)
-        terms = self.step_losses(out, batch)
-        mask = batch.get("mask")
-        weight = torch.ones_like(terms["loss"]) if mask is None else mask.to(terms["loss"].dtype)
-        for name, value in terms.items():
-            self._eval_sums[name] = self._eval_sums.get(name, 0) + (value.detach() * weight).sum().double()
-        self._eval_sums["_count"] = self._eval_sums.get("_count", 0) + weight.sum().double()
-
-    def _eval_epoch_end(self, split: str) -> dict[str, float]:
-        sums = {k: self.trainer.strategy.reduce(v, reduce_op="sum") for k, v in self._eval_sums.items()}
-        self._eval_sums = {}
-        if not sums:
-            return {}
-        count = sums.pop("_count").clamp(min=1)
-        means = {name: (value / count).item() for name, value in sums.items()}
-        metrics = {f"{split}/{name}": value for name, value in self.eval_metrics(means).items()}
-        if self.trainer.sanity_checking:
-            return metrics
-        for name, value in metrics.items():
-            self.log(name, value, logger=False, prog_bar=name == f"{split}/{self.main_metric}")
-        for logger in self.loggers:
-            logger.log_metrics(metrics, step=self.updates)
-        return metrics
-
-    def on_validation_epoch_start(self) -> None:
-        self.carry["val"].reset()
-        self._eval_sums = {}
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        metrics = self._eval_epoch_end("val")
-        if not self.trainer.sanity_checking:
-            self._step_scheduler("validation", metrics)
-
-    def on_test_epoch_start(self) -> None:
-        self.carry["test"].reset()
-        self._eval_sums = {}
-
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test")
-
-    def on_predict_epoch_start(self) -> None:
-        self.carry["predict"].reset()
-
-    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> Any:
-        """The network's output ``(B, L, ...)``, the hidden state carried from batch to batch as in evaluation."""
-        return self._predict(batch)[0]
-
-    def _predict(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The output of every step and the ``(B, L)`` mask of the scored ones (None: all)."""
-        carry, batch_size = self.carry["predict"], batch["x"].shape[0]
-        hidden = carry.get(batch_size) if self.spec.stateful else None
-        out, hidden = self.forward_batch(batch, hidden)
-        if self.spec.stateful:
-            carry.put(hidden, batch_size)
-        return out, batch.get("mask")
-
     # -- checkpoint: the task's own state (the resume machinery is seqstab.resume.ExactResume) -----------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -466,38 +390,6 @@ class SeqTask(pl.LightningModule):
         }
 
 
-def check_fits_memory(name: str, build: Callable[[], list[nn.Module]]) -> None:
-    """Refuse, before allocating anything, a model whose weights and gradients exceed the free memory: its modules
-    are built on the ``meta`` device (no storage, no initialisation, the RNG untouched) and their parameters counted.
-    Nothing is checked where that build fails or the free memory cannot be read."""
-    available = available_memory()
-    if available is None:
-        return
-    try:
-        with torch.random.fork_rng(devices=[]), torch.device("meta"), sizing_only():
-            modules = build()
-    except Exception:  # a net that needs real values to be built: allocate as usual
-        return
-    count = sum(p.numel() for m in modules for p in m.parameters())
-    needed = 2 * sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
-    if needed > available:
-        raise ConfigError(
-            f"model {name}: {count:.3g} parameters need {needed / 2**30:.3g} GiB for weights and gradients alone, "
-            f"more than the {available / 2**30:.3g} GiB of memory free here (lower net.hidden_size or num_layers)"
-        )
-
-
-def available_memory() -> int | None:
-    """Bytes of memory free for a new allocation (Linux ``MemAvailable``); None where it cannot be read."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 def metric_tags(task: SeqTask) -> list[str]:
     """The tags shown as HPARAMS metric columns: training loss, the task's eval metrics, norm, gradient flow."""
     try:
@@ -512,342 +404,9 @@ def metric_tags(task: SeqTask) -> list[str]:
     return tags
 
 
-def _uniform_(module: nn.Module | nn.Parameter, scale: float | None) -> nn.Module | nn.Parameter:
-    """U(±scale) on a parameter or on every parameter of a module; nothing when ``scale`` is None."""
-    if scale is not None:
-        with torch.no_grad():
-            for p in [module] if isinstance(module, nn.Parameter) else module.parameters():
-                p.uniform_(-scale, scale)
-    return module
-
-
-def _net_argument(kwargs: dict[str, Any]) -> NetFactory | dict:
-    """The ``net`` a subclass passes on to :class:`SeqTask` (read here, not in the subclass's ``__init__``, where
-    jsonargparse would take ``kwargs.get("net")`` for an untyped parameter of the subclass)."""
-    return kwargs.get("net", RecurrentNet)
-
-
-def _check_dropout(dropout: float) -> None:
-    if not 0 <= dropout < 1:
-        raise ConfigError(f"dropout={dropout!r}: must be in [0, 1)")
-
-
-FUSED_MIN_VOCAB = 4096  # fused_loss='auto' from this vocabulary up (benchmarks/bench_throughput.py --fused)
-
 TASK_OF_KIND = {
     "lm": "LanguageModel",
     "forecast": "Forecaster",
     "regression": "SequenceRegressor",
     "classification": "SequenceClassifier",
 }
-
-
-class LanguageModel(SeqTask):
-    """Next-token prediction: embedding → recurrent net → decoder; cross-entropy.
-
-    Logs ``val/loss`` (token mean), ``val/ppl`` and, for character-level data, ``val/bpc``.
-
-    Args:
-        embedding_size: Embedding width (the net's input size); None uses the net's ``hidden_size``.
-        tie_weights: Share the embedding and decoder weights (needs ``embedding_size`` equal to the net's
-            ``hidden_size``).
-        loss_reduction: ``token_mean`` (pytorch/examples; clip 0.25) or ``sum_over_time`` — summed over the
-            chunk's steps, averaged over the batch (Zaremba et al. 2014; clip 5). Evaluation is always per token.
-        embedding_init: Initialise the embedding and decoder weights U(±a), whatever the net does to its own
-            (pytorch/examples: 0.1, the LSTM at PyTorch's default). None leaves PyTorch's defaults.
-        decoder_bias: With ``embedding_init``: the decoder bias starts at ``zero`` (pytorch/examples) or ``uniform``
-            U(±a) like every other weight (Zaremba et al. 2014, with the net's ``init: uniform``).
-        dropout: Dropout on the embedding's output and on the net's output before the decoder (the net's own
-            dropout, between its layers, is ``net.init_args.dropout``).
-        fused_loss: Train on the decoder and cross-entropy fused and chunked (``seqstab.fused``: the ``(B·k, V)``
-            logits never held in full; equal to the unfused loss up to float32 rounding). ``auto``: where measured
-            faster (:data:`FUSED_MIN_VOCAB`: float32 on the CPU, vocabulary ≥ 4,096, the task's own forward and
-            losses); ``true``: always (under autocast in float32); ``false``: never. Evaluation is unfused.
-        **kwargs: The net, truncation and stations: see :class:`SeqTask`.
-    """
-
-    kind = "lm"
-    main_metric = "ppl"
-
-    def __init__(
-        self,
-        embedding_size: int | None = None,
-        tie_weights: bool = False,
-        loss_reduction: Literal["token_mean", "sum_over_time"] = "token_mean",
-        embedding_init: float | None = None,
-        decoder_bias: Literal["zero", "uniform"] = "zero",
-        dropout: float = 0.0,
-        fused_loss: bool | Literal["auto"] = "auto",
-        **kwargs,
-    ):
-        check_positive(embedding_size=embedding_size, embedding_init=embedding_init)
-        _check_dropout(dropout)
-        if fused_loss not in (True, False, "auto"):
-            raise ConfigError(f"fused_loss={fused_loss!r}: must be true, false or 'auto'")
-        if loss_reduction not in ("token_mean", "sum_over_time"):
-            raise ConfigError(f"loss_reduction={loss_reduction!r}: must be 'token_mean' or 'sum_over_time'")
-        if decoder_bias not in ("zero", "uniform"):
-            raise ConfigError(f"decoder_bias={decoder_bias!r}: must be 'zero' or 'uniform'")
-        if decoder_bias == "uniform" and embedding_init is None:
-            raise ConfigError("decoder_bias='uniform' needs embedding_init (the a of U(±a))")
-        if embedding_size is None:
-            embedding_size = declared(_net_argument(kwargs), "hidden_size")
-            if not isinstance(embedding_size, int):
-                raise ConfigError("embedding_size: the net's hidden_size cannot be read from model.net; set it")
-        self.embedding_size, self.tie_weights, self.loss_reduction = embedding_size, tie_weights, loss_reduction
-        self.embedding_init, self.decoder_bias, self.dropout = embedding_init, decoder_bias, dropout
-        self.fused_loss = fused_loss
-        super().__init__(**kwargs)
-        if tie_weights:
-            if self.head[1].weight.shape != self.encoder[0].weight.shape:
-                raise ConfigError(
-                    f"tie_weights=True: embedding_size={self.encoder[0].weight.shape[1]} must equal the net's "
-                    f"hidden_size={self.head[1].weight.shape[1]}"
-                )
-            self.head[1].weight = self.encoder[0].weight
-
-    def build_encoder(self, spec):
-        check_positive(vocab_size=spec.vocab_size)
-        embedding = _uniform_(nn.Embedding(spec.vocab_size, self.embedding_size), self.embedding_init)
-        return nn.Sequential(embedding, nn.Dropout(self.dropout)), self.embedding_size
-
-    def build_head(self, spec, hidden_size):
-        decoder = nn.Linear(hidden_size, spec.vocab_size)
-        if self.decoder_bias == "uniform":
-            _uniform_(decoder, self.embedding_init)  # weight, then bias
-        elif self.embedding_init is not None:
-            _uniform_(decoder.weight, self.embedding_init)
-            nn.init.zeros_(decoder.bias)
-        return nn.Sequential(nn.Dropout(self.dropout), decoder)
-
-    def step_losses(self, out, batch):
-        ce = F.cross_entropy(out.flatten(0, 1), batch["y"].flatten(), reduction="none")  # (B*L,)
-        return {"loss": ce.view_as(batch["y"])}  # (B, L)
-
-    def chunk_loss(self, chunk, hidden):
-        if not self._fused(chunk["x"]):
-            return super().chunk_loss(chunk, hidden)
-        # the net's output, in pieces where the truncation policy reweights the gradient (as the unfused loss)
-        out, new_hidden = tbptt.forward(lambda piece, h: self.net(self.encoder(piece["x"]), h), chunk, hidden)
-        out, decoder, y, mask = self.head[0](out), self.head[1], chunk["y"], chunk.get("mask")  # out: (B, k, H)
-        ones = torch.ones(y.shape, dtype=torch.float32, device=y.device) if mask is None else mask.float()
-        # sum over time, mean over the batch | token mean over the (masked) steps
-        weight = ones / y.shape[0] if self.loss_reduction == "sum_over_time" else ones / ones.sum().clamp(min=1)
-        with torch.autocast(out.device.type, enabled=False):
-            loss = linear_cross_entropy(
-                out.flatten(0, 1).float(), decoder.weight.float(), decoder.bias.float(), y.flatten(), weight.flatten()
-            )
-        return tbptt.weighted(loss, chunk), new_hidden
-
-    def _fused(self, x: torch.Tensor) -> bool:
-        """Whether this chunk trains on :func:`seqstab.fused.linear_cross_entropy` (``fused_loss``)."""
-        if self.fused_loss != "auto":
-            return bool(self.fused_loss)
-        own = type(self)
-        return (
-            x.device.type == "cpu"
-            and self.spec.vocab_size >= FUSED_MIN_VOCAB
-            and self.head[1].weight.dtype == torch.float32
-            and not torch.is_autocast_enabled("cpu")
-            and own.forward is SeqTask.forward
-            and own.step_losses is LanguageModel.step_losses
-            and own.reduce_loss is LanguageModel.reduce_loss
-        )
-
-    def reduce_loss(self, per_step, mask):
-        if self.loss_reduction == "sum_over_time":
-            kept = per_step if mask is None else per_step * mask
-            return kept.sum() / per_step.shape[0]  # sum over time, mean over the batch
-        return super().reduce_loss(per_step, mask)
-
-    def eval_metrics(self, means):
-        metrics = {"loss": means["loss"], "ppl": math.exp(min(means["loss"], 700.0))}
-        if self.spec.char_level:
-            metrics["bpc"] = means["loss"] / math.log(2)
-        return metrics
-
-
-class Forecaster(SeqTask):
-    """Real-valued features in; at every step, the next ``horizon`` values of the targets out. MSE loss.
-
-    Reports ``val/mae`` and ``val/rmse`` in the data's original units (the datamodule's normalisation undone), and
-    with ``norm_metrics`` also ``val/mse_norm`` and ``val/mae_norm`` (``test/...`` likewise): on the train-normalised
-    scale, averaged over every horizon step and target, as the forecasting literature reports them. A batch's
-    ``level`` (per-window normalisation, ``CSVSeries(window_norm=...)``) is added to the output, so forecasts and
-    metrics are on the global scale whatever the datamodule subtracted.
-
-    Args:
-        predict: ``level`` (default): the head's output is the forecast. ``change``: the forecast of every horizon
-            step is the last observed value of each target (read from ``x`` at the current step, at the data's
-            ``DataSpec.target_index``) plus the head's output, and the head's output layer starts at zero, so the
-            untrained model makes the naive last-value forecast and learns a correction to it. Needs data whose
-            inputs hold the targets (the time-series datamodules do).
-        dropout: Dropout on the net's output before the head (the net's own, between its layers, is
-            ``net.init_args.dropout``).
-        head: ``linear`` (default): one linear map from the net's output at step ``t`` to all ``horizon`` forecasts.
-            ``decoder``: the encoder–decoder head (:class:`seqstab.forecast.RolloutDecoder`): a cell started from
-            the net's output, unrolled over the horizon, fed the horizon's known inputs (``DataSpec.known_size``,
-            the batch's ``known``) and its own previous prediction. It runs only at the scored steps.
-        decoder_cell: The decoder's cell: ``lstm``, ``gru`` or ``rnn``.
-        norm_metrics: Also log ``val/mse_norm`` and ``val/mae_norm`` (and ``test/``) on the normalised scale.
-        **kwargs: The net, truncation and stations: see :class:`SeqTask`.
-    """
-
-    kind = "forecast"
-    main_metric = "mae"
-
-    def __init__(
-        self,
-        predict: Literal["level", "change"] = "level",
-        dropout: float = 0.0,
-        head: Literal["linear", "decoder"] = "linear",
-        decoder_cell: Literal["lstm", "gru", "rnn"] = "lstm",
-        norm_metrics: bool = False,
-        **kwargs,
-    ):
-        if predict not in ("level", "change"):
-            raise ConfigError(f"predict={predict!r}: must be 'level' or 'change'")
-        if head not in ("linear", "decoder"):
-            raise ConfigError(f"head={head!r}: must be 'linear' or 'decoder'")
-        _check_dropout(dropout)
-        self.predict, self.dropout, self.head_kind, self.decoder_cell = predict, dropout, head, decoder_cell
-        self.norm_metrics = norm_metrics
-        super().__init__(**kwargs)
-
-    def build_head(self, spec, hidden_size):
-        check_positive(input_size=spec.input_size, output_size=spec.output_size, horizon=spec.horizon)
-        if self.head_kind == "decoder":
-            from seqstab.nets.decoder import RolloutDecoder
-
-            self._target_index(spec, needed=self.predict == "change")
-            residual = self.predict == "change"
-            decoder = RolloutDecoder(
-                hidden_size, spec.output_size, spec.known_size, spec.horizon, self.decoder_cell, residual
-            )
-            return nn.Sequential(nn.Dropout(self.dropout), decoder)
-        linear = nn.Linear(hidden_size, spec.horizon * spec.output_size)
-        if self.predict == "change":
-            self._target_index(spec, needed=True)
-            nn.init.zeros_(linear.weight)  # the untrained model is the naive forecast
-            nn.init.zeros_(linear.bias)
-        return nn.Sequential(nn.Dropout(self.dropout), linear)
-
-    def _target_index(self, spec: DataSpec, needed: bool) -> None:
-        """The ``target_index`` buffer (where the targets sit among the inputs), if the data has one."""
-        index = spec.target_index
-        if index is None or len(index) != spec.output_size or not all(0 <= i < spec.input_size for i in index):
-            if needed:
-                raise ConfigError(
-                    f"predict='change' needs the targets among the inputs, but the data's target_index is {index!r} "
-                    f"(output_size {spec.output_size}, input_size {spec.input_size}); use predict: level"
-                )
-            return
-        self.register_buffer("target_index", torch.tensor(index, dtype=torch.long), persistent=False)
-
-    def forward(self, x, hidden=None):
-        if self.head_kind == "decoder":
-            return self._rollout(x, hidden, None, None)
-        out, hidden = super().forward(x, hidden)
-        out = out.unflatten(-1, (self.spec.horizon, self.spec.output_size))  # (B, L, horizon, C)
-        if self.predict == "change":
-            out = out + x.index_select(-1, self.target_index).unsqueeze(-2)  # + last value (B, L, 1, C)
-        return out, hidden
-
-    def forward_batch(self, batch, hidden):
-        """:meth:`forward`, the decoder fed the batch's ``known`` inputs at its scored steps, plus ``level``."""
-        if self.head_kind == "decoder":
-            out, hidden = self._rollout(batch["x"], hidden, batch.get("known"), batch.get("mask"))
-        else:
-            out, hidden = self(batch["x"], hidden)
-        if "level" in batch:
-            out = out + batch["level"].unsqueeze(-2)  # (B, L, 1, C): the window's level, back
-        return out, hidden
-
-    def _rollout(self, x, hidden, known, mask):
-        """The decoder head at the scored steps ``S`` (zeros elsewhere: they carry no loss)."""
-        from seqstab.nets.decoder import scored_steps
-
-        encoded, hidden = self.net(self.encoder(x), hidden)  # (B, L, hidden)
-        batch, length = encoded.shape[:2]
-        steps = scored_steps(mask, length, x.device)  # (S,)
-        state = self.head[0](encoded.index_select(1, steps)).flatten(0, 1)  # (B·S, hidden)
-        seen = x.index_select(1, steps)  # (B, S, input_size)
-        if hasattr(self, "target_index"):
-            last = seen.index_select(-1, self.target_index).flatten(0, 1)  # (B·S, C) the last observed targets
-        else:
-            last = seen.new_zeros(batch * len(steps), self.spec.output_size)
-        ahead = None if known is None else known.index_select(1, steps).flatten(0, 1)  # (B·S, horizon, K)
-        forecast = self.head[1](state, last, ahead).unflatten(0, (batch, len(steps)))  # (B, S, horizon, C)
-        shape = (batch, length, self.spec.horizon, self.spec.output_size)
-        return forecast.new_zeros(shape).index_copy(1, steps, forecast), hidden
-
-    def configure_callbacks(self) -> list[pl.Callback]:
-        return [*super().configure_callbacks(), ForecastWriter()]
-
-    def predict_step(self, batch, batch_idx):
-        """The forecasts of the scored steps, with what was observed (NaN past the data) and, when the batch has
-        ``row``, each step's row: what :class:`seqstab.predictions.ForecastWriter` writes to ``predictions.csv``."""
-        out, mask = self._predict(batch)
-        keep = torch.ones(out.shape[:2], dtype=torch.bool, device=out.device) if mask is None else mask.bool()
-        result = {"forecast": out[keep], "observed": batch["y"][keep]}  # (N, horizon, C) normalised units
-        if "row" in batch:
-            result["row"] = batch["row"][keep]
-        return result
-
-    def step_losses(self, out, batch):
-        err = out - batch["y"]  # (B, L, horizon, C), normalised units
-        scale = torch.as_tensor(self.spec.target_scale or 1.0, dtype=err.dtype, device=err.device)
-        terms = {
-            "loss": err.pow(2).mean(dim=(-2, -1)),
-            "abs": (err * scale).abs().mean(dim=(-2, -1)),
-            "sq": (err * scale).pow(2).mean(dim=(-2, -1)),
-        }
-        if self.norm_metrics:
-            terms["abs_norm"] = err.abs().mean(dim=(-2, -1))  # (B, L); the squared one is "loss"
-        return terms
-
-    def eval_metrics(self, means):
-        metrics = {"loss": means["loss"], "mae": means["abs"], "rmse": math.sqrt(means["sq"])}
-        if self.norm_metrics:
-            metrics.update(mse_norm=means["loss"], mae_norm=means["abs_norm"])
-        return metrics
-
-
-class SequenceRegressor(SeqTask):
-    """Regression on marked steps (e.g. the adding problem: the last step). MSE loss.
-
-    Args:
-        **kwargs: The net, truncation and stations: see :class:`SeqTask`.
-    """
-
-    kind = "regression"
-
-    def build_head(self, spec, hidden_size):
-        check_positive(input_size=spec.input_size, output_size=spec.output_size)
-        return nn.Linear(hidden_size, spec.output_size)
-
-    def step_losses(self, out, batch):
-        return {"loss": (out - batch["y"]).pow(2).mean(dim=-1)}  # (B, L)
-
-
-class SequenceClassifier(SeqTask):
-    """Classification on marked steps (copying memory, temporal order). Cross-entropy; reports accuracy.
-
-    Args:
-        **kwargs: The net, truncation and stations: see :class:`SeqTask`.
-    """
-
-    kind = "classification"
-    main_metric = "acc"
-
-    def build_head(self, spec, hidden_size):
-        check_positive(input_size=spec.input_size, output_size=spec.output_size)
-        return nn.Linear(hidden_size, spec.output_size)
-
-    def step_losses(self, out, batch):
-        ce = F.cross_entropy(out.flatten(0, 1), batch["y"].flatten(), reduction="none").view_as(batch["y"])
-        correct = (out.argmax(dim=-1) == batch["y"]).to(out.dtype)
-        return {"loss": ce, "acc": correct}  # (B, L) each
-
-    def eval_metrics(self, means):
-        return {"loss": means["loss"], "acc": means["acc"]}

@@ -200,7 +200,7 @@ def test_score_last_masks_all_but_the_last_steps_of_each_window(tmp_path):
 
 
 def test_score_last_reaches_the_forecasters_loss_and_metrics(tmp_path):
-    from seqstab.tasks.base import Forecaster
+    from seqstab.tasks import Forecaster
 
     dm = CSVSeries(target="v", features=["w"], path=_ramp(tmp_path), input_length=6, horizon=2, score_last=1)
     torch.manual_seed(0)
@@ -242,7 +242,7 @@ def test_target_index_names_the_targets_among_the_inputs(tmp_path):
 
 
 def test_forecaster_predict_change_starts_at_the_naive_forecast(tmp_path):
-    from seqstab.tasks.base import Forecaster
+    from seqstab.tasks import Forecaster
 
     path = _csv(tmp_path, "t,a,b,c\n" + "".join(f"{i},{i % 7},{-i},{i % 3}\n" for i in range(160)))
     dm = CSVSeries(target=["a", "b"], features=["c"], path=path, input_length=6, horizon=3, score_last=1)
@@ -268,7 +268,7 @@ def test_forecaster_predict_change_starts_at_the_naive_forecast(tmp_path):
 
 def test_forecaster_predict_change_needs_the_targets_among_the_inputs():
     from datamodules.base import DataSpec
-    from seqstab.tasks.base import Forecaster
+    from seqstab.tasks import Forecaster
 
     spec = DataSpec(kind="forecast", input_size=3, output_size=1, horizon=2)  # no target_index
     with pytest.raises(ConfigError) as err:

@@ -1,265 +1,17 @@
-"""Clipping policies: one station of the optimization path, after backward (and AMP unscaling), before the guard.
-
-A policy gets the parameters whose gradients it may change in place and returns a :class:`ClipResult`: the
-pre-clip and post-clip global norms, whether it changed the gradient, and its threshold where it has one.
-Choose one from YAML by class path::
-
-    model:
-      init_args:
-        clipping:
-          class_path: seqstab.clipping.ZClip
-          init_args: {alpha: 0.97, z_thresh: 2.5}
-
-Rules every policy keeps:
-  * everything stays on the device: norms in one fused ``torch._foreach_norm`` pass, decisions by
-    ``torch.where``, no ``.item()`` and no Python branch on a tensor value, so no host synchronisation here;
-    the optimization path reads the results back together with the loss in its one transfer per update;
-  * below its threshold it leaves the gradients bitwise unchanged (they are multiplied by exactly 1);
-  * when the global norm is non-finite it is reported as such and the gradient is left as it is (never scaled
-    to zeros or NaNs), and no running statistic takes it in: deciding what to do is the explosion guard's job;
-  * it sees what the optimizer will see: gradients after ``manual_backward`` (so under DDP already all-reduced,
-    and every rank takes the same decision) and after AMP unscaling (Lightning #18089).
-
-Stateful policies (:class:`AutoClip`, :class:`ZClip`, :class:`AdaGC`) keep their state as tensors and Python ints;
-it travels in the checkpoint (``state_dict``/``load_state_dict``) and loads with ``torch.load(weights_only=True)``.
-"""
+"""Policies whose threshold follows the run's own history of gradient norms: :class:`AutoClip` (a percentile),
+:class:`ZClip` (a z-score against an EMA), :class:`AdaGC` (per tensor, against an EMA of its own norms).
+Their state is tensors and ints, kept in the checkpoint."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
 from seqstab import internals
-from seqstab.core.errors import ConfigError, check_positive
-
-
-@dataclass
-class ClipResult:
-    """What a clipping policy did at one update. Every field is a 0-dim tensor on the gradients' device.
-
-    Attributes:
-        pre_norm: Global gradient norm before clipping (may be inf or nan).
-        post_norm: Global gradient norm after clipping.
-        clipped: True when the policy changed the gradient.
-        threshold: The global-norm threshold in force at this update (the gradient is clipped when ``pre_norm``
-            exceeds it), or None for policies without one (per-element, per-tensor and per-unit rules).
-        tensor_norms: ``(P,)`` L2 norm of each gradient tensor before clipping, in :func:`grads_of` order (the
-            pass ``pre_norm`` came from); the guard names the largest on an event. None where not computed.
-    """
-
-    pre_norm: torch.Tensor
-    post_norm: torch.Tensor
-    clipped: torch.Tensor
-    threshold: torch.Tensor | None = None
-    tensor_norms: torch.Tensor | None = None
-
-
-def grads_of(params: list[torch.Tensor]) -> list[torch.Tensor]:
-    return [p.grad for p in params if p.grad is not None]
-
-
-def _norm_dtype(grads: list[torch.Tensor]) -> torch.dtype:
-    """Norms are accumulated in float32 at least (bf16/fp16 gradients), float64 for float64 gradients."""
-    return torch.float64 if any(g.dtype == torch.float64 for g in grads) else torch.float32
-
-
-def tensor_norms(grads: list[torch.Tensor], norm_type: float = 2.0) -> list[torch.Tensor]:
-    """Each tensor's norm, in one fused ``torch._foreach_norm`` pass (no host sync)."""
-    return list(internals.foreach_norm(grads, norm_type, dtype=_norm_dtype(grads)))
-
-
-def global_norm(grads: list[torch.Tensor], norm_type: float = 2.0) -> torch.Tensor:
-    """Norm of all gradients taken together, in one fused ``torch._foreach_norm`` pass (no host sync)."""
-    return norms_and_total(grads, norm_type)[1]
-
-
-def norms_and_total(grads: list[torch.Tensor], norm_type: float = 2.0) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """``((P,) per-tensor norms, global norm)`` from one fused pass; ``(None, 0)`` without gradients."""
-    if not grads:
-        return None, torch.zeros(())
-    norms = torch.stack(tensor_norms(grads, norm_type))
-    return norms, torch.linalg.vector_norm(norms, norm_type)
-
-
-def _scale_to(norm: torch.Tensor, threshold: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(clipped, scale)`` for rescaling a finite ``norm`` above ``threshold`` down to it; scale is 1 otherwise."""
-    clipped = torch.isfinite(norm) & (norm > threshold)
-    return clipped, torch.where(clipped, threshold / norm, torch.ones_like(norm))
-
-
-def _rescale_(grads: list[torch.Tensor], scale: torch.Tensor) -> None:
-    """Multiply every gradient by one 0-dim ``scale`` in place (exactly 1 leaves them bitwise unchanged)."""
-    if grads:
-        internals.foreach_mul_(grads, scale)
-
-
-def _check_fraction(name: str, value: float) -> None:
-    if not 0 < value < 1:
-        raise ConfigError(f"{name}={value!r}: must be in (0, 1)")
-
-
-def _check_count(name: str, value: int | None, minimum: int = 1) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
-        raise ConfigError(f"{name}={value!r}: must be an integer >= {minimum}")
-
-
-class ClipPolicy:
-    """Base class of clipping policies. Subclasses implement :meth:`clip`; stateful ones also
-    :meth:`state_dict`/:meth:`load_state_dict`, which travel in the checkpoint."""
-
-    def clip(self, params: list[torch.Tensor]) -> ClipResult:
-        raise NotImplementedError
-
-    @torch.no_grad()
-    def __call__(self, params: list[torch.Tensor]) -> ClipResult:
-        return self.clip(params)
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
-        return f"{type(self).__name__}({args})"
-
-
-class NoClip(ClipPolicy):
-    """Measure and log only: the gradient is never changed."""
-
-    def clip(self, params: list[torch.Tensor]) -> ClipResult:
-        norms, norm = norms_and_total(grads_of(params))
-        return ClipResult(norm, norm, torch.zeros((), dtype=torch.bool, device=norm.device), tensor_norms=norms)
-
-
-class ValueClip(ClipPolicy):
-    """Clamp every gradient element to ``[-clip_value, clip_value]``.
-
-    As ``torch.nn.utils.clip_grad_value_`` and Keras ``clipvalue``. The direction of the gradient changes.
-
-    Args:
-        clip_value: Largest absolute value an element may keep.
-    """
-
-    def __init__(self, clip_value: float = 1.0):
-        check_positive(clip_value=clip_value)
-        self.clip_value = float(clip_value)
-
-    def clip(self, params: list[torch.Tensor]) -> ClipResult:
-        grads = grads_of(params)
-        norms, norm = norms_and_total(grads)
-        finite = torch.isfinite(norm)
-        if not grads:
-            return ClipResult(norm, norm, torch.zeros((), dtype=torch.bool))
-        largest = torch.stack(tensor_norms(grads, math.inf)).max()  # max |g| over all elements
-        clipped = finite & (largest > self.clip_value)
-        bound = torch.where(finite, self.clip_value, math.inf).to(norm.dtype)  # inf bound: untouched
-        for g in grads:
-            g.clamp_(-bound, bound)
-        return ClipResult(norm, global_norm(grads), clipped, tensor_norms=norms)
-
-
-class NormClip(ClipPolicy):
-    """Rescale the whole gradient to ``max_norm`` when its global norm exceeds it.
-
-    As ``torch.nn.utils.clip_grad_norm_``, Keras ``global_clipnorm`` and Pascanu et al. 2013, Algorithm 1
-    (the scale is exactly ``max_norm / norm``, without ``clip_grad_norm_``'s ``+1e-6``).
-
-    Args:
-        max_norm: Threshold on the global gradient norm. Only carries over between setups with the same loss
-            reduction: 5 for a loss summed over time (Zaremba et al. 2014), 0.25 for a token mean.
-        norm_type: The p of the p-norm (``inf`` for the largest absolute element).
-    """
-
-    def __init__(self, max_norm: float = 1.0, norm_type: float = 2.0):
-        check_positive(max_norm=max_norm, norm_type=norm_type)
-        self.max_norm = float(max_norm)
-        self.norm_type = float(norm_type)
-
-    def clip(self, params: list[torch.Tensor]) -> ClipResult:
-        grads = grads_of(params)
-        norms, norm = norms_and_total(grads, self.norm_type)
-        threshold = torch.full_like(norm, self.max_norm)  # a fill, not a host-to-device copy (which syncs)
-        clipped, scale = _scale_to(norm, threshold)
-        _rescale_(grads, scale)
-        return ClipResult(norm, norm * scale, clipped, threshold, norms if self.norm_type == 2 else None)
-
-
-class PerParameterNormClip(ClipPolicy):
-    """Rescale each parameter tensor's gradient on its own to L2 norm ``max_norm`` when it exceeds it.
-
-    As Keras ``clipnorm`` (per variable). The global direction changes; no global threshold is logged.
-
-    Args:
-        max_norm: Threshold on each parameter tensor's gradient norm.
-    """
-
-    def __init__(self, max_norm: float = 1.0):
-        check_positive(max_norm=max_norm)
-        self.max_norm = float(max_norm)
-
-    def clip(self, params: list[torch.Tensor]) -> ClipResult:
-        grads = grads_of(params)
-        if not grads:
-            norm = global_norm(grads)
-            return ClipResult(norm, norm, torch.zeros((), dtype=torch.bool))
-        norms = torch.stack(tensor_norms(grads))  # (P,)
-        norm = torch.linalg.vector_norm(norms)
-        over = torch.isfinite(norm) & (norms > self.max_norm)  # (P,)
-        scales = torch.where(over, self.max_norm / norms, torch.ones_like(norms))
-        internals.foreach_mul_(grads, list(scales.unbind()))
-        return ClipResult(norm, torch.linalg.vector_norm(norms * scales), over.any(), tensor_norms=norms)
-
-
-def unit_norms(x: torch.Tensor) -> torch.Tensor:
-    """L2 norm of each unit of ``x``, shaped to broadcast against it (float32 at least).
-
-    A unit is a row — an output unit of ``nn.Linear`` ``(out, in)``, one unit of one gate of a recurrent
-    ``W_hh`` ``(gates·H, H)``, one token of an ``nn.Embedding``; for higher-dimensional weights, everything after
-    dimension 0. A 0-d or 1-d tensor (a bias, a LayerNorm gain) is one unit as a whole, as in optax's
-    ``unitwise_norm``.
-    """
-    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    if x.ndim <= 1:
-        return torch.linalg.vector_norm(x, dtype=dtype).reshape([1] * x.ndim)
-    return torch.linalg.vector_norm(x, dim=tuple(range(1, x.ndim)), keepdim=True, dtype=dtype)
-
-
-class AGC(ClipPolicy):
-    """Unit-wise adaptive gradient clipping (Brock et al. 2021; optax ``adaptive_grad_clip``).
-
-    Each unit's gradient norm is capped at ``clip_factor · max(‖W_unit‖, eps)``; a unit above it is rescaled to
-    it. Units are rows of each parameter tensor (see :func:`unit_norms`): for a recurrent ``W_hh`` each row, i.e.
-    each hidden unit of each gate; biases and other 1-d tensors count as one unit. Every trained tensor is
-    clipped, the output layer included (Brock et al. leave their final classifier unclipped). No global
-    threshold is logged.
-
-    Args:
-        clip_factor: Largest allowed ratio of a unit's gradient norm to its weight norm (0.01–0.16 in Brock et al.).
-        eps: Floor on the weight norm, so zero-initialised units (biases) can still move.
-    """
-
-    def __init__(self, clip_factor: float = 0.01, eps: float = 1e-3):
-        check_positive(clip_factor=clip_factor, eps=eps)
-        self.clip_factor = float(clip_factor)
-        self.eps = float(eps)
-
-    def clip(self, params: list[torch.Tensor]) -> ClipResult:
-        pairs = [(p.detach(), p.grad) for p in params if p.grad is not None]
-        grads = [g for _, g in pairs]
-        norms, norm = norms_and_total(grads)
-        finite = torch.isfinite(norm)
-        any_clipped = torch.zeros((), dtype=torch.bool, device=norm.device)
-        for weight, grad in pairs:
-            g_norm = unit_norms(grad)
-            cap = self.clip_factor * unit_norms(weight).clamp_min(self.eps)
-            over = finite & (g_norm > cap)
-            grad.mul_(torch.where(over, cap / g_norm, torch.ones_like(g_norm)))
-            any_clipped = any_clipped | over.any()
-        return ClipResult(norm, global_norm(grads), any_clipped, tensor_norms=norms)
+from seqstab.core.clipping.norms import ClipResult, grads_of, norms_and_total, rescale_, scale_to
+from seqstab.core.clipping.policy import ClipPolicy
+from seqstab.core.errors import ConfigError, check_count, check_fraction, check_positive
 
 
 class AutoClip(ClipPolicy):
@@ -280,7 +32,7 @@ class AutoClip(ClipPolicy):
     def __init__(self, percentile: float = 10.0, history: int | None = None):
         if not 0 < percentile <= 100:
             raise ConfigError(f"percentile={percentile!r}: must be in (0, 100]")
-        _check_count("history", history)
+        check_count("history", history)
         self.percentile = float(percentile)
         self.history = history
         self.steps = 0  # norms recorded so far
@@ -302,8 +54,8 @@ class AutoClip(ClipPolicy):
         grads = grads_of(params)
         norms, norm = norms_and_total(grads)
         threshold = torch.nanquantile(self._record(norm), self.percentile / 100, interpolation="linear")
-        clipped, scale = _scale_to(norm, threshold)
-        _rescale_(grads, scale)
+        clipped, scale = scale_to(norm, threshold)
+        rescale_(grads, scale)
         return ClipResult(norm, norm * scale, clipped, threshold, norms)
 
     def state_dict(self) -> dict:
@@ -357,9 +109,9 @@ class ZClip(ClipPolicy):
         max_grad_norm: float | None = None,
         eps: float = 1e-6,
     ):
-        _check_fraction("alpha", alpha)
+        check_fraction("alpha", alpha)
         check_positive(z_thresh=z_thresh, max_grad_norm=max_grad_norm, eps=eps)
-        _check_count("warmup_steps", warmup_steps)
+        check_count("warmup_steps", warmup_steps)
         self.alpha = float(alpha)
         self.z_thresh = float(z_thresh)
         self.warmup_steps = warmup_steps
@@ -381,8 +133,8 @@ class ZClip(ClipPolicy):
             cap = torch.full_like(norm, self.max_grad_norm)
             target = torch.minimum(target, cap)
             threshold = cap if threshold is None else torch.minimum(threshold, cap)
-        clipped, scale = _scale_to(norm, target)
-        _rescale_(grads, scale)
+        clipped, scale = scale_to(norm, target)
+        rescale_(grads, scale)
         self.steps += 1
         return ClipResult(norm, norm * scale, clipped, threshold, norms)
 
@@ -472,8 +224,8 @@ class AdaGC(ClipPolicy):
 
     def __init__(self, max_norm: float = 1.0, lambda_rel: float = 1.05, beta: float = 0.98, warmup_steps: int = 100):
         check_positive(max_norm=max_norm, lambda_rel=lambda_rel)
-        _check_fraction("beta", beta)
-        _check_count("warmup_steps", warmup_steps, minimum=0)
+        check_fraction("beta", beta)
+        check_count("warmup_steps", warmup_steps, minimum=0)
         self.max_norm = float(max_norm)
         self.lambda_rel = float(lambda_rel)
         self.beta = float(beta)
@@ -493,8 +245,8 @@ class AdaGC(ClipPolicy):
         finite = torch.isfinite(norm)
         if self.steps < self.warmup_steps:
             threshold = torch.full_like(norm, self.max_norm)
-            clipped, scale = _scale_to(norm, threshold)
-            _rescale_(grads, scale)
+            clipped, scale = scale_to(norm, threshold)
+            rescale_(grads, scale)
             kept, post = norms * scale, norm * scale  # (P,) clipped per-tensor norms; clipped global norm
             updated = torch.fmin(gamma_now, kept)  # fmin: a missing γ (NaN) takes the norm
         else:

@@ -1,76 +1,27 @@
-"""Explosion guard: the station after clipping that decides step | skip | stop, and records what happened.
-
-At every update the update core (:class:`seqstab.update.UpdateCore`) calls :meth:`ExplosionGuard.check` with the
-update's pre-clip global gradient norm already read back as a float (the update's one host sync). When nothing
-happens the guard costs a comparison and a sorted insert into a window of at most ``window`` floats (about 3 µs per
-update), plus the diagnosis's O(1) running statistics (one ``aminmax`` of the chunk; about 15 µs in all on a loaded
-2-core machine: ``python benchmarks/bench_guard.py --workloads none``).
-
-An **event** is an update whose pre-clip norm is
-
-  * non-finite (inf or nan), or
-  * above ``max_norm`` (an absolute bound, off by default), or
-  * above ``spike_factor`` × the median of the last ``window`` finite, non-zero norms (after ``min_history`` of them).
-
-Per event, on rank 0 and only when the run has a directory (``Run.run_dir``: the logger's ``log_dir`` under
-Lightning):
-
-  * ``explosion/events`` (the cumulative count of events, logged at every update) steps up;
-  * a text entry ``explosion/event`` in TensorBoard and a line in ``explosions.jsonl``: update, epoch, norm,
-    its ratio to the median, the parameter with the largest gradient norm (computed only now: events are rare),
-    and its ``diagnosis`` (:mod:`seqstab.diagnose`: growth through time, depth, the optimizer's step or the data,
-    ranked by measured evidence, with the settings to try), also printed for the first event;
-  * on the first event, a replay snapshot ``snapshot_update_<N>.pt`` (:func:`save_snapshot`, replayed by
-    ``python -m seqstab.replay``).
-
-Under ``policy="reset_moments"`` (SPAM, Huang et al., ICLR 2025, arXiv 2501.06842) a flagged update is skipped as
-under ``skip`` and the optimizer's moment buffers of the tensors whose gradient spiked are zeroed
-(:func:`reset_moments`); the event's line lists them. With ``log_spike_score`` the guard also logs
-``grad/spike_score``, the fraction of spikes among the last ``window`` updates.
-
-A non-finite update is never applied, whatever the policy. Under 16-bit AMP a non-finite norm is the
-GradScaler's overflow (``amp/overflow`` 1): skipped without an event, while the scaler lowers its scale. No
-checkpoint holding non-finite weights is ever written: :func:`check_finite_weights` runs when seqstab's tasks and the
-``GradientStability`` callback save a checkpoint, and refuses.
-"""
+"""The explosion guard: detects an event, decides step | skip | stop, records it."""
 
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import json
 import math
-import os
-import sys
 from collections import deque
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
 from seqstab.core import diagnose as diagnose_module
 from seqstab.core import io as checkpoint
-from seqstab.core.errors import ConfigError, SeqstabError
-from seqstab.core.record import Action, Run, Update, add_text
+from seqstab.core.errors import ConfigError, check_choice
+from seqstab.core.guard.events import EVENTS_FILE, event_markdown
+from seqstab.core.guard.moments import moment_buffers, reset_moments
+from seqstab.core.guard.snapshot import save_snapshot
+from seqstab.core.guard.weights import grad_norms
+from seqstab.core.logs import add_text
+from seqstab.core.plain import json_safe, sortable
+from seqstab.core.record import Action, Run, Update
 
-__all__ = [
-    "Action",
-    "ExplosionGuard",
-    "NonFiniteWeightsError",
-    "check_finite_weights",
-    "grad_norms",
-    "moment_buffers",
-    "reset_moments",
-]
-
-EVENTS_FILE = "explosions.jsonl"
-SNAPSHOT_FORMAT = "seqstab.snapshot/1"
 POLICIES = ("warn", "skip", "stop", "reset_moments")
-MOMENT_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")  # Adam/AdamW (amsgrad), SGD momentum
-
-
-class NonFiniteWeightsError(SeqstabError):
-    """Refusal to save a checkpoint whose weights hold inf or nan."""
 
 
 class ExplosionGuard:
@@ -128,8 +79,7 @@ class ExplosionGuard:
         log_spike_score: bool = False,
         diagnose: bool = True,
     ):
-        if policy not in POLICIES:
-            raise ConfigError(f"guard policy={policy!r}: must be 'warn', 'skip', 'stop' or 'reset_moments'")
+        check_choice("guard policy", policy, POLICIES)
         if spike_factor is not None and not spike_factor > 1:
             raise ConfigError(f"guard spike_factor={spike_factor!r}: must be > 1 (or null to turn it off)")
         if not window >= 1:
@@ -285,7 +235,7 @@ class ExplosionGuard:
         else:
             chosen = [i for i, norm in enumerate(norms) if not math.isfinite(norm)]
         if not chosen:
-            chosen = [max(range(len(norms)), key=lambda i: _sortable(norms[i]))]
+            chosen = [max(range(len(norms)), key=lambda i: sortable(norms[i]))]
         return [named[i] for i in chosen]
 
     def detect(self, norm: float) -> tuple[str | None, float | None]:
@@ -325,19 +275,19 @@ class ExplosionGuard:
     ) -> None:
         norm = update.values["grad/norm_total"]
         modules = grad_norms(run.module, update.clip.tensor_norms)  # pre-clip; one sync, on events only
-        largest = max(modules, key=lambda name: _sortable(modules[name])) if modules else None
+        largest = max(modules, key=lambda name: sortable(modules[name])) if modules else None
         event = {
             "update": update.step,
             "global_step": run.global_step,
             "epoch": run.epoch,
             "reason": reason,
             "action": action.value,
-            "norm": _json_float(norm),
-            "median": _json_float(median),
-            "ratio": _json_float(norm / median if median else None),
-            "loss": _json_float(update.values.get("train/loss")),
+            "norm": json_safe(norm),
+            "median": json_safe(median),
+            "ratio": json_safe(norm / median if median else None),
+            "loss": json_safe(update.values.get("train/loss")),
             "module": largest,
-            "module_norm": _json_float(modules.get(largest)) if largest else None,
+            "module_norm": json_safe(modules.get(largest)) if largest else None,
             **extra,
         }
         if self._tracker is not None and run.is_global_zero:
@@ -357,7 +307,7 @@ class ExplosionGuard:
             with open(run_dir / EVENTS_FILE, "a") as f:
                 f.write(json.dumps(event) + "\n")
         if run.is_global_zero:
-            add_text(run, "explosion/event", _markdown(event), update.step)
+            add_text(run, "explosion/event", event_markdown(event), update.step)
             if first or action is Action.STOP:
                 print(self._summary(event, action), flush=True)
                 if "diagnosis" in event:
@@ -427,160 +377,7 @@ class ExplosionGuard:
         )
 
 
-# -- helpers shared with replay -------------------------------------------------------------------------------
-
-
-def grad_norms(module: torch.nn.Module, tensor_norms: torch.Tensor | None = None) -> dict[str, float]:
-    """L2 norm of each parameter's gradient, by parameter name, in one host transfer.
-
-    ``tensor_norms`` are norms the clipping policy took before it clipped (``ClipResult.tensor_norms``, in the
-    order of the parameters that have a gradient); without them the gradients are measured as they are now."""
-    named = [(name, p.grad) for name, p in module.named_parameters() if p.grad is not None]
-    if not named:
-        return {}
-    if tensor_norms is not None and len(tensor_norms) == len(named):
-        norms = tensor_norms.detach().float().tolist()
-    else:
-        norms = torch.stack([torch.linalg.vector_norm(g.detach().float()) for _, g in named]).tolist()
-    return {name: norm for (name, _), norm in zip(named, norms, strict=True)}
-
-
-def moment_buffers(optimizer: torch.optim.Optimizer | None, param: torch.Tensor) -> list[torch.Tensor]:
-    """The optimizer's moment buffers of ``param`` that :func:`reset_moments` zeroes (``MOMENT_KEYS`` it holds)."""
-    state = optimizer.state.get(param) if optimizer is not None else None  # .get: state is a defaultdict
-    return [state[key] for key in MOMENT_KEYS if isinstance(state.get(key), torch.Tensor)] if state else []
-
-
-def reset_moments(optimizer: torch.optim.Optimizer | None, param: torch.Tensor) -> bool:
-    """Zero ``param``'s moment buffers in place (Adam/AdamW ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``; SGD
-    ``momentum_buffer``) and set its ``step`` back to 0 where the optimizer keeps one (Adam's bias correction then
-    treats the tensor as new). Whether there was anything to reset."""
-    buffers = moment_buffers(optimizer, param)
-    for buffer in buffers:
-        buffer.zero_()
-    state = optimizer.state[param] if buffers else {}
-    step = state.get("step")
-    if isinstance(step, torch.Tensor):
-        step.zero_()
-    elif step is not None:
-        state["step"] = type(step)(0)
-    return bool(buffers)
-
-
-def check_finite_weights(state_dict: dict[str, torch.Tensor], where: str = "checkpoint") -> None:
-    """Raise :class:`NonFiniteWeightsError` naming the first tensor of ``state_dict`` that holds inf or nan."""
-    floats = [(k, v) for k, v in state_dict.items() if isinstance(v, torch.Tensor) and v.is_floating_point()]
-    if not floats:
-        return
-    finite = torch.stack([torch.isfinite(v).all() for _, v in floats]).tolist()  # one sync
-    for (name, _), ok in zip(floats, finite, strict=True):
-        if not ok:
-            raise NonFiniteWeightsError(f"refusing to save the {where}: {name} holds inf or nan")
-
-
-def save_snapshot(
-    path: Path,
-    run: Run,
-    update: Update,
-    modules: dict[str, float],
-    rng: dict[str, Any] | None,
-    diagnosis: dict[str, Any] | None = None,
-) -> None:
-    """Everything ``python -m seqstab.replay`` needs to recompute this update's gradient, as plain tensors/dicts:
-    the model (how to rebuild it: ``run.recipe``; its weights), the optimizer state, what was trained on and the
-    hidden state it started from, the RNG state before its forward pass, the clipping policy and what was logged.
-
-    Written atomically; loads with ``torch.load(path, weights_only=True)``.
-    """
-    recipe = run.recipe or {}
-    config = path.parent / "config.yaml"
-    device = next((p.device for p in run.module.parameters()), torch.device("cpu"))
-    snapshot = {
-        "format": SNAPSHOT_FORMAT,
-        "kind": recipe.get("kind", "task"),  # "task": a seqstab task's chunk; "module": a LightningModule's batch
-        "update": update.step,
-        "global_step": run.global_step,
-        "epoch": run.epoch,
-        "seed": os.environ.get("PL_GLOBAL_SEED"),
-        "task_class": recipe.get("class_path") or f"{type(run.module).__module__}.{type(run.module).__qualname__}",
-        "hparams": _plain_or_none(recipe.get("hparams")),
-        "clipping": recipe.get("clipping"),
-        "batch_idx": recipe.get("batch_idx"),
-        "state_dict": _to_cpu(run.module.state_dict()),
-        "optimizer": _to_cpu(run.optimizer.state_dict()) if run.optimizer is not None else None,
-        "chunk": _to_cpu(update.chunk),
-        "hidden_in": _to_cpu(update.hidden_in),
-        "rng": rng,
-        "num_threads": torch.get_num_threads(),
-        "device": str(device),
-        "logged": {
-            "grad/norm_total": update.values["grad/norm_total"],
-            "grad/norm_total_clipped": update.values.get("grad/norm_total_clipped"),
-            "train/loss": update.values.get("train/loss"),
-            "grad_norms": modules,  # before clipping, as the policy measured them
-        },
-        "config_yaml": config.read_text() if config.is_file() else None,
-        "diagnosis": diagnosis,  # the event's (seqstab.diagnose): replay recomputes its flow, keeps the rest
-        "versions": {"torch": str(torch.__version__), "python": sys.version.split()[0]},
-    }
-    checkpoint.save(snapshot, path)
-
-
-def _to_cpu(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu().clone()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj
-
-
-def _plain(obj: Any) -> Any:
-    """Hyperparameters as types ``torch.load(weights_only=True)`` accepts (dataclasses become dicts)."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_plain(v) for v in obj)
-    if obj is None:
-        return None
-    for kind in (bool, int, float, str):  # exact builtins: subclasses (TorchVersion, enums) would pickle as globals
-        if isinstance(obj, kind):
-            return kind(obj)
-    raise TypeError(f"hyperparameter value {obj!r} is not a plain type")
-
-
-def _plain_or_none(hparams: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Plain hyperparameters, or None when one is not (replay then says it cannot rebuild the model)."""
-    if hparams is None:
-        return None
-    try:
-        return _plain({k: v for k, v in hparams.items() if not str(k).startswith("_")})
-    except TypeError:
-        return None
-
-
 def _median_of(ordered: list[float]) -> float:
     """The median of an ascending list: its middle value, or the mean of its middle two."""
     mid = len(ordered) // 2
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-
-
-def _sortable(value: float) -> float:
-    return math.inf if math.isnan(value) else value
-
-
-def _json_float(value: float | None) -> float | str | None:
-    """JSON has no inf/nan: write them as the strings ``"inf"``, ``"-inf"``, ``"nan"``."""
-    if value is None or math.isfinite(value):
-        return value
-    return str(value)
-
-
-def _markdown(event: dict[str, Any]) -> str:
-    text = " | ".join(f"**{k}**: {v}" for k, v in event.items() if k != "diagnosis")
-    if "diagnosis" in event:
-        text += "\n\n" + diagnose_module.markdown(event["diagnosis"])
-    return text

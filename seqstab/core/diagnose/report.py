@@ -1,0 +1,111 @@
+"""A diagnosis at an event (and again at replay), and how it reads: console lines and TensorBoard markdown."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+
+from seqstab.core.diagnose.findings import (
+    FLOW_EVERY,
+    IMPLICATED,
+    Finding,
+    data_finding,
+    flow_profile,
+    optimizer_finding,
+    rank,
+    time_and_depth,
+)
+from seqstab.core.diagnose.remedies import Remedies, remedies_for
+from seqstab.core.diagnose.tracker import Tracker, inputs_of
+
+
+def diagnose_event(run: Any, update: Any, tracker: Tracker) -> dict[str, Any]:
+    """The diagnosis of ``update`` (a guard event) from the live run: flow measured now, the rest from ``tracker``."""
+    module = run.module
+    clipping = getattr(getattr(module, "core", None), "clipping", None)
+    remedies = remedies_for(run.net, clipping, run.optimizer)
+    if tracker.flow is not None and update.step - tracker.flow[0] < FLOW_EVERY:  # an event storm: measured lately
+        step, time, depth = tracker.flow
+        later = f" (measured at update {step})"
+        time, depth = (Finding(**{**f, "evidence": f["evidence"] + later}) for f in (time, depth))
+    else:
+        time, depth = _flow_findings(run, update, remedies)
+        tracker.flow = (update.step, asdict(time), asdict(depth))
+    x = inputs_of(update.chunk)
+    return rank(
+        [
+            time,
+            depth,
+            optimizer_finding(tracker, module, remedies),
+            data_finding(tracker, x, remedies),
+        ]
+    )
+
+
+def _flow_findings(run: Any, update: Any, remedies: Remedies) -> tuple[Finding, Finding]:
+    """Time and depth from the flow profile of the event's chunk, measured now on the live module."""
+    module = run.module
+    why = "the net offers no recurrent layers to follow (seqstab.nets: recurrent contract)"
+    profile = None
+    if hasattr(module, "chunk_loss") and isinstance(update.chunk, dict):
+        try:
+            profile = flow_profile(run.net, lambda: module.chunk_loss(update.chunk, update.hidden_in)[0])
+        except Exception as err:  # a measurement must never end the run it explains
+            why = f"the flow could not be measured ({type(err).__name__}: {err})"
+    else:
+        why = "measured by python -m seqstab.replay (the run's loss is not a seqstab task's chunk loss)"
+    return time_and_depth(profile, why, remedies)
+
+
+def rediagnose(stored: dict[str, Any] | None, profile: np.ndarray | None, why: str, remedies: Remedies) -> dict:
+    """Replay: the flow findings recomputed from ``profile``, the optimizer and data findings as the run stored them."""
+    time, depth = time_and_depth(profile, why, remedies)
+    kept = {f["mechanism"]: f for f in (stored or {}).get("ranked", [])}
+    others = []
+    for name in ("optimizer", "data"):
+        f = kept.get(name)
+        if f is None:
+            others.append(Finding(name, None, "not recorded in the snapshot"))
+        else:
+            score = f["score"] if not isinstance(f["score"], str) else float(f["score"])
+            others.append(Finding(name, score, f["evidence"], list(f.get("remedies", []))))
+    return rank([time, depth, *others])
+
+
+def lines(diagnosis: dict[str, Any]) -> list[str]:
+    """The diagnosis as console lines: the verdict, then each mechanism with its score, evidence and remedies."""
+    top = diagnosis.get("top")
+    out = [
+        f"why: {top} ({_times(diagnosis['ranked'][0]['score'])} amplification)"
+        if top
+        else "why: no mechanism stands out (none shows a tenfold amplification)"
+    ]
+    for i, f in enumerate(diagnosis["ranked"], 1):
+        out.append(f"  {i}. {f['mechanism']:<9} {_times(f['score']):>10}  {f['evidence']}")
+        if f["remedies"] and f["score"] is not None and _score(f["score"]) >= IMPLICATED:
+            out.append(f"     try: {'; '.join(f['remedies'])}")
+    return out
+
+
+def markdown(diagnosis: dict[str, Any]) -> str:
+    rows = ["| rank | mechanism | amplification | evidence | try |", "|---|---|---|---|---|"]
+    for i, f in enumerate(diagnosis["ranked"], 1):
+        tips = "; ".join(f"`{t}`" for t in f["remedies"]) if f["remedies"] else ""
+        rows.append(f"| {i} | {f['mechanism']} | {_times(f['score'])} | {f['evidence']} | {tips} |")
+    return f"**why**: {diagnosis.get('top') or 'no mechanism stands out'}\n\n" + "\n".join(rows)
+
+
+def _times(score: float | str | None) -> str:
+    if score is None:
+        return "n/a"
+    value = _score(score)
+    if value == math.inf:
+        return "inf"
+    return f"10^{value:.1f}" if abs(value) >= 3 else f"{10**value:.3g}x"
+
+
+def _score(score: float | str) -> float:
+    return float(score)
