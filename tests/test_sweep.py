@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from seqstab.cli.sweep.main import DONE_FILE, Run, Sweep, command, summarize
-from seqstab.cli.sweep.main import main as sweep_main
+from seqstab.cli.sweep import DONE_FILE, Combination, Sweep, command, summarize
+from seqstab.cli.sweep import main as sweep_main
 from seqstab.cli.train import main as train_main
 from tests.helpers import REPO
 
@@ -58,7 +58,7 @@ def test_grid_times_variants_and_pinned_grid_keys(tmp_path):
         + "  short: {data.seq_len: 6, model.net.hidden_size: 4}\n"
         + "  some: {data.seq_len: [12], model.net.hidden_size: 2}\n",
     )
-    runs = Sweep.load(path).runs()
+    runs = Sweep.load(path).combinations()
     assert [r.id for r in runs] == [
         "noclip-seq_len=6",
         "noclip-seq_len=12",
@@ -168,12 +168,12 @@ def test_spike_count_counts_the_guards_spike_and_non_finite_events():
     reasons = ["spike", "non-finite", "max_norm", "spike"]
     events = [{"update": u, "reason": r} for u, r in zip([1, 2, 3, 4], reasons, strict=True)]
     data = {"scalars": {"grad/norm_total": norms}, "events": events, "manifest": None, "done": {"wall_s": 1.0}}
-    row = summarize(Run("r", None, {}), {**data, "failed": None})
+    row = summarize(Combination("r", None, {}), {**data, "failed": None})
     assert row["spike_count"] == 3 and row["first_explosion_step"] == 1
-    quiet = summarize(Run("q", None, {}), {**data, "events": [], "failed": None})
+    quiet = summarize(Combination("q", None, {}), {**data, "events": [], "failed": None})
     assert quiet["spike_count"] == 0
     missing = {"scalars": {}, "events": [], "manifest": None, "done": None, "failed": None}
-    assert summarize(Run("m", None, {}), missing)["spike_count"] is None  # a run that logged nothing: unknown
+    assert summarize(Combination("m", None, {}), missing)["spike_count"] is None  # a run that logged nothing: unknown
 
 
 SHIPPED = sorted((REPO / "configs" / "sweeps").glob("*.yaml"))
@@ -185,7 +185,7 @@ def test_shipped_sweep_variants_parse(path, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     sweep = Sweep.load(path)
     seen = set()
-    for run in sweep.runs():
+    for run in sweep.combinations():
         if run.variant in seen:
             continue
         seen.add(run.variant)
@@ -281,17 +281,19 @@ def test_search_sweep_bisects_each_variant_and_opens_the_report_with_the_stabili
     with open(sweep_dir / "report.csv") as f:
         rows = list(csv.DictReader(f))
     with open(sweep_dir / "stability_map.csv") as f:
-        cells = {c["cell"]: c for c in csv.DictReader(f)}
-    assert list(cells) == ["noclip", "normclip"]
-    for variant, cell in cells.items():
+        combinations = {c["combination"]: c for c in csv.DictReader(f)}
+    assert list(combinations) == ["noclip", "normclip"]
+    for variant, combination in combinations.items():
         first, second = [r for r in rows if r["variant"] == variant]
         assert first["run"] == f"{variant}-lr=1.0" and first["status"] == second["status"] == "done"
         # the second run bisects the half the first one left: above 1 if it met the criterion, below if not
         met = first["criterion"] == "met"
         assert float(second["optimizer.lr"]) == pytest.approx(10**1.5 if met else 10**-1.5, rel=1e-5)
         passed = [float(r["optimizer.lr"]) for r in (first, second) if r["criterion"] == "met"]
-        assert cell["largest"] == (repr(max(passed)) if passed else "") and cell["state"] == "done"
-        assert float(cell["bracket_high"]) / float(cell["bracket_low"]) == pytest.approx(10**1.5, rel=1e-5)
+        assert combination["largest"] == (repr(max(passed)) if passed else "") and combination["state"] == "done"
+        assert float(combination["bracket_high"]) / float(combination["bracket_low"]) == pytest.approx(
+            10**1.5, rel=1e-5
+        )
     report = (sweep_dir / "report.md").read_text()
     assert report.startswith("# Sweep `tiny`\n\n## Stability map: the largest `optimizer.lr` that meets `stable`")
     assert "| variant | largest stable lr | bracket | runs | state |" in report and "| 2/2 | done |" in report
