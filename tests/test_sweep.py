@@ -85,6 +85,13 @@ def test_grid_times_variants_and_pinned_grid_keys(tmp_path):
         ("variants: {'a b': {}}\n", "variant name 'a b'"),
         ("gird: {}\n", "unknown key(s) ['gird']"),
         ("grid: [\n", "not valid YAML"),
+        ("name: ../up\n", "name '../up': must be a plain folder name"),
+        ("grid: {data.seq_len: [6]}\nplot: {x: data.nope}\n", "plot.x 'data.nope': must be a grid key"),
+        ("plot: {y: 1}\n", "plot must be a mapping with keys ['x']"),
+        ("grid: {--data.seq_len: [6]}\n", "key '--data.seq_len': must be a dotted config key"),
+        ("grid: {data.seq_len: [6], data.init_args.seq_len: [7]}\n", "'data.init_args.seq_len' set the same"),
+        ("variants: {yes: {}}\n", "variant name True (read from YAML as a bool): quote it"),
+        ("variants: [a, b]\n", "each list item must be one name"),
     ],
 )
 def test_bad_sweep_file_is_a_one_line_error(tmp_path, capsys, text, needle):
@@ -92,6 +99,92 @@ def test_bad_sweep_file_is_a_one_line_error(tmp_path, capsys, text, needle):
     assert sweep_main(["--config", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("seqstab.sweep: error:") and needle in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+NORMCLIP = "{class_path: seqstab.clipping.NormClip, init_args: {max_norm: %s}}"
+
+
+@pytest.mark.parametrize(
+    "variants,grid,named",
+    [
+        # one name twice: PyYAML would keep the last silently (one run where the file lists two)
+        pytest.param(
+            "  normclip: {}\n  normclip: {model.net.hidden_size: 4}\n",
+            "",
+            ["'normclip'", "line 4 and line 5"],
+            id="twice",
+        ),
+        pytest.param(
+            "  - normclip: {}\n  - normclip: {model.net.hidden_size: 4}\n",
+            "",
+            ["'normclip' is listed twice"],
+            id="twice_in_a_list",
+        ),
+        # a grid key set by a variant under another spelling: the variant's value would win, the run be named
+        # after the grid's
+        pytest.param(
+            "  short: {data: {seq_len: 9}}\n",
+            "data.seq_len: [6, 12]",
+            ["'short'", "'data'", "'data.seq_len'"],
+            id="grid_key_as_mapping",
+        ),
+        pytest.param(
+            "  short: {data.init_args.seq_len: 9}\n",
+            "data.seq_len: [6, 12]",
+            ["'short'", "'data.init_args.seq_len'"],
+            id="grid_key_with_init_args",
+        ),
+        # a variant's folder must be a plain folder name beside the report's files
+        pytest.param("  '.': {}\n", "", ["variant name '.'", "plain folder name"], id="dot"),
+        pytest.param("  '..': {}\n", "", ["variant name '..'"], id="dotdot"),
+        pytest.param("  a/b: {}\n", "", ["variant name 'a/b'"], id="slash"),
+        pytest.param("  '': {}\n", "", ["variant name ''"], id="empty"),
+        pytest.param(
+            "  report.md: {}\n", "", ["variant name 'report.md'", "not ending in .md, .csv or .png"], id="report_md"
+        ),
+        pytest.param("  stability_map.csv: {}\n", "", ["variant name 'stability_map.csv'"], id="map_csv"),
+        pytest.param("  norms.png: {}\n", "", ["variant name 'norms.png'"], id="plot_png"),
+        # two combinations, one folder: a class is named by its class name alone; a name that differs in case only
+        pytest.param(
+            "  big: {}\n",
+            f"model.clipping: [{NORMCLIP % 1}, {NORMCLIP % 0.5}]",
+            ["variant 'big' (model.clipping=", "same folder 'big-clipping=NormClip'"],
+            id="class_name",
+        ),
+        pytest.param(
+            "  Clip: {}\n  clip: {model.net.hidden_size: 4}\n",
+            "",
+            ["variant 'Clip'", "variant 'clip'", "ignores case"],
+            id="case",
+        ),
+        # overrides that make no config file: a key set to a value and given keys under it
+        pytest.param(
+            "  deep: {model.net.hidden_size.x: 4}\n",
+            "",
+            ["variant 'deep'", "'hidden_size' is set to a value"],
+            id="not_a_config_file",
+        ),
+    ],
+)
+def test_a_sweep_file_that_would_run_other_runs_than_it_lists_is_refused(tmp_path, capsys, variants, grid, named):
+    """Exit 2, one line naming the sweep file and the variant, and no sweep folder."""
+    grid = f"grid: {{{grid}}}" if grid else "args: {model.net.hidden_size: 8}"
+    path = write_sweep(tmp_path, f"base: base.yaml\n{grid}\nvariants:\n{variants}")
+    assert sweep_main(["--config", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"seqstab.sweep: error: sweep config {path}: "), err
+    assert all(part in err[0] for part in named), err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_variant_pins_a_grid_key_by_its_own_name_and_list_writes_nothing(tmp_path, capsys):
+    """Under the grid's own key a variant pins it (only these values, named after them); ``--list`` runs and
+    writes nothing."""
+    path = write_sweep(tmp_path, TINY + "  short: {data.seq_len: 7}\n")
+    assert sweep_main(["--config", str(path), "--out", str(tmp_path / "out"), "--list"]) == 0
+    listed = [line.split(" ")[0] for line in capsys.readouterr().out.splitlines()]
+    assert listed[-1] == "short-seq_len=7" and len(listed) == 5
     assert not (tmp_path / "out").exists()
 
 

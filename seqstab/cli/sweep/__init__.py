@@ -4,8 +4,9 @@ One job per module:
 
 =================  =====================================================================================
 ``spec``           the sweep file (:class:`Sweep`) and its combinations
+``rules``          what a sweep file may not hold (checked when it is read)
 ``combination``    a combination (:class:`Combination`) and its run id
-``folders``        the files of a sweep folder and a run folder
+``folders``        the files of a sweep folder and a run folder; which names a folder may have
 ``overrides``      a combination's overrides as a config file's nested mapping
 ``command``        a combination as its ``python -m seqstab.train fit`` command line
 ``processes``      running one combination as a child process; the stop switch (:class:`Stop`)

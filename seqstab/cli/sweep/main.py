@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from seqstab.cli.sweep.backends import RayBackend
-from seqstab.cli.sweep.command import command
+from seqstab.cli.sweep.command import command_line
 from seqstab.cli.sweep.driver import run_sweep
 from seqstab.cli.sweep.folders import REPORT_FILE, TRAIN_LOG, is_done
 from seqstab.cli.sweep.plan import Plan
@@ -61,7 +61,7 @@ def parser() -> argparse.ArgumentParser:
         "--cpus-per-run", type=float, default=1, help="ray: CPUs reserved per run, also its torch threads; default 1"
     )
     p.add_argument("--gpus-per-run", type=float, default=0, help="ray: GPUs reserved per run; default 0")
-    p.add_argument("--list", action="store_true", help="print each run's id and command, run nothing")
+    p.add_argument("--list", action="store_true", help="print each run's id and command, run and write nothing")
     p.add_argument("--report-only", action="store_true", help="rewrite the report from the finished runs")
     return p
 
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.list:
             for run in Plan(sweep, sweep_dir).runs():
                 state = "done" if is_done(sweep_dir / run.id) else "todo"
-                print(f"{run.id} [{state}]: {' '.join(command(sweep, run, sweep_dir / run.id)[1:])}")
+                print(f"{run.id} [{state}]: {' '.join(command_line(sweep, run, sweep_dir / run.id)[1:])}")
             return 0
         start = time.perf_counter()
         stop = Stop()
