@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from seqstab.cli.sweep.main import DONE_FILE, Run, Sweep, command, summarize
-from seqstab.cli.sweep.main import main as sweep_main
+from seqstab.cli.sweep import DONE_FILE, Combination, Sweep, command, summarize
+from seqstab.cli.sweep import main as sweep_main
 from seqstab.cli.train import main as train_main
 from tests.helpers import REPO
 
@@ -58,7 +58,7 @@ def test_grid_times_variants_and_pinned_grid_keys(tmp_path):
         + "  short: {data.seq_len: 6, model.net.hidden_size: 4}\n"
         + "  some: {data.seq_len: [12], model.net.hidden_size: 2}\n",
     )
-    runs = Sweep.load(path).runs()
+    runs = Sweep.load(path).combinations()
     assert [r.id for r in runs] == [
         "noclip-seq_len=6",
         "noclip-seq_len=12",
@@ -85,6 +85,13 @@ def test_grid_times_variants_and_pinned_grid_keys(tmp_path):
         ("variants: {'a b': {}}\n", "variant name 'a b'"),
         ("gird: {}\n", "unknown key(s) ['gird']"),
         ("grid: [\n", "not valid YAML"),
+        ("name: ../up\n", "name '../up': must be a plain folder name"),
+        ("grid: {data.seq_len: [6]}\nplot: {x: data.nope}\n", "plot.x 'data.nope': must be a grid key"),
+        ("plot: {y: 1}\n", "plot must be a mapping with keys ['x']"),
+        ("grid: {--data.seq_len: [6]}\n", "key '--data.seq_len': must be a dotted config key"),
+        ("grid: {data.seq_len: [6], data.init_args.seq_len: [7]}\n", "'data.init_args.seq_len' set the same"),
+        ("variants: {yes: {}}\n", "variant name True (read from YAML as a bool): quote it"),
+        ("variants: [a, b]\n", "each list item must be one name"),
     ],
 )
 def test_bad_sweep_file_is_a_one_line_error(tmp_path, capsys, text, needle):
@@ -92,6 +99,92 @@ def test_bad_sweep_file_is_a_one_line_error(tmp_path, capsys, text, needle):
     assert sweep_main(["--config", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("seqstab.sweep: error:") and needle in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+NORMCLIP = "{class_path: seqstab.clipping.NormClip, init_args: {max_norm: %s}}"
+
+
+@pytest.mark.parametrize(
+    "variants,grid,named",
+    [
+        # one name twice: PyYAML would keep the last silently (one run where the file lists two)
+        pytest.param(
+            "  normclip: {}\n  normclip: {model.net.hidden_size: 4}\n",
+            "",
+            ["'normclip'", "line 4 and line 5"],
+            id="twice",
+        ),
+        pytest.param(
+            "  - normclip: {}\n  - normclip: {model.net.hidden_size: 4}\n",
+            "",
+            ["'normclip' is listed twice"],
+            id="twice_in_a_list",
+        ),
+        # a grid key set by a variant under another spelling: the variant's value would win, the run be named
+        # after the grid's
+        pytest.param(
+            "  short: {data: {seq_len: 9}}\n",
+            "data.seq_len: [6, 12]",
+            ["'short'", "'data'", "'data.seq_len'"],
+            id="grid_key_as_mapping",
+        ),
+        pytest.param(
+            "  short: {data.init_args.seq_len: 9}\n",
+            "data.seq_len: [6, 12]",
+            ["'short'", "'data.init_args.seq_len'"],
+            id="grid_key_with_init_args",
+        ),
+        # a variant's folder must be a plain folder name beside the report's files
+        pytest.param("  '.': {}\n", "", ["variant name '.'", "plain folder name"], id="dot"),
+        pytest.param("  '..': {}\n", "", ["variant name '..'"], id="dotdot"),
+        pytest.param("  a/b: {}\n", "", ["variant name 'a/b'"], id="slash"),
+        pytest.param("  '': {}\n", "", ["variant name ''"], id="empty"),
+        pytest.param(
+            "  report.md: {}\n", "", ["variant name 'report.md'", "not ending in .md, .csv or .png"], id="report_md"
+        ),
+        pytest.param("  stability_map.csv: {}\n", "", ["variant name 'stability_map.csv'"], id="map_csv"),
+        pytest.param("  norms.png: {}\n", "", ["variant name 'norms.png'"], id="plot_png"),
+        # two combinations, one folder: a class is named by its class name alone; a name that differs in case only
+        pytest.param(
+            "  big: {}\n",
+            f"model.clipping: [{NORMCLIP % 1}, {NORMCLIP % 0.5}]",
+            ["variant 'big' (model.clipping=", "same folder 'big-clipping=NormClip'"],
+            id="class_name",
+        ),
+        pytest.param(
+            "  Clip: {}\n  clip: {model.net.hidden_size: 4}\n",
+            "",
+            ["variant 'Clip'", "variant 'clip'", "ignores case"],
+            id="case",
+        ),
+        # overrides that make no config file: a key set to a value and given keys under it
+        pytest.param(
+            "  deep: {model.net.hidden_size.x: 4}\n",
+            "",
+            ["variant 'deep'", "'hidden_size' is set to a value"],
+            id="not_a_config_file",
+        ),
+    ],
+)
+def test_a_sweep_file_that_would_run_other_runs_than_it_lists_is_refused(tmp_path, capsys, variants, grid, named):
+    """Exit 2, one line naming the sweep file and the variant, and no sweep folder."""
+    grid = f"grid: {{{grid}}}" if grid else "args: {model.net.hidden_size: 8}"
+    path = write_sweep(tmp_path, f"base: base.yaml\n{grid}\nvariants:\n{variants}")
+    assert sweep_main(["--config", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"seqstab.sweep: error: sweep config {path}: "), err
+    assert all(part in err[0] for part in named), err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_variant_pins_a_grid_key_by_its_own_name_and_list_writes_nothing(tmp_path, capsys):
+    """Under the grid's own key a variant pins it (only these values, named after them); ``--list`` runs and
+    writes nothing."""
+    path = write_sweep(tmp_path, TINY + "  short: {data.seq_len: 7}\n")
+    assert sweep_main(["--config", str(path), "--out", str(tmp_path / "out"), "--list"]) == 0
+    listed = [line.split(" ")[0] for line in capsys.readouterr().out.splitlines()]
+    assert listed[-1] == "short-seq_len=7" and len(listed) == 5
     assert not (tmp_path / "out").exists()
 
 
@@ -168,12 +261,12 @@ def test_spike_count_counts_the_guards_spike_and_non_finite_events():
     reasons = ["spike", "non-finite", "max_norm", "spike"]
     events = [{"update": u, "reason": r} for u, r in zip([1, 2, 3, 4], reasons, strict=True)]
     data = {"scalars": {"grad/norm_total": norms}, "events": events, "manifest": None, "done": {"wall_s": 1.0}}
-    row = summarize(Run("r", None, {}), {**data, "failed": None})
+    row = summarize(Combination("r", None, {}), {**data, "failed": None})
     assert row["spike_count"] == 3 and row["first_explosion_step"] == 1
-    quiet = summarize(Run("q", None, {}), {**data, "events": [], "failed": None})
+    quiet = summarize(Combination("q", None, {}), {**data, "events": [], "failed": None})
     assert quiet["spike_count"] == 0
     missing = {"scalars": {}, "events": [], "manifest": None, "done": None, "failed": None}
-    assert summarize(Run("m", None, {}), missing)["spike_count"] is None  # a run that logged nothing: unknown
+    assert summarize(Combination("m", None, {}), missing)["spike_count"] is None  # a run that logged nothing: unknown
 
 
 SHIPPED = sorted((REPO / "configs" / "sweeps").glob("*.yaml"))
@@ -185,7 +278,7 @@ def test_shipped_sweep_variants_parse(path, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     sweep = Sweep.load(path)
     seen = set()
-    for run in sweep.runs():
+    for run in sweep.combinations():
         if run.variant in seen:
             continue
         seen.add(run.variant)
@@ -281,17 +374,19 @@ def test_search_sweep_bisects_each_variant_and_opens_the_report_with_the_stabili
     with open(sweep_dir / "report.csv") as f:
         rows = list(csv.DictReader(f))
     with open(sweep_dir / "stability_map.csv") as f:
-        cells = {c["cell"]: c for c in csv.DictReader(f)}
-    assert list(cells) == ["noclip", "normclip"]
-    for variant, cell in cells.items():
+        combinations = {c["combination"]: c for c in csv.DictReader(f)}
+    assert list(combinations) == ["noclip", "normclip"]
+    for variant, combination in combinations.items():
         first, second = [r for r in rows if r["variant"] == variant]
         assert first["run"] == f"{variant}-lr=1.0" and first["status"] == second["status"] == "done"
         # the second run bisects the half the first one left: above 1 if it met the criterion, below if not
         met = first["criterion"] == "met"
         assert float(second["optimizer.lr"]) == pytest.approx(10**1.5 if met else 10**-1.5, rel=1e-5)
         passed = [float(r["optimizer.lr"]) for r in (first, second) if r["criterion"] == "met"]
-        assert cell["largest"] == (repr(max(passed)) if passed else "") and cell["state"] == "done"
-        assert float(cell["bracket_high"]) / float(cell["bracket_low"]) == pytest.approx(10**1.5, rel=1e-5)
+        assert combination["largest"] == (repr(max(passed)) if passed else "") and combination["state"] == "done"
+        assert float(combination["bracket_high"]) / float(combination["bracket_low"]) == pytest.approx(
+            10**1.5, rel=1e-5
+        )
     report = (sweep_dir / "report.md").read_text()
     assert report.startswith("# Sweep `tiny`\n\n## Stability map: the largest `optimizer.lr` that meets `stable`")
     assert "| variant | largest stable lr | bracket | runs | state |" in report and "| 2/2 | done |" in report

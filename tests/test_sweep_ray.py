@@ -8,7 +8,7 @@ import csv
 
 import pytest
 
-from seqstab.cli.sweep.main import main as sweep_main
+from seqstab.cli.sweep import main as sweep_main
 from tests.test_sweep import write_sweep
 
 ray = pytest.importorskip("ray")

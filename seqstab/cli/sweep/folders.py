@@ -1,0 +1,50 @@
+"""The files of a sweep folder and of a run folder in it, and which names a folder of the sweep may have.
+
+::
+
+    <out>/<name>/                   the sweep folder
+        report.md  report.csv       the report (report.py); a search's stability_map.csv too
+        *.png                       the plots (plots.py, stability_map.py)
+        <run id>/                   one combination (combination.py): overrides.yaml, train.log, the run's own
+                                    files (TensorBoard events, config.yaml, manifest.json, explosions.jsonl,
+                                    checkpoints), then done.json or failed.json
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from seqstab.core.errors import ConfigError
+
+DONE_FILE = "done.json"  # a run that exited 0: skipped when the sweep is started again
+FAILED_FILE = "failed.json"  # a run that exited non-zero: run again when the sweep is started again
+OVERRIDES_FILE = "overrides.yaml"  # the run's overrides, the config file read after the base
+TRAIN_LOG = "train.log"  # the run's stdout and stderr
+REPORT_FILE = "report.md"
+REPORT_CSV = "report.csv"
+MAP_CSV = "stability_map.csv"
+REPORT_SUFFIXES = (".md", ".csv", ".png")  # the report's own files in the sweep folder
+FOLDER_NAME = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9_.+-]*")
+
+
+def is_done(run_dir: Path) -> bool:
+    """Whether the run in ``run_dir`` finished (exit 0)."""
+    return (run_dir / DONE_FILE).is_file()
+
+
+def check_folder_name(what: str, name: str, beside_report: bool = True) -> None:
+    """Refuse a ``name`` that is not a plain folder name; ``beside_report``: one that could be a report's file.
+
+    Args:
+        what: The setting, for the message (``variant 'x'``, ``name``).
+        name: The folder name.
+        beside_report: The folder lies in the sweep folder, beside the report's files.
+    """
+    reserved = beside_report and name.lower().endswith(REPORT_SUFFIXES)
+    if not FOLDER_NAME.fullmatch(name) or reserved:
+        suffixes = ", ".join(REPORT_SUFFIXES[:-1]) + f" or {REPORT_SUFFIXES[-1]}"
+        rule = f"; not ending in {suffixes} (the report's files)" if beside_report else ""
+        raise ConfigError(
+            f"{what} {name!r}: must be a plain folder name: letters, digits and _ . + -, not starting with '.'{rule}"
+        )
