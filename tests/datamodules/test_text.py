@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-import datamodules.text as text_module
+import datamodules.text.tokens as tokens_module
 from datamodules.base import batchify
 from datamodules.text import PennTreebank, TextFiles, TinyShakespeare, Vocab, WikiText2, tokenize, word_tokens
 from seqstab.core.errors import ConfigError, DataError
@@ -133,7 +133,7 @@ def test_tokenized_corpus_is_cached_by_content_and_settings(tmp_path, monkeypatc
     def no_tokenizing(*args, **kwargs):
         raise AssertionError("tokenized again despite the cache")
 
-    monkeypatch.setattr(text_module, "tokenize", no_tokenizing)
+    monkeypatch.setattr(tokens_module, "tokenize", no_tokenizing)
     again = TextFiles(train, valid, test, cache_dir=str(cache)).corpus
     assert again.vocab.itos == first.vocab.itos and torch.equal(again.streams["train"], first.streams["train"])
     with pytest.raises(AssertionError, match="tokenized again"):
