@@ -46,18 +46,22 @@ def decode_text(raw: bytes, name: str) -> str:
     return normalize(text)
 
 
-def text_lines(path: str | Path) -> Iterator[str]:
-    """The lines of a UTF-8 text file as they are read (each ends with ``\\n``, but perhaps the last): memory for one
-    line at a time, not the file. The same errors as :func:`read_text`, raised when the reader reaches them."""
+def text_lines(path: str | Path, max_line: int | None = None) -> Iterator[str]:
+    """The lines of a UTF-8 text file as they are read (each ends with ``\n``, but perhaps the last): memory for one
+    line at a time, not the file. The same errors as :func:`read_text`, raised when the reader reaches them, and a
+    line longer than ``max_line`` characters is one too (None: no limit)."""
     path = Path(path)
     try:
-        binary = open(path, "rb")  # noqa: SIM115 -- closed by the with below, in the generator
+        binary = open(path, "rb")  # noqa: SIM115 -- closed with the text wrapper below
     except OSError as err:
         raise DataError(_unreadable(path, err)) from None
-    blank = True
+    blank, number = True, 0
     with io.TextIOWrapper(binary, encoding="utf-8-sig", newline=None) as text:  # universal newlines, no BOM
         try:
-            for line in text:
+            while line := text.readline(-1 if max_line is None else max_line + 1):
+                number += 1
+                if max_line is not None and len(line) - line.endswith("\n") > max_line:
+                    raise DataError(f"{path} line {number}: longer than {max_line:,} characters; is it a text file?")
                 blank = blank and not line.strip()
                 yield line
         except UnicodeDecodeError:
