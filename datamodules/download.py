@@ -28,6 +28,7 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from seqstab.core.errors import DataError
+from seqstab.core.io import atomic_file
 
 __all__ = ["CACHE_ENV", "Remote", "cache_root", "extract", "fetch", "file_digest"]
 
@@ -86,48 +87,46 @@ def fetch(remote: Remote, dest: Path, timeout: float = 60.0) -> Path:
     dest = Path(dest)
     if dest.is_file():
         return dest  # only verified downloads are ever renamed to a final name
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    digests = {"sha256": hashlib.sha256(), "md5": hashlib.md5()}
     try:
-        received = 0
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(remote.url, timeout=timeout) as response:
-            length = response.headers.get("Content-Length")
-            total = int(length) if length is not None and length.isdigit() else None
-            with progress(total, f"downloading {remote.filename}") as bar:
-                for block in iter(lambda: response.read(1 << 16), b""):
-                    out.write(block)
-                    received += len(block)
-                    bar.update(len(block))
-                    for digest in digests.values():
-                        digest.update(block)
-        if length is not None and length.isdigit() and received != int(length):
-            raise DataError(
-                f"could not download {remote.url}: the server announced {int(length):,} bytes and sent "
-                f"{received:,} (the connection broke?); nothing was written to {dest.parent}"
-            )
-        for algorithm in ("sha256", "md5"):
-            expected = getattr(remote, algorithm)
-            got = digests[algorithm].hexdigest()
-            if expected is not None and got != expected.lower():
-                raise DataError(
-                    f"checksum mismatch for {remote.url}: {algorithm} is {got}, expected {expected}; "
-                    f"nothing was written to {dest.parent}"
-                )
-        os.replace(tmp, dest)
+        with atomic_file(dest, sweep=False) as out, urllib.request.urlopen(remote.url, timeout=timeout) as response:
+            _receive(remote, response, out, dest)
+    except DataError:
+        raise
     except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as err:
-        tmp.unlink(missing_ok=True)
-        if isinstance(err, DataError):
-            raise
         reason = getattr(err, "reason", None) or err
         raise DataError(
             f"could not download {remote.url}: {reason}; place the file at {dest} yourself or use a local copy"
         ) from err
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return dest
+
+
+def _receive(remote: Remote, response, out, dest: Path) -> None:
+    """Copy the body of ``response`` to ``out``, then check its length and checksums (a :class:`DataError` if not:
+    the file is not kept)."""
+    digests = {"sha256": hashlib.sha256(), "md5": hashlib.md5()}
+    received = 0
+    length = response.headers.get("Content-Length")
+    total = int(length) if length is not None and length.isdigit() else None
+    with progress(total, f"downloading {remote.filename}") as bar:
+        for block in iter(lambda: response.read(1 << 16), b""):
+            out.write(block)
+            received += len(block)
+            bar.update(len(block))
+            for digest in digests.values():
+                digest.update(block)
+    if total is not None and received != total:
+        raise DataError(
+            f"could not download {remote.url}: the server announced {total:,} bytes and sent "
+            f"{received:,} (the connection broke?); nothing was written to {dest.parent}"
+        )
+    for algorithm in ("sha256", "md5"):
+        expected = getattr(remote, algorithm)
+        got = digests[algorithm].hexdigest()
+        if expected is not None and got != expected.lower():
+            raise DataError(
+                f"checksum mismatch for {remote.url}: {algorithm} is {got}, expected {expected}; "
+                f"nothing was written to {dest.parent}"
+            )
 
 
 def extract(archive: Path, dest: Path) -> Path:

@@ -1,6 +1,8 @@
 """Synthetic long-range tasks: sequence length ``T`` is a dial, data is a pure function of the seed.
 
-Every task exposes its chance baseline in ``spec.chance_loss`` so a result reads against it.
+Every task exposes its chance baseline in ``spec.chance_loss`` so a result reads against it. Every task can plant a
+data outlier: ``spike_batch`` / ``spike_scale`` scale one training batch (``configs/explode/cause_data.yaml``: the
+explosion guard stops there and its diagnosis names the data).
 """
 
 from __future__ import annotations
@@ -8,14 +10,18 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, TensorDataset
 
 from datamodules.base import DataSpec, SeqDataModule
-from seqstab.core.errors import ConfigError, check_non_negative, check_positive
+from seqstab.core.errors import ConfigError, check_count, check_non_negative, check_positive
+
+__all__ = ["AddingProblem", "CopyingMemory", "TemporalOrder"]
 
 
 class _SampledTask(SeqDataModule):
     """Train/val/test sets drawn once from ``seed``; subclasses implement :meth:`sample`."""
+
+    min_seq_len = 1  # the shortest sequence the task is defined for
 
     def __init__(
         self,
@@ -26,11 +32,22 @@ class _SampledTask(SeqDataModule):
         batch_size: int = 64,
         seed: int = 0,
         num_workers: int = 0,
+        spike_batch: int | None = None,
+        spike_scale: float | None = None,
     ):
         super().__init__()
         check_positive(seq_len=seq_len, num_train=num_train, num_val=num_val, num_test=num_test, batch_size=batch_size)
         check_non_negative(num_workers=num_workers)
+        if seq_len < self.min_seq_len:
+            raise ConfigError(f"seq_len={seq_len}: {type(self).__name__} needs at least {self.min_seq_len} steps")
+        check_count("spike_batch", spike_batch, minimum=0)
+        if (spike_batch is None) != (spike_scale is None):
+            given, missing = ("spike_batch", "spike_scale") if spike_scale is None else ("spike_scale", "spike_batch")
+            raise ConfigError(f"{given} is set but {missing} is not: a planted spike needs both")
+        if spike_scale is not None and not math.isfinite(spike_scale):
+            raise ConfigError(f"spike_scale={spike_scale!r}: must be finite")
         self.seq_len, self.batch_size, self.num_workers = seq_len, batch_size, num_workers
+        self.spike_batch, self.spike_scale = spike_batch, spike_scale
         g = torch.Generator().manual_seed(seed)  # one generator, fixed order: the data is a function of the seed
         sizes = {"train": num_train, "val": num_val, "test": num_test}
         self.splits = {split: self.sample(n, g) for split, n in sizes.items()}  # split -> (x, y, mask)
@@ -42,6 +59,11 @@ class _SampledTask(SeqDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         x, y, mask = self.splits[split]
         dataset = TensorDataset(x, y, mask)
+        if split == "train" and self.spike_batch is not None:
+            batches = _SpikedBatches(RandomSampler(dataset), self.batch_size, self.spike_batch, self.spike_scale)
+            return DataLoader(
+                _Spiked(dataset), batch_sampler=batches, num_workers=self.num_workers, collate_fn=_as_dict
+            )
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -68,6 +90,40 @@ def _as_dict(items: list[tuple[torch.Tensor, ...]]) -> dict[str, torch.Tensor]:
     return {"x": x, "y": y, "mask": mask}
 
 
+class _SpikedBatches(BatchSampler):
+    """The batches a shuffled ``DataLoader`` would draw (the same order, from the same random stream), each index
+    paired with a scale: ``spike_scale`` in the ``spike_batch``-th batch drawn (0-based, counted across epochs), 1
+    elsewhere. It runs in the main process, so worker processes do not each count their own batches."""
+
+    def __init__(self, sampler: RandomSampler, batch_size: int, spike_batch: int, spike_scale: float):
+        super().__init__(sampler, batch_size, drop_last=False)
+        self.spike_batch, self.spike_scale, self.drawn = spike_batch, spike_scale, 0
+
+    def __iter__(self):
+        for indices in super().__iter__():
+            scale = self.spike_scale if self.drawn == self.spike_batch else None
+            self.drawn += 1
+            yield [(i, scale) for i in indices]
+
+
+class _Spiked(Dataset):
+    """A ``(x, y, mask)`` dataset read by ``(index, scale)``: with a scale, ``x`` (and ``y`` where it holds values,
+    not classes) multiplied by it."""
+
+    def __init__(self, dataset: TensorDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, float | None]) -> tuple[torch.Tensor, ...]:
+        index, scale = item
+        x, y, mask = self.dataset[index]
+        if scale is None:
+            return x, y, mask
+        return x * scale, y * scale if y.is_floating_point() else y, mask
+
+
 class AddingProblem(_SampledTask):
     """The adding problem (Hochreiter & Schmidhuber 1997): sum the two marked numbers among ``seq_len``.
 
@@ -83,6 +139,9 @@ class AddingProblem(_SampledTask):
         batch_size: Sequences per batch.
         seed: Seed of the data; the same seed gives the same sequences.
         num_workers: DataLoader worker processes.
+        spike_batch: Plant a data outlier: this training batch (0-based, counted across the epochs of this process) has
+            its inputs and targets multiplied by ``spike_scale``; None (default): no outlier.
+        spike_scale: The outlier's factor (with ``spike_batch``), e.g. ``1e4``.
     """
 
     def sample(self, n: int, g: torch.Generator) -> tuple[torch.Tensor, ...]:
@@ -129,6 +188,9 @@ class CopyingMemory(_SampledTask):
         batch_size: Sequences per batch.
         seed: Seed of the data; the same seed gives the same sequences.
         num_workers: DataLoader worker processes.
+        spike_batch: Plant a data outlier: this training batch (0-based, counted across the epochs of this process) has
+            its inputs multiplied by ``spike_scale`` (the targets are classes: unchanged); None (default): no outlier.
+        spike_scale: The outlier's factor (with ``spike_batch``), e.g. ``1e4``.
     """
 
     def __init__(
@@ -142,10 +204,12 @@ class CopyingMemory(_SampledTask):
         batch_size: int = 64,
         seed: int = 0,
         num_workers: int = 0,
+        spike_batch: int | None = None,
+        spike_scale: float | None = None,
     ):
         check_positive(copy_length=copy_length, num_symbols=num_symbols)
         self.copy_length, self.num_symbols = copy_length, num_symbols
-        super().__init__(seq_len, num_train, num_val, num_test, batch_size, seed, num_workers)
+        super().__init__(seq_len, num_train, num_val, num_test, batch_size, seed, num_workers, spike_batch, spike_scale)
 
     def sample(self, n: int, g: torch.Generator) -> tuple[torch.Tensor, ...]:
         t, k, blank = self.seq_len, self.copy_length, self.num_symbols
@@ -183,21 +247,12 @@ class TemporalOrder(_SampledTask):
         batch_size: Sequences per batch.
         seed: Seed of the data; the same seed gives the same sequences.
         num_workers: DataLoader worker processes.
+        spike_batch: Plant a data outlier: this training batch (0-based, counted across the epochs of this process) has
+            its inputs multiplied by ``spike_scale`` (the targets are classes: unchanged); None (default): no outlier.
+        spike_scale: The outlier's factor (with ``spike_batch``), e.g. ``1e4``.
     """
 
-    def __init__(
-        self,
-        seq_len: int = 100,
-        num_train: int = 10_000,
-        num_val: int = 1_000,
-        num_test: int = 1_000,
-        batch_size: int = 64,
-        seed: int = 0,
-        num_workers: int = 0,
-    ):
-        if seq_len < 10:
-            raise ConfigError(f"seq_len={seq_len}: the temporal order task needs at least 10 steps")
-        super().__init__(seq_len, num_train, num_val, num_test, batch_size, seed, num_workers)
+    min_seq_len = 10
 
     def sample(self, n: int, g: torch.Generator) -> tuple[torch.Tensor, ...]:
         t = self.seq_len

@@ -473,10 +473,13 @@ def quiet(subcommand: str) -> None:
 
 
 def _trained() -> bool:
-    """Whether the CLI of this process got as far as an update (after which its run directory is the user's)."""
+    """Whether the CLI of this process got as far as an update (after which its run directory is the user's); a resume
+    refused while its checkpoint is restored (the update count restored, no batch drawn yet) did not."""
     model = getattr(SeqstabCLI.current, "model", None)
     core = getattr(model, "core", None)
-    return core is not None and core.updates > 0
+    loop = getattr(getattr(SeqstabCLI.current, "trainer", None), "fit_loop", None)
+    drawn = loop is None or loop.epoch_loop.batch_progress.total.ready > 0
+    return core is not None and core.updates > 0 and drawn
 
 
 def _run_roots(args: list[str]) -> list[str]:

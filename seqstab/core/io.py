@@ -8,9 +8,10 @@ What makes a resume bitwise exact, and where each piece lives::
     position within the epoch (+ the RNG state its   ResumableLoader.state_dict  -> checkpoint["loops"] (Lightning
       batch order was drawn from)                                                   stores stateful loaders there)
 
-This module holds the pieces that need no Lightning: atomic writes (:func:`save`, :func:`write_text`), the safe
-loader (:func:`load`), the one RNG-state capture (:func:`rng_state`), the resumable and quiet loaders and the shape
-check. The Lightning side (``AtomicCheckpointIO``, the resume callback) is :mod:`seqstab.resume`.
+This module holds the pieces that need no Lightning: atomic writes (:func:`atomic_file`, and :func:`save`,
+:func:`write_text` through it), the safe loader (:func:`load`), the one RNG-state capture (:func:`rng_state`), the
+shape check and the free-memory reader (:func:`available_memory`). The Lightning side (``AtomicCheckpointIO``, the
+resume callback) is :mod:`seqstab.resume`.
 
 * :func:`save` writes to a temporary file in the target's directory, fsyncs it and ``os.replace``-s it over the
   target: a kill during a save leaves the previous file whole. :func:`load` is ``torch.load(weights_only=True)``
@@ -29,15 +30,27 @@ import pickle
 import random
 import re
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 
 from seqstab.core.errors import SeqstabError
 
-__all__ = ["CheckpointError", "check_shapes", "load", "rng_state", "save", "set_rng_state", "write_text"]
+__all__ = [
+    "CheckpointError",
+    "atomic_file",
+    "available_memory",
+    "check_shapes",
+    "load",
+    "rng_state",
+    "save",
+    "set_rng_state",
+    "write_text",
+]
 
 
 class CheckpointError(SeqstabError):
@@ -53,22 +66,36 @@ def save(obj: Any, path: str | os.PathLike) -> None:
     Readers see the old file or the new one, never a part; a kill mid-write leaves at most a hidden
     ``.<name>.*.part`` file behind.
     """
-    _write_atomically(Path(path), lambda f: torch.save(obj, f))
+    with atomic_file(path) as f:
+        torch.save(obj, f)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically, as :func:`save` does."""
-    _write_atomically(Path(path), lambda f: f.write(text.encode()))
+    with atomic_file(path) as f:
+        f.write(text.encode())
 
 
-def _write_atomically(path: Path, write) -> None:
-    """Write through a temporary ``.<name>.*.part`` file; the file gets the mode a plain ``open`` would give it
-    (``0o666`` less the umask, not ``mkstemp``'s ``0o600``); parts a killed save left for ``path`` are removed."""
+@contextmanager
+def atomic_file(path: str | os.PathLike, sweep: bool = True) -> Iterator[BinaryIO]:
+    """A binary file to write ``path`` through: a temporary ``.<name>.*.part`` file beside it that gets ``path``'s
+    name (fsynced, then ``os.replace``) only when the ``with`` block ends without an exception; on an exception it is
+    removed and ``path`` is untouched. The file gets the mode a plain ``open`` would give it (``0o666`` less the
+    umask, not ``mkstemp``'s ``0o600``). The one atomic writer of seqstab: checkpoints, snapshots, text files, token
+    caches, downloads.
+
+    Args:
+        path: The file to write.
+        sweep: After the rename, remove the ``.part`` files a killed write of ``path`` left. False where several
+            processes may write ``path`` at once (a cache every rank fills, a download): one would remove another's
+            file while it is being written.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
@@ -77,8 +104,9 @@ def _write_atomically(path: Path, write) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
-    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.part"):  # from a save that was killed
-        leftover.unlink(missing_ok=True)
+    if sweep:
+        for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.part"):  # from a write that was killed
+            leftover.unlink(missing_ok=True)
 
 
 def _umask() -> int:
@@ -99,6 +127,31 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory a new allocation can get: Linux ``MemAvailable``, or what a container's memory limit (cgroup
+    v2) leaves when that is less; None where neither can be read. The page cache the kernel can drop counts as
+    free in both."""
+    free = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                free = int(line.split()[1]) * 1024
+                break
+    except (OSError, ValueError, IndexError):
+        pass
+    cgroup = Path("/sys/fs/cgroup")
+    try:
+        limit = (cgroup / "memory.max").read_text().strip()
+        if limit != "max":
+            stat = dict(line.split() for line in (cgroup / "memory.stat").read_text().splitlines())
+            used = int((cgroup / "memory.current").read_text()) - int(stat.get("inactive_file", 0))
+            left = max(int(limit) - used, 0)
+            free = left if free is None else min(free, left)
+    except (OSError, ValueError):
+        pass
+    return free
 
 
 def load(path: str | os.PathLike, map_location: Any = "cpu", kind: str = "checkpoint") -> Any:

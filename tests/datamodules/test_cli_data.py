@@ -7,6 +7,7 @@ the test budget; the user-module run is a real subprocess with the module's fold
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 from pathlib import Path
@@ -112,3 +113,22 @@ def test_bad_data_is_one_line_on_the_command_line(in_tmp, capsys):
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("seqstab.train: error:")]
     assert len(errors) == 1 and f"{missing}: no such file" in errors[0]
     assert not (in_tmp / "runs").exists()
+
+
+def test_the_planted_data_spike_demo_needs_nothing_from_the_tests(in_tmp):
+    """``configs/explode/cause_data.yaml`` as the README runs it, from a folder that is not a checkout and with a
+    ``tests`` package that cannot be imported (an installed seqstab has none): the guard stops at the planted batch
+    and its diagnosis names the data."""
+    shadow = in_tmp / "shadow" / "tests"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('no tests package where seqstab is installed')\n")
+    path = os.pathsep.join(p for p in (str(shadow.parent), os.environ.get("PYTHONPATH", "")) if p)
+    result = run_cli(
+        "fit", "-c", str(REPO / "configs/explode/cause_data.yaml"), "--trainer.limit_val_batches", "1", *QUIET,
+        cwd=in_tmp, PYTHONPATH=path, OMP_NUM_THREADS="1",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (in_tmp / "runs").glob("*/version_*")
+    (event,) = [json.loads(line) for line in (run_dir / "explosions.jsonl").read_text().splitlines()]
+    assert (event["update"], event["action"], event["diagnosis"]["top"]) == (8, "stop", "data")
+    assert "seqstab: why: data (" in result.stdout

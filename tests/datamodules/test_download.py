@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import http.server
 import io
+import os
+import stat
 import tarfile
 import threading
 import zipfile
@@ -242,3 +244,22 @@ def test_the_process_that_loses_an_extraction_race_uses_the_winners_result(tmp_p
     monkeypatch.setattr(download.os, "replace", the_other_process_won)
     assert (extract(archive, dest) / "corpus" / "train.txt").read_text() == "x\n"
     assert sorted(p.name for p in dest.parent.iterdir()) == ["corpus"]  # the loser's copy is gone
+
+
+def _plain_mode() -> int:
+    umask = os.umask(0)  # reading the umask means setting it: put it straight back
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def test_a_download_is_written_like_any_seqstab_file_and_spares_another_writers_part(server, tmp_path):
+    """Through core.io.atomic_file: the mode a plain open gives (a shared cache stays readable, not mkstemp's 0o600),
+    and a download of the same file under way in another process keeps its temporary file."""
+    (server.root / "data.txt").write_bytes(b"hello\n")
+    dest = tmp_path / "cache" / "data.txt"
+    dest.parent.mkdir()
+    other = dest.parent / ".data.txt.x1y2z3.part"  # another process, mid-download
+    other.write_bytes(b"hel")
+    fetch(Remote(server.url("data.txt")), dest)
+    assert dest.read_bytes() == b"hello\n" and stat.S_IMODE(dest.stat().st_mode) == _plain_mode()
+    assert other.read_bytes() == b"hel"

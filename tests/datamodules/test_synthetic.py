@@ -6,8 +6,9 @@ import math
 
 import pytest
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
-from datamodules.synthetic import AddingProblem, CopyingMemory, TemporalOrder
+from datamodules.synthetic import AddingProblem, CopyingMemory, TemporalOrder, _as_dict
 from seqstab.core.errors import ConfigError
 
 SMALL = {"num_train": 64, "num_val": 16, "num_test": 16}
@@ -71,3 +72,59 @@ def test_batches_follow_the_contract():
     batch = next(iter(CopyingMemory(seq_len=5, batch_size=8, **SMALL).train_dataloader()))
     assert batch["x"].shape == (8, 25, 10) and batch["x"].dtype == torch.float32
     assert batch["y"].shape == (8, 25) and batch["mask"].dtype == torch.bool
+
+
+# -- a planted data outlier: spike_batch / spike_scale ------------------------------------------------------------
+
+
+def _fixture_batches(dm: AddingProblem, spike_batch: int, spike_scale: float, epochs: int) -> list[dict]:
+    """The batches the former test fixture (tests.datamodules.spiked.SpikedAdding) made: a shuffled loader whose
+    collate scaled the ``spike_batch``-th batch of the run, counted across epochs."""
+    loader = DataLoader(TensorDataset(*dm.splits["train"]), batch_size=dm.batch_size, shuffle=True, collate_fn=_as_dict)
+    batches = [batch for _ in range(epochs) for batch in loader]
+    spiked = batches[spike_batch]
+    spiked["x"], spiked["y"] = spiked["x"] * spike_scale, spiked["y"] * spike_scale
+    return batches
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_planted_spike_makes_the_batches_the_fixture_made(workers):
+    """Two epochs of 5 batches, the spike in the second epoch: every batch bitwise the fixture's, also when worker
+    processes collate (each would have counted its own batches in the fixture)."""
+    kwargs = {"seq_len": 20, "num_train": 160, "num_val": 8, "num_test": 8, "batch_size": 32}
+    torch.manual_seed(0)
+    expected = _fixture_batches(AddingProblem(**kwargs), spike_batch=7, spike_scale=1e4, epochs=2)
+    dm = AddingProblem(**kwargs, spike_batch=7, spike_scale=1e4, num_workers=workers)
+    torch.manual_seed(0)
+    loader = dm.train_dataloader()
+    got = [batch for _ in range(2) for batch in loader]
+    assert len(got) == len(expected) == 10
+    for i, (a, b) in enumerate(zip(got, expected, strict=True)):
+        assert all(torch.equal(a[k], b[k]) for k in ("x", "y", "mask")), i
+    assert got[7]["x"].abs().max() > 1e3 and all(batch["x"].abs().max() <= 1 for j, batch in enumerate(got) if j != 7)
+    torch.manual_seed(0)
+    plain = [batch for _ in range(2) for batch in AddingProblem(**kwargs).train_dataloader()]
+    assert all(torch.equal(a["x"], b["x"]) for j, (a, b) in enumerate(zip(got, plain, strict=True)) if j != 7)
+
+
+def test_a_spike_on_a_classification_task_scales_the_inputs_not_the_classes():
+    torch.manual_seed(0)
+    (spiked, *_) = CopyingMemory(seq_len=5, batch_size=8, spike_batch=0, spike_scale=100.0, **SMALL).train_dataloader()
+    torch.manual_seed(0)
+    (plain, *_) = CopyingMemory(seq_len=5, batch_size=8, **SMALL).train_dataloader()
+    assert torch.equal(spiked["x"], plain["x"] * 100) and torch.equal(spiked["y"], plain["y"])
+
+
+@pytest.mark.parametrize(
+    "kwargs,needle",
+    [
+        ({"spike_batch": 3}, "spike_batch is set but spike_scale is not: a planted spike needs both"),
+        ({"spike_scale": 1e4}, "spike_scale is set but spike_batch is not: a planted spike needs both"),
+        ({"spike_batch": -1, "spike_scale": 1e4}, "spike_batch=-1: must be an integer >= 0"),
+        ({"spike_batch": 1, "spike_scale": math.inf}, "spike_scale=inf: must be finite"),
+    ],
+)
+def test_a_half_given_spike_is_a_config_error(kwargs, needle):
+    with pytest.raises(ConfigError) as err:
+        AddingProblem(**SMALL, **kwargs)
+    assert needle in str(err.value)

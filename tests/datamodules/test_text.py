@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import sys
 
 import pytest
 import torch
 
-import datamodules.text as text_module
+import datamodules.text.tokens as tokens_module
 from datamodules.base import batchify
 from datamodules.text import PennTreebank, TextFiles, TinyShakespeare, Vocab, WikiText2, tokenize, word_tokens
 from seqstab.core.errors import ConfigError, DataError
@@ -129,11 +131,14 @@ def test_tokenized_corpus_is_cached_by_content_and_settings(tmp_path, monkeypatc
     first = TextFiles(train, valid, test, cache_dir=str(cache)).corpus
     saved = list((cache / "tokens").iterdir())
     assert len(saved) == 1 and not saved[0].name.startswith(".")  # written under a temporary name, then renamed
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(saved[0].stat().st_mode) == 0o666 & ~umask  # core.io.atomic_file's, not mkstemp's 0o600
 
     def no_tokenizing(*args, **kwargs):
         raise AssertionError("tokenized again despite the cache")
 
-    monkeypatch.setattr(text_module, "tokenize", no_tokenizing)
+    monkeypatch.setattr(tokens_module, "tokenize", no_tokenizing)
     again = TextFiles(train, valid, test, cache_dir=str(cache)).corpus
     assert again.vocab.itos == first.vocab.itos and torch.equal(again.streams["train"], first.streams["train"])
     with pytest.raises(AssertionError, match="tokenized again"):
@@ -141,6 +146,16 @@ def test_tokenized_corpus_is_cached_by_content_and_settings(tmp_path, monkeypatc
     (tmp_path / "c" / "train.txt").write_text("a b c\n")
     with pytest.raises(AssertionError, match="tokenized again"):
         _ = TextFiles(train, valid, test, cache_dir=str(cache)).corpus  # other content: other entry
+
+
+def test_an_unreadable_cache_entry_is_tokenized_again(tmp_path):
+    train, valid, test = _write_corpus(tmp_path / "c", "a b\n", "b\n", "a\n")
+    first = TextFiles(train, valid, test, cache_dir=str(tmp_path / "cache")).corpus
+    (entry,) = (tmp_path / "cache" / "tokens").iterdir()
+    entry.write_bytes(b"not a torch file")  # e.g. from a disk that filled up under another tool
+    again = TextFiles(train, valid, test, cache_dir=str(tmp_path / "cache")).corpus
+    assert again.vocab.itos == first.vocab.itos and torch.equal(again.streams["test"], first.streams["test"])
+    assert entry.read_bytes() != b"not a torch file"  # written again
 
 
 def test_penn_treebank_local_directory(tmp_path):

@@ -149,6 +149,14 @@ def test_invalid_utf8_csv_names_the_line(tmp_path):
         _ = CSVSeries(target="v", path=str(path)).spec
 
 
+def test_a_byte_order_mark_and_old_mac_line_ends_read_as_any_csv(tmp_path):
+    path = tmp_path / "s.csv"
+    path.write_bytes("\ufeffv,w\r".encode() + b"".join(f"{i},{i % 3}\r".encode() for i in range(30)))
+    series = CSVSeries(target="v", features=["w"], path=str(path)).load()
+    assert series.columns == ["v", "w"] and series.values[:, 0].tolist() == list(range(30))
+    assert series.lines.tolist() == list(range(2, 32))  # the line each row came from, for messages
+
+
 def test_forward_fill(tmp_path):
     path = _csv(tmp_path, "v\n1\n\n2\nnan\n\n5\n")  # blank lines are skipped, 'nan' is a missing value
     assert CSVSeries(target="v", path=path, missing="ffill").load().values[:, 0].tolist() == [1, 2, 2, 5]
