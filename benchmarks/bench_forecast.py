@@ -142,7 +142,7 @@ def baseline(w: Windows, name: str) -> dict[str, np.ndarray]:
 
 def seqstab_system(w: Windows, name: str, seed: int, path: Path | None, info: dict) -> dict[str, np.ndarray]:
     """Fit through the CLI as a user does, then forecast the val and test windows from the best checkpoint."""
-    from seqstab.tasks.base import Forecaster
+    from seqstab.tasks import Forecaster
 
     config, extra = SEQSTAB[name]
     args = ["-c", str(CONFIGS / config), "--trainer.enable_progress_bar", "false", "--seed_everything", str(seed),

@@ -34,7 +34,7 @@ from datamodules.synthetic import AddingProblem
 from seqstab.core.clipping import NormClip
 from seqstab.core.guard import ExplosionGuard
 from seqstab.nets.recurrent import RecurrentNet
-from seqstab.tasks.base import SequenceRegressor
+from seqstab.tasks import SequenceRegressor
 
 
 def lm_run(rows, vocab_size, updates, warmup, guard) -> list[tuple[float, float]]:

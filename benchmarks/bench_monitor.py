@@ -53,7 +53,7 @@ from seqstab.core.clipping import ClipPolicy, ClipResult, NoClip  # noqa: E402
 from seqstab.core.guard import Action, ExplosionGuard  # noqa: E402
 from seqstab.core.monitor import GradMonitor, render_heatmap  # noqa: E402
 from seqstab.nets.recurrent import RecurrentNet  # noqa: E402
-from seqstab.tasks.base import LanguageModel  # noqa: E402
+from seqstab.tasks import LanguageModel  # noqa: E402
 
 WIKITEXT2 = REPO.parent / "shared" / "data" / "wikitext-2"
 VOCAB = 33_278  # WikiText-2 word types

@@ -55,7 +55,7 @@ from datamodules.base import DataSpec, SeqDataModule, StreamWindows, batchify
 from seqstab.core.clipping import NormClip
 from seqstab.core.monitor import GradMonitor
 from seqstab.nets.recurrent import RecurrentNet
-from seqstab.tasks.base import LanguageModel, SeqTask
+from seqstab.tasks import LanguageModel, SeqTask
 
 BATCH, BPTT, SIZE, LAYERS, DROPOUT, LR, CLIP = 20, 35, 200, 2, 0.2, 20.0, 0.25
 DEVICE = torch.device("cpu")  # --device

@@ -140,7 +140,7 @@ def unbiased_convergence() -> str:
     from seqstab.core import tbptt
     from seqstab.data.module import DataSpec
     from seqstab.nets.recurrent import RecurrentNet
-    from seqstab.tasks.base import SequenceRegressor
+    from seqstab.tasks import SequenceRegressor
 
     torch.manual_seed(0)
     spec = DataSpec(kind="regression", input_size=2, output_size=1, stateful=False)

@@ -46,7 +46,7 @@ from seqstab.core.guard import ExplosionGuard
 from seqstab.core.monitor import GradMonitor
 from seqstab.lightning.callbacks import GradientStability
 from seqstab.nets.recurrent import RecurrentNet
-from seqstab.tasks.base import SequenceRegressor
+from seqstab.tasks import SequenceRegressor
 
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed")
 # Largest relative difference |logged - reference| / reference accepted per precision. fp16 keeps 11 significant

@@ -38,7 +38,7 @@ from datamodules.synthetic import AddingProblem
 from seqstab.core.clipping import AGC, AutoClip, NoClip, NormClip, PerParameterNormClip, ValueClip, ZClip, global_norm
 from seqstab.core.guard import ExplosionGuard
 from seqstab.nets.recurrent import RecurrentNet
-from seqstab.tasks.base import LanguageModel, SequenceRegressor
+from seqstab.tasks import LanguageModel, SequenceRegressor
 
 POLICIES = {
     "NoClip": NoClip,
