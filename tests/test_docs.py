@@ -12,9 +12,11 @@ import importlib.util
 import re
 from pathlib import Path
 
+import griffe
 import pytest
 import yaml
 
+import seqstab
 from seqstab import _aliases
 from tests.test_imports import LAYERS
 
@@ -70,7 +72,36 @@ def test_the_folders_the_architecture_page_draws_exist():
         assert (ROOT / code_names(folder)[0]).exists(), folder
 
 
-# -- the API reference: reStructuredText in the docstrings, as Markdown -------------------------------------------
+# -- the API reference --------------------------------------------------------------------------------------------
+
+
+def reference_targets() -> list[str]:
+    """The objects the reference pages render with their members (``::: seqstab.core.clipping``; not those given
+    ``members: false``, whose docstring alone is shown)."""
+    found = []
+    for page in sorted((DOCS / "reference").glob("*.md")):
+        for target, options in re.findall(r"^::: ([\w.]+)\n((?:    .*\n)*)", page.read_text(), flags=re.M):
+            if "members: false" not in options:
+                found.append(target)
+    return found
+
+
+def test_every_public_name_of_seqstab_is_in_the_api_reference():
+    """What ``from seqstab import ...`` offers is rendered on a reference page: a member the page's target counts as
+    public, as mkdocstrings' ``filters: public`` does (in ``__all__``, or not underscored and not imported). A
+    package that re-exports without ``__all__`` would otherwise leave its page silently empty."""
+    loader = griffe.GriffeLoader(search_paths=[str(ROOT)])
+    packages = {name: loader.load(name) for name in ("seqstab", "datamodules")}
+    loader.resolve_aliases(implicit=False, external=False)
+    rendered = set()
+    for target in reference_targets():
+        top, _, rest = target.partition(".")
+        obj = packages[top][rest] if rest else packages[top]
+        rendered |= {member.name for member in obj.members.values() if member.is_public}
+    assert set(seqstab.__all__) - {"__version__"} - rendered == set()
+
+
+# -- reStructuredText in the docstrings, as Markdown ------------------------------------------------------------
 
 
 def load_extension():
