@@ -45,7 +45,8 @@ def per_page(found) -> list:
 
 
 def blocks(source: str, language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", source, flags=re.S)
+    """The fenced blocks of one language (``""``: those without one)."""
+    return [body for lang, body in re.findall(r"^```(\w*)\n(.*?)^```", source, flags=re.S | re.M) if lang == language]
 
 
 def prose(source: str) -> str:
@@ -77,6 +78,17 @@ def test_two_copy_paste_set_up_commands_and_ci_runs_the_second():
 
 def test_getting_started_gives_the_readme_set_up_commands():
     assert set_up_commands(DOCS / "getting-started.md")[:2] == set_up_commands(README)[:2]
+
+
+def closing_lines(page: Path) -> list[str]:
+    return [b for b in blocks(text(page), "") if b.startswith("View it in TensorBoard:")]
+
+
+def test_the_closing_lines_of_the_default_run_are_shown_alike():
+    """README and Getting started show the same closing lines (what the code prints is tests/test_golden.py's)."""
+    shown = closing_lines(README)
+    assert len(shown) == 1 and closing_lines(DOCS / "getting-started.md") == shown
+    assert shown[0].rstrip().endswith("seqstab: 240 of 240 updates applied")
 
 
 def test_the_readme_net_keeps_the_recurrent_contract():
