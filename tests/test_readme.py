@@ -220,7 +220,8 @@ def parse_only(monkeypatch):
     from seqstab.cli import train
 
     monkeypatch.chdir(ROOT)  # config paths are relative to the repository root
-    monkeypatch.setenv("PL_GLOBAL_SEED", os.environ.get("PL_GLOBAL_SEED", "0"))
+    for seeded in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS"):  # seed_everything sets them: undone at teardown
+        monkeypatch.setenv(seeded, os.environ.get(seeded, "0"))
     monkeypatch.setattr(train.SeqstabCLI, "current", train.SeqstabCLI.current)
     monkeypatch.setitem(sys.modules, "mymodule", importlib.import_module("datamodules.example"))
     monkeypatch.setitem(sys.modules, "mynets", readme_net_module())
