@@ -7,8 +7,11 @@ seqstab uses an underscored name of another library (``tests/test_imports.py`` c
 ========================================  ====================================================================
 accessor                                  what it relies on
 ========================================  ====================================================================
-:data:`foreach_norm`, :data:`foreach_mul_`  ``torch._foreach_norm`` / ``torch._foreach_mul_``: one fused kernel over a
-                                          list of tensors (what ``clip_grad_norm_(foreach=True)`` uses)
+:data:`foreach_norm`                      ``torch._foreach_norm``, ``_foreach_mul_``, ``_foreach_copy_``: one fused
+:data:`foreach_mul_`                      kernel over a list of tensors (what ``clip_grad_norm_(foreach=True)``
+:data:`foreach_copy_`                     uses)
+:func:`steps_with_found_inf`              ``Optimizer._step_supports_amp_scaling`` (fused optimizers: a device-side
+                                          skip through ``found_inf``)
 :func:`attached_trainer`                  ``LightningModule._trainer`` (``.trainer`` raises when detached)
 :func:`loss_scale`                        ``torch.amp.GradScaler._scale`` (``get_scale()`` syncs with the host)
 :func:`file_writer`                       ``SummaryWriter._get_file_writer()`` (raw HPARAMS summaries)
@@ -37,6 +40,14 @@ import torch
 
 foreach_norm = torch._foreach_norm  # (tensors, ord=2, dtype=None) -> list of 0-dim norms
 foreach_mul_ = torch._foreach_mul_  # (tensors, scalar | tensor | list of tensors), in place
+foreach_copy_ = torch._foreach_copy_  # (targets, sources), in place
+
+
+def steps_with_found_inf(optimizer: Any) -> bool:
+    """Whether ``optimizer.step`` takes ``found_inf`` (and ``grad_scale``) and skips the update on the device when it
+    is non-zero: ``Optimizer._step_supports_amp_scaling``, set by torch's fused implementations (what GradScaler
+    reads to hand them its overflow flag instead of skipping on the host)."""
+    return bool(getattr(optimizer, "_step_supports_amp_scaling", False))
 
 
 def attached_trainer(module: Any) -> Any | None:

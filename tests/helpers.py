@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from datamodules.base import DataSpec, SeqDataModule, StreamWindows
 from seqstab.core.clipping import ClipResult, NoClip
-from seqstab.core.guard import Action, ExplosionGuard
+from seqstab.core.guard import ExplosionGuard
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -52,15 +52,32 @@ class RecordingClip(NoClip):
 
 
 class RecordingGuard(ExplosionGuard):
-    """Always steps; keeps each update's starting hidden state."""
+    """Never flags; keeps each update's starting hidden state."""
 
     def __init__(self):
-        super().__init__()
+        super().__init__(spike_factor=None)
         self.hidden_in = []
 
-    def check(self, task, update) -> Action:
+    def decide(self, run, update, overflow_possible=False):
         self.hidden_in.append(update.hidden_in)
-        return Action.STEP
+        return super().decide(run, update, overflow_possible)
+
+
+class FlagAt(ExplosionGuard):
+    """Flags exactly one update, ``at``, as an event (a planted spike), whatever its norm."""
+
+    def __init__(self, at: int, policy: str = "warn"):
+        super().__init__(policy=policy, snapshot=True)
+        self.at = at
+
+    def decide(self, run, update, overflow_possible=False):
+        verdict = super().decide(run, update, overflow_possible)
+        if update.step == self.at:
+            device = verdict.reason.device
+            verdict.reason = torch.tensor(3, device=device)
+            verdict.action = torch.tensor(0 if self.policy == "warn" else 1, device=device)
+            verdict.apply = verdict.action == 0
+        return verdict
 
 
 def quiet_trainer(**kwargs) -> pl.Trainer:

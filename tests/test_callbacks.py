@@ -22,7 +22,7 @@ from seqstab.core.clipping import AutoClip, NoClip, NormClip
 from seqstab.core.errors import ConfigError
 from seqstab.core.guard import ExplosionGuard
 from seqstab.lightning.callbacks import GradientStability
-from tests.helpers import scalars
+from tests.helpers import FlagAt, scalars
 
 try:
     import lightning.pytorch as L
@@ -136,18 +136,6 @@ def test_amp_norms_are_of_the_unscaled_gradients_and_the_post_clip_norm_obeys_th
     nn.functional.cross_entropy(reference.out(h[:, -1]), y).backward()
     expected = torch.nn.utils.get_total_norm([p.grad for p in reference.parameters()]).item()
     assert pre[0] == pytest.approx(expected, rel=2e-2)  # fp16 head; a scaled gradient would be 65536x off
-
-
-class FlagAt(ExplosionGuard):
-    """Flags exactly one update, ``at``, as an event."""
-
-    def __init__(self, at: int, policy: str):
-        super().__init__(policy=policy, snapshot=True)
-        self.at, self.seen = at, 0
-
-    def detect(self, norm):
-        self.seen += 1
-        return ("planted", None) if self.seen == self.at + 1 else (None, None)
 
 
 class StepProbe:

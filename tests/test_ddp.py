@@ -40,10 +40,11 @@ class RecordingZClip(ZClip):
 
 
 class RecordingGuard(ExplosionGuard):
-    """ExplosionGuard that writes each decision, and the streams the update trained on, to ``guard-rank<r>.jsonl``."""
+    """ExplosionGuard that writes each decision, and the streams the update trained on, to ``guard-rank<r>.jsonl``
+    (when the update core reads its decisions back, in update order)."""
 
-    def check(self, task, update):
-        action = super().check(task, update)
+    def settle(self, run, update, read):
+        action = super().settle(run, update, read)
         hidden = update.hidden_in[0][0] if update.hidden_in is not None else None  # layer 0's h: (1, B, H)
         _log(
             "guard",

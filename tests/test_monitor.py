@@ -198,7 +198,7 @@ def test_monitor_does_nothing_when_not_due():
         monitor.arm(run, step)
         assert not net.layers[0]._forward_hooks
         assert monitor.step_tensors(run, step) == {}
-        assert monitor._flow is None and monitor._weights is None and monitor._hist is None
+        assert not monitor._flow and not monitor._weights and not monitor._hist
     run.loggers = []  # nothing is measured when nothing would be written, even when due
     monitor.arm(run, 0)
     assert not net.layers[0]._forward_hooks and monitor.step_tensors(run, 0) == {}

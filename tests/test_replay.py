@@ -16,10 +16,10 @@ from seqstab.cli.replay import load_snapshot, replay
 from seqstab.cli.replay import main as replay_main
 from seqstab.cli.train import main as train_main
 from seqstab.core.clipping import NoClip
-from seqstab.core.guard import SNAPSHOT_FORMAT, ExplosionGuard
+from seqstab.core.guard import SNAPSHOT_FORMAT
 from seqstab.nets.recurrent import RecurrentNet
 from seqstab.tasks import SequenceRegressor
-from tests.helpers import REPO, TinyStream, quiet_trainer, scalars
+from tests.helpers import REPO, FlagAt, TinyStream, quiet_trainer, scalars
 
 EXPLODE = REPO / "configs" / "explode" / "adding_rnn.yaml"
 
@@ -51,18 +51,6 @@ def test_replay_prints_the_logged_norm(tmp_path, monkeypatch, capsys):
     assert f32(tb_norm) == f32(float(replayed))
     breakdown = stdout.split("largest first:")[1].split()
     assert breakdown[0] == first["module"]
-
-
-class FlagAt(ExplosionGuard):
-    """Flags exactly one update, ``at``, as an event."""
-
-    def __init__(self, at: int):
-        super().__init__(policy="warn")
-        self.at, self.seen = at, 0
-
-    def detect(self, norm):
-        self.seen += 1
-        return ("planted", None) if self.seen == self.at + 1 else (None, None)
 
 
 def test_replay_with_dropout_and_carried_hidden_state(tmp_path):

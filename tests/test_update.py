@@ -12,7 +12,7 @@ from seqstab.core.clipping import AutoClip, NormClip
 from seqstab.core.guard import ExplosionGuard
 from seqstab.core.monitor import GradMonitor
 from seqstab.core.record import Action, StaticRun
-from seqstab.core.update import UpdateCore, drop_gradients
+from seqstab.core.update import UpdateCore
 
 
 class ListLogger:
@@ -51,10 +51,9 @@ def own_loop(core: UpdateCore, updates: int, run_dir=None):
             loss.backward()
             grads.append(torch.nn.utils.get_total_norm([p.grad for p in params]).clone())
 
-        update = core.update(
-            run, params, loss, backward=backward, step=optimizer.step, skip=lambda: drop_gradients(params)
-        )
-        run.global_step += update.action is Action.STEP
+        update = core.update(run, params, loss, backward=backward, step=optimizer.step)
+        core.flush(run)  # read back now, to look at this update (a loop of one's own needs it only to log)
+        run.global_step += 1
         after = {k: v.clone() for k, v in model.state_dict().items()}
         opt_after = {i: {n: t.clone() for n, t in s.items()} for i, s in optimizer.state_dict()["state"].items()}
         seen.append((update, grads[0].item(), before, after, opt_before, opt_after))

@@ -159,10 +159,9 @@ def replay(snapshot: dict[str, Any], trust: list[str] = ()) -> dict[str, Any]:
             loss = _loss(model, snapshot)
             policy, stateless = rebuild_policy(snapshot)
             params = [p for p in model.parameters() if p.requires_grad]
-            core = UpdateCore(policy)
-            update = core.update(
-                StaticRun(model), params, loss, backward=torch.Tensor.backward, step=_nothing, skip=_nothing, log=False
-            )
+            core, run = UpdateCore(policy), StaticRun(model)
+            update = core.update(run, params, loss, backward=torch.Tensor.backward, step=_nothing, log=False)
+            core.flush(run)
             why = "the model offers no recurrent layers to follow (seqstab.nets: recurrent contract)"
             net = getattr(model, "net", model)
             try:

@@ -1,4 +1,4 @@
-"""The update core: measure → clip → guard → step | skip, and the :class:`~seqstab.record.Update` it leaves.
+"""The update core: measure → clip → guard → step, withheld on the device; read back once every logging step.
 
 This is the one optimization path's inner half, without Lightning. Whoever runs the forward pass and computes the
 loss hands it to :meth:`UpdateCore.update` with callables for what only the caller knows how to do::
@@ -8,19 +8,38 @@ loss hands it to :meth:`UpdateCore.update` with callables for what only the call
     core.update(run, params, loss,
         backward=...,                      zero the gradients, backward (DDP all-reduce happens here)
         unscale=...,                       AMP: clipping must see unscaled gradients (Lightning #18089)
-        step=..., skip=...)                apply, or drop, the update (and step the LR scheduler)
+        step=...)                          the optimizer step (and the LR scheduler's)
       ├─ monitor.step_tensors              pre-clip per-module norms as device tensors; gradient flow
-      ├─ clipping policy → ClipResult      one fused norm pass, no host sync
-      ├─ read back loss + norms            the one host sync of the update
-      ├─ guard → step | skip | stop        an event: explosions.jsonl, the first one a replay snapshot (an AMP
-      │                                    overflow is no event: skipped, the GradScaler lowers its scale)
-      ├─ step() or skip()
-      └─ log                               one logging step per update: every logger, then monitor.emit
+      ├─ clipping policy → ClipResult      one fused norm pass
+      ├─ guard.decide → Verdict            finite? spike? step | skip | stop — all on the device
+      ├─ step(), the update withheld       weights and optimizer state left as they were where the verdict says
+      │  on the device                     so (seqstab.core.withhold), without the host asking
+      └─ the values kept on the device     loss, norms, clipped, threshold, events: one row per update
+    every log_every_n_steps updates        core.flush(run): one read-back of every row since the last one; each
+    (and at validation, a checkpoint,      update's tags to every logger at its own step; the guard settles the
+    the end of fit)                        events (explosions.jsonl, console, diagnosis, snapshot); the monitor
+                                           writes what was due
 
-Three callers, one path: :class:`seqstab.tasks.SeqTask` (its chunk loop, manual optimization), the
-:class:`seqstab.callbacks.GradientStability` callback (any LightningModule under automatic optimization: Lightning
-has run backward, unscaling and will step; ``skip`` withholds the gradient) and ``python -m seqstab.replay``
-(recomputes a snapshot's update with the policy of the run, stepping nothing).
+No host synchronisation happens between flushes: a GPU queue is never stalled by the stations. Three callers, one
+path: :class:`seqstab.tasks.SeqTask` (its chunk loop), the :class:`seqstab.callbacks.GradientStability` callback
+(Lightning steps; the withholding wraps its step) and ``python -m seqstab.replay`` (stepping nothing).
+
+Examples:
+    A loop of your own (``StaticRun``: loggers, run directory and the optimizer the withholding needs):
+
+    >>> import torch
+    >>> from seqstab import ExplosionGuard, NormClip, StaticRun, UpdateCore
+    >>> net = torch.nn.Linear(4, 1)
+    >>> optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    >>> core = UpdateCore(NormClip(max_norm=1.0), ExplosionGuard(policy="skip", snapshot=False))
+    >>> run = StaticRun(net, optimizer=optimizer, log_every_n_steps=10)
+    >>> for _ in range(20):
+    ...     loss = net(torch.randn(8, 4)).pow(2).mean()
+    ...     update = core.update(run, list(net.parameters()), loss, backward=lambda l: (optimizer.zero_grad(),
+    ...                          l.backward()), step=optimizer.step)
+    >>> _ = core.flush(run)
+    >>> core.summary()
+    '20 of 20 updates applied'
 """
 
 from __future__ import annotations
@@ -28,26 +47,40 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from seqstab.core.clipping import ClipPolicy, ClipResult, NoClip
+from seqstab.core.clipping import ClipPolicy, NoClip
 from seqstab.core.guard import ExplosionGuard
+from seqstab.core.guard.guard import Verdict
 from seqstab.core.logs import log_metrics
 from seqstab.core.monitor import GradMonitor
 from seqstab.core.record import Action, Run, Update
+from seqstab.core.withhold import Withholding, undoable, withholding
 
-__all__ = ["Action", "UpdateCore", "Update", "drop_gradients", "read_back"]
+__all__ = ["Action", "Update", "UpdateCore"]
+
+
+@dataclass
+class _Pending:
+    """An update whose values are still on the device, and what the host knew of it when it was taken."""
+
+    update: Update
+    loss: torch.Tensor
+    measured: dict[str, torch.Tensor]
+    verdict: Verdict | None
+    host: dict[str, Any] = field(default_factory=dict)  # lr, global_step, epoch at the update
 
 
 class UpdateCore:
-    """The stations of one update, and the count of updates attempted so far.
+    """The stations of one update, the count of updates attempted, and the rows not yet read back.
 
     Args:
         clipping: Clipping policy (``seqstab.clipping``); None measures only (``NoClip``).
-        guard: Explosion guard; None applies every update (what a non-finite one does then is the caller's
-            business: seqstab's tasks and the callback always have a guard).
+        guard: Explosion guard; None applies every update (a non-finite one too: seqstab's tasks and the callback
+            always have a guard).
         monitor: What to measure beyond the per-update norms (``GradMonitor``); None measures nothing more.
     """
 
@@ -61,14 +94,19 @@ class UpdateCore:
         self.guard = guard
         self.monitor = monitor
         self.updates = 0  # updates attempted so far: the x axis of every per-update tag
-        self.applied = 0  # of them, applied (the guard let them through)
+        self.applied = 0  # of those read back, applied
+        self.stop_requested = False  # a flush read a STOP: the caller ends the run
+        self.last: Update | None = None  # the last update read back (its values: the progress bar's)
+        self._pending: list[_Pending] = []
+        self._withholding: Withholding | None = None
+        self._after: tuple | None = None  # what complete() finishes after the step
 
     def arm(self, run: Run) -> None:
         """Before the forward pass of the next update."""
         if self.monitor is not None:
             self.monitor.arm(run, self.updates)
         if self.guard is not None:
-            self.guard.arm(run, self.updates)  # RNG state for the replay snapshot
+            self.guard.arm(run, self.updates)
 
     def update(
         self,
@@ -76,54 +114,123 @@ class UpdateCore:
         params: list[torch.Tensor],
         loss: torch.Tensor,
         *,
-        step: Callable[[], Any],
-        skip: Callable[[], Any],
+        step: Callable[[], Any] | None,
         backward: Callable[[torch.Tensor], Any] | None = None,
         unscale: Callable[[], Any] | None = None,
         chunk: Any = None,
         hidden_in: Any = None,
         log: bool = True,
     ) -> Update:
-        """One update: backward (if given), unscale (if given), measure, clip, guard, then ``step()`` or ``skip()``.
+        """One update: backward (if given), unscale (if given), measure, clip, guard, ``step``.
+
+        ``step`` is called once per update, also for an update the guard withholds: the withholding
+        (:mod:`seqstab.core.withhold`) keeps it from changing anything, on the device. Its ``values`` and ``action``
+        are filled at the next :meth:`flush` (here, when this is a logging step: every ``run.log_every_n_steps``).
 
         Args:
-            run: The run around the update (where events and tags go).
+            run: The run around the update (where events and tags go; its ``optimizer`` is withheld from).
             params: The trained parameters: their gradients are measured, clipped and guarded.
             loss: The loss of the chunk (a 0-dim tensor); logged as ``train/loss``.
-            step: Applies the update (optimizer step, scheduler step).
-            skip: Drops it: afterwards no gradient may reach the optimizer (see :func:`drop_gradients`).
+            step: Applies the update (optimizer step, scheduler step). None: the caller steps after this returns,
+                then calls :meth:`complete` (Lightning's automatic optimization, under the callback).
             backward: Computes the gradients of ``loss``; None when they are already there.
             unscale: Unscales AMP-scaled gradients; None when they are not scaled (or already unscaled).
             chunk: What was trained on, for the record and the replay snapshot.
             hidden_in: The hidden state the chunk started from, likewise.
-            log: Write the update's tags to the run's loggers.
-
-        Returns:
-            The :class:`Update`, its ``action`` the guard's decision (``STOP``: the caller ends the run).
+            log: Write the update's tags to the run's loggers (at its flush).
         """
         if backward is not None:
             backward(loss)
         if unscale is not None:
             unscale()
-        measured = self.monitor.step_tensors(run, self.updates) if self.monitor is not None else {}
+        index = self.updates
+        measured = self.monitor.step_tensors(run, index) if self.monitor is not None else {}
         clip = self.clipping(params)
-        update = Update(self.updates, chunk, hidden_in, clip, read_back(loss, clip, measured))
-        if run.loss_scale is not None:  # 16-bit AMP: a non-finite norm is the GradScaler's overflow, its to handle
-            update.values["amp/overflow"] = float(not math.isfinite(update.values["grad/norm_total"]))
-        if update.step == 0 and run.is_global_zero:
-            _warn_if_suspicious(update)
-        update.action = self.guard.check(run, update) if self.guard is not None else Action.STEP
+        update = Update(index, chunk, hidden_in, clip, {})
+        verdict = None
+        if self.guard is not None:
+            verdict = self.guard.decide(run, update, overflow_possible=run.loss_scale is not None)
+        host = {"global_step": run.global_step, "epoch": run.epoch, "log": log, "amp": run.loss_scale is not None}
+        if verdict is not None:  # whose gradient the clip's tensor_norms measured, for naming them at an event
+            host["with_grad"] = [p for p in params if p.grad is not None]
         if run.optimizer is not None:  # the rate this update is applied with: read before a scheduler steps
-            update.values["train/lr"] = float(run.optimizer.param_groups[0]["lr"])
-        if update.action is Action.STEP:
-            step()
-            self.applied += 1
-        else:
-            skip()
-        if log:
-            self.log(run, update)
+            host["lr"] = float(run.optimizer.param_groups[0]["lr"])
+        self._pending.append(_Pending(update, loss.detach(), measured, verdict, host))
         self.updates += 1
+        if verdict is None:
+            if step is not None:
+                step()
+            return update
+        self.guard.keep(run, verdict, index)
+        withholding = self._withholding_of(run)
+        due = log and index % max(run.log_every_n_steps, 1) == 0
+        if withholding is None or due or withholding.host_decides(params):
+            self.flush(run)  # the verdict read before the step: the host takes it, or takes and undoes it
+            undo = None
+            if update.action is not Action.STEP and run.optimizer is not None:
+                undo = undoable(run.optimizer, params)
+            self._after = (undo, None, params, verdict)
+        else:
+            withholding.before(params, verdict.apply)
+            self._after = (None, withholding, params, verdict)
+        if step is None:  # the caller steps (Lightning, under the callback), then calls complete()
+            return update
+        if update.action in (None, Action.STEP) or self._after[0] is not None:
+            step()
+        self.complete(run)
         return update
+
+    def complete(self, run: Run) -> None:
+        """After the optimizer step of the last :meth:`update` (``step=None``: the caller stepped): undo a withheld
+        update (on the device, or on the host where it was decided there) and let the guard reset moments."""
+        if self._after is None:
+            return
+        undo, withholding, params, verdict = self._after
+        self._after = None
+        if undo is not None:
+            undo()
+        if withholding is not None:
+            withholding.after(params, verdict.apply)
+        self.guard.after_step(run, verdict)
+
+    def _withholding_of(self, run: Run) -> Withholding | None:
+        optimizer = getattr(run.optimizer, "optimizer", run.optimizer)
+        if optimizer is None:
+            return None
+        if self._withholding is None or self._withholding.optimizer is not optimizer:
+            self._withholding = withholding(optimizer, scaled=run.loss_scale is not None)
+        return self._withholding
+
+    def flush(self, run: Run) -> list[Update]:
+        """Read back every update since the last flush (one transfer), settle the guard's verdicts in order, and
+        write each update's tags to the loggers at its own step. Returns the updates read back."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return []
+        values = _read_back(pending)
+        for item, read in zip(pending, values, strict=True):
+            update = item.update
+            update.values = read["values"]
+            if item.verdict is not None:
+                read.update({k: item.host.get(k) for k in ("lr", "global_step", "epoch", "with_grad")})
+                update.action = self.guard.settle(run, update, read)
+            else:
+                update.action = Action.STEP
+            if "lr" in item.host:
+                update.values["train/lr"] = item.host["lr"]
+            if update.step == 0 and run.is_global_zero:
+                _warn_if_suspicious(update)
+            self.applied += update.action is Action.STEP
+            if item.host["log"]:
+                self.log(run, update)
+            elif self.monitor is not None:
+                self.monitor.drop(update.step)
+            if update.action is Action.STOP:
+                self.stop_requested = True
+        if self.guard is not None:
+            self.guard.flushed(pending[-1].update.step)
+        self.last = pending[-1].update
+        return [item.update for item in pending]
 
     def log(self, run: Run, update: Update) -> None:
         """The update's tags to every logger at ``update.step``; then what the monitor has due."""
@@ -134,11 +241,13 @@ class UpdateCore:
 
     def start(self, run: Run, hparams: dict[str, Any] | None = None, metric_tags: list[str] | None = None) -> None:
         """Fit start (the monitor's dashboard and its one-time notes)."""
+        self.stop_requested = False
         if self.monitor is not None:
             self.monitor.start(run, hparams, metric_tags)
 
     def finish(self, run: Run) -> None:
-        """Fit end (the final gradient-flow heatmap)."""
+        """Fit end: the last rows read back; the final gradient-flow heatmap."""
+        self.flush(run)
         if self.monitor is not None:
             self.monitor.finish(run)
 
@@ -152,7 +261,8 @@ class UpdateCore:
     # -- checkpoint ------------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """The update counts, the policy's and the guard's state: plain data and tensors (``weights_only``)."""
+        """The update counts, the policy's and the guard's state: plain data and tensors (``weights_only``).
+        Call :meth:`flush` first (the tasks and the callback do, at every checkpoint)."""
         state: dict[str, Any] = {
             "updates": self.updates,
             "applied": self.applied,
@@ -170,26 +280,70 @@ class UpdateCore:
             self.guard.load_state_dict(state.get("guard", {}))
 
 
-def read_back(loss: torch.Tensor, clip: ClipResult, extra: dict[str, torch.Tensor]) -> dict[str, float]:
-    """The single host synchronisation of an update: loss, clip results and monitor tensors in one transfer."""
-    tensors = {
-        "train/loss": loss.detach(),
-        "grad/norm_total": clip.pre_norm,
-        "grad/norm_total_clipped": clip.post_norm,
-        "grad/clipped": clip.clipped,
-    }
-    if clip.threshold is not None:
-        tensors["grad/clip_threshold"] = clip.threshold
-    tensors.update(extra)
-    stacked = torch.stack([t.detach().float().reshape(()).to(clip.pre_norm.device) for t in tensors.values()])
-    return dict(zip(tensors, stacked.tolist(), strict=True))
+def _read_back(pending: list[_Pending]) -> list[dict[str, Any]]:
+    """Every pending update's values in one host transfer: the loss, the clip results, the monitor's tensors and the
+    guard's verdict, in the order and the rounding the loggers always got (float32 values, as float)."""
+    columns: list[torch.Tensor] = []
+    layout: list[list[tuple[str, int]]] = []
+    for item in pending:
+        clip, verdict = item.update.clip, item.verdict
+        named = {
+            "train/loss": item.loss,
+            "grad/norm_total": clip.pre_norm,
+            "grad/norm_total_clipped": clip.post_norm,
+            "grad/clipped": clip.clipped,
+        }
+        if clip.threshold is not None:
+            named["grad/clip_threshold"] = clip.threshold
+        named.update(item.measured)
+        rows = [(name, len(columns) + i) for i, name in enumerate(named)]
+        columns += [t.detach().float().reshape(()).double() for t in named.values()]
+        if verdict is not None:
+            guard_named = {
+                "reason": verdict.reason,
+                "median": verdict.median,
+                "action": verdict.action,
+                "explosion/events": verdict.events,
+                "grad/spike_score": verdict.spike_score,
+            }
+            for name, tensor in guard_named.items():
+                if tensor is not None:
+                    rows.append((name, len(columns)))
+                    columns.append(tensor.reshape(()).double())
+            if verdict.reset is not None:
+                rows.append(("reset", len(columns)))
+                columns += list(verdict.reset.double().unbind())
+        layout.append(rows)
+    device = columns[0].device
+    flat = torch.stack([c.to(device) for c in columns]).tolist()  # the one host synchronisation of the flush
+    out = []
+    for item, rows in zip(pending, layout, strict=True):
+        read: dict[str, Any] = {"values": {}}
+        for name, at in rows:
+            if name in ("reason", "median", "action"):
+                read[name] = flat[at]
+            elif name == "reset":
+                read["reset"] = [bool(v) for v in flat[at : at + len(item.verdict.reset)]]
+            else:
+                read["values"][name] = flat[at]
+        if read.get("median") is not None and math.isnan(read["median"]):
+            read["median"] = None
+        read["values"] = _ordered(read["values"], item)
+        out.append(read)
+    return out
 
 
-def drop_gradients(params: list[torch.Tensor]) -> None:
-    """Set every gradient to None: an optimizer then passes the parameters over, so a step changes neither them nor
-    its own state (momentum, Adam's moments and step count are per parameter and only updated where a gradient is)."""
-    for p in params:
-        p.grad = None
+def _ordered(values: dict[str, float], item: _Pending) -> dict[str, float]:
+    """The tags in the order the loggers always got them: clip results, the monitor's, AMP's, the guard's."""
+    events = values.pop("explosion/events", None)
+    spike = values.pop("grad/spike_score", None)
+    if item.host.get("amp"):
+        values["amp/overflow"] = float(not math.isfinite(values["grad/norm_total"]))
+    if events is not None:
+        values["explosion/events"] = events
+    if spike is not None:
+        values["grad/spike_score"] = spike
+    return values
 
 
 def _warn_if_suspicious(update: Update) -> None:

@@ -12,8 +12,19 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, SequentialSampler
 
 from seqstab import internals
+from seqstab.core.tbptt import scored_steps
 
-__all__ = ["QuietLoader", "ResumableLoader", "in_order_across_ranks", "make_quiet", "make_resumable"]
+__all__ = [
+    "SCORED_STEPS",
+    "QuietLoader",
+    "ResumableLoader",
+    "in_order_across_ranks",
+    "make_quiet",
+    "make_resumable",
+    "note_scored_steps",
+]
+
+SCORED_STEPS = "scored_steps"  # what a training batch with a mask carries: which steps are scored, as host booleans
 
 
 # -- position within the epoch ----------------------------------------------------------------------------------
@@ -156,3 +167,25 @@ def in_order_across_ranks(loader: DataLoader) -> DataLoader:
         generator=loader.generator,
         **(workers if loader.num_workers > 0 else {}),
     )
+
+
+class NoteScoredSteps:
+    """A collate function that adds to a batch with a ``mask`` which of its steps are scored (a tuple of bools,
+    :data:`SCORED_STEPS`), read from the batch as the loader made it: the chunk loop then knows which windows to
+    train without reading the mask back from the device. Picklable (worker processes)."""
+
+    def __init__(self, collate: Any):
+        self.collate = collate
+
+    def __call__(self, samples: Any) -> Any:
+        batch = self.collate(samples)
+        if isinstance(batch, dict) and isinstance(batch.get("mask"), torch.Tensor):
+            batch[SCORED_STEPS] = tuple(scored_steps(batch["mask"]).tolist())
+        return batch
+
+
+def note_scored_steps(loader: Any) -> Any:
+    """The same loader, its batches noting their scored steps (:class:`NoteScoredSteps`); anything else unchanged."""
+    if isinstance(loader, DataLoader) and not isinstance(loader.collate_fn, NoteScoredSteps):
+        loader.collate_fn = NoteScoredSteps(loader.collate_fn)
+    return loader

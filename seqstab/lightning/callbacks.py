@@ -8,10 +8,13 @@ for it: after backward and AMP unscaling, before the optimizer step (``on_before
     (training_step, backward: Lightning's)
     on_before_backward        the batch's loss         for train/loss and the event record
     (unscale: Lightning's)
-    on_before_optimizer_step  core.update              measure -> clip -> guard; skip withholds every gradient, so
-                                                       the optimizer step that follows changes neither weights nor
-                                                       optimizer state; stop ends the run after this batch
+    on_before_optimizer_step  core.update              measure -> clip -> guard on the device; a withheld update is
+                                                       prepared (its gradient masked, or its state copied)
     (optimizer.step: Lightning's)
+    (post-step hook)          core.complete            right after the step: a withheld update undone, so the step
+                                                       changed neither weights nor optimizer state
+    on_train_batch_end                                 a stop read at a flush ends the run
+    every log_every_n_steps   core.flush               the values read back once, logged at each update's step
 
 It logs the same tags as seqstab's tasks (``grad/norm_total``, ``grad/norm_total_clipped``, ``grad/clipped``,
 ``grad/clip_threshold``, ``grad/norm/<module>``, ``weight/norm/<module>``, ``explosion/events``, ``train/loss``,
@@ -41,8 +44,7 @@ from seqstab.core.errors import ConfigError
 from seqstab.core.guard import ExplosionGuard, check_finite_weights
 from seqstab.core.monitor import GradMonitor, flow_layers
 from seqstab.core.recipes import class_path, object_recipe
-from seqstab.core.record import Action
-from seqstab.core.update import UpdateCore, drop_gradients
+from seqstab.core.update import UpdateCore
 from seqstab.lightning.trainer_run import TrainerRun
 
 __all__ = ["GradientStability"]
@@ -89,6 +91,8 @@ class GradientStability(*_callback_bases()):
         self._loss: torch.Tensor | None = None  # of the batch whose backward completes the update
         self._batch: Any = None
         self._batch_idx = 0
+        self._stepping = False  # an update is between its core.update and Lightning's step
+        self._hooks: list[Any] = []  # the optimizers' post-step hooks
 
     @property
     def clipping(self) -> ClipPolicy:
@@ -142,6 +146,7 @@ class GradientStability(*_callback_bases()):
         return net
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        self._hooks = [o.register_step_post_hook(self._after_step) for o in trainer.optimizers]
         monitor = self.monitor
         if trainer.accumulate_grad_batches > 1 and monitor is not None:
             if monitor.grad_flow_every_n_steps is not None and flow_layers(self.run.net) and trainer.is_global_zero:
@@ -155,6 +160,9 @@ class GradientStability(*_callback_bases()):
         self.core.start(self.run)  # the custom-scalars page; the HPARAMS tab stays the module's own
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
         self.core.finish(self.run)
         if self.core.updates and not self.core.applied and trainer.is_global_zero:
             warnings.warn(f"GradientStability: {self.core.summary()}", UserWarning, stacklevel=2)
@@ -180,11 +188,26 @@ class GradientStability(*_callback_bases()):
             return
         params = [p for p in pl_module.parameters() if p.requires_grad]
         loss, self._loss = self._loss, None
-        update = self.core.update(
-            self.run, params, loss, step=_nothing, skip=lambda: drop_gradients(params), chunk=self._batch
-        )
-        if update.action is Action.STOP:
+        self.core.update(self.run, params, loss, step=None, chunk=self._batch)  # Lightning steps next
+        self._stepping = True
+
+    def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        """Right after the optimizer's step (a ``torch.optim`` post-step hook: before any other callback looks): a
+        withheld update is undone, on the device."""
+        if self._stepping:
+            self._stepping = False
+            self.core.complete(self.run)
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """A step the optimizer did not take (a GradScaler's overflow) is completed here; a stop read at a flush
+        ends the run."""
+        self._after_step(None, None, None)
+        if self.core.stop_requested:
             trainer.should_stop = True
+
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        if not trainer.sanity_checking and self.run is not None:
+            self.core.flush(self.run)
 
     def _replay_recipe(self) -> dict[str, Any]:
         module = self.run.module
@@ -200,6 +223,8 @@ class GradientStability(*_callback_bases()):
     # -- checkpoint --------------------------------------------------------------------------------------------
 
     def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        if self.run is not None:
+            self.core.flush(self.run)
         check_finite_weights(checkpoint["state_dict"])  # never write a checkpoint holding inf/nan weights
 
     def state_dict(self) -> dict[str, Any]:
@@ -208,7 +233,3 @@ class GradientStability(*_callback_bases()):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.core.load_state_dict(state_dict)
-
-
-def _nothing() -> None:
-    """The optimizer step is Lightning's, right after the callback returns."""

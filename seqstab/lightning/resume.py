@@ -41,7 +41,7 @@ from seqstab.core import tbptt
 from seqstab.core.guard import NonFiniteWeightsError
 from seqstab.core.io import CheckpointError, load, rng_state, save, set_rng_state
 from seqstab.core.plain import map_tensors
-from seqstab.data.loaders import in_order_across_ranks, make_quiet, make_resumable
+from seqstab.data.loaders import in_order_across_ranks, make_quiet, make_resumable, note_scored_steps
 
 __all__ = ["AtomicCheckpointIO", "ExactResume", "Resumable", "in_order_across_ranks"]
 
@@ -80,8 +80,8 @@ class ExactResume(pl.Callback):
         stateful streams under DDP, reads each rank's streams in order; validation loaders leave the RNG alone."""
         datamodule = trainer.datamodule
         if stage == "fit" and datamodule is not None:
-            stateful = pl_module.spec.stateful
-            _convert_loaders(datamodule, "train_dataloader", _stateful_train_loader if stateful else make_resumable)
+            resumable = _stateful_train_loader if pl_module.spec.stateful else make_resumable
+            _convert_loaders(datamodule, "train_dataloader", lambda loader: note_scored_steps(resumable(loader)))
             _convert_loaders(datamodule, "val_dataloader", make_quiet)
 
     # -- the training RNG stream does not depend on when validation runs --------------------------------------

@@ -36,8 +36,8 @@ from seqstab.core.io import CheckpointError, check_shapes
 from seqstab.core.logs import log_metrics
 from seqstab.core.monitor import GradMonitor
 from seqstab.core.recipes import NetFactory, class_path, flatten, net_factory, net_recipe, object_recipe
-from seqstab.core.record import Action
 from seqstab.core.update import UpdateCore
+from seqstab.data.loaders import SCORED_STEPS
 from seqstab.data.module import DataSpec, as_spec
 from seqstab.lightning.resume import STATE_KEY, ExactResume
 from seqstab.lightning.trainer_run import TrainerRun, hparam_values
@@ -227,6 +227,7 @@ class SeqTask(Evaluation, pl.LightningModule):
         self._step_scheduler("epoch")
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        noted = batch.pop(SCORED_STEPS, None)
         optimizer = self.optimizers()
         carry = self.carry["train"]
         batch_size, length = batch["x"].shape[0], batch["x"].shape[1]
@@ -234,7 +235,7 @@ class SeqTask(Evaluation, pl.LightningModule):
         windows = self.truncation.windows(length)
         params = [p for p in self.parameters() if p.requires_grad]
         self._measure_truncation_bias(batch, windows, hidden, params)
-        scored = self._scored_chunks(batch, windows)
+        scored = self._scored_chunks(batch, windows, noted)
         at, stopped = 0, False  # hidden is the state before step `at`
         for i, window in enumerate(windows):
             if self._out_of_steps():
@@ -251,22 +252,23 @@ class SeqTask(Evaluation, pl.LightningModule):
                 continue
             self.core.arm(self.run)
             loss, new_hidden = self.chunk_loss(chunk, hidden)
+            shown = self.core.last
             with tbptt.scaled_lr(optimizer, window.lr_scale):
-                update = self.core.update(
+                self.core.update(
                     self.run,
                     params,
                     loss,
                     backward=lambda loss: self._backward(optimizer, loss),
                     unscale=lambda: self._unscale(optimizer),
                     step=lambda: self._step(optimizer),
-                    skip=lambda: self._skip(optimizer),
                     chunk=chunk,
                     hidden_in=hidden,
                 )
-            self.log("loss", update.values["train/loss"], prog_bar=True, logger=False)
+            if self.core.last is not shown:  # read back at this update: the progress bar's loss (no sync of its own)
+                self.log("loss", self.core.last.values["train/loss"], prog_bar=True, logger=False)
             if carried:
                 hidden, at = tbptt.detach(new_hidden), window.stop
-            if update.action is Action.STOP:
+            if self.core.stop_requested:
                 self.trainer.should_stop = stopped = True
                 break
         if self.spec.stateful:
@@ -290,16 +292,23 @@ class SeqTask(Evaluation, pl.LightningModule):
         values = tbptt.truncation_bias(self, batch, windows, hidden, params)
         log_metrics(self.run, values, self.updates)
 
-    def _scored_chunks(self, batch: dict[str, torch.Tensor], windows: list[tbptt.Window]) -> list[bool] | None:
-        """Which windows of the batch score a step on any process (None: all, the batch has no mask). A window
-        trained on one rank and skipped on another would leave DDP's gradient all-reduce waiting. With a mask: one
-        host read (and, on several processes, one all-reduce) per batch; without, nothing."""
-        flags = tbptt.scored(batch, windows)
-        if flags is None:
+    def _scored_chunks(
+        self, batch: dict[str, torch.Tensor], windows: list[tbptt.Window], noted: tuple[bool, ...] | None
+    ) -> list[bool] | None:
+        """Which windows of the batch score a step on any process (None: all, the batch has no mask). ``noted``: the
+        batch's scored steps as its loader noted them on the host (:class:`seqstab.data.loaders.NoteScoredSteps`,
+        which seqstab's tasks put on their training loader): no device sync; without them the mask is read back.
+        A window trained on one rank and skipped on another would leave DDP's gradient all-reduce waiting: on
+        several processes the flags are all-reduced (one read per batch)."""
+        if batch.get("mask") is None:
             return None
+        per_step = torch.tensor(noted) if noted is not None else tbptt.scored_steps(batch["mask"])
+        flags = tbptt.scored_windows(per_step, windows)
         if self.trainer.world_size > 1:
-            flags = self.trainer.strategy.reduce(flags.float(), reduce_op="sum") > 0
-        return flags.tolist()
+            flags_now = torch.tensor(flags, dtype=torch.float32, device=self.device)
+            summed = self.trainer.strategy.reduce(flags_now, reduce_op="sum")
+            flags = (summed > 0).tolist()
+        return flags
 
     def _out_of_steps(self) -> bool:
         max_steps = self.trainer.max_steps
@@ -328,13 +337,6 @@ class SeqTask(Evaluation, pl.LightningModule):
                 optimizer.step()
         self._step_scheduler("step")
 
-    def _skip(self, optimizer) -> None:
-        """The update is not applied; a GradScaler still closes its iteration so the next unscale is legal."""
-        optimizer.zero_grad(set_to_none=True)
-        scaler = self.run.scaler
-        if scaler is not None:
-            scaler.update()
-
     def _step_scheduler(self, event: Literal["step", "epoch", "validation"], metrics: dict | None = None) -> None:
         """Step the LR scheduler on its event: ReduceLROnPlateau after validation, others per ``scheduler_interval``."""
         scheduler = self.lr_schedulers()
@@ -362,6 +364,7 @@ class SeqTask(Evaluation, pl.LightningModule):
     # -- checkpoint: the task's own state (the resume machinery is seqstab.resume.ExactResume) -----------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.core.flush(self.run)  # every update up to here read back: the guard's state is whole
         check_finite_weights(checkpoint["state_dict"])  # never write a checkpoint holding inf/nan weights
         checkpoint.setdefault(STATE_KEY, {}).update(self.core.state_dict())
         checkpoint[STATE_KEY]["truncation"] = self.truncation.state_dict()  # a random policy's generator

@@ -44,6 +44,8 @@ class Evaluation:
         return metrics
 
     def on_validation_epoch_start(self) -> None:
+        if not self.trainer.sanity_checking:
+            self.core.flush(self.run)  # the updates before validation reach the loggers before its metrics
         self.carry["val"].reset()
         self._eval_sums = {}
 

@@ -1,10 +1,12 @@
 """Explosion guard: the station after clipping that decides step | skip | stop, and records what happened.
 
-At every update the update core (:class:`seqstab.update.UpdateCore`) calls :meth:`ExplosionGuard.check` with the
-update's pre-clip global gradient norm already read back as a float (the update's one host sync). When nothing
-happens the guard costs a comparison and a sorted insert into a window of at most ``window`` floats (about 3 µs per
-update), plus the diagnosis's O(1) running statistics (one ``aminmax`` of the chunk; about 15 µs in all on a loaded
-2-core machine: ``python benchmarks/bench_guard.py --workloads none``).
+At every update the update core (:class:`seqstab.core.update.UpdateCore`) calls :meth:`ExplosionGuard.decide`
+with the update's clip result: the running median (:mod:`~seqstab.core.guard.window`), the spike test and the
+policy are tensor operations on the training device, and the verdict (a :class:`Verdict` of 0-dim tensors) withholds
+the update there (:mod:`seqstab.core.withhold`) — no host synchronisation. When the update core reads its rows back
+(every ``log_every_n_steps`` updates, and at validation, a checkpoint and the end of fit) the guard settles each
+verdict in order (:meth:`ExplosionGuard.settle`): the closing lines' peak, the diagnosis's O(1) statistics, and what
+an event leaves.
 
 An **event** is an update whose pre-clip norm is
 
@@ -12,13 +14,14 @@ An **event** is an update whose pre-clip norm is
   * above ``max_norm`` (an absolute bound, off by default), or
   * above ``spike_factor`` × the median of the last ``window`` finite, non-zero norms (after ``min_history`` of them).
 
-Per event, on rank 0 and only when the run has a directory (``Run.run_dir``: the logger's ``log_dir`` under
+Per event, written at that flush (at most ``log_every_n_steps`` updates late), on rank 0 and only when the run has a
+directory (``Run.run_dir``: the logger's ``log_dir`` under
 Lightning):
 
   * ``explosion/events`` (the cumulative count of events, logged at every update) steps up;
   * a text entry ``explosion/event`` in TensorBoard and a line in ``explosions.jsonl``: update, epoch, norm,
     its ratio to the median, the parameter with the largest gradient norm (computed only now: events are rare),
-    and its ``diagnosis`` (:mod:`seqstab.diagnose`: growth through time, depth, the optimizer's step or the data,
+    and its ``diagnosis`` (:mod:`seqstab.core.diagnose`: growth through time, depth, the optimizer's step or the data,
     ranked by measured evidence, with the settings to try), also printed for the first event;
   * on the first event, a replay snapshot ``snapshot_update_<N>.pt`` (:func:`save_snapshot`, replayed by
     ``python -m seqstab.replay``).
@@ -35,14 +38,21 @@ checkpoint holding non-finite weights is ever written: :func:`check_finite_weigh
 """
 
 from seqstab.core.guard.events import EVENTS_FILE
-from seqstab.core.guard.guard import POLICIES, ExplosionGuard
-from seqstab.core.guard.moments import MOMENT_KEYS, moment_buffers, reset_moments
+from seqstab.core.guard.guard import ACTIONS, POLICIES, REASONS, ExplosionGuard, Verdict
+from seqstab.core.guard.moments import MOMENT_KEYS, moment_buffers, reset_moments, reset_moments_where
 from seqstab.core.guard.snapshot import SNAPSHOT_FORMAT, save_snapshot
 from seqstab.core.guard.weights import NonFiniteWeightsError, check_finite_weights, grad_norms
+from seqstab.core.guard.window import RunningMedian, RunningRate
 from seqstab.core.record import Action
 
 __all__ = [
+    "ACTIONS",
     "Action",
+    "REASONS",
+    "RunningMedian",
+    "RunningRate",
+    "Verdict",
+    "reset_moments_where",
     "check_finite_weights",
     "EVENTS_FILE",
     "ExplosionGuard",

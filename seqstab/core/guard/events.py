@@ -1,12 +1,112 @@
-"""What an event leaves in ``explosions.jsonl`` and TensorBoard's text: the file's name and an event as markdown."""
+"""What an event leaves behind, written at the flush that reads it: a line in ``explosions.jsonl``, a TensorBoard
+text entry, the console summary (first event and a stop), the diagnosis and, for the first event, the replay
+snapshot."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from seqstab.core import diagnose as diagnose_module
+from seqstab.core.guard.moments import moment_buffers
+from seqstab.core.guard.snapshot import save_snapshot
+from seqstab.core.guard.weights import grad_norms
+from seqstab.core.logs import add_text
+from seqstab.core.plain import json_safe, sortable
+from seqstab.core.record import Action, Run, Update
 
 EVENTS_FILE = "explosions.jsonl"
+
+
+def record_event(guard: Any, run: Run, update: Update, reason: str, read: dict[str, Any], action: Action):
+    """Write everything ``update``'s event leaves (``guard``: the :class:`ExplosionGuard` settling it; ``read``: its
+    verdict read back, and what the host knew at the update)."""
+    norm, median = update.values["grad/norm_total"], read.get("median")
+    named = _with_grad(run, read.get("with_grad"))
+    modules = grad_norms(run.module, update.clip.tensor_norms, named)  # pre-clip; one read, at an event's flush
+    largest = max(modules, key=lambda name: sortable(modules[name])) if modules else None
+    event = {
+        "update": update.step,
+        "global_step": read.get("global_step", run.global_step),
+        "epoch": read.get("epoch", run.epoch),
+        "reason": reason,
+        "action": action.value,
+        "norm": json_safe(norm),
+        "median": json_safe(median),
+        "ratio": json_safe(norm / median if median else None),
+        "loss": json_safe(update.values.get("train/loss")),
+        "module": largest,
+        "module_norm": json_safe(modules.get(largest)) if largest else None,
+    }
+    reset = read.get("reset")
+    if reset is not None:
+        spiked = [(name, p) for (name, p), flag in zip(named, reset, strict=False) if flag]
+        event["spiked"] = [name for name, _ in spiked]
+        event["reset"] = [name for name, p in spiked if moment_buffers(run.optimizer, p)]
+    first = guard.first_event is None
+    copy = guard._copy if first and guard.snapshot and guard.snapshot_path is None else None
+    if guard._tracker is not None and run.is_global_zero:
+        event["diagnosis"] = _diagnosis(guard, run, update, copy)
+    run_dir = run.run_dir if run.is_global_zero else None
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    if first:
+        guard.first_event = update.step
+        if copy is not None and run_dir is not None:
+            path = run_dir / f"snapshot_update_{update.step}.pt"
+            state = copy.state(update.step)
+            save_snapshot(path, run, update, modules, guard.snapshot_rng(update.step), event.get("diagnosis"), state)
+            guard.snapshot_path = str(path)
+            event["snapshot"] = path.name
+        if copy is not None:
+            copy.release()
+    if run_dir is not None:
+        with open(run_dir / EVENTS_FILE, "a") as f:
+            f.write(json.dumps(event) + "\n")
+    if run.is_global_zero:
+        add_text(run, "explosion/event", event_markdown(event), update.step)
+        if first or action is Action.STOP:
+            print(summary(guard, event, action), flush=True)
+            if "diagnosis" in event:
+                print("\n".join(f"seqstab: {line}" for line in diagnose_module.lines(event["diagnosis"])), flush=True)
+
+
+def _with_grad(run: Run, params: list[Any] | None) -> list[tuple[str, Any]]:
+    """``(name, parameter)`` of the parameters that had a gradient at the update (in the clip's order)."""
+    if params is None:
+        return [(name, p) for name, p in run.module.named_parameters() if p.grad is not None]
+    had = {id(p) for p in params}
+    return [(name, p) for name, p in run.module.named_parameters() if id(p) in had]
+
+
+def _diagnosis(guard: Any, run: Run, update: Update, copy: Any) -> dict[str, Any]:
+    """The event's diagnosis, its flow measured on the weights the update was flagged with where the guard kept
+    them (the first event of a guard with ``snapshot``), else on the weights at this flush."""
+    held = copy.load_into(run.module) if copy is not None and copy.holds() else None
+    try:
+        return diagnose_module.diagnose_event(run, update, guard._tracker)
+    finally:
+        if held is not None:
+            run.module.load_state_dict(held, strict=False)
+
+
+def summary(guard: Any, event: dict[str, Any], action: Action) -> str:
+    """The event's one console line."""
+    what = {Action.STEP: "applied (policy warn)", Action.SKIP: "not applied", Action.STOP: "stopping the run"}
+    ratio = ""
+    if isinstance(event["ratio"], float):
+        ratio = f" = {event['ratio']:.3g}x the median {event['median']:.3g}"
+    norm = event["norm"] if isinstance(event["norm"], str) else f"{event['norm']:.4g}"
+    line = (
+        f"seqstab: explosion guard: {event['reason']} at update {event['update']} (epoch {event['epoch']}): "
+        f"pre-clip grad norm {norm}{ratio}; largest in {event['module']}; {what[action]}; "
+    )
+    if "reset" in event:
+        line += f"moments reset for {', '.join(event['reset']) or 'no tensor (the optimizer keeps none)'}; "
+    line += f"{guard.events} event(s) so far"
+    if guard.snapshot_path:
+        line += f"; replay: python -m seqstab.replay {guard.snapshot_path}"
+    return line
 
 
 def event_markdown(event: dict[str, Any]) -> str:

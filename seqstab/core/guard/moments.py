@@ -27,3 +27,15 @@ def reset_moments(optimizer: torch.optim.Optimizer | None, param: torch.Tensor) 
     elif step is not None:
         state["step"] = type(step)(0)
     return bool(buffers)
+
+
+def reset_moments_where(optimizer: torch.optim.Optimizer, param: torch.Tensor, reset: torch.Tensor) -> None:
+    """:func:`reset_moments` where ``reset`` (a 0-dim bool tensor) holds, decided on the device: the moment buffers
+    are multiplied by 0 or 1 (exact: they are finite) and a tensor ``step`` is selected back to 0. A Python-number
+    ``step`` is left alone (torch's optimizers keep tensors)."""
+    keep = (~reset).to(torch.float32)
+    for buffer in moment_buffers(optimizer, param):
+        buffer.mul_(keep.to(buffer.dtype))
+    step = optimizer.state[param].get("step")
+    if isinstance(step, torch.Tensor):
+        torch.where(reset.to(step.device), torch.zeros_like(step), step, out=step)

@@ -24,13 +24,20 @@ def save_snapshot(
     modules: dict[str, float],
     rng: dict[str, Any] | None,
     diagnosis: dict[str, Any] | None = None,
+    state: tuple[dict[str, torch.Tensor], dict[str, Any] | None] | None = None,
 ) -> None:
     """Everything ``python -m seqstab.replay`` needs to recompute this update's gradient, as plain tensors/dicts:
     the model (how to rebuild it: ``run.recipe``; its weights), the optimizer state, what was trained on and the
     hidden state it started from, the RNG state before its forward pass, the clipping policy and what was logged.
 
+    ``state``: the module's and the optimizer's state dicts as they were before the update (kept on the device by
+    the guard until this flush); None takes them from the live run.
+
     Written atomically; loads with ``torch.load(path, weights_only=True)``.
     """
+    if state is None:
+        state = (run.module.state_dict(), run.optimizer.state_dict() if run.optimizer is not None else None)
+    module_state, optimizer_state = state
     recipe = run.recipe or {}
     config = path.parent / "config.yaml"
     device = next((p.device for p in run.module.parameters()), torch.device("cpu"))
@@ -45,8 +52,8 @@ def save_snapshot(
         "hparams": plain_or_none(recipe.get("hparams")),
         "clipping": recipe.get("clipping"),
         "batch_idx": recipe.get("batch_idx"),
-        "state_dict": to_cpu(run.module.state_dict()),
-        "optimizer": to_cpu(run.optimizer.state_dict()) if run.optimizer is not None else None,
+        "state_dict": to_cpu(module_state),
+        "optimizer": to_cpu(optimizer_state) if optimizer_state is not None else None,
         "chunk": to_cpu(update.chunk),
         "hidden_in": to_cpu(update.hidden_in),
         "rng": rng,

@@ -23,16 +23,23 @@ def check_finite_weights(state_dict: dict[str, torch.Tensor], where: str = "chec
             raise NonFiniteWeightsError(f"refusing to save the {where}: {name} holds inf or nan")
 
 
-def grad_norms(module: torch.nn.Module, tensor_norms: torch.Tensor | None = None) -> dict[str, float]:
+def grad_norms(
+    module: torch.nn.Module,
+    tensor_norms: torch.Tensor | None = None,
+    named: list[tuple[str, torch.Tensor]] | None = None,
+) -> dict[str, float]:
     """L2 norm of each parameter's gradient, by parameter name, in one host transfer.
 
     ``tensor_norms`` are norms the clipping policy took before it clipped (``ClipResult.tensor_norms``, in the
-    order of the parameters that have a gradient); without them the gradients are measured as they are now."""
-    named = [(name, p.grad) for name, p in module.named_parameters() if p.grad is not None]
+    order of the parameters that had a gradient then: ``named``, ``(name, parameter)``, default those that have one
+    now); without them the gradients are measured as they are now."""
+    if named is None:
+        named = [(name, p) for name, p in module.named_parameters() if p.grad is not None]
     if not named:
         return {}
     if tensor_norms is not None and len(tensor_norms) == len(named):
         norms = tensor_norms.detach().float().tolist()
     else:
-        norms = torch.stack([torch.linalg.vector_norm(g.detach().float()) for _, g in named]).tolist()
+        named = [(name, p) for name, p in named if p.grad is not None]
+        norms = torch.stack([torch.linalg.vector_norm(p.grad.detach().float()) for _, p in named]).tolist()
     return {name: norm for (name, _), norm in zip(named, norms, strict=True)}

@@ -72,9 +72,9 @@ class GradMonitor:
 
     def _reset(self) -> None:
         self._probe: FlowProbe | None = None  # hooks of the flow step in progress
-        self._flow: tuple[int, HostCopy] | None = None  # (step, (L, k) norms) awaiting emit
-        self._weights: tuple[int, list[HostCopy]] | None = None  # (step, W_hh snapshots) awaiting emit
-        self._hist: tuple[int, dict[str, HostCopy]] | None = None  # (step, tag -> values) awaiting emit
+        self._flow: dict[int, HostCopy] = {}  # step -> (L, k) norms, awaiting emit (at the flush)
+        self._weights: dict[int, list[tuple[HostCopy, str]]] = {}  # step -> W_hh snapshots awaiting emit
+        self._hist: dict[int, dict[str, HostCopy]] = {}  # step -> tag -> values awaiting emit
         self._groups: ModuleGroups | None = None
         self.flow_history: list[tuple[int, np.ndarray]] = []  # (step, (L, k) norms): the heatmap's columns
         self._drawn = 0  # columns in the last heatmap drawn
@@ -85,7 +85,7 @@ class GradMonitor:
 
     def __getstate__(self) -> dict[str, Any]:  # hooks and pending copies do not travel (e.g. to spawned workers)
         state = dict(self.__dict__)
-        state.update(_probe=None, _flow=None, _weights=None, _hist=None, _groups=None)
+        state.update(_probe=None, _flow={}, _weights={}, _hist={}, _groups=None)
         return state
 
     # -- stations ------------------------------------------------------------------------------------------
@@ -130,7 +130,7 @@ class GradMonitor:
         if self._probe is not None:
             norms = self._probe.norms(run.loss_scale)  # (L, k)
             self._probe = None
-            self._flow = (step, HostCopy(norms))
+            self._flow[step] = HostCopy(norms)
         every_log = run.log_every_n_steps if self.per_module else None
         modules, spectra, hist = (
             _due(n, step) for n in (every_log, self.spectrum_every_n_steps, self.histogram_every_n_steps)
@@ -141,27 +141,30 @@ class GradMonitor:
         if spectra:
             weights = spectral_weights(run.net)
             if weights:
-                self._weights = (step, [(HostCopy(w), cell) for w, cell in weights])
+                self._weights[step] = [(HostCopy(w), cell) for w, cell in weights]
         if hist:
-            self._hist = (step, groups.histogram_copies())
+            self._hist[step] = groups.histogram_copies()
         return groups.norms() if modules else {}
 
     def emit(self, run: Run, update: Update) -> None:
-        """After the step: write what is due to the loggers (the host copies are complete after the update's sync)."""
-        if self._flow is not None:
-            self._emit_flow(run, *self._flow)
-            self._flow = None
-        if self._weights is not None:
-            step, copies = self._weights
-            self._weights = None
+        """At the flush, for each update read back in order: write what was measured at it (the host copies are
+        complete: the flush's read-back came after them in the device's queue)."""
+        step = update.step
+        if step in self._flow:
+            self._emit_flow(run, step, self._flow.pop(step))
+        if step in self._weights:
+            copies = self._weights.pop(step)
             metrics = recurrent_spectra([c.get() for c, _ in copies], [cell for _, cell in copies])
             log_metrics(run, metrics, step)
-        if self._hist is not None:
-            step, copies = self._hist
-            self._hist = None
-            write_histograms(run, step, copies)
+        if step in self._hist:
+            write_histograms(run, step, self._hist.pop(step))
         if _due(self.heatmap_every_n_steps, update.step) and len(self.flow_history) > self._drawn:
             self._draw_heatmap(run, update.step)
+
+    def drop(self, step: int) -> None:
+        """What was measured at ``step`` is not to be written (an update that is not logged)."""
+        for pending in (self._flow, self._weights, self._hist):
+            pending.pop(step, None)
 
     def finish(self, run: Run) -> None:
         """Fit end: draw the gradient-flow heatmap with every column measured."""

@@ -135,6 +135,17 @@ def scored(batch: dict[str, torch.Tensor], steps: int | list[Window] | None) -> 
     return torch.stack([per_step[w.score_from : w.stop].any() for w in windows])
 
 
+def scored_steps(mask: torch.Tensor) -> torch.Tensor:
+    """``(L,)`` bool: which steps of a batch hold a scored step in any stream (a mask ``(B, L, ...)``)."""
+    return mask.reshape(mask.shape[0], mask.shape[1], -1).ne(0).any(dim=2).any(dim=0)
+
+
+def scored_windows(per_step: torch.Tensor, windows: list[Window]) -> list[bool]:
+    """For each window: does its scored part hold a scored step (``per_step``: :func:`scored_steps`, on the host)."""
+    steps = per_step.tolist()
+    return [any(steps[w.score_from : w.stop]) for w in windows]
+
+
 def carries(windows: list[Window], i: int, length: int) -> bool:
     """Does the next window (or the batch's end) start where window ``i`` stops? Then its final state is carried."""
     following = windows[i + 1].start if i + 1 < len(windows) else length

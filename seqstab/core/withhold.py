@@ -1,0 +1,171 @@
+"""Withholding an update on the device: the guard decides there, and the host never asks.
+
+Every update calls the optimizer's ``step``. When the guard's decision (a 0-dim bool tensor, ``apply``) says the
+update is withheld, the step must leave the weights *and* the optimizer's state (momentum, Adam's moments and step
+count) exactly as they were — without the host reading ``apply``, which would stall a GPU queue. How, depends on
+the optimizer; :func:`withholding` picks the cheapest exact way:
+
+=====================  ==========================================================  ==============================
+strategy               when                                                        cost per update
+=====================  ==========================================================  ==============================
+:class:`MaskGradient`  ``torch.optim.SGD`` without momentum and weight decay: a    one pass over the gradients
+                       zero gradient steps nothing (``p - lr·0 == p``), so the
+                       gradient is zeroed where withheld (non-finite values too)
+:class:`FoundInf`      an optimizer whose step reads ``found_inf`` (``fused``      nothing: the fused kernel skips
+                       Adam, AdamW, SGD, Adagrad), not under a GradScaler          itself, step count included
+:class:`Restore`       any other optimizer: params and state tensors are copied    a copy before and a select
+                       before the step and selected back after it (``where``)      after, over params and state
+=====================  ==========================================================  ==============================
+
+Two cases read ``apply`` on the host instead (one sync for that update): before the optimizer's first step (its
+state does not exist yet, and a withheld first step must leave none), and where the optimizer keeps a state
+tensor on another device than its parameter (``torch.optim.Adam`` on a GPU, neither fused nor capturable, counts
+steps on the CPU). Then the step is taken and undone exactly on the host. Under a GradScaler (16-bit AMP) the
+scaler skips an overflowing step itself; the guard's mask comes on top.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from seqstab import internals
+
+__all__ = ["FoundInf", "MaskGradient", "Restore", "Withholding", "undoable", "withholding"]
+
+
+class Withholding:
+    """Base: how a withheld update is kept from changing anything. Subclasses implement :meth:`before` and
+    :meth:`after`, around the optimizer's step."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer):
+        self.optimizer = optimizer
+
+    def host_decides(self, params: list[torch.Tensor]) -> bool:
+        """Whether this update's decision must be read on the host: a parameter with a gradient has no optimizer
+        state yet (the step would create it), or keeps state on another device."""
+        state = self.optimizer.state
+        for p in params:
+            if p.grad is None:
+                continue
+            mine = state.get(p)  # .get: state is a defaultdict
+            if not mine or any(isinstance(t, torch.Tensor) and t.device != p.device for t in mine.values()):
+                return True
+        return False
+
+    def before(self, params: list[torch.Tensor], apply: torch.Tensor) -> None:
+        """Before the optimizer's step."""
+
+    def after(self, params: list[torch.Tensor], apply: torch.Tensor) -> None:
+        """After the optimizer's step."""
+
+
+class MaskGradient(Withholding):
+    """``torch.optim.SGD`` without momentum or weight decay: the gradient of a withheld update becomes zeros."""
+
+    def host_decides(self, params: list[torch.Tensor]) -> bool:
+        return False  # no state to create or keep
+
+    def before(self, params: list[torch.Tensor], apply: torch.Tensor) -> None:
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return
+        internals.foreach_mul_(grads, apply.to(grads[0].dtype))  # 1: bitwise as it was; 0: zeros (NaN where non-finite)
+        for g in grads:
+            g.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)  # applied gradients are finite: this changes nothing there
+
+
+class FoundInf(Withholding):
+    """An optimizer whose step reads ``found_inf`` (torch's fused implementations; the attribute a GradScaler sets
+    for them): the kernel skips a withheld update itself, its step count included."""
+
+    def before(self, params: list[torch.Tensor], apply: torch.Tensor) -> None:
+        self.optimizer.found_inf = (~apply).to(torch.float32)
+
+    def after(self, params: list[torch.Tensor], apply: torch.Tensor) -> None:
+        del self.optimizer.found_inf
+
+
+class Restore(Withholding):
+    """Any optimizer: the parameters and their state tensors are copied before the step and selected back after it
+    where the update is withheld (``torch.where``: bitwise the copy)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer):
+        super().__init__(optimizer)
+        self._tensors: list[torch.Tensor] = []
+        self._copies: list[torch.Tensor] = []
+
+    def before(self, params: list[torch.Tensor], apply: torch.Tensor) -> None:
+        tensors = stepped_tensors(self.optimizer, params)
+        if len(tensors) != len(self._copies) or any(
+            c.shape != t.shape or c.dtype != t.dtype or c.device != t.device
+            for c, t in zip(self._copies, tensors, strict=True)
+        ):
+            self._copies = [torch.empty_like(t) for t in tensors]
+        self._tensors = tensors
+        if tensors:
+            internals.foreach_copy_(self._copies, tensors)
+
+    def after(self, params: list[torch.Tensor], apply: torch.Tensor) -> None:
+        for tensor, copy in zip(self._tensors, self._copies, strict=True):
+            torch.where(apply, tensor, copy, out=tensor)
+        self._tensors = []
+
+
+def stepped_tensors(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The tensors an optimizer step may change: each parameter with a gradient, and the tensors of its state."""
+    tensors = []
+    for p in params:
+        if p.grad is None:
+            continue
+        tensors.append(p.data)
+        tensors += [t for t in optimizer.state.get(p, {}).values() if isinstance(t, torch.Tensor)]
+    return tensors
+
+
+def withholding(optimizer: torch.optim.Optimizer, scaled: bool = False) -> Withholding:
+    """The cheapest exact way to withhold an update of ``optimizer`` (see the module's table); ``scaled``: a
+    GradScaler drives the step (it sets ``found_inf`` itself)."""
+    optimizer = getattr(optimizer, "optimizer", optimizer)  # Lightning's wrapper
+    groups = optimizer.param_groups
+    if type(optimizer) is torch.optim.SGD and all(
+        g.get("momentum", 0) == 0 and g.get("weight_decay", 0) == 0 for g in groups
+    ):
+        return MaskGradient(optimizer)
+    if internals.steps_with_found_inf(optimizer) and not scaled:
+        return FoundInf(optimizer)
+    return Restore(optimizer)
+
+
+def undoable(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> Callable[[], None]:
+    """Before a step decided on the host to be withheld: copy what it may change, and return how to put it back
+    exactly afterwards (the parameters, their state tensors, and no state where the step created it)."""
+    optimizer = getattr(optimizer, "optimizer", optimizer)
+    stepped = [p for p in params if p.grad is not None]
+    had = {p: (p in optimizer.state) for p in stepped}
+    before = {
+        p: {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in optimizer.state[p].items()}
+        for p in stepped
+        if had[p]
+    }
+    data = {p: p.detach().clone() for p in stepped}
+
+    def undo() -> None:
+        with torch.no_grad():
+            for p, old in data.items():
+                p.copy_(old)
+            for p in stepped:
+                if not had[p]:
+                    optimizer.state.pop(p, None)
+                    continue
+                current, old = optimizer.state[p], before[p]
+                for key in [k for k in current if k not in old]:
+                    del current[key]
+                for key, value in old.items():
+                    if isinstance(value, torch.Tensor) and isinstance(current.get(key), torch.Tensor):
+                        current[key].copy_(value)
+                    else:
+                        current[key] = value
+
+    return undo

@@ -1,0 +1,118 @@
+"""A withheld update, decided on the device, leaves weights and optimizer state exactly as they were — for every
+optimizer a config can name — and a run read back only every 50 updates ends bitwise where one read back at every
+update (the host deciding) ends."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from seqstab.core.clipping import NormClip
+from seqstab.core.guard import ExplosionGuard
+from seqstab.core.record import Action, StaticRun
+from seqstab.core.update import UpdateCore
+from seqstab.core.withhold import FoundInf, MaskGradient, Restore, withholding
+
+OPTIMIZERS = {
+    "sgd": (lambda ps: torch.optim.SGD(ps, lr=0.1), MaskGradient),
+    "sgd_momentum_nesterov_wd": (
+        lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
+        Restore,
+    ),
+    "sgd_dampening": (lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, dampening=0.5), Restore),
+    "adam": (lambda ps: torch.optim.Adam(ps, lr=0.01), Restore),
+    "adamw_amsgrad": (lambda ps: torch.optim.AdamW(ps, lr=0.01, amsgrad=True), Restore),
+    "adam_fused": (lambda ps: torch.optim.Adam(ps, lr=0.01, fused=True), FoundInf),
+    "sgd_fused_momentum": (lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, fused=True), FoundInf),
+    "rmsprop_centered": (lambda ps: torch.optim.RMSprop(ps, lr=0.01, centered=True, momentum=0.5), Restore),
+    "adagrad": (lambda ps: torch.optim.Adagrad(ps, lr=0.1), Restore),
+    "adamax": (lambda ps: torch.optim.Adamax(ps, lr=0.01), Restore),
+    "nadam": (lambda ps: torch.optim.NAdam(ps, lr=0.01), Restore),
+    "radam": (lambda ps: torch.optim.RAdam(ps, lr=0.01), Restore),
+    "asgd": (lambda ps: torch.optim.ASGD(ps, lr=0.01), Restore),
+    "rprop": (lambda ps: torch.optim.Rprop(ps, lr=0.01), Restore),
+}
+NON_FINITE_AT = {0, 4, 9}  # the first update too: withheld before the optimizer ever stepped
+SPIKE_AT = 7
+
+
+def loop(make_optimizer, every: int, policy: str = "skip", updates: int = 12):
+    """A tiny net trained through the core with planted non-finite gradients and a spike; ``every``: how often the
+    core reads back (1: at every update, the host deciding before each step). The state around every update."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    params = list(net.parameters())
+    optimizer = make_optimizer(params)
+    core = UpdateCore(NormClip(max_norm=5.0), ExplosionGuard(policy=policy, min_history=3, snapshot=False))
+    run = StaticRun(net, optimizer=optimizer, log_every_n_steps=every)
+    gen = torch.Generator().manual_seed(1)
+    seen = []
+    for i in range(updates):
+        x = torch.randn(8, 3, generator=gen)
+        loss = net(x).pow(2).mean() * (1e4 if i == SPIKE_AT else 1.0)
+
+        def backward(loss, i=i):
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if i in NON_FINITE_AT:
+                params[0].grad.view(-1)[0] = math.nan if i % 2 else math.inf
+
+        before = snapshot(net, optimizer)
+        update = core.update(run, params, loss, backward=backward, step=optimizer.step)
+        seen.append((update, before, snapshot(net, optimizer)))
+    core.flush(run)
+    return seen, core, snapshot(net, optimizer)
+
+
+def snapshot(net, optimizer) -> dict:
+    state = {f"w.{k}": v.detach().clone() for k, v in net.state_dict().items()}
+    for i, entry in optimizer.state_dict()["state"].items():
+        for key, value in entry.items():
+            state[f"opt.{i}.{key}"] = value.clone() if isinstance(value, torch.Tensor) else value
+    return state
+
+
+def same(a: dict, b: dict) -> bool:
+    def bits(v):
+        return v.reshape(-1).view(torch.uint8) if isinstance(v, torch.Tensor) else v
+
+    return a.keys() == b.keys() and all(
+        torch.equal(bits(a[k]), bits(b[k])) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a
+    )
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_withheld_on_the_device_is_bitwise_the_host_decision(name):
+    make, strategy = OPTIMIZERS[name]
+    assert type(withholding(make([torch.nn.Parameter(torch.zeros(2))]))) is strategy
+    device, device_core, device_end = loop(make, every=1000)  # read back at update 0 and at the end only
+    host, host_core, host_end = loop(make, every=1)  # read back at every update, before its step
+    actions = [update.action for update, *_ in device]
+    assert actions == [update.action for update, *_ in host]
+    assert [i for i, a in enumerate(actions) if a is not Action.STEP] == sorted(NON_FINITE_AT | {SPIKE_AT})
+    for update, before, after in device:
+        if update.action is not Action.STEP:  # nothing moved: weights, moments, step counts, and no state created
+            assert same(before, after), f"update {update.step} was withheld but changed the state"
+    assert same(device_end, host_end)
+    assert all(torch.isfinite(v).all() for k, v in device_end.items() if k.startswith("w."))
+    assert device_core.applied == host_core.applied == 12 - len(NON_FINITE_AT) - 1
+
+
+def test_under_warn_a_finite_spike_is_applied_and_a_non_finite_update_never():
+    make = OPTIMIZERS["adam"][0]
+    seen, core, _ = loop(make, every=1000, policy="warn")
+    withheld = [update.step for update, *_ in seen if update.action is not Action.STEP]
+    assert withheld == sorted(NON_FINITE_AT)
+    spike, before, after = seen[SPIKE_AT]
+    assert not same(before, after) and core.guard.events == len(NON_FINITE_AT) + 1
+
+
+def test_the_stop_policy_withholds_everything_after_the_stop():
+    make = OPTIMIZERS["sgd"][0]
+    seen, core, end = loop(make, every=1000, policy="stop")
+    assert core.stop_requested
+    stop = next(u.step for u, *_ in seen if u.action is Action.STOP)
+    assert stop == min(NON_FINITE_AT)  # the first event is the non-finite update 0
+    assert all(same(before, after) for u, before, after in seen if u.step >= stop)
