@@ -14,14 +14,15 @@ TINY = ["--data.num_train", "40", "--data.num_val", "20", "--data.seq_len", "10"
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1"]
 
 
-def run_fails(args: list[str], capsys, where) -> str:
-    """Run the CLI in-process; assert exit 2, exactly one error line and no traceback; return the line."""
+def run_fails(args: list[str], capsys, where, fresh: bool = True) -> str:
+    """Run the CLI in-process; assert exit 2, exactly one error line and no traceback (and, when ``fresh``, no
+    ``runs`` directory); return the line."""
     code = main(["fit", *args, *QUIET])
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("seqstab.train: error:")]
     assert code == 2, err[-2000:]
     assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
-    assert not (where / "runs").exists(), "a failed start left a run directory behind"
+    assert not fresh or not (where / "runs").exists(), "a failed start left a run directory behind"
     return lines[0]
 
 
@@ -192,16 +193,21 @@ def test_nan_covered_by_the_missing_value_policy_trains(here, capsys):
 
 
 def test_checkpoint_from_a_different_model_shape(here, capsys):
+    """Resuming (fit) names the setting that differs from the checkpoint's run; evaluating (test) a checkpoint with a
+    model of another shape names the parameter."""
     assert main(["fit", *TINY, "--model.net.hidden_size", "8", *QUIET]) == 0
     (saved,) = (here / "runs").rglob("last.ckpt")
     before = sorted((here / "runs" / "seqstab").iterdir())
-    code = main(["fit", *TINY, "--model.net.hidden_size", "16", "--ckpt_path", str(saved), *QUIET])
+    line = run_fails([*TINY, "--model.net.hidden_size", "16", "--ckpt_path", str(saved)], capsys, here, fresh=False)
+    assert f"--ckpt_path {saved}: model.net.hidden_size is 8 in the checkpoint" in line and "but 16 here" in line
+    assert sorted((here / "runs" / "seqstab").iterdir()) == before  # the failed resume left no run behind
+    code = main(["test", *TINY, "--model.net.hidden_size", "16", "--ckpt_path", str(saved), *QUIET[:2]])
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("seqstab.train: error:")]
     assert code == 2 and len(lines) == 1 and "Traceback" not in err
     assert f"{saved}: made for another model shape: net.layers.0.weight_ih_l0 is (8, 2) in the checkpoint" in lines[0]
     assert "(16, 2) in this model (it was made with net.hidden_size=8)" in lines[0]
-    assert sorted((here / "runs" / "seqstab").iterdir()) == before  # the failed resume left no run behind
+    assert sorted((here / "runs" / "seqstab").iterdir()) == before
 
 
 # -- legal but suspicious: one warning ---------------------------------------------------------------------------
