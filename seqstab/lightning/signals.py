@@ -7,7 +7,8 @@ code says it was stopped, so a cluster scheduler does not count a pre-empted job
     while a fit trains (:class:`StopOnSignal`)  the batch in flight completes (and a validation in flight); at its end
                                                 the state is saved to ``last.ckpt`` beside the run's checkpoints,
                                                 then :class:`StoppedBySignal`; a resume with ``--ckpt_path last`` is
-                                                exact (:class:`seqstab.resume.ExactResume`)
+                                                exact (:class:`seqstab.resume.ExactResume`). In the run's last batch
+                                                the run ends as usual instead (exit 0: it finished)
     again, while stopping                       stops at once: a save under way is abandoned (its part file removed,
                                                 the previous checkpoint whole: writes are atomic)
 
@@ -92,9 +93,10 @@ class StopOnSignal(pl.Callback):
 
     def __init__(self) -> None:
         self.signum: int | None = None  # the signal received while training, until the stop
+        self._module: pl.LightningModule | None = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.signum = None
+        self.signum, self._module = None, pl_module
         if threading.current_thread() is threading.main_thread():
             for sig in SIGNALS:
                 signal.signal(sig, self._note)
@@ -102,9 +104,10 @@ class StopOnSignal(pl.Callback):
     def _note(self, signum: int, frame: Any) -> None:
         if self.signum is not None:
             raise StoppedBySignal(
-                signum, "at once, by a second signal, without saving: resume from the newest checkpoint with "
-                "--ckpt_path last"
-            )  # fmt: skip
+                signum,
+                "at once, by a second signal, without saving: resume from the newest checkpoint with --ckpt_path last",
+                update=getattr(self._module, "updates", None),
+            )
         self.signum = signum
         _say(
             f"\nseqstab: {signal.Signals(signum).name} received: stopping at the end of this batch with its state "
@@ -113,7 +116,7 @@ class StopOnSignal(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx):
         signum = self._agreed(trainer, pl_module)
-        if signum is None:
+        if signum is None or _last_batch_of_the_run(trainer):  # a run that ends here anyway ends as usual
             return
         update = getattr(pl_module, "updates", trainer.global_step)
         saved, reason = self._save(trainer)
@@ -138,6 +141,14 @@ class StopOnSignal(pl.Callback):
         except NonFiniteWeightsError as err:  # the guard never lets such weights into a checkpoint
             return None, f"not saved: {err}"
         return path, f"its state is saved in {path}: resume it with the same command and --ckpt_path last"
+
+
+def _last_batch_of_the_run(trainer: pl.Trainer) -> bool:
+    """The batch that just ended is the fit's last: ``max_steps`` reached, or the last batch of the last epoch."""
+    if trainer.max_steps >= 0 and trainer.global_step >= trainer.max_steps:
+        return True
+    last_epoch = trainer.max_epochs not in (None, -1) and trainer.current_epoch + 1 >= trainer.max_epochs
+    return last_epoch and trainer.fit_loop.epoch_loop.done
 
 
 def _say(text: str) -> None:
