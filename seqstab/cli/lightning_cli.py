@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 from jsonargparse import lazy_instance
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pytorch_lightning.callbacks import BasePredictionWriter
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import TensorBoardLogger
 
@@ -33,6 +34,7 @@ from seqstab.core.errors import ConfigError, SeqstabError
 from seqstab.core.io import write_text
 from seqstab.data.module import SeqDataModule
 from seqstab.lightning.manifest import ManifestCallback
+from seqstab.lightning.predictions import ForecastWriter
 from seqstab.lightning.resume import AtomicCheckpointIO
 from seqstab.lightning.signals import StopOnSignal
 from seqstab.tasks.base import LanguageModel, SeqTask
@@ -128,14 +130,25 @@ class SeqstabCLI(internals.KeepConfigOnCkptPath, LightningCLI):
         self._resumed = None
         if self.subcommand in EVAL_DIRS:
             self._log_beside(subcommand_config.get("ckpt_path"))
-        if self.subcommand == "predict" and isinstance(self.model, LanguageModel):
-            raise ConfigError(
-                "predict: a language model's predictions are not written anywhere (predict writes forecasts, for "
-                "seqstab.tasks.Forecaster); for text use seqstab generate --ckpt_path CKPT, for a file's perplexity "
-                "seqstab score --ckpt_path CKPT FILE"
-            )
+        if self.subcommand == "predict":
+            self._check_predictions_written()
         for note in self.notes:
             print(note, flush=True)
+
+    def _check_predictions_written(self) -> None:
+        """``predict`` writes what a prediction writer writes (``predictions.csv`` of a Forecaster, a
+        ``BasePredictionWriter`` of one's own); without one it would end with an empty ``predict/`` directory."""
+        callbacks = [*self.trainer.callbacks, *(self.model.configure_callbacks() or [])]
+        if any(isinstance(cb, (BasePredictionWriter, ForecastWriter)) for cb in callbacks):
+            return
+        if isinstance(self.model, LanguageModel):
+            instead = "for text use seqstab generate --ckpt_path CKPT, for a file's perplexity seqstab score"
+        else:
+            instead = "for its metrics use test (or validate)"
+        raise ConfigError(
+            f"predict: {type(self.model).__name__} writes no predictions (seqstab.tasks.Forecaster writes "
+            f"predictions.csv; another task needs a prediction writer in trainer.callbacks); {instead}"
+        )
 
     def _log_beside(self, ckpt_path: str | None) -> None:
         """``validate``, ``test`` and ``predict`` write into the run they evaluate (``<run>/eval``,

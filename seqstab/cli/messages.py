@@ -81,7 +81,10 @@ def _disk_full(err: BaseException, run_dir: Path | None) -> str | None:
             what = "a file"
             for frame in traceback.extract_tb(link.__traceback__):
                 what = next((w for key, w in WRITERS.items() if key in frame.filename or key == frame.name), what)
-            return f"{run_dir or Path.cwd()}: cannot write {what} there: {reason}"
+            where = run_dir or Path.cwd()
+            if " " not in what:  # a file's name
+                return f"{where / what}: cannot write it: {reason}"
+            return f"{where}: cannot write {what} there: {reason}"
     return None
 
 

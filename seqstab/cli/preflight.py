@@ -113,14 +113,16 @@ def check_trains_something(trainer: Any) -> None:
 
 
 def check_writable(trainer) -> None:
-    """Raise ConfigError naming the setting whose directory cannot be created or written."""
-    targets = {"trainer.default_root_dir": trainer.default_root_dir}
+    """Raise ConfigError naming the setting whose directory cannot be created or written (where the run writes
+    first, first: a full disk is named by the directory of the run)."""
+    targets = {}
     for logger in trainer.loggers:
         if getattr(logger, "save_dir", None):
             targets["trainer.logger.save_dir"] = logger.save_dir
     for cb in trainer.checkpoint_callbacks:
         if getattr(cb, "dirpath", None):
             targets["trainer.callbacks.dirpath"] = cb.dirpath
+    targets["trainer.default_root_dir"] = trainer.default_root_dir
     for key, directory in targets.items():
         problem = _unwritable(Path(directory))
         if problem:
