@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from seqstab import internals
+from seqstab.cli.arguments import one_line
 from seqstab.core.errors import SeqstabError
 
 __all__ = ["one_line", "parser_message", "quiet", "user_error", "warnings_as_lines"]
@@ -33,10 +34,6 @@ WRITERS = {  # where a write failed (a frame of the traceback) -> what was writt
     "tensorboard": "the TensorBoard event file",
     "save_hparams_to_yaml": "hparams.yaml",
 }
-
-
-def one_line(message: str) -> str:
-    return re.sub(r"\s+", " ", message).strip()
 
 
 def user_error(err: BaseException, run_dir: Path | None = None) -> str | None:
