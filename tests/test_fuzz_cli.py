@@ -144,13 +144,38 @@ def sweep_calls(draw) -> tuple[str, list[str], dict[str, bytes]]:
 
 
 @st.composite
-def lm_tool_calls(draw, lm: Path) -> tuple[str, list[str], dict[str, bytes]]:
-    """generate and score: a bad checkpoint, or a good one and a bad option or text file."""
+def damaged(draw, saved: dict) -> bytes:
+    """A real checkpoint with one entry it needs (its weights, its model's settings, its data spec's kind or
+    vocabulary size) gone or replaced by another value."""
+    saved = {**saved, "hyper_parameters": {**saved["hyper_parameters"]}}
+    hparams = saved["hyper_parameters"]
+    hparams["spec"] = {**hparams["spec"]}
+    where, keys = draw(
+        st.sampled_from(
+            [
+                (saved, ["state_dict", "hyper_parameters"]),
+                (hparams, ["net", "spec"]),
+                (hparams["spec"], ["kind", "vocab_size"]),
+            ]
+        )
+    )
+    key = draw(st.sampled_from(keys))
+    if draw(st.booleans()):
+        del where[key]
+    else:
+        where[key] = draw(PLAIN)
+    return _saved(saved)
+
+
+@st.composite
+def lm_tool_calls(draw, lm: tuple[Path, dict]) -> tuple[str, list[str], dict[str, bytes]]:
+    """generate and score: a bad or damaged checkpoint, or a good one and a bad option or text file."""
     tool = draw(st.sampled_from(["generate", "score"]))
     text = ["text.txt"] if tool == "score" else []
     files = {"text.txt": b"the cat sat on the mat\n" * 20}
+    path, saved = lm
     if draw(st.booleans()):
-        files["x.ckpt"] = draw(st.one_of(GARBAGE, PLAIN.map(_saved)))
+        files["x.ckpt"] = draw(st.one_of(GARBAGE, PLAIN.map(_saved), damaged(saved)))
         return tool, ["--ckpt_path", "x.ckpt", *text], files
     options = {
         "generate": [["--tokens", "0"], ["--tokens", "-4"], ["--temperature", "-0.5"], ["--temperature", "nan"],
@@ -160,8 +185,8 @@ def lm_tool_calls(draw, lm: Path) -> tuple[str, list[str], dict[str, bytes]]:
     }  # fmt: skip
     if tool == "score" and draw(st.booleans()):
         files["text.txt"] = draw(st.sampled_from([b"", b" \n\n", b"ok\n\xff\xfe\n"]))
-        return tool, ["--ckpt_path", str(lm), *text], files
-    return tool, ["--ckpt_path", str(lm), *text, *draw(st.sampled_from(options[tool]))], files
+        return tool, ["--ckpt_path", str(path), *text], files
+    return tool, ["--ckpt_path", str(path), *text, *draw(st.sampled_from(options[tool]))], files
 
 
 @st.composite
@@ -188,8 +213,8 @@ def _saved(obj) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def lm(tmp_path_factory) -> Path:
-    """A language model's checkpoint (2 updates on a tiny text), for generate and score."""
+def lm(tmp_path_factory) -> tuple[Path, dict]:
+    """A language model's checkpoint (2 updates on a tiny text), for generate and score: its path and content."""
     folder, cwd = tmp_path_factory.mktemp("lm"), os.getcwd()
     (folder / "text.txt").write_text("the cat sat on the mat and the dog sat on the log\n" * 30)
     data = ["--data", "datamodules.text.TextFiles", "--data.cache_dir", str(folder), "--data.seq_len", "5"]
@@ -200,7 +225,8 @@ def lm(tmp_path_factory) -> Path:
         assert main([*args, "--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false"]) == 0
     finally:
         os.chdir(cwd)
-    return folder / "runs" / "seqstab" / "version_0" / "checkpoints" / "last.ckpt"
+    path = folder / "runs" / "seqstab" / "version_0" / "checkpoints" / "last.ckpt"
+    return path, torch.load(path, weights_only=True)
 
 
 def run_tool(tool: str, argv: list[str], files: dict[str, bytes]) -> tuple[int, str, list[Path]]:
