@@ -79,3 +79,19 @@ def test_a_signal_before_training_stops_at_once_and_leaves_nothing(tmp_path, mon
     ]
     assert not (tmp_path / "runs").exists()
     assert signal.getsignal(signal.SIGINT) is before  # the command put the handlers back
+
+
+def test_ctrl_c_in_a_tool_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
+    """generate, score and replay: Ctrl-C (a real SIGINT, Python's own handler) ends with one line, no traceback."""
+    import time
+
+    from seqstab.cli import lm, score
+
+    def interrupted(path, trust=()):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)  # the KeyboardInterrupt arrives here
+
+    monkeypatch.setattr(lm, "load_lm", interrupted)
+    (tmp_path / "text.txt").write_text("a b c\n")
+    assert score.main(["--ckpt_path", str(tmp_path / "x.ckpt"), str(tmp_path / "text.txt")]) == 130
+    assert capsys.readouterr().err.splitlines() == ["seqstab.score: stopped by SIGINT"]

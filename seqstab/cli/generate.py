@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from seqstab.cli.arguments import ToolParser, error_line
+from seqstab.cli.console import ToolParser, error_line, tool_main
 from seqstab.core.errors import ConfigError, SeqstabError, check_non_negative, check_positive
 from seqstab.data.vocab import EOS_ID
 
@@ -55,6 +55,7 @@ def _no_bar(tokens: int) -> bool | None:
     return None if tokens > PROGRESS_FROM else True  # None: tqdm shows it on a terminal only
 
 
+@tool_main("generate")
 def main(argv: list[str] | None = None) -> int:
     parser = ToolParser("generate", description="Sample text from a trained language model's checkpoint.")
     parser.add_argument("--ckpt_path", type=Path, required=True, help="a LanguageModel checkpoint written by fit")

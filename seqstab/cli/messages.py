@@ -1,18 +1,14 @@
-"""What ``python -m seqstab.train`` says: a user's mistake as one line, Python warnings as ``seqstab: warning:``
-lines, and nothing of what Lightning and jsonargparse say that a seqstab user cannot act on.
+"""What ``python -m seqstab.train`` says: a user's mistake as one line, and nothing of what Lightning and jsonargparse
+say that a seqstab user cannot act on (the lines every command shares are :mod:`seqstab.cli.console`'s).
 
     user_error(err)      the one line for a bad argument, config, data or checkpoint, or a file that cannot be
                          written (a full disk); None for a bug, which keeps its traceback
-    warnings_as_lines()  ``seqstab: warning: <message>`` (no source path, no ``UserWarning:``), for one command
     quiet()              the warnings and tips that are noise here, silenced
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import re
-import threading
 import traceback
 import warnings
 from argparse import ArgumentError
@@ -20,16 +16,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from seqstab import internals
-from seqstab.cli.arguments import one_line
+from seqstab.cli.console import DISK_FULL, one_line
 from seqstab.core.errors import SeqstabError
 
-__all__ = ["one_line", "parser_message", "quiet", "user_error", "warnings_as_lines"]
+__all__ = ["parser_message", "quiet", "user_error"]
 
 HINTS = {
     "model": "--model seqstab.tasks.LanguageModel | Forecaster | SequenceRegressor | SequenceClassifier",
     "data": "--data datamodules.<module>.<DataModule>, e.g. datamodules.synthetic.AddingProblem",
 }
-DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # the disk (or a quota) is full: not a bug of anyone's
 WRITERS = {  # where a write failed (a frame of the traceback) -> what was written, for an OSError without a file name
     "tensorboard": "the TensorBoard event file",
     "save_hparams_to_yaml": "hparams.yaml",
@@ -106,27 +101,6 @@ def parser_message(message: str) -> str:
     if missing:  # --data alone (or --model alone) skips the embedded default, which supplied the other
         message += f" (give {HINTS[missing.group(1)]}, or a --config that names both)"
     return message
-
-
-@contextlib.contextmanager
-def warnings_as_lines() -> Iterator[None]:
-    """Within the block, a Python warning that reaches the user prints as ``seqstab: warning: <message>`` (one
-    line), and a full disk in a writer thread (TensorBoard's) prints nothing: the thread's writer raises it again
-    in the main thread, where it becomes the command's one error line."""
-    format_before, hook_before = warnings.formatwarning, threading.excepthook
-
-    def one_warning_line(message, category, filename, lineno, line=None) -> str:
-        return f"seqstab: warning: {one_line(str(message))}\n"
-
-    def thread_error(args) -> None:
-        if not (isinstance(args.exc_value, OSError) and args.exc_value.errno in DISK_FULL):
-            hook_before(args)
-
-    warnings.formatwarning, threading.excepthook = one_warning_line, thread_error
-    try:
-        yield
-    finally:
-        warnings.formatwarning, threading.excepthook = format_before, hook_before
 
 
 def quiet() -> None:

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from seqstab.cli.arguments import ToolParser, error_line
+from seqstab.cli.console import ToolParser, error_line, tool_main
 from seqstab.core import diagnose
 from seqstab.core import io as checkpoint
 from seqstab.core.clipping import ClipPolicy, NoClip
@@ -273,6 +273,7 @@ def report(path: Path, snapshot: dict[str, Any], result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@tool_main("replay")
 def main(argv: list[str] | None = None) -> int:
     parser = ToolParser(
         "replay",

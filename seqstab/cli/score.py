@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from seqstab.cli.arguments import ToolParser, error_line
+from seqstab.cli.console import ToolParser, error_line, tool_main
 from seqstab.core.errors import ConfigError, DataError, SeqstabError, check_positive
 from seqstab.data.vocab import TextCodec, normalize
 
@@ -183,6 +183,7 @@ def _bar(progress: bool, total: int, unit: str, desc: str) -> tqdm:
     )  # fmt: skip
 
 
+@tool_main("score")
 def main(argv: list[str] | None = None) -> int:
     parser = ToolParser(
         "score",

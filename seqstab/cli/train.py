@@ -13,7 +13,7 @@ shell's code for the signal, 143 or 130 (:mod:`seqstab.lightning.signals`).
 The jobs are in their own modules: the LightningCLI (:mod:`seqstab.cli.lightning_cli`), the checks before anything
 is written (:mod:`seqstab.cli.preflight`, :mod:`seqstab.cli.lightning_settings`), which checkpoint resumes
 (:mod:`seqstab.cli.resume_match`), run directories (:mod:`seqstab.cli.run_dirs`), messages
-(:mod:`seqstab.cli.messages`) and the closing lines (:mod:`seqstab.cli.closing`).
+(:mod:`seqstab.cli.messages`, :mod:`seqstab.cli.console`) and the closing lines (:mod:`seqstab.cli.closing`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from seqstab.cli.closing import print_closing, print_stopped
+from seqstab.cli.console import warnings_as_lines
 from seqstab.cli.lightning_cli import EXIT_NOTHING_APPLIED, SeqstabCLI
-from seqstab.cli.messages import quiet, user_error, warnings_as_lines
+from seqstab.cli.messages import quiet, user_error
 from seqstab.cli.preflight import DEFAULT_CONFIG, SUBCOMMANDS, check_config_files, with_default
 from seqstab.cli.resume_match import find_last
 from seqstab.cli.run_dirs import existing_runs, remove_new_runs, run_roots
