@@ -1,16 +1,25 @@
-"""Kill a training run at a seeded point, resume it with ``--ckpt_path last``, and check it ends bitwise where an
-uninterrupted run ends. ``tests/test_faults.py`` runs 5 points in CI; ``benchmarks/bench_faults.py`` runs 50.
+"""Stop a training run at a seeded point (SIGKILL, or SIGTERM / SIGINT and seqstab's clean stop), resume it with
+``--ckpt_path last``, and check it ends bitwise where an uninterrupted run ends. ``tests/test_faults.py`` runs a few
+points in CI; ``benchmarks/bench_faults.py`` runs 50.
 
 The run is a stateful LSTM language model (2 layers, dropout, truncated BPTT with 2 chunks a batch, ZClip, a
-checkpoint every 4 updates, validation every 6) on a small text. A point is where the process SIGKILLs itself:
+checkpoint every 4 updates, validation every 6 batches) on a small text. A point is ``(kind, at)``; the process
+signals itself, a real signal through the real handlers:
 
-* ``train``: after the batch that brought it to update ``at``;
-* ``validation``: in the first validation batch at or after update ``at``;
-* ``save``: inside the first checkpoint save at or after update ``at``, with the file fully written to its
-  temporary part and not yet renamed (the kill a save must survive).
+* ``train``: SIGKILL after the batch that brought it to update ``at``;
+* ``validation``: SIGKILL in the first validation batch at or after update ``at``;
+* ``save``: SIGKILL inside the first checkpoint save at or after update ``at``, with the file fully written to its
+  temporary part and not yet renamed (the kill a save must survive);
+* ``SIGTERM/train``, ``SIGINT/train``: the signal as the first batch at or after update ``at`` starts (the batch
+  in flight completes, then the run saves ``last.ckpt`` and exits 143 / 130);
+* ``SIGTERM/validation``, ``SIGINT/validation``: the signal in the first validation batch at or after update ``at``;
+* ``SIGTERM/save``, ``SIGINT/save``: the signal as a batch at or after update ``at`` starts, and the same signal
+  again inside the save it causes, with the file written to its temporary part and not renamed: the run stops at
+  once, the save abandoned; the previous ``last.ckpt`` must be whole.
 
 Each run is a ``fork`` of the test process running ``seqstab.train.main`` (the imports are done once: a fresh
-interpreter spends ~8 s importing Lightning), with one torch thread.
+interpreter spends ~8 s importing Lightning), with one torch thread. :func:`stop_from_outside` sends the signal
+from this process instead, while the run is paced (:class:`Pace`).
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import multiprocessing
 import os
 import random
 import signal
+import time
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -27,6 +37,15 @@ import torch
 STEPS = 16  # updates of the whole run: 8 batches of 2 chunks
 LAST = {"train": STEPS - 1, "validation": 12, "save": STEPS}  # the latest update each kind of point can follow:
 # validation runs after every 6th batch (update 12 here), a checkpoint is saved every 4 updates and at the end
+SIGNALED = {"train": STEPS - 4, "validation": 12, "save": STEPS - 4}  # a signal's: sent as a batch starts, it
+# stops the run at that batch's end, which must not be the run's last (there the run finishes, exit 0)
+FIRST = {"train": 5, "validation": 6, "save": 8}  # where the first point of each kind is
+EXIT = {"SIGKILL": -signal.SIGKILL, "SIGTERM": 128 + signal.SIGTERM, "SIGINT": 128 + signal.SIGINT}
+
+
+def exit_code(kind: str) -> int:
+    """The exit code a point of ``kind`` must end its run with."""
+    return EXIT[kind.split("/")[0]] if "/" in kind else EXIT["SIGKILL"]
 
 
 class Kill(pl.Callback):
@@ -48,6 +67,54 @@ class Kill(pl.Callback):
             from seqstab.core import io as files
 
             files.os.replace = lambda *args: os.kill(os.getpid(), signal.SIGKILL)  # dies before the rename
+
+
+class Signal(pl.Callback):
+    """Send this process SIGTERM or SIGINT at a point of the run (see the module)."""
+
+    def __init__(self, signum: str = "SIGTERM", where: str = "train", at: int = 1):
+        self.signum, self.where, self.at = signal.Signals[signum], where, at
+        self.sent = False
+
+    def _send(self) -> None:
+        self.sent = True
+        os.kill(os.getpid(), self.signum)
+
+    def setup(self, trainer, pl_module, stage):
+        if self.where == "setup":  # before training: the command stops at once
+            self._send()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.where in ("train", "save") and trainer.global_step >= self.at and not self.sent:
+            self._send()
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        due = self.where == "validation" and trainer.global_step >= self.at and not self.sent
+        if due and not trainer.sanity_checking:
+            self._send()
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        if self.where == "save" and self.sent:
+            from seqstab.core import io as files
+
+            replace = files.os.replace
+
+            def again_before_the_rename(*args):
+                os.kill(os.getpid(), self.signum)  # the handler raises here: the rename never happens
+                replace(*args)
+
+            files.os.replace = again_before_the_rename
+
+
+class Pace(pl.Callback):
+    """Sleep after every batch once ``after`` updates are done: time for a signal from outside to arrive mid-run."""
+
+    def __init__(self, after: int = 0, seconds: float = 0.0):
+        self.after, self.seconds = after, seconds
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.seconds and trainer.global_step >= self.after:
+            time.sleep(self.seconds)
 
 
 def write_text(path: Path, lines: int, seed: int) -> None:
@@ -73,6 +140,16 @@ def args(data: Path) -> list[str]:
     ]
 
 
+def point_args(data: Path, kind: str, at: int) -> list[str]:
+    """The command line of the run stopped at point ``(kind, at)``."""
+    if "/" in kind:
+        signum, where = kind.split("/")
+        stop = ["--trainer.callbacks+=tests.fault_injection.Signal", "--trainer.callbacks.signum", signum]
+    else:
+        where, stop = kind, ["--trainer.callbacks+=tests.fault_injection.Kill"]
+    return [*args(data), *stop, "--trainer.callbacks.where", where, "--trainer.callbacks.at", str(at)]
+
+
 def _child(cwd: Path, argv: list[str]) -> None:
     import contextlib
     import logging
@@ -90,71 +167,109 @@ def _child(cwd: Path, argv: list[str]) -> None:
     os._exit(code)
 
 
-def run(cwd: Path, argv: list[str]) -> int:
-    """``python -m seqstab.train ARGV`` in ``cwd``, as a fork of this process; its exit code (-9: killed)."""
+def start(cwd: Path, argv: list[str]) -> multiprocessing.Process:
+    """``python -m seqstab.train ARGV`` in ``cwd``, as a fork of this process, started."""
     cwd.mkdir(parents=True, exist_ok=True)
     child = multiprocessing.get_context("fork").Process(target=_child, args=(cwd, argv))
     child.start()
-    child.join(timeout=300)
+    return child
+
+
+def wait(child: multiprocessing.Process, cwd: Path, timeout: float = 300) -> int:
+    """The exit code of a run :func:`start` started (-9: killed)."""
+    child.join(timeout=timeout)
     if child.exitcode is None:
         child.kill()
         raise TimeoutError(f"the run in {cwd} did not end")
     return child.exitcode
 
 
+def run(cwd: Path, argv: list[str]) -> int:
+    """``python -m seqstab.train ARGV`` in ``cwd``, as a fork of this process; its exit code (-9: killed)."""
+    return wait(start(cwd, argv), cwd)
+
+
+def stop_from_outside(cwd: Path, data: Path, signum: signal.Signals, after: int = 4) -> int:
+    """Start a run paced after update ``after``, send it ``signum`` from this process once its checkpoint of
+    update ``after`` is written (the run is then mid-epoch, between two batches or in one), and return its exit
+    code."""
+    paced = ["--trainer.callbacks+=tests.fault_injection.Pace", "--trainer.callbacks.after", str(after)]
+    child = start(cwd, [*args(data), *paced, "--trainer.callbacks.seconds", "0.5"])
+    mark = cwd / "runs" / "seqstab" / "version_0" / "checkpoints" / f"epoch=0-step={after}.ckpt"
+    deadline = time.monotonic() + 240
+    while not mark.exists() and child.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if child.is_alive():
+        os.kill(child.pid, signum)
+    return wait(child, cwd)
+
+
 def final_state(cwd: Path) -> dict:
-    """The last checkpoint of the newest run in ``cwd``: weights, the update count, the clipping policy's state."""
+    """The last checkpoint of the newest run in ``cwd``: weights, optimizer, update count, clipping policy's state."""
     runs = sorted((cwd / "runs" / "seqstab").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
     return torch.load(runs[-1] / "checkpoints" / "last.ckpt", weights_only=True)
 
 
-def same(a: dict, b: dict) -> bool:
-    def bits(t: torch.Tensor) -> torch.Tensor:
-        return t.reshape(-1).view(torch.uint8)
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1).view(torch.uint8)
 
-    weights = a["state_dict"].keys() == b["state_dict"].keys() and all(
-        torch.equal(bits(a["state_dict"][k]), bits(b["state_dict"][k])) for k in a["state_dict"]
-    )
-    clip_a, clip_b = a["seqstab"]["clipping"], b["seqstab"]["clipping"]
-    clipping = clip_a.keys() == clip_b.keys() and all(
-        torch.equal(v, clip_b[k]) if isinstance(v, torch.Tensor) else v == clip_b[k] for k, v in clip_a.items()
-    )
+
+def _equal(a, b) -> bool:
+    """Bitwise equal tensors, recursively through dicts, lists and tuples; plain values by ``==``."""
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.dtype == b.dtype and a.shape == b.shape and torch.equal(_bits(a), _bits(b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def same(a: dict, b: dict) -> bool:
+    """Weights, optimizer state, clipping state, step and update counts: bitwise the same."""
     return (
-        weights
-        and clipping
+        _equal(a["state_dict"], b["state_dict"])
+        and _equal(a["optimizer_states"], b["optimizer_states"])
+        and _equal(a["seqstab"]["clipping"], b["seqstab"]["clipping"])
         and a["global_step"] == b["global_step"]
         and a["seqstab"]["updates"] == b["seqstab"]["updates"]
     )
 
 
-def points(count: int, seed: int = 0) -> list[tuple[str, int]]:
-    """``count`` kill points, every kind of point among the first three, the rest drawn with ``seed``."""
+def points(count: int, seed: int = 0, kinds: tuple[str, ...] = tuple(LAST)) -> list[tuple[str, int]]:
+    """``count`` points of the given ``kinds``: one of each first (SIGKILL's at the updates CI has always used), the
+    rest drawn with ``seed``."""
     rng = random.Random(seed)
-    chosen = [("train", 5), ("validation", 6), ("save", 8)][:count]
+    chosen = [(kind, FIRST[kind.split("/")[-1]]) for kind in kinds][:count]
     while len(chosen) < count:
-        where = rng.choice(sorted(LAST))
-        chosen.append((where, rng.randint(1, LAST[where])))
+        kind = rng.choice(sorted(kinds))
+        limits = SIGNALED if "/" in kind else LAST
+        chosen.append((kind, rng.randint(1, limits[kind.split("/")[-1]])))
     return chosen
 
 
-def check(root: Path, kills: list[tuple[str, int]], progress=None) -> list[tuple[str, int, int, bool]]:
-    """Run the uninterrupted reference, then each kill point and its resume; ``(where, at, exit code of the killed
-    run, resumed bitwise equal)`` per point. ``progress()``, if given, is called after each point."""
+def prepare(root: Path) -> tuple[Path, dict]:
+    """The data, and the uninterrupted run's final state."""
     data = root / "data"
     data.mkdir(parents=True, exist_ok=True)
     write_text(data / "train.txt", 120, seed=0)  # ~900 tokens: 28 batches an epoch, the run ends in epoch 0
     write_text(data / "valid.txt", 20, seed=1)
     assert run(root / "straight", args(data)) == 0, (root / "straight" / "out.log").read_text()[-3000:]
-    reference = final_state(root / "straight")
+    return data, final_state(root / "straight")
+
+
+def check(
+    root: Path, stops: list[tuple[str, int]], progress=None, prepared: tuple[Path, dict] | None = None
+) -> list[tuple[str, int, int, bool]]:
+    """Run the uninterrupted reference (unless ``prepared``), then each point and its resume; ``(kind, at, exit
+    code of the stopped run, resumed bitwise equal)`` per point. ``progress()``, if given, is called after each."""
+    data, reference = prepared or prepare(root)
     results = []
-    for i, (where, at) in enumerate(kills):
+    for i, (kind, at) in enumerate(stops):
         here = root / f"point_{i}"
-        killed = run(here, [*args(data), "--trainer.callbacks+=tests.fault_injection.Kill"] + [
-            "--trainer.callbacks.where", where, "--trainer.callbacks.at", str(at)
-        ])  # fmt: skip
+        stopped = run(here, point_args(data, kind, at))
         resumed = run(here, [*args(data), "--ckpt_path", "last"])
-        exact = resumed == 0 and same(reference, final_state(here))
-        results.append((where, at, killed, exact))
+        results.append((kind, at, stopped, resumed == 0 and same(reference, final_state(here))))
         if progress is not None:
             progress()
     return results

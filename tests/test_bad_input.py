@@ -14,14 +14,15 @@ TINY = ["--data.num_train", "40", "--data.num_val", "20", "--data.seq_len", "10"
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1"]
 
 
-def run_fails(args: list[str], capsys, where) -> str:
-    """Run the CLI in-process; assert exit 2, exactly one error line and no traceback; return the line."""
+def run_fails(args: list[str], capsys, where, fresh: bool = True) -> str:
+    """Run the CLI in-process; assert exit 2, exactly one error line and no traceback (and, when ``fresh``, no
+    ``runs`` directory); return the line."""
     code = main(["fit", *args, *QUIET])
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("seqstab.train: error:")]
     assert code == 2, err[-2000:]
     assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
-    assert not (where / "runs").exists(), "a failed start left a run directory behind"
+    assert not fresh or not (where / "runs").exists(), "a failed start left a run directory behind"
     return lines[0]
 
 
@@ -104,6 +105,67 @@ def test_model_or_data_alone_names_what_is_missing(here, capsys, args, needle):
 )
 def test_mistakes_found_at_start_up(here, capsys, args, needle):
     assert needle in run_fails(args, capsys, here)
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        # settings that make a fit do nothing: refused before anything is written
+        (["--trainer.max_steps", "0"], "trainer.max_steps=0: fit would train nothing (give -1 for no limit, or a"),
+        (["--trainer.max_epochs", "0"], "trainer.max_epochs=0: fit would train nothing"),
+        (["--trainer.limit_train_batches", "0"], "trainer.limit_train_batches=0.0: fit would train on no batch"),
+        (["--trainer.limit_train_batches", "0.0"], "trainer.limit_train_batches=0.0: fit would train on no batch"),
+        # Lightning's settings that seqstab's loop does not take
+        (
+            ["--trainer.accumulate_grad_batches", "4"],
+            "trainer.accumulate_grad_batches=4: not supported: seqstab's chunk loop makes one update per chunk of "
+            "one batch; for updates over 4x the sequences use --data.batch_size 40",
+        ),
+        (
+            ["--model.clipping", "NormClip", "--trainer.gradient_clip_val", "1"],
+            "trainer.gradient_clip_val=1.0 and model.clipping are both given: seqstab clips in its own update loop "
+            "with model.clipping alone (give one: --model.clipping seqstab.clipping.NormClip "
+            "--model.clipping.max_norm 1.0 is the same)",
+        ),
+        (["--trainer.gradient_clip_val", "-1"], "trainer.gradient_clip_val=-1.0: must be a number > 0"),
+        (
+            ["--trainer.gradient_clip_algorithm", "value"],
+            "trainer.gradient_clip_algorithm='value' without trainer.gradient_clip_val: nothing to clip at",
+        ),
+    ],
+)
+def test_settings_lightning_would_ignore_or_trip_on(here, capsys, args, needle):
+    code = main(["fit", *TINY, *QUIET, *args])  # after QUIET: its max_steps 2 must not win
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("seqstab.train: error:")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    assert needle in lines[0]
+    assert not (here / "runs").exists()
+
+
+def test_a_config_file_that_is_not_a_mapping(here, capsys):
+    (here / "list.yaml").write_text("- trainer:\n    max_steps: 2\n")
+    line = run_fails(["--config", "list.yaml"], capsys, here)
+    mapping = "a config file must be a mapping of settings (model:, data:, trainer: ...)"
+    assert line.endswith(f"list.yaml: {mapping}, this one holds a list")
+    (here / "word.yaml").write_text("fit\n")
+    assert run_fails(["--config", "word.yaml"], capsys, here).endswith("this one holds a single value ('fit')")
+
+
+@pytest.mark.parametrize("model", ["LanguageModel", "SequenceRegressor"])
+def test_predict_that_would_write_nothing_is_refused(here, capsys, model):
+    """predict writes what a prediction writer writes (a Forecaster's predictions.csv); for other tasks it would end
+    with exit 0 and an empty predict/ directory."""
+    (here / "text.txt").write_text("the cat sat on the mat\n" * 40)
+    lm = ["--model", "seqstab.tasks.LanguageModel", "--data", "datamodules.text.TextFiles", "--data.seq_len", "5"]
+    for split in ("train", "valid", "test"):
+        lm += [f"--data.{split}", "text.txt"]
+    code = main(["predict", *(lm if model == "LanguageModel" else TINY), "--trainer.enable_progress_bar", "false"])
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.startswith("seqstab.train: error:")]
+    assert code == 2 and f"predict: {model} writes no predictions (seqstab.tasks.Forecaster writes" in line
+    instead = "seqstab generate --ckpt_path CKPT" if model == "LanguageModel" else "for its metrics use test"
+    assert instead in line and not (here / "runs").exists()
 
 
 def test_duplicate_keys_in_a_config_file(here, capsys):
@@ -192,16 +254,21 @@ def test_nan_covered_by_the_missing_value_policy_trains(here, capsys):
 
 
 def test_checkpoint_from_a_different_model_shape(here, capsys):
+    """Resuming (fit) names the setting that differs from the checkpoint's run; evaluating (test) a checkpoint with a
+    model of another shape names the parameter."""
     assert main(["fit", *TINY, "--model.net.hidden_size", "8", *QUIET]) == 0
     (saved,) = (here / "runs").rglob("last.ckpt")
     before = sorted((here / "runs" / "seqstab").iterdir())
-    code = main(["fit", *TINY, "--model.net.hidden_size", "16", "--ckpt_path", str(saved), *QUIET])
+    line = run_fails([*TINY, "--model.net.hidden_size", "16", "--ckpt_path", str(saved)], capsys, here, fresh=False)
+    assert f"--ckpt_path {saved}: model.net.hidden_size is 8 in the checkpoint" in line and "but 16 here" in line
+    assert sorted((here / "runs" / "seqstab").iterdir()) == before  # the failed resume left no run behind
+    code = main(["test", *TINY, "--model.net.hidden_size", "16", "--ckpt_path", str(saved), *QUIET[:2]])
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("seqstab.train: error:")]
     assert code == 2 and len(lines) == 1 and "Traceback" not in err
     assert f"{saved}: made for another model shape: net.layers.0.weight_ih_l0 is (8, 2) in the checkpoint" in lines[0]
     assert "(16, 2) in this model (it was made with net.hidden_size=8)" in lines[0]
-    assert sorted((here / "runs" / "seqstab").iterdir()) == before  # the failed resume left no run behind
+    assert sorted((here / "runs" / "seqstab").iterdir()) == before
 
 
 # -- legal but suspicious: one warning ---------------------------------------------------------------------------

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import csv
+import shutil
+from pathlib import Path
+
 import pytest
+import torch
+import yaml
 
 from seqstab.cli.train import main
 from tests.helpers import run_cli, scalars
@@ -131,3 +137,86 @@ def test_default_root_dir_moves_the_run_directory(tmp_path, monkeypatch):
     assert main(["fit", *TINY[:4], "--trainer.max_steps", "1", *QUIET, "--trainer.default_root_dir", "elsewhere"]) == 0
     assert (tmp_path / "elsewhere" / "runs" / "seqstab" / "version_0" / "config.yaml").is_file()
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_config_file_of_trainer_settings_runs_the_default_experiment(tmp_path, monkeypatch):
+    """A config naming neither model nor data (here, only a logger) runs the embedded default experiment with those
+    settings, as the same keys on the command line do."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "csv.yaml").write_text(
+        "trainer:\n  max_steps: 2\n  logger:\n"
+        "    - class_path: pytorch_lightning.loggers.CSVLogger\n      init_args: {save_dir: logs, name: csv}\n"
+    )
+    assert main(["fit", "-c", "csv.yaml", *TINY[:4], *QUIET]) == 0
+    run_dir = tmp_path / "logs" / "csv" / "version_0"
+    with open(run_dir / "metrics.csv") as f:
+        assert len([row for row in csv.DictReader(f) if row.get("train/loss")]) == 2
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["model"]["class_path"] == "seqstab.tasks.SequenceRegressor"  # the embedded default's
+    assert config["trainer"]["max_steps"] == 2 and not (tmp_path / "runs").exists()
+
+
+def test_a_setting_beside_ckpt_path_that_differs_from_the_checkpoint_is_refused(tmp_path, monkeypatch, capsys):
+    """``fit --ckpt_path FILE --optimizer.lr 0.1`` would train at the checkpoint's lr while config.yaml says 0.1:
+    refused, naming the key and both values, from the run's config.yaml or, for a copied file, from what the
+    checkpoint holds. trainer settings may change, and config.yaml records what the resumed run used."""
+    monkeypatch.chdir(tmp_path)
+    base = ["fit", *TINY[:4], *QUIET, "--optimizer", "Adam", "--optimizer.lr", "0.01", "--lr_scheduler", "StepLR"]
+    base += ["--lr_scheduler.step_size", "1", "--lr_scheduler.gamma", "0.5"]
+    assert main([*base, "--trainer.max_steps", "2"]) == 0  # one epoch: the scheduler halved the lr once
+    ckpt = Path("runs/seqstab/version_0/checkpoints/last.ckpt")
+    shutil.copy(ckpt, tmp_path / "copy.ckpt")  # no config.yaml beside it
+    capsys.readouterr()
+    changed = {
+        ("--optimizer.lr", "0.1", str(ckpt)): "optimizer.lr is 0.01 in the checkpoint (its run's "
+        "runs/seqstab/version_0/config.yaml) but 0.1 here",
+        ("--optimizer.lr", "0.1", "copy.ckpt"): "optimizer.lr is 0.01 in the checkpoint (the checkpoint's saved "
+        "state) but 0.1 here",
+        ("--lr_scheduler.step_size", "3", "copy.ckpt"): "lr_scheduler.step_size is 1 in the checkpoint",
+        ("--model.net.hidden_size", "32", "copy.ckpt"): "model.net.hidden_size is 64 in the checkpoint",
+    }
+    for (key, value, path), needle in changed.items():
+        assert main([*base, key, value, "--trainer.max_steps", "4", "--ckpt_path", path]) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith(f"seqstab.train: error: --ckpt_path {path}: {needle}"), line
+        assert line.endswith("drop it to resume, or start a new run without --ckpt_path")
+    assert not Path("runs/seqstab/version_1").exists()
+    for path in (str(ckpt), "copy.ckpt"):  # the same experiment, more steps: resumed
+        assert main([*base, "--trainer.max_steps", "4", "--ckpt_path", path]) == 0
+    config = yaml.safe_load(Path("runs/seqstab/version_1/config.yaml").read_text())
+    assert config["optimizer"]["init_args"]["lr"] == 0.01 and config["trainer"]["max_steps"] == 4
+    resumed = torch.load("runs/seqstab/version_1/checkpoints/last.ckpt", weights_only=True)
+    assert resumed["global_step"] == 4 and resumed["optimizer_states"][0]["param_groups"][0]["lr"] == 0.0025
+
+
+@pytest.mark.parametrize(
+    "algorithm,policy,argument", [(None, "NormClip", "max_norm"), ("value", "ValueClip", "clip_value")]
+)
+def test_gradient_clip_val_runs_as_the_models_clipping(tmp_path, monkeypatch, capsys, algorithm, policy, argument):
+    """Lightning's clipping settings (refused by Lightning under manual optimization, in a traceback) become the
+    model's clipping policy, said in one line; config.yaml records the policy the run used."""
+    monkeypatch.chdir(tmp_path)
+    clip = ["--trainer.gradient_clip_val", "0.5"]
+    clip += ["--trainer.gradient_clip_algorithm", algorithm] if algorithm else []
+    assert main(["fit", *TINY[:4], *QUIET, "--trainer.max_steps", "2", *clip]) == 0
+    said = f"(algorithm {algorithm or 'norm'!r}) runs as model.clipping seqstab.clipping.{policy}({argument}=0.5)"
+    assert f"seqstab: trainer.gradient_clip_val=0.5 {said}" in capsys.readouterr().out
+    run_dir = tmp_path / "runs" / "seqstab" / "version_0"
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    clipping = {"class_path": f"seqstab.clipping.{policy}", "init_args": {argument: 0.5}}
+    assert config["model"]["init_args"]["clipping"] == clipping and config["trainer"]["gradient_clip_val"] is None
+    logged = {tag: [value for _, value in series] for tag, series in scalars(run_dir).items()}
+    assert logged["grad/clipped"] == [1.0, 1.0]  # the default experiment's norms (1e3 to 1e6) are clipped
+    if policy == "NormClip":
+        assert logged["grad/clip_threshold"] == [0.5, 0.5] and logged["grad/norm_total_clipped"] == [0.5, 0.5]
+    else:  # every element clamped to 0.5: the norm is at most 0.5 * sqrt(number of parameters)
+        assert all(0 < value <= 0.5 * 4418**0.5 for value in logged["grad/norm_total_clipped"])
+
+
+def test_warnings_print_as_seqstab_warning_lines(tmp_path):
+    """The default experiment's clip-threshold warning, as a user's shell shows it: one line, no source path."""
+    result = run_cli("fit", *TINY[:4], "--trainer.max_steps", "2", *QUIET, cwd=tmp_path, PYTHONWARNINGS="default")
+    assert result.returncode == 0, result.stderr[-2000:]
+    (line,) = [line for line in result.stderr.splitlines() if "clip threshold" in line]
+    assert line.startswith("seqstab: warning: clip threshold 1 is ") and "below the first gradient norm" in line
+    assert "UserWarning" not in result.stderr and ".py:" not in result.stderr

@@ -14,13 +14,13 @@ joined by spaces, characters by nothing, BPE pieces by the tokenizer's decoder; 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from seqstab.cli.console import ToolParser, error_line, tool_main
 from seqstab.core.errors import ConfigError, SeqstabError, check_non_negative, check_positive
 from seqstab.data.vocab import EOS_ID
 
@@ -55,17 +55,18 @@ def _no_bar(tokens: int) -> bool | None:
     return None if tokens > PROGRESS_FROM else True  # None: tqdm shows it on a terminal only
 
 
+@tool_main("generate")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m seqstab.generate", description="Sample text from a trained language model's checkpoint."
-    )
+    parser = ToolParser("generate", description="Sample text from a trained language model's checkpoint.")
     parser.add_argument("--ckpt_path", type=Path, required=True, help="a LanguageModel checkpoint written by fit")
     parser.add_argument("--prompt", default="", help="text to continue (default: none, start a line)")
     parser.add_argument("--tokens", type=int, default=200, help="tokens to generate (default: 200)")
     parser.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = greedy (default: 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampling generator (default: 0)")
     parser.add_argument("--trust", action="append", default=[], metavar="MODULE", help="as for seqstab.replay")
-    args = parser.parse_args(argv)
+    args = parser.parse(argv)
+    if isinstance(args, int):  # a mistake (one line said it) or --help
+        return args
     try:
         from seqstab.cli.lm import load_lm
 
@@ -80,8 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"seqstab.generate: not in the vocabulary, read as <unk>: {shown}", file=sys.stderr)
         ids = generate(lm.model, prompt_ids, args.tokens, args.temperature, args.seed)
     except SeqstabError as err:
-        print(f"seqstab.generate: error: {err}", file=sys.stderr)
-        return 2
+        return error_line("generate", err)
     print(lm.codec.decode([*prompt_ids, *ids]))
     return 0
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from seqstab.core import io as checkpoint
-from seqstab.core.errors import ConfigError
+from seqstab.core.errors import ConfigError, SeqstabError
 from seqstab.core.io import CheckpointError
 from seqstab.data.vocab import TextCodec, find_datamodule_state
 
@@ -49,7 +49,8 @@ def load_lm(path: str | Path, trust: list[str] = ()) -> TrainedLM:
     """
     path = Path(path)
     saved = checkpoint.load(path)
-    if not isinstance(saved, dict) or not isinstance(saved.get("hyper_parameters"), dict) or "state_dict" not in saved:
+    parts = ("hyper_parameters", "state_dict")
+    if not isinstance(saved, dict) or not all(isinstance(saved.get(part), dict) for part in parts):
         raise CheckpointError(f"{path}: not a checkpoint of a seqstab task (no hyper_parameters or state_dict)")
     hparams = saved["hyper_parameters"]
     spec = hparams.get("spec") if isinstance(hparams.get("spec"), dict) else {}
@@ -81,14 +82,26 @@ def load_lm(path: str | Path, trust: list[str] = ()) -> TrainedLM:
         raise CheckpointError(f"{path}: its tokenizer is unreadable: {err}") from None
     try:
         model = replay.rebuild_model(recipe, what="checkpoint")
+        batching = int(state.get("eval_batch_size") or 1), int(state.get("seq_len") or 35)
     except RuntimeError as err:  # load_state_dict: weights that do not fit the model the hyperparameters build
-        raise CheckpointError(f"{path}: its weights do not fit its model: {str(err).splitlines()[0]}") from None
+        raise CheckpointError(f"{path}: its weights do not fit its model: {_first_line(err)}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as err:  # a damaged file (ConfigError is a ValueError)
+        if isinstance(err, SeqstabError):
+            raise
+        raise CheckpointError(
+            f"{path}: its model cannot be rebuilt from what it holds ({type(err).__name__}: {_first_line(err)})"
+        ) from None
     if len(codec.vocab) != model.spec.vocab_size:
         raise CheckpointError(
             f"{path}: its tokenizer has {len(codec.vocab):,} tokens, its model {model.spec.vocab_size:,}"
         )
     model.eval()
-    return TrainedLM(model, codec, int(state.get("eval_batch_size") or 1), int(state.get("seq_len") or 35))
+    return TrainedLM(model, codec, *batching)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def _class_of_kind(kind: Any) -> str | None:

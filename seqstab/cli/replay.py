@@ -25,7 +25,6 @@ anything else is refused before it is imported (``python -m`` puts the working d
 
 from __future__ import annotations
 
-import argparse
 import math
 import struct
 import sys
@@ -35,6 +34,7 @@ from typing import Any
 
 import torch
 
+from seqstab.cli.console import ToolParser, error_line, tool_main
 from seqstab.core import diagnose
 from seqstab.core import io as checkpoint
 from seqstab.core.clipping import ClipPolicy, NoClip
@@ -44,6 +44,15 @@ from seqstab.core.io import CheckpointError
 from seqstab.core.recipes import resolve
 from seqstab.core.record import StaticRun
 from seqstab.core.update import UpdateCore
+
+REQUIRED = {  # what replay reads of every snapshot, and its type
+    "task_class": str,
+    "state_dict": dict,
+    "update": int,
+    "global_step": int,
+    "epoch": int,
+    "logged": dict,
+}
 
 
 def load_snapshot(path: str | Path) -> dict[str, Any]:
@@ -58,6 +67,15 @@ def load_snapshot(path: str | Path) -> dict[str, Any]:
     if not isinstance(snapshot, dict) or snapshot.get("format") != SNAPSHOT_FORMAT:
         raise DataError(f"snapshot {path}: not a seqstab replay snapshot (format {SNAPSHOT_FORMAT!r} expected)")
     return snapshot
+
+
+def check_complete(snapshot: dict[str, Any], name: str = "snapshot") -> None:
+    """A :class:`DataError` naming the first of what replay reads that a (damaged) snapshot lacks."""
+    for key, kind in REQUIRED.items():
+        if not isinstance(snapshot.get(key), kind) or isinstance(snapshot.get(key), bool):
+            raise DataError(f"{name}: its {key!r} is missing or not a {kind.__name__} (a damaged file?)")
+    if not isinstance(snapshot["logged"].get("grad/norm_total"), (int, float)):
+        raise DataError(f"{name}: it holds no logged grad/norm_total to compare with (a damaged file?)")
 
 
 def class_paths(value: Any) -> list[str]:
@@ -78,7 +96,9 @@ def check_trusted(snapshot: dict[str, Any], trust: list[str], what: str = "snaps
     """Refuse, before importing anything, a class path whose module is not seqstab's own, not imported yet and not
     given with ``--trust`` (``what``: the file, for the message; generate and score apply the same rule)."""
     names = [snapshot.get("task_class", ""), *class_paths(snapshot.get("hparams")), *class_paths(snapshot)]
-    for path in dict.fromkeys(names):
+    for path in dict.fromkeys(name for name in names if isinstance(name, str)):  # a damaged file's are checked later
+        if not all(part.isidentifier() for part in path.split(".")):
+            raise ConfigError(f"{what} names {path!r} as a class, which is no class path (a damaged file?)")
         module = str(path).rpartition(".")[0]
         own = module == "seqstab" or module.startswith("seqstab.")
         if not (own or module in sys.modules or any(module == t or module.startswith(f"{t}.") for t in trust)):
@@ -96,15 +116,15 @@ def rebuild_model(snapshot: dict[str, Any], what: str = "snapshot") -> torch.nn.
 
     class_path = snapshot["task_class"]
     hparams = snapshot.get("hparams")
-    if hparams is None:
+    if not isinstance(hparams, dict):
         raise ConfigError(f"{what} model {class_path}: its hyperparameters are not plain values; cannot rebuild it")
     task = snapshot.get("kind", "task") == "task"
     base = SeqTask if task else _lightning_modules()
     cls = resolve(class_path, base, f"{what} model")
     hparams = {k: v for k, v in hparams.items() if not k.startswith("_")}  # LightningCLI's _class_path, _instantiator
-    if task:
-        hparams["spec"] = as_spec(hparams.get("spec"))
     try:
+        if task:
+            hparams["spec"] = as_spec(hparams.get("spec"))
         model = cls(**hparams)
     except TypeError as err:
         raise ConfigError(f"{what} model {class_path}: cannot rebuild it from its hyperparameters ({err})") from None
@@ -134,29 +154,36 @@ def rebuild_policy(snapshot: dict[str, Any]) -> tuple[ClipPolicy, bool]:
         return NoClip(), True
     try:
         policy = resolve(recipe["class_path"], ClipPolicy, "snapshot clipping")(**recipe.get("init_args", {}))
-    except (ConfigError, TypeError):
+    except (ConfigError, TypeError, KeyError, AttributeError):  # a damaged recipe, too
         return NoClip(), False  # a policy of the user's that cannot be rebuilt: measure as NoClip (the L2 norm)
     return policy, not policy.state_dict()
 
 
-def replay(snapshot: dict[str, Any], trust: list[str] = ()) -> dict[str, Any]:
+def replay(snapshot: dict[str, Any], trust: list[str] = (), name: str = "snapshot") -> dict[str, Any]:
     """Recompute the snapshot's update: its loss, pre-clip global gradient norm, per-parameter norms, and (for a
     stateless policy) the post-clip norm. Classes come only from trusted modules (:func:`check_trusted`).
 
     Runs with the run's thread count and RNG state; the caller's thread count and RNG state are restored after.
     """
     check_trusted(snapshot, list(trust))
+    check_complete(snapshot, name)
     threads = torch.get_num_threads()
     try:
         with torch.random.fork_rng(devices=[]):
-            if snapshot.get("num_threads"):
-                torch.set_num_threads(int(snapshot["num_threads"]))  # CPU kernels' summation order follows it
-            model = rebuild_model(snapshot)
-            model.train()
-            rng = snapshot.get("rng") or {}
-            if "torch" in rng:
-                torch.set_rng_state(rng["torch"])  # the dropout masks of the original forward
-            loss = _loss(model, snapshot)
+            try:  # what a damaged snapshot breaks: its model, its RNG state, its chunk
+                if snapshot.get("num_threads"):
+                    torch.set_num_threads(int(snapshot["num_threads"]))  # CPU kernels' summation order follows it
+                model = rebuild_model(snapshot)
+                model.train()
+                rng = snapshot.get("rng") or {}
+                if "torch" in rng:
+                    torch.set_rng_state(rng["torch"])  # the dropout masks of the original forward
+                loss = _loss(model, snapshot)
+            except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as err:
+                if isinstance(err, SeqstabError):
+                    raise
+                first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+                raise DataError(f"{name}: its update cannot be replayed ({type(err).__name__}: {first})") from None
             policy, stateless = rebuild_policy(snapshot)
             params = [p for p in model.parameters() if p.requires_grad]
             core, run = UpdateCore(policy), StaticRun(model)
@@ -209,7 +236,7 @@ def same_bits(a: float | None, b: float | None) -> bool:
 
 
 def report(path: Path, snapshot: dict[str, Any], result: dict[str, Any]) -> str:
-    logged = snapshot["logged"]["grad/norm_total"]
+    logged, versions = snapshot["logged"]["grad/norm_total"], snapshot.get("versions")
     seed = snapshot.get("seed")
     lines = [
         f"snapshot: {path}",
@@ -229,7 +256,8 @@ def report(path: Path, snapshot: dict[str, Any], result: dict[str, Any]) -> str:
     else:
         lines.append(
             "replayed norm != logged norm: expected only across devices, thread counts or library versions "
-            f"(run: torch {snapshot.get('versions', {}).get('torch')}, now: torch {torch.__version__})"
+            f"(run: torch {versions.get('torch') if isinstance(versions, dict) else '?'}, "
+            f"now: torch {torch.__version__})"
         )
     norms = result["grad_norms"]
     total = sum(n * n for n in norms.values() if math.isfinite(n)) or 1.0
@@ -244,9 +272,10 @@ def report(path: Path, snapshot: dict[str, Any], result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@tool_main("replay")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m seqstab.replay",
+    parser = ToolParser(
+        "replay",
         description="Recompute the gradient of the update an explosion guard snapshot captured.",
     )
     parser.add_argument("snapshot", type=Path, help="RUN_DIR/snapshot_update_<N>.pt")
@@ -257,13 +286,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar="MODULE",
         help="a module (or package) whose classes the snapshot may name, e.g. your own net's; repeatable",
     )
-    args = parser.parse_args(argv)
+    args = parser.parse(argv)
+    if isinstance(args, int):  # a mistake (one line said it) or --help
+        return args
     try:
         snapshot = load_snapshot(args.snapshot)
-        result = replay(snapshot, args.trust)
+        result = replay(snapshot, args.trust, name=f"snapshot {args.snapshot}")
     except SeqstabError as err:
-        print(f"seqstab.replay: error: {err}", file=sys.stderr)
-        return 2
+        return error_line("replay", err)
     print(report(args.snapshot, snapshot, result))
     return 0
 

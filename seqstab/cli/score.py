@@ -21,7 +21,6 @@ whole lines starts; then each of the B rows is read from its own file handle, bl
 
 from __future__ import annotations
 
-import argparse
 import bisect
 import os
 import sys
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from seqstab.cli.console import ToolParser, error_line, tool_main
 from seqstab.core.errors import ConfigError, DataError, SeqstabError, check_positive
 from seqstab.data.vocab import TextCodec, normalize
 
@@ -183,9 +183,10 @@ def _bar(progress: bool, total: int, unit: str, desc: str) -> tqdm:
     )  # fmt: skip
 
 
+@tool_main("score")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m seqstab.score",
+    parser = ToolParser(
+        "score",
         description="Perplexity (and bits per character, for a character-level model) of a text file under a trained "
         "language model, tokenized and batched as seqstab.train test does.",
     )
@@ -197,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq_len", type=int, help="tokens per stream per forward pass; default: the model's")
     parser.add_argument("--device", default="cpu", help="torch device to score on (default: cpu)")
     parser.add_argument("--trust", action="append", default=[], metavar="MODULE", help="as for seqstab.replay")
-    args = parser.parse_args(argv)
+    args = parser.parse(argv)
+    if isinstance(args, int):  # a mistake (one line said it) or --help
+        return args
     try:
         from seqstab.cli.lm import load_lm
 
@@ -207,8 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         file = TokenFile(args.file, lm.codec, progress=True)
         metrics, scored = score(lm.model, file, streams, seq_len, args.device, progress=True)
     except SeqstabError as err:
-        print(f"seqstab.score: error: {err}", file=sys.stderr)
-        return 2
+        return error_line("score", err)
     print(
         f"{args.file}: {file.tokens:,} {lm.codec.tokenizer} tokens; {scored:,} scored in {streams} streams, "
         f"windows of {seq_len}"

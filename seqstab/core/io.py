@@ -29,6 +29,7 @@ import os
 import pickle
 import random
 import re
+import struct
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -174,7 +175,7 @@ def load(path: str | os.PathLike, map_location: Any = "cpu", kind: str = "checkp
         found = re.search(r"(?:Unsupported global: |unsupported )GLOBAL ([\w.]+)", _plain_text(str(err)))
         what = f"it holds a {found.group(1)} object" if found else "it holds objects other than tensors and plain data"
         raise CheckpointError(f"{path}: refused to load: {what} ({kind}s load with weights_only=True)") from None
-    except (RuntimeError, EOFError, KeyError, ValueError, OSError, AttributeError, IndexError) as err:
+    except (RuntimeError, EOFError, KeyError, ValueError, OSError, AttributeError, IndexError, struct.error) as err:
         raise CheckpointError(f"{path}: not a readable {kind} (truncated or corrupt?): {_first(err)}") from None
 
 

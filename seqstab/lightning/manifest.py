@@ -18,6 +18,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from seqstab.core.errors import SeqstabError
 from seqstab.core.io import write_text
 
 MANIFEST_FILE = "manifest.json"
@@ -41,7 +42,11 @@ class ManifestCallback(pl.Callback):
         directory = run_dir(trainer)
         if directory is None:
             return
-        write_text(directory / MANIFEST_FILE, json.dumps(manifest(trainer, pl_module, stage), indent=2) + "\n")
+        path = directory / MANIFEST_FILE
+        try:
+            write_text(path, json.dumps(manifest(trainer, pl_module, stage), indent=2) + "\n")
+        except OSError as err:  # a full disk: one line naming the file (written atomically: no half of it stays)
+            raise SeqstabError(f"{path}: cannot write it: {err.strerror or err}") from None
 
 
 def manifest(trainer: pl.Trainer, module: pl.LightningModule, stage: str) -> dict[str, Any]:

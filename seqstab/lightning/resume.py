@@ -205,10 +205,25 @@ def link_or_copy(source: Path, target: Path) -> None:
     tmp = target.with_name(f".{target.name}.link.part")
     tmp.unlink(missing_ok=True)
     try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copy2(source, tmp)
-    os.replace(tmp, target)
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copy2(source, tmp)
+        os.replace(tmp, target)
+    except OSError as err:  # a full disk: the part goes, the target stays as it was
+        tmp.unlink(missing_ok=True)
+        raise _unwritten(err, target) or err from None
+
+
+def _unwritten(err: BaseException, path) -> CheckpointError | None:
+    """The one-line error for a checkpoint the disk refused: the file, and the operating system's reason. torch's
+    zip writer reports a full disk as a RuntimeError raised while handling the OSError; any other error is a bug."""
+    cause = err
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__context__
+    if cause is None:
+        return None
+    return CheckpointError(f"{path}: cannot write the checkpoint: {cause.strerror or cause}")
 
 
 def _stateful_train_loader(loader):
@@ -246,8 +261,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         try:
             save(checkpoint, path)
-        except OSError as err:  # a full disk, a directory gone: one line; the previous files stay as they were
-            raise CheckpointError(f"{path}: cannot write the checkpoint: {err.strerror or err}") from None
+        except (OSError, RuntimeError) as err:  # a full disk, a directory gone: one line; the previous files stay
+            unwritten = _unwritten(err, path)
+            if unwritten is None:
+                raise
+            raise unwritten from None
         self.last_saved = Path(path)
 
     def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict:

@@ -1,0 +1,157 @@
+"""What ``python -m seqstab.train`` checks before anything is written: one :class:`ConfigError` line each.
+
+the command line          the embedded default experiment unless a model or data is chosen (with_default)
+config files              valid YAML, no key twice, a mapping of settings (check_config_files)
+settings                  step limits, learning rates and scheduler periods in range, a scheduler with an
+                          optimizer, a fit that would train something (check_settings); Lightning's own
+                          settings seqstab's loop does not take (seqstab.cli.lightning_settings)
+output directories        each can be created and written (check_writable)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from seqstab.cli.yaml_files import read_yaml
+from seqstab.core.errors import ConfigError
+
+__all__ = ["DEFAULT_CONFIG", "SUBCOMMANDS", "check_config_files", "check_settings", "check_writable", "with_default"]
+
+DEFAULT_CONFIG = resources.files("seqstab.cli") / "default.yaml"
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+POSITIVE = {"optimizer": ("lr",), "lr_scheduler": ("step_size", "T_max", "T_0", "total_steps", "gamma", "factor")}
+CHOOSE_EXPERIMENT = ("model", "data")  # naming either (on the command line or in a config file) leaves the default
+
+
+def config_paths(args: list[str]) -> list[str]:
+    """The ``--config`` / ``-c`` files of a command line, in order."""
+    paths = [b for a, b in zip(args, args[1:], strict=False) if a in ("-c", "--config")]
+    return paths + [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+
+
+def check_config_files(args: list[str]) -> dict[str, Any]:
+    """Each ``--config`` file that exists, read: :class:`ConfigError` naming one that is not valid YAML, repeats a key
+    or is not a mapping of settings (jsonargparse would say neither which file nor where). A missing file is left
+    to jsonargparse, which names it. Returns ``{path: content}``."""
+    read: dict[str, Any] = {}
+    for path in config_paths(args):
+        if not Path(path).is_file():
+            continue
+        content = read_yaml(path)
+        if content is not None and not isinstance(content, dict):
+            kind = "a list" if isinstance(content, list) else f"a single value ({content!r})"
+            raise ConfigError(f"{path}: a config file must be a mapping of settings (model:, data:, trainer: ...), "
+                              f"this one holds {kind}")  # fmt: skip
+        read[path] = content or {}
+    return read
+
+
+def with_default(args: list[str], configs: dict[str, Any] | None = None) -> list[str]:
+    """Run the embedded default experiment (``seqstab/cli/default.yaml``) unless a model or data is chosen.
+
+    ``[]`` becomes ``fit`` on the default; ``fit --trainer.max_epochs 1`` and ``fit -c trainer_only.yaml`` override
+    the default. ``configs`` are the config files already read (:func:`check_config_files`); a config file not among
+    them (missing, unread) counts as choosing both.
+    """
+    if not args:
+        args = ["fit"]
+    if args[0] not in SUBCOMMANDS:
+        return args
+    configs = configs or {}
+    flags = {f"--{key}" for key in CHOOSE_EXPERIMENT}
+    if any(arg.split("=")[0] in flags for arg in args[1:]):
+        return args
+    for path in config_paths(args):
+        content = configs.get(path)
+        if content is None or any(key in content for key in CHOOSE_EXPERIMENT):
+            return args
+    return [args[0], "--config", str(DEFAULT_CONFIG), *args[1:]]
+
+
+def check_settings(subcommand: str | None, groups: dict[str, Any]) -> None:
+    """Step limits, learning rates and scheduler periods in range (torch accepts some that are not), a scheduler
+    with an optimizer (LightningCLI would drop it without a word), and a fit that trains something.
+
+    ``groups``: the config's ``trainer``, ``optimizer`` and ``lr_scheduler`` (None when absent)."""
+    trainer = groups.get("trainer")
+    for key in ("max_steps", "max_epochs"):
+        value = getattr(trainer, key, None)
+        if isinstance(value, int) and value < -1:
+            raise ConfigError(f"trainer.{key}={value}: must be -1 (no limit) or >= 0")
+    if subcommand == "fit":
+        check_trains_something(trainer)
+    scheduler, optimizer = groups.get("lr_scheduler"), groups.get("optimizer")
+    if scheduler is not None and optimizer is None:
+        raise ConfigError(
+            "lr_scheduler is set but optimizer is not: a scheduler needs --optimizer (the task's default is "
+            "--optimizer torch.optim.Adam --optimizer.lr 0.001)"
+        )
+    for group, keys in POSITIVE.items():
+        init_args = getattr(groups.get(group), "init_args", None)
+        for key in keys:
+            value = getattr(init_args, key, None)
+            if isinstance(value, (int, float)) and not value > 0:
+                raise ConfigError(f"{group}.{key}={value!r}: must be > 0")
+
+
+def check_trains_something(trainer: Any) -> None:
+    """A fit whose limits allow no update would write a run directory and a checkpoint of the initial weights."""
+    for key in ("max_steps", "max_epochs"):
+        value = getattr(trainer, key, None)
+        if value == 0 and not isinstance(value, bool):
+            raise ConfigError(f"trainer.{key}=0: fit would train nothing (give -1 for no limit, or a count >= 1)")
+    limit = getattr(trainer, "limit_train_batches", None)
+    if isinstance(limit, (int, float)) and not isinstance(limit, bool) and limit == 0:
+        raise ConfigError(
+            f"trainer.limit_train_batches={limit!r}: fit would train on no batch (give a fraction in (0, 1] or a "
+            "count >= 1)"
+        )
+
+
+def check_writable(trainer) -> None:
+    """Raise ConfigError naming the setting whose directory cannot be created or written (where the run writes
+    first, first: a full disk is named by the directory of the run)."""
+    targets = {}
+    for logger in trainer.loggers:
+        if getattr(logger, "save_dir", None):
+            targets["trainer.logger.save_dir"] = logger.save_dir
+    for cb in trainer.checkpoint_callbacks:
+        if getattr(cb, "dirpath", None):
+            targets["trainer.callbacks.dirpath"] = cb.dirpath
+    targets["trainer.default_root_dir"] = trainer.default_root_dir
+    for key, directory in targets.items():
+        problem = _unwritable(Path(directory))
+        if problem:
+            raise ConfigError(f"{key}={str(directory)!r}: cannot write there: {problem}")
+
+
+def _unwritable(directory: Path) -> str | None:
+    """Why files cannot be made in ``directory``, or None, found by trying: the directory is created, a file made
+    and removed in it, and whatever this made is removed again (permission bits alone mislead: root passes
+    ``os.access`` on ``/proc``)."""
+    path = directory.absolute()
+    existing = next(p for p in [path, *path.parents] if p.exists())
+    if not existing.is_dir():
+        return f"{existing} is not a directory"
+    made = []
+    try:
+        for parent in reversed([path, *path.parents]):
+            if not parent.exists():
+                parent.mkdir()
+                made.append(parent)
+        with tempfile.TemporaryFile(dir=path) as probe:
+            probe.write(b"\0" * 4096)  # a full disk refuses a block, not an empty file
+            probe.flush()
+    except PermissionError:
+        return f"permission denied on {existing}"
+    except OSError as err:
+        return f"{err.strerror or err} (creating a file in {path})"
+    finally:
+        for parent in reversed(made):
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+    return None
