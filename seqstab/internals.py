@@ -12,6 +12,9 @@ accessor                                  what it relies on
 :data:`foreach_copy_`                     uses)
 :func:`steps_with_found_inf`              ``Optimizer._step_supports_amp_scaling`` (fused optimizers: a device-side
                                           skip through ``found_inf``)
+:func:`show_in_progress_bar`              ``Trainer.progress_bar_metrics`` is the logger connector's live dict of the
+                                          bar's values (``self.log`` would keep a device tensor it reads back
+                                          at every batch)
 :func:`attached_trainer`                  ``LightningModule._trainer`` (``.trainer`` raises when detached)
 :func:`loss_scale`                        ``torch.amp.GradScaler._scale`` (``get_scale()`` syncs with the host)
 :func:`file_writer`                       ``SummaryWriter._get_file_writer()`` (raw HPARAMS summaries)
@@ -48,6 +51,12 @@ def steps_with_found_inf(optimizer: Any) -> bool:
     is non-zero: ``Optimizer._step_supports_amp_scaling``, set by torch's fused implementations (what GradScaler
     reads to hand them its overflow flag instead of skipping on the host)."""
     return bool(getattr(optimizer, "_step_supports_amp_scaling", False))
+
+
+def show_in_progress_bar(trainer: Any, name: str, value: float) -> None:
+    """Put a host float on the progress bar (it stays until replaced): what ``self.log(name, value, prog_bar=True,
+    logger=False)`` shows, without the device tensor ``self.log`` makes of it and reads back at every batch."""
+    trainer.progress_bar_metrics[name] = value
 
 
 def attached_trainer(module: Any) -> Any | None:

@@ -127,3 +127,32 @@ def test_drop_lightning_tips_filters_the_rank_zero_log_lightning_writes_its_tips
         rank_zero.log.info("💡 Tip: try another product")
         rank_zero.log.info("GPU available: no")
     assert "GPU available: no" in caplog.text and "💡 Tip" not in caplog.text
+
+
+def test_foreach_copy_copies_a_list_of_tensors_in_place():
+    targets, sources = [torch.zeros(2), torch.zeros(1)], [torch.tensor([1.0, 2.0]), torch.tensor([3.0])]
+    internals.foreach_copy_(targets, sources)
+    assert [t.tolist() for t in targets] == [[1.0, 2.0], [3.0]]
+
+
+def test_steps_with_found_inf_marks_the_fused_optimizers_whose_step_reads_found_inf():
+    param = nn.Parameter(torch.ones(2))
+    fused, plain = torch.optim.Adam([param], lr=0.1, fused=True), torch.optim.Adam([param], lr=0.1)
+    assert internals.steps_with_found_inf(fused) and not internals.steps_with_found_inf(plain)
+    param.grad = torch.ones(2)
+    fused.found_inf = torch.ones(())  # the attribute the fused step reads (and a GradScaler sets)
+    fused.step()
+    assert param.tolist() == [1.0, 1.0] and float(fused.state[param]["step"]) == 0  # skipped, step count included
+
+
+def test_retype_makes_a_plain_dataloader_a_subclass_in_place():
+    loader = torch.utils.data.DataLoader(list(range(4)), batch_size=2)
+    sub = type("Sub", (torch.utils.data.DataLoader,), {"extra": lambda self: "added"})
+    internals.retype(loader, sub)
+    assert type(loader) is sub and loader.extra() == "added" and list(loader) == [[0, 1], [2, 3]]
+
+
+def test_show_in_progress_bar_writes_into_the_trainers_live_progress_bar_dict():
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False)
+    internals.show_in_progress_bar(trainer, "loss", 0.5)
+    assert trainer.progress_bar_metrics["loss"] == 0.5

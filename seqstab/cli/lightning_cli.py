@@ -41,7 +41,7 @@ from seqstab.tasks.base import LanguageModel, SeqTask
 
 __all__ = ["EXIT_NOTHING_APPLIED", "SeqstabCLI"]
 
-EXIT_NOTHING_APPLIED = 3  # fit ran, but the guard let no update through (every one non-finite or flagged)
+EXIT_NOTHING_APPLIED = 3  # fit ran, but the guard let no update through, or stopped it for skipping too many in a row
 REMOTE_OR_KEYWORD = (None, "last", "best", "hpc", "registry")  # --ckpt_path values that are not a local file
 
 
@@ -184,13 +184,15 @@ class SeqstabCLI(internals.KeepConfigOnCkptPath, LightningCLI):
         self._before_run()
 
     def after_fit(self) -> None:
-        """The closing lines; a run that attempted updates and applied none exits with ``EXIT_NOTHING_APPLIED``."""
+        """The closing lines; a run that attempted updates and applied none, or that the guard stopped because
+        ``max_consecutive_skips`` updates in a row were not applied, exits with ``EXIT_NOTHING_APPLIED``."""
         print_closing(self.trainer, self.model)
         late = next((cb.signum for cb in self.trainer.callbacks if isinstance(cb, StopOnSignal) and cb.signum), None)
         if late is not None and self.trainer.is_global_zero:
             print(f"seqstab: {signal.Signals(late).name} arrived as the run was finishing: it finished", flush=True)
         core = getattr(self.model, "core", None)
-        if core is not None and core.updates and not core.applied:
+        stalled = getattr(getattr(core, "guard", None), "stop_reason", None) == "max_consecutive_skips"
+        if core is not None and core.updates and (not core.applied or stalled):
             self.exit_code = EXIT_NOTHING_APPLIED
 
     def after_validate(self) -> None:

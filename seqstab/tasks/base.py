@@ -265,7 +265,7 @@ class SeqTask(Evaluation, pl.LightningModule):
                     hidden_in=hidden,
                 )
             if self.core.last is not shown:  # read back at this update: the progress bar's loss (no sync of its own)
-                self.log("loss", self.core.last.values["train/loss"], prog_bar=True, logger=False)
+                internals.show_in_progress_bar(self.trainer, "loss", self.core.last.values["train/loss"])
             if carried:
                 hidden, at = tbptt.detach(new_hidden), window.stop
             if self.core.stop_requested:
@@ -302,7 +302,7 @@ class SeqTask(Evaluation, pl.LightningModule):
         several processes the flags are all-reduced (one read per batch)."""
         if batch.get("mask") is None:
             return None
-        per_step = torch.tensor(noted) if noted is not None else tbptt.scored_steps(batch["mask"])
+        per_step = noted if noted is not None else tbptt.scored_steps(batch["mask"]).tolist()  # noted: on the host
         flags = tbptt.scored_windows(per_step, windows)
         if self.trainer.world_size > 1:
             flags_now = torch.tensor(flags, dtype=torch.float32, device=self.device)

@@ -41,12 +41,17 @@ def optimizer_finding(tracker: Tracker, module: nn.Module, remedies: Remedies) -
     if not tracker.steps:
         return Finding("optimizer", None, "no update was applied before this one", [])
     named = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
-    weights = torch.stack([torch.linalg.vector_norm(p.detach().double()) for _, p in named]).tolist()  # one sync
+    fitting = [n for _, n, _ in tracker.steps if n is not None and len(n) == len(named)]
+    read = torch.cat(  # one host read, at an event: the weights' norms and the recent per-tensor gradient norms
+        [torch.stack([torch.linalg.vector_norm(p.detach().double()) for _, p in named])]
+        + [n.detach().double().to(named[0][1].device) for n in fitting]
+    ).tolist()
+    weights, kept = read[: len(named)], iter(read[len(named) :])
     rows = []  # per applied update: each tensor's step lr * s * ‖g_i‖
     total = math.sqrt(sum(w * w for w in weights)) or 1.0
     for scale, norms, step in tracker.steps:
         if norms is not None and len(norms) == len(named):
-            rows.append([scale * n for n in norms.detach().double().tolist()])
+            rows.append([scale * next(kept) for _ in range(len(named))])
         else:  # no per-tensor norms: the global step lr * ‖g‖, as if spread by weight
             rows.append([step * w / total for w in weights])
     last = rows[-1]

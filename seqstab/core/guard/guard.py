@@ -82,8 +82,10 @@ class ExplosionGuard:
         min_history: Norms needed in the window before spike detection starts (the first updates have no baseline).
         max_norm: Also flag any norm above this absolute value; None (default) turns it off.
         snapshot: Save a replay snapshot (model, optimizer, the chunk, its hidden state, RNG state) at the first event.
-        max_consecutive_skips: Stop the run after this many updates in a row were not applied (skipping forever hides
-            a broken setup); None never stops for that.
+        max_consecutive_skips: Stop the run after this many updates in a row were not applied: skipping forever hides
+            a broken setup (weights or data that make every update non-finite), and a run that applies nothing must
+            still end. The CLI then exits 3. 50 by default (a lasting change of level stops counting as a spike after
+            ``window / 2`` updates); None never stops for that.
         log_spike_score: Log ``grad/spike_score`` at every update (off by default: it adds a tag to every run).
         diagnose: Explain each event (:mod:`seqstab.core.diagnose`): rank growth through time, through depth, the
             optimizer's step and the data by what is measured, with the settings to try, in the event's line
@@ -104,7 +106,7 @@ class ExplosionGuard:
         min_history: int = 5,
         max_norm: float | None = None,
         snapshot: bool = True,
-        max_consecutive_skips: int | None = None,
+        max_consecutive_skips: int | None = 50,
         log_spike_score: bool = False,
         diagnose: bool = True,
     ):
@@ -135,6 +137,7 @@ class ExplosionGuard:
         self.applied_max = 0.0  # the largest norm of an applied update (post-clip)
         self.first_event: int | None = None  # update index of the first event
         self.snapshot_path: str | None = None
+        self.stop_reason: str | None = None  # why the guard stopped the run: "policy stop", "max_consecutive_skips"
 
     def _reset(self) -> None:
         """The device state, empty."""
@@ -275,6 +278,8 @@ class ExplosionGuard:
             )
         self.skipped_in_a_row = 0 if action is Action.STEP else self.skipped_in_a_row + 1
         limit_stop = action is Action.STOP and self.policy != "stop"  # max_consecutive_skips, not the event
+        if action is Action.STOP:
+            self.stop_reason = "max_consecutive_skips" if limit_stop else "policy stop"
         if reason is not None and reason != "overflow":
             self.events += 1
             if run is not None:

@@ -3,7 +3,7 @@ state between pieces, which windows score a step, and the learning rate a window
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -140,10 +140,10 @@ def scored_steps(mask: torch.Tensor) -> torch.Tensor:
     return mask.reshape(mask.shape[0], mask.shape[1], -1).ne(0).any(dim=2).any(dim=0)
 
 
-def scored_windows(per_step: torch.Tensor, windows: list[Window]) -> list[bool]:
-    """For each window: does its scored part hold a scored step (``per_step``: :func:`scored_steps`, on the host)."""
-    steps = per_step.tolist()
-    return [any(steps[w.score_from : w.stop]) for w in windows]
+def scored_windows(per_step: Sequence[bool], windows: list[Window]) -> list[bool]:
+    """For each window: does its scored part hold a scored step (``per_step``: :func:`scored_steps` as host booleans,
+    the ones the training loader noted)."""
+    return [any(per_step[w.score_from : w.stop]) for w in windows]
 
 
 def carries(windows: list[Window], i: int, length: int) -> bool:
