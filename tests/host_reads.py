@@ -6,9 +6,10 @@ catches them there. On the CPU nothing waits, so the reads are counted instead: 
 tensor the training computes as *on the device* — the module's parameters and buffers, the optimizer's state, the
 batch as the model receives it (:meth:`DeviceReads.on_device`), and anything an operation makes from such a tensor —
 and counts each read of one. (A tensor a factory makes from nothing, ``torch.zeros(..., device=...)``, is not
-marked: at the dispatcher a host default and a device meant for training look the same; the GPU check sees those.) A copy to the CPU (``.to("cpu", copy=True)``, ``non_blocking``) is on the host, as its
-counterpart on a GPU is (its later reads wait for nothing). Reads are counted under the label of the innermost
-:meth:`DeviceReads.labelled` block (``"elsewhere"`` outside any).
+marked: at the dispatcher a host default and a device meant for training look the same; the GPU check sees those.) A
+copy to the CPU (``.to("cpu", copy=True)``, ``non_blocking``) is on the host, as its counterpart on a GPU is (its
+later reads wait for nothing). Reads are counted under the label of the innermost :meth:`DeviceReads.labelled` block
+(``"elsewhere"`` outside any).
 """
 
 from __future__ import annotations
