@@ -37,7 +37,7 @@ from seqstab.lightning.manifest import ManifestCallback
 from seqstab.lightning.predictions import ForecastWriter
 from seqstab.lightning.resume import AtomicCheckpointIO
 from seqstab.lightning.signals import StopOnSignal
-from seqstab.tasks.base import LanguageModel, SeqTask
+from seqstab.tasks import LanguageModel, SeqTask
 
 __all__ = ["EXIT_NOTHING_APPLIED", "SeqstabCLI"]
 
