@@ -17,7 +17,9 @@ accessor                                  what it relies on
                                           at every batch)
 :func:`attached_trainer`                  ``LightningModule._trainer`` (``.trainer`` raises when detached)
 :func:`loss_scale`                        ``torch.amp.GradScaler._scale`` (``get_scale()`` syncs with the host)
-:func:`file_writer`                       ``SummaryWriter._get_file_writer()`` (raw HPARAMS summaries)
+:func:`file_writer`                       ``SummaryWriter._get_file_writer()`` (raw HPARAMS summaries; an update's
+                                          scalars as one event)
+:func:`logger_prefix`                     ``TensorBoardLogger._prefix`` (the prefix its ``log_metrics`` puts on tags)
 :func:`fit_loop_state`                    the checkpoint's ``loops.fit_loop`` progress dicts (``is_last_batch``,
                                           the combined loader's saved states)
 :func:`unscaled_once`                     Lightning's ``MixedPrecision.optimizer_step`` calls ``scaler.unscale_``
@@ -67,6 +69,11 @@ def attached_trainer(module: Any) -> Any | None:
 def loss_scale(scaler: Any) -> torch.Tensor | None:
     """A GradScaler's current scale as the device tensor it keeps (no host sync), None before its first use."""
     return getattr(scaler, "_scale", None)
+
+
+def logger_prefix(logger: Any) -> str:
+    """The prefix a Lightning logger's ``log_metrics`` puts before each tag (``prefix=`` at construction)."""
+    return getattr(logger, "_prefix", "") or ""
 
 
 def file_writer(writer: Any) -> Any:

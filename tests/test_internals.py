@@ -149,10 +149,17 @@ def test_retype_makes_a_plain_dataloader_a_subclass_in_place():
     loader = torch.utils.data.DataLoader(list(range(4)), batch_size=2)
     sub = type("Sub", (torch.utils.data.DataLoader,), {"extra": lambda self: "added"})
     internals.retype(loader, sub)
-    assert type(loader) is sub and loader.extra() == "added" and list(loader) == [[0, 1], [2, 3]]
+    assert type(loader) is sub and loader.extra() == "added" and [b.tolist() for b in loader] == [[0, 1], [2, 3]]
 
 
 def test_show_in_progress_bar_writes_into_the_trainers_live_progress_bar_dict():
     trainer = pl.Trainer(logger=False, enable_checkpointing=False)
     internals.show_in_progress_bar(trainer, "loss", 0.5)
     assert trainer.progress_bar_metrics["loss"] == 0.5
+
+
+def test_logger_prefix_is_what_the_tensorboard_logger_puts_before_each_tag(tmp_path):
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    assert internals.logger_prefix(TensorBoardLogger(tmp_path, prefix="exp")) == "exp"
+    assert internals.logger_prefix(TensorBoardLogger(tmp_path)) == ""

@@ -282,61 +282,66 @@ class UpdateCore:
 
 def _read_back(pending: list[_Pending]) -> list[dict[str, Any]]:
     """Every pending update's values in one host transfer: the loss, the clip results, the monitor's tensors and the
-    guard's verdict, in the order and the rounding the loggers always got (float32 values, as float)."""
-    columns: list[torch.Tensor] = []
-    layout: list[list[tuple[str, int]]] = []
-    for item in pending:
+    guard's verdict, in the order and the rounding the loggers always got (float32 values, as float). The 0-dim
+    tensors are stacked field by field (a few dozen operations a flush, however many updates it holds)."""
+    fields: dict[tuple[str, bool, torch.dtype], list[tuple[int, torch.Tensor]]] = {}  # (name, as float32?, dtype)
+
+    def add(index: int, name: str, tensor: torch.Tensor, value: bool) -> None:
+        fields.setdefault((name, value, tensor.dtype), []).append((index, tensor))  # 0-dim, no graph
+
+    for i, item in enumerate(pending):
         clip, verdict = item.update.clip, item.verdict
-        named = {
-            "train/loss": item.loss,
-            "grad/norm_total": clip.pre_norm,
-            "grad/norm_total_clipped": clip.post_norm,
-            "grad/clipped": clip.clipped,
-        }
-        if clip.threshold is not None:
-            named["grad/clip_threshold"] = clip.threshold
-        named.update(item.measured)
-        rows = [(name, len(columns) + i) for i, name in enumerate(named)]
-        columns += [t.detach().float().reshape(()).double() for t in named.values()]
+        for name, tensor in (("train/loss", item.loss), ("grad/norm_total", clip.pre_norm),
+                             ("grad/norm_total_clipped", clip.post_norm), ("grad/clipped", clip.clipped),
+                             ("grad/clip_threshold", clip.threshold), *item.measured.items()):  # fmt: skip
+            if tensor is not None:
+                add(i, name, tensor, True)
         if verdict is not None:
-            guard_named = {
-                "reason": verdict.reason,
-                "median": verdict.median,
-                "action": verdict.action,
-                "explosion/events": verdict.events,
-                "grad/spike_score": verdict.spike_score,
-            }
-            for name, tensor in guard_named.items():
+            for name in ("reason", "median", "action", "events", "spike_score"):
+                tensor = getattr(verdict, name)
                 if tensor is not None:
-                    rows.append((name, len(columns)))
-                    columns.append(tensor.reshape(()).double())
+                    add(i, name, tensor, False)
             if verdict.reset is not None:
-                rows.append(("reset", len(columns)))
-                columns += list(verdict.reset.double().unbind())
-        layout.append(rows)
-    device = columns[0].device
-    flat = torch.stack([c.to(device) for c in columns]).tolist()  # the one host synchronisation of the flush
-    out = []
-    for item, rows in zip(pending, layout, strict=True):
-        read: dict[str, Any] = {"values": {}}
-        for name, at in rows:
+                for j, flag in enumerate(verdict.reset.unbind()):
+                    add(i, f"reset/{j}", flag, False)
+    device = pending[0].loss.device
+    stacks, where = [], []
+    for (name, value, _), entries in fields.items():
+        stacked = torch.stack([t for _, t in entries]).to(device)
+        stacks.append(stacked.float().double() if value else stacked.double())  # values: float32 first, as logged
+        where.append((name, [i for i, _ in entries]))
+    flat = torch.cat(stacks).tolist()  # the one host synchronisation of the flush
+    reads: list[dict[str, Any]] = [{"values": {}} for _ in pending]
+    at = 0
+    for name, indices in where:
+        for i in indices:
+            value = flat[at]
+            at += 1
             if name in ("reason", "median", "action"):
-                read[name] = flat[at]
-            elif name == "reset":
-                read["reset"] = [bool(v) for v in flat[at : at + len(item.verdict.reset)]]
+                reads[i][name] = None if name == "median" and math.isnan(value) else value
+            elif name == "events":
+                reads[i]["values"]["explosion/events"] = value
+            elif name == "spike_score":
+                reads[i]["values"]["grad/spike_score"] = value
+            elif name.startswith("reset/"):
+                reads[i].setdefault("reset", {})[int(name[6:])] = bool(value)
             else:
-                read["values"][name] = flat[at]
-        if read.get("median") is not None and math.isnan(read["median"]):
-            read["median"] = None
+                reads[i]["values"][name] = value
+    for item, read in zip(pending, reads, strict=True):
+        if "reset" in read:
+            read["reset"] = [read["reset"][j] for j in range(len(read["reset"]))]
         read["values"] = _ordered(read["values"], item)
-        out.append(read)
-    return out
+    return reads
+
+
+FIRST_TAGS = ("train/loss", "grad/norm_total", "grad/norm_total_clipped", "grad/clipped", "grad/clip_threshold")
 
 
 def _ordered(values: dict[str, float], item: _Pending) -> dict[str, float]:
     """The tags in the order the loggers always got them: clip results, the monitor's, AMP's, the guard's."""
     events = values.pop("explosion/events", None)
     spike = values.pop("grad/spike_score", None)
+    values = {**{k: values.pop(k) for k in FIRST_TAGS if k in values}, **values}
     if item.host.get("amp"):
         values["amp/overflow"] = float(not math.isfinite(values["grad/norm_total"]))
     if events is not None:

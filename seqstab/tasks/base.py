@@ -124,6 +124,7 @@ class SeqTask(Evaluation, pl.LightningModule):
         self.run = TrainerRun(self, self.net, self.replay_recipe)  # what the stations see of the Trainer
         self._resume = ExactResume()
         self._eval_sums: dict[str, torch.Tensor] = {}
+        self._trained: list[torch.Tensor] | None = None  # the trained parameters, listed at an epoch's start
 
     def _build_modules(self, spec: DataSpec, net: NetFactory | dict) -> list[nn.Module]:
         """Encoder, net and head as ``__init__`` builds them (for :func:`check_fits_memory`, on the meta device)."""
@@ -221,6 +222,13 @@ class SeqTask(Evaluation, pl.LightningModule):
     def start_train_epoch(self) -> None:
         """An epoch begins (called by :class:`~seqstab.resume.ExactResume`): stateful streams restart from zeros."""
         self.carry["train"].reset()
+        self._trained = None
+
+    def _trained_parameters(self) -> list[torch.Tensor]:
+        """The parameters that train (``requires_grad``), listed once an epoch (not at every update)."""
+        if self._trained is None:
+            self._trained = [p for p in self.parameters() if p.requires_grad]
+        return self._trained
 
     def end_train_epoch(self) -> None:
         """An epoch ends (called by :class:`~seqstab.resume.ExactResume`): the per-epoch scheduler step."""
@@ -233,7 +241,7 @@ class SeqTask(Evaluation, pl.LightningModule):
         batch_size, length = batch["x"].shape[0], batch["x"].shape[1]
         hidden = carry.get(batch_size) if self.spec.stateful else None
         windows = self.truncation.windows(length)
-        params = [p for p in self.parameters() if p.requires_grad]
+        params = self._trained_parameters()
         self._measure_truncation_bias(batch, windows, hidden, params)
         scored = self._scored_chunks(batch, windows, noted)
         at, stopped = 0, False  # hidden is the state before step `at`

@@ -148,6 +148,7 @@ class ExplosionGuard:
         self._events: torch.Tensor | None = None  # events so far (long)
         self._skipped: torch.Tensor | None = None  # updates withheld in a row (long)
         self._stopped: torch.Tensor | None = None  # a STOP was decided: withhold everything after it (bool)
+        self._constants: dict[str, torch.Tensor] | None = None  # the codes, as device tensors (made once)
         self._copy = EventCopy() if self.snapshot else None
         self._rng: dict[int, dict[str, Any]] = {}  # update -> RNG state before its forward, while a snapshot is due
 
@@ -170,39 +171,47 @@ class ExplosionGuard:
             update: The update, its clip result set.
             overflow_possible: Under 16-bit AMP: a non-finite norm is the GradScaler's overflow (withheld, no event).
         """
-        norm = update.clip.pre_norm.detach().float().double()  # float32 first: the value logged
-        device = norm.device
-        self._ready(device)
-        finite = torch.isfinite(norm)
+        norm = update.clip.pre_norm.detach()
+        norm = (norm if norm.dtype == torch.float32 else norm.float()).double()  # float32 first: the value logged
+        self._ready(norm.device)
+        k = self._constants
+        finite = norm.abs() < math.inf  # NaN and inf fail it (two kernels, where isfinite takes four)
         live = ~self._stopped  # after a STOP, nothing is decided any more: everything is withheld
-        overflow = ~finite & live if overflow_possible else torch.zeros((), dtype=torch.bool, device=device)
-        counted = live & ~overflow
-        known, median = self._norms.median(self.min_history, device)
-        above = torch.zeros((), dtype=torch.bool, device=device)
+        counted, overflow = live, None
+        if overflow_possible:  # 16-bit AMP: a non-finite norm is the GradScaler's overflow, not an event
+            overflow = live & ~finite
+            counted = live & finite
+        known, median = self._norms.median(self.min_history, norm.device)
+        flagged = finite & counted
+        above = None
+        reason = torch.where(finite, k["none"], k["non-finite"])
         if self.spike_factor is not None:
             above = known & (norm > self.spike_factor * median)
-        reason = torch.where(above, 3, 0)
+            reason = torch.where(above & flagged, k["spike"], reason)
         if self.max_norm is not None:
-            reason = torch.where(norm > self.max_norm, 2, reason)
-        reason = torch.where(~finite, 1, reason)
-        reason = torch.where(overflow, 4, torch.where(counted, reason, 0))
-        event = (reason >= 1) & (reason <= 3)
+            reason = torch.where(flagged & (norm > self.max_norm), k["max_norm"], reason)
+        if overflow is not None:
+            reason = torch.where(overflow, k["overflow"], torch.where(counted, reason, k["none"]))
+        elif self.max_consecutive_skips is not None or self.policy == "stop":
+            reason = torch.where(counted, reason, k["none"])  # after a stop: no more events
+        event = (reason != k["none"]) & (reason != k["overflow"])
         reset = self._spiked(update, event, counted) if self.policy == "reset_moments" else None
-        self._spikes.record(~finite | above, counted)
-        admitted = counted & finite & (norm > 0)
-        self._norms.admit(norm, admitted)
-        self._admit_row(update, admitted)
-        self._events = self._events + event.long()
-        withheld = ~finite | ~live
+        if self.log_spike_score:
+            self._spikes.record(~finite | above if above is not None else ~finite, counted)
+        self._norms.admit(norm, flagged & (norm > 0))
+        self._admit_row(update, flagged & (norm > 0))
+        self._events = self._events + event
+        withheld = ~(finite & live)
         if self.policy != "warn":
             withheld = withheld | event
-        action = torch.where(withheld, 1, 0)
+        action = withheld.long()
         if self.policy == "stop":
-            action = torch.where(event, 2, action)
-        skipped = torch.where(action == 0, 0, self._skipped + 1)
+            action = torch.where(event, k["stop"], action)
         if self.max_consecutive_skips is not None:
-            action = torch.where((action == 1) & live & (skipped >= self.max_consecutive_skips), 2, action)
-        self._skipped = torch.where(live, skipped, self._skipped)
+            skipped = torch.where(withheld, self._skipped + 1, k["zero"])
+            limit = (action == 1) & live & (skipped >= self.max_consecutive_skips)
+            action = torch.where(limit, k["stop"], action)
+            self._skipped = torch.where(live, skipped, self._skipped)
         self._stopped = self._stopped | (action == 2)
         return Verdict(
             reason=reason,
@@ -223,6 +232,9 @@ class ExplosionGuard:
             self._events, self._skipped, self._stopped = (
                 t.to(device) for t in (self._events, self._skipped, self._stopped)
             )
+        if self._constants is None or self._constants["zero"].device != device:
+            codes = {name or "none": i for i, name in enumerate(REASONS)} | {"stop": 2, "zero": 0}
+            self._constants = {name: torch.tensor(code, device=device) for name, code in codes.items()}
 
     def _spiked(self, update: Update, event: torch.Tensor, counted: torch.Tensor) -> torch.Tensor | None:
         """``reset_moments``: ``(P,)`` the tensors whose moments an event resets (see the class docstring)."""
