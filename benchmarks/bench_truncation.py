@@ -53,8 +53,8 @@ def first_wall(run_dir: Path) -> float:
     """Wall time of the run's first event (fit start, before the first batch)."""
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-    path = sorted(run_dir.glob("events.out.tfevents.*"))[0]
-    return next(iter(EventFileLoader(str(path)).Load())).wall_time
+    paths = run_dir.glob("events.out.tfevents.*")  # the logger's and seqstab's scalars: the earliest event of all
+    return min(next(iter(EventFileLoader(str(path)).Load())).wall_time for path in paths)
 
 
 def lm_run(name: str, config: str, seq_len: int, args: argparse.Namespace, out: Path) -> str:

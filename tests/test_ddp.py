@@ -141,10 +141,12 @@ def test_two_process_ddp_trains_disjoint_streams_with_identical_decisions(tmp_pa
             assert torch.equal(torch.tensor(guard[rank][update]["x"]), expected), (rank, update)
     assert guard[0][2]["hidden"] != guard[1][2]["hidden"]  # carried across the batch boundary, per rank
 
-    # logged once: one run directory, one event file (rank 0); the checkpoint holds both ranks' hidden states
+    # logged once: one run directory, rank 0's event files only (the logger's, and seqstab's per-update scalars);
+    # the checkpoint holds both ranks' hidden states
     runs = tmp_path / "runs" / "seqstab"
     assert [p.name for p in runs.iterdir()] == ["version_0"]
-    assert len(list(runs.glob("version_0/events.out.tfevents.*"))) == 1
+    files = sorted(p.name.rsplit(".", 1)[-1] for p in runs.glob("version_0/events.out.tfevents.*"))
+    assert len(files) == 2 and files[-1] == "scalars", files
     assert [s for s, _ in scalars(runs / "version_0")["train/loss"]] == list(range(updates))
     (ckpt,) = runs.glob("version_0/checkpoints/last.ckpt")
     ranks = torch.load(ckpt, weights_only=True)["seqstab"]["ranks"]

@@ -68,8 +68,8 @@ class SeqstabCLI(internals.KeepConfigOnCkptPath, LightningCLI):
             subclass_mode_data=True,
             seed_everything_default=0,
             trainer_defaults={
-                "logger": lazy_instance(
-                    TensorBoardLogger, save_dir=DEFAULT_SAVE_DIR, name="seqstab", default_hp_metric=False
+                "logger": lazy_instance(  # max_queue: a flush's updates queue for the writer thread without waiting
+                    TensorBoardLogger, save_dir=DEFAULT_SAVE_DIR, name="seqstab", default_hp_metric=False, max_queue=200
                 ),
                 "callbacks": [ManifestCallback(), StopOnSignal()],  # manifest.json; a clean stop on a signal
             },

@@ -4,12 +4,18 @@ fan-out: the update core, the monitor, the guard and the tasks' evaluation all w
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
+import time
+import weakref
+from pathlib import Path
 from typing import Any
 
 from seqstab import internals
 from seqstab.core.record import Run
 
-__all__ = ["add_histogram", "add_image", "add_text", "log_metrics", "writes"]
+__all__ = ["ScalarEvents", "add_histogram", "add_image", "add_text", "flush", "log_metrics", "writes"]
 
 
 def writes(run: Run) -> bool:
@@ -17,22 +23,69 @@ def writes(run: Run) -> bool:
     return bool(run.loggers) and run.is_global_zero
 
 
-def log_metrics(run: Run, metrics: dict[str, float], step: int) -> None:
-    """Write ``metrics`` at ``step`` to every logger of the run. A TensorBoard logger gets them as one event (what
-    its own ``log_metrics`` writes as one event per tag): the same scalars, a fraction of the writer's work."""
+def log_metrics(run: Run, metrics: dict[str, float], step: int, flushed: bool = True) -> None:
+    """Write ``metrics`` at ``step`` to every logger of the run (``flushed``: readable at once; the update core
+    writes a flush's updates with False, then calls :func:`flush` once).
+
+    A TensorBoard logger's scalars go into an event file of seqstab's own beside the logger's (TensorBoard reads
+    every ``events.out.tfevents.*`` file of a run directory as one run): one event per step with every tag, written
+    on this thread and flushed at each :func:`flush` (:class:`ScalarEvents`). The logger's own writer would queue one
+    event per tag for its writer thread, and the two threads' fight for the GIL costs more than the writing."""
     for logger in run.loggers:
         if run.is_global_zero and _is(logger, "TensorBoardLogger") and not internals.logger_prefix(logger):
-            _scalars_event(logger.experiment, metrics, step)
+            events = ScalarEvents.of(logger)
+            events.write(metrics, step)
+            if flushed:
+                events.flush()
         else:
             logger.log_metrics(metrics, step=step)
 
 
-def _scalars_event(writer: Any, metrics: dict[str, float], step: int) -> None:
-    """Every scalar of ``metrics`` at ``step`` in one summary event (as ``SummaryWriter.add_scalar`` writes each)."""
-    from tensorboard.compat.proto.summary_pb2 import Summary
+def flush(run: Run) -> None:
+    """Make what :func:`log_metrics` wrote readable (seqstab's event files flushed to the disk)."""
+    for logger in run.loggers:
+        events = ScalarEvents.open.get(logger)
+        if events is not None:
+            events.flush()
 
-    values = [Summary.Value(tag=tag, simple_value=float(value)) for tag, value in metrics.items()]
-    internals.file_writer(writer).add_summary(Summary(value=values), step)
+
+class ScalarEvents:
+    """A TensorBoard event file in a logger's directory that this thread writes scalars into directly."""
+
+    open: weakref.WeakKeyDictionary[Any, ScalarEvents] = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def of(cls, logger: Any) -> ScalarEvents:
+        events = cls.open.get(logger)
+        if events is None:
+            events = cls.open[logger] = cls(Path(logger.experiment.log_dir))
+        return events
+
+    def __init__(self, log_dir: Path):
+        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.summary.writer.record_writer import RecordWriter
+
+        log_dir.mkdir(parents=True, exist_ok=True)
+        name = f"events.out.tfevents.{time.time():.6f}.{socket.gethostname()}.{os.getpid()}.scalars"
+        self._file = open(log_dir / name, "ab")  # noqa: SIM115 (kept open for the run; closed with the object)
+        self._records = RecordWriter(self._file)
+        self._event = Event
+        self._records.write(Event(wall_time=time.time(), file_version="brain.Event:2").SerializeToString())
+
+    def write(self, metrics: dict[str, float], step: int) -> None:
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        values = [Summary.Value(tag=tag, simple_value=float(value)) for tag, value in metrics.items()]
+        event = self._event(wall_time=time.time(), step=step, summary=Summary(value=values))
+        self._records.write(event.SerializeToString())
+
+    def flush(self) -> None:
+        if not self._file.closed:
+            self._file.flush()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self._file.close()
 
 
 def add_image(run: Run, tag: str, image: Any, step: int) -> None:

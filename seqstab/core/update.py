@@ -52,6 +52,7 @@ from typing import Any
 
 import torch
 
+from seqstab.core import logs
 from seqstab.core.clipping import ClipPolicy, NoClip
 from seqstab.core.guard import ExplosionGuard
 from seqstab.core.guard.guard import Verdict
@@ -229,13 +230,14 @@ class UpdateCore:
                 self.stop_requested = True
         if self.guard is not None:
             self.guard.flushed(pending[-1].update.step)
+        logs.flush(run)
         self.last = pending[-1].update
         return [item.update for item in pending]
 
     def log(self, run: Run, update: Update) -> None:
         """The update's tags to every logger at ``update.step``; then what the monitor has due."""
         if run.loggers:
-            log_metrics(run, dict(update.values), update.step)
+            log_metrics(run, dict(update.values), update.step, flushed=False)  # flush() makes them readable
         if self.monitor is not None:
             self.monitor.emit(run, update)
 
