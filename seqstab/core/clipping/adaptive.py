@@ -27,6 +27,15 @@ class AutoClip(ClipPolicy):
     Args:
         percentile: The p of the p-th percentile, in (0, 100]; the paper's best was 10.
         history: Use only the last ``history`` norms; None uses all of them (the paper).
+
+    Examples:
+        >>> weight = torch.nn.Parameter(torch.zeros(1))
+        >>> policy = AutoClip(percentile=50)
+        >>> for g in (1.0, 2.0, 3.0, 100.0):  # the last one is clipped to the median of all four norms
+        ...     weight.grad = torch.tensor([g])
+        ...     result = policy([weight])
+        >>> float(result.pre_norm), float(result.threshold), float(weight.grad)
+        (100.0, 2.5, 2.5)
     """
 
     def __init__(self, percentile: float = 10.0, history: int | None = None):

@@ -59,6 +59,15 @@ class NormClip(ClipPolicy):
         max_norm: Threshold on the global gradient norm. Only carries over between setups with the same loss
             reduction: 5 for a loss summed over time (Zaremba et al. 2014), 0.25 for a token mean.
         norm_type: The p of the p-norm (``inf`` for the largest absolute element).
+
+    Examples:
+        >>> weight = torch.nn.Parameter(torch.zeros(2))
+        >>> weight.grad = torch.tensor([3.0, 4.0])  # global norm 5
+        >>> result = NormClip(max_norm=1.0)([weight])
+        >>> float(result.pre_norm), float(result.post_norm), bool(result.clipped)
+        (5.0, 1.0, True)
+        >>> weight.grad
+        tensor([0.6000, 0.8000])
     """
 
     def __init__(self, max_norm: float = 1.0, norm_type: float = 2.0):

@@ -78,6 +78,10 @@ class Fixed(TruncationPolicy):
 
     Args:
         k: Chunk length.
+
+    Examples:
+        >>> [(w.start, w.stop) for w in Fixed(4).windows(10)]
+        [(0, 4), (4, 8), (8, 10)]
     """
 
     def __init__(self, k: int):
