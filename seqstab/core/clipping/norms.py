@@ -3,6 +3,7 @@ from one fused ``torch._foreach_norm`` pass (no host synchronisation)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -60,8 +61,8 @@ def norms_and_total(grads: list[torch.Tensor], norm_type: float = 2.0) -> tuple[
 
 def scale_to(norm: torch.Tensor, threshold: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(clipped, scale)`` for rescaling a finite ``norm`` above ``threshold`` down to it; scale is 1 otherwise."""
-    clipped = torch.isfinite(norm) & (norm > threshold)
-    return clipped, torch.where(clipped, threshold / norm, torch.ones_like(norm))
+    clipped = (norm > threshold) & (norm < math.inf)  # NaN fails both tests, inf the second
+    return clipped, torch.where(clipped, threshold / norm, 1.0)
 
 
 def rescale_(grads: list[torch.Tensor], scale: torch.Tensor) -> None:
