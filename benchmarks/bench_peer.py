@@ -5,6 +5,8 @@ against ``python -m seqstab.train fit -c configs/lm/wikitext2_lstm.yaml``, on th
     python benchmarks/bench_peer.py --settings floor --rounds 5     # one setting
     python benchmarks/bench_peer.py --profile --unfused --threads 1 --warmup 10 --updates 50 --every 10 \\
         --settings wt2-33k                                          # torch.profiler, ~3 min
+    python benchmarks/bench_peer.py --device cuda --settings wt2-33k --fused-loss true --unfused --rounds 2 \\
+        [--hidden 1500]                                             # on a GPU (benchmarks/gpu_check.sh's peer_* steps)
 
 Both programs train the same model with the same settings: a 2-layer LSTM word LM (embedding = hidden, 200 units
 unless the setting says otherwise; dropout 0.2 on the embedding, between the layers and before the decoder; embedding
@@ -54,6 +56,14 @@ Per setting a table: each round's ms/update and CPU ms/update (user + sys) of ea
 main.py ms ÷ seqstab ms, ≥ 1 when seqstab is faster; CPU: seqstab CPU ÷ main.py CPU, ≤ 1 when cheaper; sys ÷ sys)
 and the medians; then the whole processes. At the end one summary table against the goals: speed ratio ≥ 1.0 and
 CPU ratio ≤ 1.0 in every setting, sys ratio ≤ 1.2, and in the floor setting seqstab's ms/update ≤ 1.15 × main.py's.
+
+On a GPU (``--device cuda``): main.py gets ``--accel``, seqstab ``--trainer.accelerator gpu --trainer.devices 1``, and
+seqstab's marks wait for the device (``UpdateMarks(sync=True)``: seqstab reads nothing back between its flushes, so
+the host would otherwise stamp work queued, not done; main.py waits at every update, at its ``loss.item()``). Not with
+the floor setting (lightning-floor runs on the CPU only). ``--fused-loss`` sets the seqstab program's
+``model.fused_loss`` (``auto`` is off on a GPU); ``--hidden`` replaces the setting's width (``--hidden 1500``: the
+2×1500 model, ``--emsize 1500 --nhid 1500`` for main.py). Each program's ms/update also as tokens/s (700 tokens an
+update); the goals, set for the CPU, are printed for reference.
 """
 
 from __future__ import annotations
@@ -78,6 +88,7 @@ REPO = BENCH.parent
 PEER = REPO.parent / "shared" / "peers" / "pytorch-examples-word_language_model" / "main.py"
 FLOOR = BENCH / "lightning_floor.py"
 BATCH, BPTT = 20, 35
+TOKENS = BATCH * BPTT  # per update
 EVAL_TOKENS = 4 * 10 * BPTT  # valid = test: 4 evaluation batches of 10 streams
 MARK = "seqstab-bench updates"  # UpdateMarks' line
 UNK, EOS, SPACE = "<unk>", "<eos>", "_"
@@ -91,14 +102,23 @@ except ImportError:  # pragma: no cover
 
 
 class UpdateMarks(_Callback):
-    """Prints ``seqstab-bench updates N`` (flushed) after every ``every``-th update: the marks the parent times."""
+    """Prints ``seqstab-bench updates N`` (flushed) after every ``every``-th update: the marks the parent times.
 
-    def __init__(self, every: int = 50):
-        self.every = every
+    ``sync``: wait for the CUDA device first (``--device cuda``). seqstab reads nothing back between its flushes, so
+    the host runs ahead of the GPU's queue; without the wait a mark would time what was queued, not what was done
+    (main.py waits at every update: its ``loss.item()``). One wait per ``every`` updates costs nothing measurable."""
+
+    def __init__(self, every: int = 50, sync: bool = False):
+        self.every, self.sync = every, sync
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         updates = pl_module.updates
         if updates % self.every == 0:
+            if self.sync:
+                import torch
+
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
             print(f"{MARK} {updates}", flush=True)
 
 
@@ -250,23 +270,37 @@ def per_update(stamps: dict, first: int, last: int) -> tuple[float, float, float
     return 1e3 * (w1 - w0) / n, 1e3 * (u1 - u0) / n, 1e3 * (s1 - s0) / n
 
 
+def hidden_size(args, setting: str) -> int:
+    """Embedding = hidden units of each LSTM layer: ``--hidden``, else the setting's."""
+    return getattr(args, "hidden", None) or SETTINGS[setting].hidden
+
+
 def commands(args, setting: str, data: Path, work: Path) -> dict[str, tuple[list[str], Path, re.Pattern]]:
     """Each program's command line, working directory and mark pattern (group 1: the mark's number N)."""
-    hidden = SETTINGS[setting].hidden
+    hidden = hidden_size(args, setting)
+    cuda = getattr(args, "device", "cpu") == "cuda"
     peer = [
         sys.executable, str(args.peer), "--data", str(data), "--epochs", "1", "--log-interval", str(args.every),
         "--save", str(work / "model.pt"), "--emsize", str(hidden), "--nhid", str(hidden),
     ]  # fmt: skip
+    if cuda:
+        peer.append("--accel")  # main.py: torch.accelerator.current_accelerator()
     seqstab = [
         sys.executable, "-m", "seqstab.train", "fit", "-c", str(REPO / "configs" / "lm" / "wikitext2_lstm.yaml"),
         "--data.data_dir", str(data), "--data.cache_dir", str(work / "cache"), "--trainer.max_epochs", "1",
         "--trainer.default_root_dir", str(work / "runs"),
         "--trainer.callbacks+=bench_peer.UpdateMarks", "--trainer.callbacks.every", str(args.every),
     ]  # fmt: skip
+    if cuda:
+        seqstab += ["--trainer.callbacks.sync", "true", "--trainer.accelerator", "gpu", "--trainer.devices", "1"]
     if hidden != 200:
         seqstab += ["--model.init_args.embedding_size", str(hidden), "--model.init_args.net.init_args.hidden_size",
                     str(hidden)]  # fmt: skip
     seqstab += args.seqstab_args
+    unfused = [*seqstab, "--model.init_args.fused_loss", "false"]
+    fused = getattr(args, "fused_loss", "auto")  # auto: on for a vocabulary >= 4,096 on the CPU, off on a GPU
+    if fused != "auto":
+        seqstab += ["--model.init_args.fused_loss", fused]
     ours = re.compile(rf"{MARK} (\d+)")
     # main.py prints its line N after batch index N (N % interval == 0, N > 0), N + 1 updates done; seqstab's after
     # N updates: the span between two marks is the same number of updates in both
@@ -275,7 +309,7 @@ def commands(args, setting: str, data: Path, work: Path) -> dict[str, tuple[list
         "seqstab": (seqstab, REPO, ours),
     }
     if args.unfused:
-        programs["seqstab unfused"] = ([*seqstab, "--model.init_args.fused_loss", "false"], REPO, ours)
+        programs["seqstab unfused"] = (unfused, REPO, ours)
     if setting == "floor":
         floor = [sys.executable, str(FLOOR), "--data", str(data), "--emsize", str(hidden), "--nhid", str(hidden),
                  "--every", str(args.every)]  # fmt: skip
@@ -325,6 +359,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", type=Path, help="WikiText-2 train.txt (default: ../shared/data/wikitext-2)")
     parser.add_argument("--peer", type=Path, default=PEER, help="pytorch/examples word_language_model/main.py")
     parser.add_argument("--unfused", action="store_true", help="one more program: seqstab with fused_loss false")
+    parser.add_argument("--fused-loss", default="auto", choices=["auto", "true", "false"],
+                        help="the seqstab program's model.fused_loss (auto: on from a 4,096 vocabulary on the CPU, "
+                        "off on a GPU)")  # fmt: skip
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        choices=["cpu", "cuda"],
+        help="cuda: main.py --accel, seqstab --trainer.accelerator gpu (its marks wait for the GPU)",
+    )
+    parser.add_argument("--hidden", type=int, help="embedding = hidden units of each layer (default: the setting's)")
     parser.add_argument("--profile", action="store_true", help="each program once under torch.profiler instead")
     parser.add_argument("--top", type=int, default=20, help="operators shown by --profile")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
@@ -337,10 +381,14 @@ def main(argv: list[str] | None = None) -> None:
     updates = {s: args.updates or SETTINGS[s].updates for s in settings}
     if args.warmup % args.every or any(n % args.every for n in updates.values()):
         parser.error("--warmup and --updates must be multiples of --every")
+    if args.device == "cuda" and "floor" in settings:
+        parser.error("--device cuda: the floor setting's lightning-floor runs on the CPU only")
     sys.path.insert(0, str(BENCH))
     import _common
     import torch
 
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device here")
     torch.set_num_threads(args.threads)
     source = _common.wikitext2_dir(str(args.data_dir) if args.data_dir else None)
     base = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore"}
@@ -352,6 +400,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.floor_threads}"
     )
     print(f"source: {source / 'train.txt'}; {args.rounds} rounds, each setting in turn, programs in rotating order")
+    if args.device == "cuda":
+        print(f"device: {torch.cuda.get_device_name()} (main.py --accel, seqstab --trainer.accelerator gpu)")
     with tempfile.TemporaryDirectory(prefix="bench_peer_") as tmp:
         work = Path(tmp)
         runs: dict[str, dict] = {}
@@ -371,8 +421,8 @@ def main(argv: list[str] | None = None) -> None:
             print(
                 f"\n{setting}: {SETTINGS[setting].what}; {vocab['train_tokens']:,} train tokens; vocabulary main.py "
                 f"{vocab['main.py']:,}, seqstab {vocab['seqstab']:,}; timed: updates {args.warmup}.."
-                f"{args.warmup + updates[setting]} of each run; {threads[setting]} threads"
-                + ("" if vocab["main.py"] == vocab["seqstab"] else "  ** THEY DIFFER **")
+                f"{args.warmup + updates[setting]} of each run; 2×{hidden_size(args, setting)} LSTM; "
+                f"{threads[setting]} threads" + ("" if vocab["main.py"] == vocab["seqstab"] else "  ** THEY DIFFER **")
             )
             for name, (cmd, *_rest) in programs.items():
                 print(f"  {name}: {' '.join(cmd)}")
@@ -397,7 +447,8 @@ def main(argv: list[str] | None = None) -> None:
                         {**out, "ms": ms, "user_ms": user, "sys_ms": sys_ms, "order": order.index(name), "laps": laps}
                     )
                     print(
-                        f"round {r + 1} {setting} {name}: {ms:.2f} ms/update wall, CPU {user + sys_ms:.2f} ms "
+                        f"round {r + 1} {setting} {name}: {ms:.2f} ms/update wall ({TOKENS / ms * 1e3:,.0f} "
+                        f"tokens/s), CPU {user + sys_ms:.2f} ms "
                         f"(user {user:.2f} + sys {sys_ms:.2f}); whole process {out['wall']:.1f} s wall, CPU "
                         f"{out['user']:.1f} + {out['sys']:.1f} s; laps of {args.every}: "
                         + ", ".join(f"{x:.1f}" for x in laps),
@@ -424,8 +475,15 @@ def report(runs: dict[str, dict], args, updates: dict[str, int]) -> None:
     import torch
 
     med = _common.median
-    peak = _common.matmul_gflops()
-    print(f"\nmatmul peak (float32 2048² torch.mm, best of 10, {torch.get_num_threads()} threads): {peak:,.0f} GFLOP/s")
+    cuda = args.device == "cuda"
+    if cuda:
+        peak = _common.cuda_matmul_gflops()
+        name = torch.cuda.get_device_name()
+        print(f"\nmatmul peak (float32 8192² torch.mm on {name}, best of 10): {peak:,.0f} GFLOP/s")
+    else:
+        peak = _common.matmul_gflops()
+        print(f"\nmatmul peak (float32 2048² torch.mm, best of 10, {torch.get_num_threads()} threads): {peak:,.0f} "
+              "GFLOP/s")  # fmt: skip
     summary, figures = [], {}
     for setting, run in runs.items():
         results, vocab = run["results"], run["vocab"]
@@ -447,7 +505,8 @@ def report(runs: dict[str, dict], args, updates: dict[str, int]) -> None:
         print(
             f"\n### {setting}: {SETTINGS[setting].what}\n\nvocabulary: main.py {vocab['main.py']:,} (train + valid + "
             f"test), seqstab {vocab['seqstab']:,} (train): {same}; {vocab['train_tokens']:,} train tokens; "
-            f"2×{SETTINGS[setting].hidden} LSTM; {run['threads']} threads; {args.rounds} rounds × {updates[setting]} "
+            f"2×{hidden_size(args, setting)} LSTM; {'the GPU' if cuda else str(run['threads']) + ' threads'}; "
+            f"{args.rounds} rounds × {updates[setting]} "
             "timed updates "
             f"({updates[setting] * BATCH * BPTT:,} tokens) after {args.warmup}\n"
         )
@@ -466,20 +525,21 @@ def report(runs: dict[str, dict], args, updates: dict[str, int]) -> None:
             print(_row(f"{r + 1} ({', '.join(order)})", values, per_round))
         values = {n: tuple(med([x[k] for x in results[n]]) for k in ("ms", "user_ms", "sys_ms")) for n in names}
         print(_row("**median**", values, {n: {k: med(v) for k, v in ratios[n].items()} for n in ours}))
-        flops = flops_per_update(SETTINGS[setting].hidden, vocab["seqstab"])
+        flops = flops_per_update(hidden_size(args, setting), vocab["seqstab"])
         print(
-            "\n| program | whole process wall s | CPU user s | CPU sys s | effective GFLOP/s | % of matmul peak |\n"
-            "|---|---:|---:|---:|---:|---:|"
+            "\n| program | ms/update (median) | tokens/s | whole process wall s | CPU user s | CPU sys s "
+            "| effective GFLOP/s | % of matmul peak |\n|---|---:|---:|---:|---:|---:|---:|---:|"
         )
+        ms = {name: med([x["ms"] for x in results[name]]) for name in names}
+        cpu = {name: med([x["user_ms"] + x["sys_ms"] for x in results[name]]) for name in names}
         for name in names:
-            gflops = flops / med([x["ms"] for x in results[name]]) / 1e6
+            gflops = flops / ms[name] / 1e6
             print(
-                f"| {name} | {_spread([x['wall'] for x in results[name]])} "
+                f"| {name} | {ms[name]:.2f} | {TOKENS / ms[name] * 1e3:,.0f} "
+                f"| {_spread([x['wall'] for x in results[name]])} "
                 f"| {_spread([x['user'] for x in results[name]])} | {_spread([x['sys'] for x in results[name]])} "
                 f"| {gflops:.2f} | {100 * gflops / peak:.1f}% |"
             )
-        ms = {name: med([x["ms"] for x in results[name]]) for name in names}
-        cpu = {name: med([x["user_ms"] + x["sys_ms"] for x in results[name]]) for name in names}
         if "lightning-floor" in results:
             print(
                 f"\nseqstab over Lightning's floor: {ms['seqstab'] - ms['lightning-floor']:+.2f} ms/update wall, "
@@ -503,10 +563,15 @@ def report(runs: dict[str, dict], args, updates: dict[str, int]) -> None:
             f"| {sys_ratio:.3f} | {ms['seqstab']:.2f} | {ms['main.py']:.2f} | {floor_ms} "
             f"| {'met' if not missed else 'not met: ' + '; '.join(missed)} |"
         )
+        medians = {n: {"ms": ms[n], "tokens_per_s": TOKENS / ms[n] * 1e3, "cpu_ms": cpu[n],
+                       "effective_gflops": flops / ms[n] / 1e6} for n in names}  # fmt: skip
+        commands_run = {n: " ".join(p[0]) for n, p in run["programs"].items()}
         figures[setting] = {"vocab": vocab, "threads": run["threads"], "updates": updates[setting],
-                            "ratios": ratios, "runs": results}  # fmt: skip
+                            "hidden": hidden_size(args, setting), "flops_per_update": flops, "medians": medians,
+                            "commands": commands_run, "ratios": ratios, "runs": results}  # fmt: skip
+    goals = "goals set for the CPU, shown for reference: " if cuda else "goals: "
     print(
-        "\n### Summary (medians over rounds; goals: speed ≥ 1.0, CPU ≤ 1.0, sys ≤ 1.2, floor ms ≤ 1.15× main.py)\n\n"
+        f"\n### Summary (medians over rounds; {goals}speed ≥ 1.0, CPU ≤ 1.0, sys ≤ 1.2, floor ms ≤ 1.15× main.py)\n\n"
         "| setting | vocabulary main.py / seqstab | speed: main.py ms ÷ seqstab ms | CPU: seqstab ÷ main.py "
         "| sys: seqstab ÷ main.py | seqstab ms/update | main.py ms/update | Lightning floor ms/update | goals |\n"
         "|---|---:|---:|---:|---:|---:|---:|---:|---|"
@@ -522,9 +587,17 @@ def report(runs: dict[str, dict], args, updates: dict[str, int]) -> None:
         "(1111, 0). Outside the timed part: main.py validates at the epoch's end and saves model.pt; seqstab also "
         "runs 2 sanity validation batches and saves a checkpoint. lightning-floor: see benchmarks/lightning_floor.py."
     )
+    if cuda:
+        print(
+            "\non the GPU: main.py waits for the device at every update (its loss.item()); seqstab reads back once "
+            "every log_every_n_steps (50) updates, and its marks wait for the device (UpdateMarks(sync=True)), so "
+            "both are timed on work done. model.fused_loss auto is off on a GPU: the seqstab program's setting is in "
+            "its command line above."
+        )
     if args.json:
-        out = {"rounds": args.rounds, "warmup": args.warmup, "every": args.every, "threads": args.threads,
-               "matmul_peak_gflops": peak, "settings": figures}  # fmt: skip
+        out = {"device": torch.cuda.get_device_name() if cuda else "cpu", "rounds": args.rounds,
+               "warmup": args.warmup, "every": args.every, "threads": args.threads, "matmul_peak_gflops": peak,
+               "fused_loss": args.fused_loss, "settings": figures}  # fmt: skip
         args.json.write_text(json.dumps(out, indent=1))
 
 

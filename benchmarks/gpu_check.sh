@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Issue 16, "The GPU path, measured": every GPU measurement in one run, under 8 minutes on one H200.
+# Issues 16 ("The GPU path, measured") and 30 (no host synchronisation between logging steps): every GPU measurement
+# in one run, under 8 minutes on one H200.
 #
 #     bash benchmarks/gpu_check.sh OUTDIR
 #
@@ -8,9 +9,10 @@
 # file and run directory of the steps, checkpoints and snapshots left out). The steps work in $GPU_CHECK_WORK (a
 # fresh temporary folder by default); few files in OUTDIR because the device tool brings back at most 8.
 #
-# Steps (benchmarks/gpu/README.md says what each measures): pip, env, cuda_tests, fit_default, fit_wikitext2,
-# determinism, amp, sync, throughput_2x200, throughput_2x1500. Each runs under `timeout`, within what is left of
-# the whole budget; one that fails or times out is recorded as such and the next one runs.
+# Steps, in this order (benchmarks/gpu/README.md says what each measures and how long it should take): pip, env,
+# cuda_tests, sync, fit_default, fit_wikitext2, determinism, amp, peer_2x200, throughput_2x200, peer_2x1500,
+# throughput_2x1500. Each runs under `timeout`, within what is left of the whole budget; one that fails or times out
+# is recorded as such and the next one runs; what the budget cannot hold is skipped (rerun it with GPU_CHECK_STEPS).
 #
 # Without CUDA (this project's CPU machines) every GPU step says "skipped: no CUDA" and the script ends in seconds;
 # the pip step is skipped wherever jsonargparse and seqstab import already.
@@ -24,6 +26,9 @@
 #   GPU_CHECK_WORK=DIR       where the steps write (default: a new mktemp -d folder)
 #   SEQSTAB_GPU_DATA=DIR     a folder holding wikitext-2/{train,valid,test}.txt (default: the first of shared/data,
 #                            ../shared/data, benchmarks/gpu_wheels/data that has it)
+#   SEQSTAB_GPU_PEER=FILE    pytorch/examples' word_language_model/main.py for the peer_* steps (default: the first
+#                            of shared/peers, ../shared/peers, benchmarks/gpu_wheels/peers that has
+#                            pytorch-examples-word_language_model/main.py)
 #   PYTHON=python3           the interpreter
 set -u -o pipefail
 
@@ -177,6 +182,22 @@ else
     WIKI=""
     DATA_LINE="no WikiText-2 (looked in ${DATA:-shared/data, ../shared/data, $WHEELS/data})"
 fi
+PEER_MAIN=${SEQSTAB_GPU_PEER:-}
+if [ -z "$PEER_MAIN" ]; then
+    for d in shared/peers ../shared/peers "$WHEELS/peers"; do
+        if [ -f "$d/pytorch-examples-word_language_model/main.py" ]; then
+            PEER_MAIN="$(cd "$d/pytorch-examples-word_language_model" && pwd)/main.py"
+            break
+        fi
+    done
+fi
+if [ -n "$PEER_MAIN" ] && [ -f "$PEER_MAIN" ]; then
+    PEER_LINE="pytorch/examples word LM at $PEER_MAIN"
+else
+    PEER_LINE="no pytorch/examples word LM (looked in shared/peers, ../shared/peers, $WHEELS/peers)"
+    PEER_MAIN=""
+fi
+DATA_LINE="$DATA_LINE; $PEER_LINE"
 say "device: $DEVICE_LINE"
 say "data: $DATA_LINE"
 say "work: $WORK; budget ${BUDGET}s"
@@ -197,16 +218,30 @@ needs_wiki() {
     fi
 }
 
+needs_peer() {
+    if [ -z "$PEER_MAIN" ]; then
+        record "$1" "skipped: $PEER_LINE (bash benchmarks/gpu_wheels.sh copies it, then carry benchmarks/gpu_wheels)" 0
+        return 1
+    fi
+}
+
 # Sizes: the GPU run, or tiny ones for the CPU smoke test of this script.
 if [ "$SMOKE" = 1 ] && [ "$CUDA" != 1 ]; then
     FIT_STEPS=5 WIKI_BATCHES=5 WIKI_VAL=2
     EXPLODE_ARGS=(--data.seq_len 50 --data.num_train 500 --data.num_val 50 --trainer.max_epochs 2)
-    AMP_UPDATES=16 SYNC_UPDATES=4
+    AMP_UPDATES=16 SYNC_ARGS=(--updates 12 --every 5 --tiny) SYNC_LIMIT=300 # 29 fits counted by a dispatch mode
     BENCH_SMALL=(--updates 3 --warmup 2 --rounds 1 --threads 1) BENCH_LARGE=(--updates 2 --warmup 1 --rounds 1 --threads 1 --size 300)
+    # the character setting: wt2-33k's cut holds every word type (~33k tokens more, ~1 s an update here)
+    PEER_SETTING=char
+    PEER_SMALL=(--warmup 2 --updates 4 --every 2 --rounds 1 --threads 1)
+    PEER_LARGE=(--warmup 2 --updates 2 --every 2 --rounds 1 --threads 1 --hidden 24)
 else
     FIT_STEPS=200 WIKI_BATCHES=300 WIKI_VAL=50 EXPLODE_ARGS=()
-    AMP_UPDATES=24 SYNC_UPDATES=12
-    BENCH_SMALL=(--updates 60 --warmup 5 --rounds 3) BENCH_LARGE=(--updates 30 --warmup 5 --rounds 3 --size 1500)
+    AMP_UPDATES=24 SYNC_ARGS=(--updates 200 --every 50) SYNC_LIMIT=150
+    BENCH_SMALL=(--updates 60 --warmup 5 --rounds 2) BENCH_LARGE=(--updates 30 --warmup 5 --rounds 2 --size 1500)
+    PEER_SETTING=wt2-33k
+    PEER_SMALL=(--warmup 50 --updates 200 --every 50 --rounds 2)
+    PEER_LARGE=(--warmup 50 --updates 100 --every 50 --rounds 1 --hidden 1500)
 fi
 QUIET=(--trainer.enable_progress_bar false --trainer.enable_model_summary false)
 
@@ -219,9 +254,17 @@ fi
 # -- 1. the CUDA tests and two short fits ---------------------------------------------------------------------------
 
 if gpu_step cuda_tests; then
-    # `-k cuda` alone selects nothing: the CUDA tests are test_policies_do_not_synchronise_with_the_host[*]
-    # (tests/test_clipping.py, skipif no CUDA). -rA lists each outcome.
+    # `-k cuda` alone selects nothing: the CUDA tests are test_policies_do_not_synchronise_with_the_host[*] and
+    # test_adagc_does_not_synchronise_with_the_host_even_with_a_gradient_missing (tests/test_clipping.py, skipif no
+    # CUDA). -rA lists each outcome.
     run_step cuda_tests 120 "$PY" -m pytest -q -rA tests -k "cuda or gpu or synchronise"
+fi
+
+# -- 4. host syncs: none between flushes, one read-back per flush (issue 30; early: the design's proof) --------------
+
+if gpu_step sync; then
+    run_step sync "$SYNC_LIMIT" "$PY" benchmarks/gpu/sync_check.py "$WORK/json/sync.json" --device "$DEVICE" \
+        "${SYNC_ARGS[@]}"
 fi
 
 timed_fit() { # timed_fit NAME LIMIT ARGS... : python -m seqstab.train fit ARGS, then its summary JSON
@@ -277,23 +320,35 @@ if gpu_step determinism; then
     run_step determinism 150 bash -c "QUIET=(${QUIET[*]}); EXPLODE_ARGS=(${EXPLODE_ARGS[*]}); explode_runs 120"
 fi
 
-# -- 3. AMP, 4. host syncs ------------------------------------------------------------------------------------------
+# -- 3. AMP --------------------------------------------------------------------------------------------------------
 
 if gpu_step amp; then
     run_step amp 150 "$PY" benchmarks/gpu/amp_check.py "$WORK/json/amp.json" --work "$WORK/amp" \
         --device "$DEVICE" --updates "$AMP_UPDATES"
 fi
-if gpu_step sync; then
-    run_step sync 120 "$PY" benchmarks/gpu/sync_check.py "$WORK/json/sync.json" --device "$DEVICE" \
-        --updates "$SYNC_UPDATES"
+
+# -- 5. throughput: against pytorch/examples' main.py --accel (issue 30), and against a bare loop in-process --------
+# peer_*: bench_peer.py runs main.py unmodified and python -m seqstab.train fit -c configs/lm/wikitext2_lstm.yaml as
+# programs on the same cut of WikiText-2 (wt2-33k: the full vocabulary; the CPU smoke test: characters), interleaved;
+# seqstab with the fused loss on and off (auto is off on a GPU).
+
+peer_step() { # peer_step NAME LIMIT ARGS...
+    local name=$1 limit=$2
+    shift 2
+    run_step "$name" "$limit" "$PY" benchmarks/bench_peer.py --device "$DEVICE" --data-dir "$WIKI" \
+        --peer "$PEER_MAIN" --settings "$PEER_SETTING" --fused-loss true --unfused "$@" --json "$WORK/json/$name.json"
+}
+
+if gpu_step peer_2x200 && needs_wiki peer_2x200 && needs_peer peer_2x200; then
+    peer_step peer_2x200 150 "${PEER_SMALL[@]}"
 fi
-
-# -- 5. throughput --------------------------------------------------------------------------------------------------
-
 if gpu_step throughput_2x200 && needs_wiki throughput_2x200; then
     run_step throughput_2x200 150 "$PY" benchmarks/bench_throughput.py --device "$DEVICE" --data-dir "$WIKI" \
         --variants bare,seqstab,seqstab-flow,seqstab+flow,bare+net "${BENCH_SMALL[@]}" \
         --json "$WORK/json/throughput_2x200.json"
+fi
+if gpu_step peer_2x1500 && needs_wiki peer_2x1500 && needs_peer peer_2x1500; then
+    peer_step peer_2x1500 120 "${PEER_LARGE[@]}"
 fi
 if gpu_step throughput_2x1500 && needs_wiki throughput_2x1500; then
     run_step throughput_2x1500 150 "$PY" benchmarks/bench_throughput.py --device "$DEVICE" --data-dir "$WIKI" \

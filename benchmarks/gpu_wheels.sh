@@ -12,7 +12,10 @@
 #   * pytest, hypothesis, tokenizers (the dev extra's test needs; --no-deps): the image has them, these are the
 #     fallback if it does not (gpu_check.sh installs only what is missing);
 #   * data/wikitext-2/{train,valid,test}.txt: a copy of ../shared/data/wikitext-2 (the folder beside the checkout
-#     does not travel to the GPU machine), read by the wikitext2_lstm fit and bench_throughput.py.
+#     does not travel to the GPU machine), read by the wikitext2_lstm fit, bench_throughput.py and bench_peer.py;
+#   * peers/pytorch-examples-word_language_model/: a copy of ../shared/peers/pytorch-examples-word_language_model
+#     (pytorch/examples' word LM, unmodified: main.py, data.py, model.py, ...), the program bench_peer.py runs
+#     against seqstab in gpu_check.sh's peer_* steps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEST=benchmarks/gpu_wheels
@@ -38,5 +41,15 @@ else
     echo "gpu_wheels.sh: no $DATA_SRC/wikitext-2/train.txt: the WikiText-2 steps of gpu_check.sh will be skipped" >&2
 fi
 
-ls -1 "$DEST"
+PEER_NAME=pytorch-examples-word_language_model
+PEER_SRC=${SEQSTAB_PEER:-../shared/peers/$PEER_NAME}
+if [ -f "$PEER_SRC/main.py" ]; then
+    mkdir -p "$DEST/peers/$PEER_NAME"
+    cp -r "$PEER_SRC"/. "$DEST/peers/$PEER_NAME/"
+    rm -rf "$DEST/peers/$PEER_NAME/__pycache__" "$DEST/peers/$PEER_NAME"/*.pt
+else
+    echo "gpu_wheels.sh: no $PEER_SRC/main.py: the peer_* steps of gpu_check.sh will be skipped" >&2
+fi
+
+ls -1 "$DEST" "$DEST/peers/$PEER_NAME" 2>/dev/null
 du -sh "$DEST"
