@@ -65,6 +65,17 @@ __all__ = ["Action", "Update", "UpdateCore"]
 
 
 @dataclass
+class _AfterStep:
+    """What :meth:`UpdateCore.complete` finishes after an update's optimizer step: undo it where the host decided
+    to withhold it (``undo``), or where the device did (``withholding``), then the guard's moment reset."""
+
+    verdict: Verdict
+    params: list[torch.Tensor]
+    undo: Callable[[], None] | None = None
+    withholding: Withholding | None = None
+
+
+@dataclass
 class _Pending:
     """An update whose values are still on the device, and what the host knew of it when it was taken."""
 
@@ -100,7 +111,7 @@ class UpdateCore:
         self.last: Update | None = None  # the last update read back (its values: the progress bar's)
         self._pending: list[_Pending] = []
         self._withholding: Withholding | None = None
-        self._after: tuple | None = None  # what complete() finishes after the step
+        self._after: _AfterStep | None = None  # what complete() finishes after the step
 
     def arm(self, run: Run) -> None:
         """Before the forward pass of the next update."""
@@ -167,16 +178,17 @@ class UpdateCore:
         due = log and index % max(run.log_every_n_steps, 1) == 0
         if withholding is None or due or withholding.host_decides(params):
             self.flush(run)  # the verdict read before the step: the host takes it, or takes and undoes it
-            undo = None
-            if update.action is not Action.STEP and run.optimizer is not None:
-                undo = undoable(run.optimizer, params)
-            self._after = (undo, None, params, verdict)
+            withheld = update.action is not Action.STEP
+            undo = undoable(run.optimizer, params) if withheld and run.optimizer is not None else None
+            self._after = _AfterStep(verdict, params, undo=undo)
+            take = not withheld or undo is not None  # with no optimizer to undo, a withheld step is not taken
         else:
             withholding.before(params, verdict.apply)
-            self._after = (None, withholding, params, verdict)
+            self._after = _AfterStep(verdict, params, withholding=withholding)
+            take = True
         if step is None:  # the caller steps (Lightning, under the callback), then calls complete()
             return update
-        if update.action in (None, Action.STEP) or self._after[0] is not None:
+        if take:
             step()
         self.complete(run)
         return update
@@ -184,15 +196,14 @@ class UpdateCore:
     def complete(self, run: Run) -> None:
         """After the optimizer step of the last :meth:`update` (``step=None``: the caller stepped): undo a withheld
         update (on the device, or on the host where it was decided there) and let the guard reset moments."""
-        if self._after is None:
+        after, self._after = self._after, None
+        if after is None:
             return
-        undo, withholding, params, verdict = self._after
-        self._after = None
-        if undo is not None:
-            undo()
-        if withholding is not None:
-            withholding.after(params, verdict.apply)
-        self.guard.after_step(run, verdict)
+        if after.undo is not None:
+            after.undo()
+        if after.withholding is not None:
+            after.withholding.after(after.params, after.verdict.apply)
+        self.guard.after_step(run, after.verdict)
 
     def _withholding_of(self, run: Run) -> Withholding | None:
         optimizer = getattr(run.optimizer, "optimizer", run.optimizer)
