@@ -12,8 +12,7 @@ from seqstab.tasks.base import SeqTask
 class SequenceRegressor(SeqTask):
     """Regression on marked steps (e.g. the adding problem: the last step). MSE loss.
 
-    Args:
-        **kwargs: The net, truncation and stations: see :class:`SeqTask`.
+    Its arguments (the net, truncation and stations) are :class:`SeqTask`'s.
     """
 
     kind = "regression"
@@ -29,8 +28,7 @@ class SequenceRegressor(SeqTask):
 class SequenceClassifier(SeqTask):
     """Classification on marked steps (copying memory, temporal order). Cross-entropy; reports accuracy.
 
-    Args:
-        **kwargs: The net, truncation and stations: see :class:`SeqTask`.
+    Its arguments (the net, truncation and stations) are :class:`SeqTask`'s.
     """
 
     kind = "classification"
