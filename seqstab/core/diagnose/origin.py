@@ -267,7 +267,7 @@ def _forward_origin(call: _Call, outputs: list[torch.Tensor], code: str) -> dict
         step = where["step"] - 1
         previous = tensor[:, step - 1] if step > 0 else _start_state(call)
         largest, before = largest_finite([] if previous is None else [previous]), "|h_{t-1}|"
-        gate = _gate_at(call, step) if tensor is _first_output(call) else None
+        gate = _gate_at(call, step) if flags.index(False) == 0 else None  # the output itself, not a state
         if gate:
             where["gate"] = gate
     parameter_free = next(call.module.parameters(recurse=False), None) is None  # an activation, a function
@@ -275,7 +275,7 @@ def _forward_origin(call: _Call, outputs: list[torch.Tensor], code: str) -> dict
     kind = kind_of(where["values"], largest, elementwise[:1])
     gate = f" (the {where['gate']} gate's pre-activation)" if where.get("gate") else ""
     evidence = (
-        f"forward, in {call.label} ({type(call.module).__name__}) {code}: {where['values']} at {where_text(where)}"
+        f"forward, in {_typed(call)} {code}: {where['values']} at {where_text(where)}"
         f"{gate} of {shape_of(tensor)}, from finite inputs; {before} reached {largest:.3g} just before: {kind}"
     )
     return {
@@ -288,6 +288,11 @@ def _forward_origin(call: _Call, outputs: list[torch.Tensor], code: str) -> dict
         "kind": kind,
         "evidence": evidence,
     }
+
+
+def _typed(call: _Call) -> str:
+    """``net.layers.0 (LSTM)``; the model itself as ``the model (SequenceRegressor)``."""
+    return f"{call.name} ({type(call.module).__name__})" if call.name else call.label
 
 
 def _first_output(call: _Call) -> torch.Tensor | None:
@@ -305,21 +310,27 @@ def _start_state(call: _Call) -> torch.Tensor | None:
 
 
 def _gate_at(call: _Call, step: int) -> str | None:
-    """LSTM/GRU: the gate blocks whose pre-activation is non-finite at ``step`` (from ``x_t`` and ``h_{t-1}``)."""
+    """LSTM/GRU: the gate blocks whose pre-activation is non-finite at ``step`` (from ``x_t`` and ``h_{t-1}``), for
+    a single-layer, batch-first layer with ``nn.LSTM``'s parameter names (``W_hh`` of 4 blocks: LSTM, 3: GRU).
+    PyTorch's fused kernels keep finite inputs finite; a layer of one's own written step by step may not."""
     layer = call.module
-    cell = "lstm" if isinstance(layer, nn.LSTM) else "gru" if isinstance(layer, nn.GRU) else None
-    if cell is None or layer.num_layers != 1 or not layer.batch_first or layer.bidirectional:
+    weights = [getattr(layer, name, None) for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")]
+    if any(not isinstance(w, torch.Tensor) for w in weights) or getattr(layer, "bidirectional", False):
+        return None
+    if not getattr(layer, "batch_first", True) or getattr(layer, "num_layers", 1) != 1:
         return None
     out = _first_output(call)
+    hidden = weights[1].shape[1]
+    cell = {4: "lstm", 3: "gru"}.get(weights[1].shape[0] // hidden)
+    if cell is None or out is None or out.shape[-1] != hidden:
+        return None
     x = call.args[0].detach()[:, step].float()  # (B, I)
     h = out[:, step - 1] if step > 0 else _start_state(call)
-    h = torch.zeros(x.shape[0], out.shape[-1], device=x.device) if h is None else h.float()  # (B, H)
-    w_ih, w_hh, b_ih, b_hh = (
-        getattr(layer, name).detach().float() for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
-    )
+    h = torch.zeros(x.shape[0], hidden, device=x.device) if h is None else h.float()  # (B, H)
+    w_ih, w_hh, b_ih, b_hh = (w.detach().float() for w in weights)
     with torch.no_grad():
         gates = x @ w_ih.T + b_ih + h @ w_hh.T + b_hh  # (B, G·H)
-        flags = read_flags([torch.isfinite(block).all() for block in gates.split(out.shape[-1], dim=-1)])
+        flags = read_flags([torch.isfinite(block).all() for block in gates.split(hidden, dim=-1)])
     named = [name for name, ok in zip(GATE_NAMES[cell], flags, strict=True) if not ok]
     return ", ".join(named) if named else None
 
@@ -370,8 +381,8 @@ def _backward_origin(call, leaving, arriving, code, layers, parameter=False) -> 
     kind = kind_of(where["values"], largest)
     got = f"a finite gradient (largest |g| {largest:.3g})" if arriving is not None else "the gradient"
     at = f" at {where_text(where)}" if where.get("step") or where.get("rows_total") is not None else ""
-    typed = f" ({type_name})" if type_name else ""
-    evidence = f"backward, in {label}{typed}: {code} is {where['values']}{at} from {got}: {kind}"
+    where_in = _typed(call) if call is not None else label
+    evidence = f"backward, in {where_in}: {code} is {where['values']}{at} from {got}: {kind}"
     return {
         "phase": "backward",
         "module": name,

@@ -24,7 +24,7 @@ from seqstab import internals
 from seqstab.core.diagnose.origin import find_origin
 from seqstab.core.plain import json_safe
 
-__all__ = ["event_origin", "locate", "training_step_loss"]
+__all__ = ["event_origin", "locate", "training_step_loss", "with_origin"]
 
 
 def locate(run: Any, update: Any, rng: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -91,3 +91,16 @@ def event_origin(run: Any, update: Any, reason: str, rng: dict[str, Any] | None 
     except Exception as err:  # a measurement must never end the run it explains
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         return {"phase": None, "evidence": f"not located: the recompute failed ({type(err).__name__}: {first})"}
+
+
+def with_origin(diagnosis: dict[str, Any], origin: dict[str, Any] | None) -> dict[str, Any]:
+    """``diagnosis`` with the event's ``origin``; non-finite values the batch brought in make the data the top cause
+    (the flow findings are then non-finite only because the input was)."""
+    if origin is None:
+        return diagnosis
+    ranked = diagnosis.get("ranked", [])
+    if origin.get("phase") == "input" and origin.get("in_batch"):
+        data = [f for f in ranked if f["mechanism"] == "data"]
+        ranked = data + [f for f in ranked if f["mechanism"] != "data"]
+        return {**diagnosis, "top": "data" if data else diagnosis.get("top"), "ranked": ranked, "origin": origin}
+    return {**diagnosis, "origin": origin}

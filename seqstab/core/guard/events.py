@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from seqstab.core import diagnose as diagnose_module
-from seqstab.core.diagnose.recompute import event_origin
+from seqstab.core.diagnose.recompute import event_origin, with_origin
 from seqstab.core.guard.moments import moment_buffers
 from seqstab.core.guard.snapshot import save_snapshot
 from seqstab.core.guard.weights import grad_norms
@@ -88,7 +88,7 @@ def _diagnosis(guard: Any, run: Run, update: Update, copy: Any, reason: str) -> 
     try:
         diagnosis = diagnose_module.diagnose_event(run, update, guard._tracker)
         origin = event_origin(run, update, reason, guard.snapshot_rng(update.step))
-        return diagnosis if origin is None else {**diagnosis, "origin": origin}
+        return with_origin(diagnosis, origin)
     finally:
         if held is not None:
             run.module.load_state_dict(held, strict=False)
