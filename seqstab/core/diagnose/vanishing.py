@@ -144,12 +144,10 @@ class VanishingWatch:
         return finding
 
     def _take_flow(self, update: Any) -> None:
-        values = update.values
-        first, last, steps = values.get("grad_flow/first"), values.get("grad_flow/last"), values.get("grad_flow/steps")
-        if first is None or last is None or not last > 0 or not math.isfinite(first):
-            return
-        self.flows.append((update.step, first / last, int(steps or 0)))
-        self.flow = {k: v for k, v in values.items() if k.startswith("grad_flow/")}
+        taken = _flow_of(update)
+        if taken is not None:
+            self.flows.append(taken[0])
+            self.flow = taken[1]
 
     def _test(self, step: int) -> str | None:
         """The finding's first line when the loss stagnates while the flow has vanished; None otherwise. O(1) while
@@ -191,13 +189,18 @@ class VanishingWatch:
     # -- checkpoint ------------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """Plain values, lists and numbers only (a ``weights_only`` checkpoint)."""
+        """Plain values, lists and numbers only (a ``weights_only`` checkpoint). The last update's flow summaries,
+        written after it was settled, are in it (a resumed watch has no last update to take them from)."""
+        flows, flow = list(self.flows), self.flow
+        taken = _flow_of(self._previous) if self._previous is not None else None
+        if taken is not None:
+            flows, flow = (flows + [taken[0]])[-self.settings.window :], taken[1]
         return {
             "losses": [list(item) for item in self.losses],
-            "flows": [list(item) for item in self.flows],
+            "flows": [list(item) for item in flows],
             "steps": list(self.steps),
             "saturation": [[k, v] for k, v in self.saturation.items()],
-            "flow": [[k, v] for k, v in self.flow.items()],
+            "flow": [[k, v] for k, v in flow.items()],
             "last_finding": self.last_finding,
             "findings": self.findings,
         }
@@ -214,6 +217,15 @@ class VanishingWatch:
         self.last_finding = state.get("last_finding")
         self.findings = int(state.get("findings", 0))
         self._previous = None
+
+
+def _flow_of(update: Any) -> tuple[tuple[int, float, int], dict[str, float]] | None:
+    """``((update, first/last, steps), grad_flow/* values)`` of an update the monitor measured the flow at."""
+    values = update.values
+    first, last, steps = values.get("grad_flow/first"), values.get("grad_flow/last"), values.get("grad_flow/steps")
+    if first is None or last is None or not last > 0 or not math.isfinite(first):
+        return None
+    return (update.step, first / last, int(steps or 0)), {k: v for k, v in values.items() if k.startswith("grad_flow/")}
 
 
 def record_finding(run: Any, finding: dict[str, Any]) -> None:
