@@ -12,6 +12,15 @@ SHOWN_ROWS = 8  # rows listed by index (the count is always given)
 OVERFLOW = math.sqrt(torch.finfo(torch.float32).max)  # ≈ 1.8e19: a product of two such values is inf in float32
 
 
+def finite(tensor: torch.Tensor) -> torch.Tensor:
+    """Whether every value of ``tensor`` is finite, as a 0-dim bool on its device: one reduction (``aminmax``: a nan
+    reaches both ends, an inf one of them), no tensor of flags the size of ``tensor``."""
+    if not tensor.numel():
+        return torch.ones((), dtype=torch.bool, device=tensor.device)
+    low, high = torch.aminmax(tensor.detach())
+    return torch.isfinite(low) & torch.isfinite(high)
+
+
 def read_flags(flags: list[torch.Tensor]) -> list[bool]:
     """Every flag (0-dim bool tensors) in one host read."""
     if not flags:

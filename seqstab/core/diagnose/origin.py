@@ -38,6 +38,7 @@ from torch import nn
 
 from seqstab.core.diagnose.nonfinite import (
     SHOWN_ROWS,
+    finite,
     kind_of,
     largest_finite,
     read_flags,
@@ -108,7 +109,7 @@ def find_origin(
 
     def note(what: str, call: int, grad: torch.Tensor | None, name: str = "", key: int = -1) -> None:
         if grad is not None:
-            seen.append(_Seen(what, call, torch.isfinite(grad).all(), [grad.detach()], name, key))
+            seen.append(_Seen(what, call, finite(grad), [grad.detach()], name, key))
 
     def hook(tensor: torch.Tensor, what: str, call: int, name: str = "") -> None:
         key = id(tensor)
@@ -176,11 +177,11 @@ def _floats(nest: Any, requiring_grad: bool = False) -> list[torch.Tensor]:
 def _all_finite(tensors: list[torch.Tensor]) -> torch.Tensor:
     if not tensors:
         return torch.ones((), dtype=torch.bool)
-    return torch.stack([torch.isfinite(t).all().to(tensors[0].device) for t in tensors]).all()
+    return torch.stack([finite(t).to(tensors[0].device) for t in tensors]).all()
 
 
 def _bad_weights(params: list[tuple[str, torch.Tensor]]) -> list[str]:
-    flags = read_flags([torch.isfinite(p.detach()).all() for _, p in params])
+    flags = read_flags([finite(p) for _, p in params])
     return [name for (name, _), ok in zip(params, flags, strict=True) if not ok]
 
 
@@ -230,11 +231,11 @@ def _first_forward(seen, flags, calls, loss, loss_finite, batch) -> dict[str, An
 
 def _input_origin(call: _Call, tensors: list[torch.Tensor], batch: Any) -> dict[str, Any]:
     """Non-finite values entering the first module called: the data, or the state carried in."""
-    flags = read_flags([torch.isfinite(t).all() for t in tensors])
+    flags = read_flags([finite(t) for t in tensors])
     index = flags.index(False)
     tensor = tensors[index]
     what = "its input" if index == 0 else "the hidden state it started from (carried in)"
-    in_batch = batch is not None and not all(read_flags([torch.isfinite(t).all() for t in _floats(batch)]))
+    in_batch = batch is not None and not all(read_flags([finite(t) for t in _floats(batch)]))
     where = where_bad(tensor, time=tensor.dim() >= 2)
     source = "the batch holds them" if in_batch else "the batch does not: born before the first module was called"
     evidence = (
@@ -257,7 +258,7 @@ def _input_origin(call: _Call, tensors: list[torch.Tensor], batch: Any) -> dict[
 def _forward_origin(call: _Call, outputs: list[torch.Tensor], code: str) -> dict[str, Any]:
     """A module whose output went non-finite from finite inputs: which step, rows and gate; what kind."""
     inputs = _floats(call.args)
-    flags = read_flags([torch.isfinite(t).all() for t in outputs])
+    flags = read_flags([finite(t) for t in outputs])
     tensor = outputs[flags.index(False)]
     timed = tensor.dim() == 3 and bool(inputs) and inputs[0].dim() == 3 and tensor.shape[:2] == inputs[0].shape[:2]
     where = where_bad(tensor, time=timed)

@@ -22,14 +22,14 @@ mechanisms are scored by amplification; 1 = tenfold):
 mechanism   evidence (score = log10 of)
 ==========  ==================================================================================================
 time        vanilla RNN: ``σ_max(W_hh)`` of the bottom layer below 1 bounds the gradient's shrinking per step back
-            (tanh and ReLU have slope at most 1): ``σ_max^-(k-1)``. A gated cell's memory path does not go
-            through ``W_hh``: not this mechanism
-saturation  the slope the nonlinearity leaves per step, ``s^-(k-1)``: tanh: the mean ``1 - h²``; ReLU: the share of
-            units alive; LSTM: the mean forget gate (``∂c_t/∂c_{t-1} = f_t``); GRU: the mean update gate. Named
-            *saturated* where most units or gates sit at the flat end (``|h| > 0.99``, gates below 0.01)
-depth      several layers: ``‖∂L/∂h_k‖`` of the top layer over the bottom layer's
-optimizer  the reach of the steps: how far the weights can move over the window at the recent step size, against
-           10 % of their norm (``lr·‖g‖`` for SGD-like optimizers, ``lr·√P`` for adaptive ones)
+            (tanh and ReLU have slope at most 1): ``σ_max^-(k-1)``. LSTM / GRU: the memory path keeps the mean
+            forget (update) gate of its state per step: ``f^-(k-1)``
+saturation  most units or gates at the flat end (``SATURATED_SHARE``: half): tanh units at ``|h| > 0.99``, dead
+            ReLUs, LSTM forget / GRU update gates below 0.01; then the slope they leave, compounded: tanh
+            ``(1 - 0.98 s)^-(k-1)``, ReLU ``(1 - dead)^-(k-1)``, gated ``f^-(k-1)`` (then not time's)
+depth       several layers: ``‖∂L/∂h_k‖`` of the top layer over the bottom layer's
+optimizer   how far the weights can move over the window at the recent step size, against 10 % of their norm
+            (``lr·‖g‖`` for SGD-like optimizers, ``lr·√P`` for adaptive ones: an upper bound)
 ==========  ==================================================================================================
 
 Remedies (the seqstab settings where the net is :class:`~seqstab.nets.RecurrentNet`): a gated cell
@@ -170,13 +170,15 @@ class VanishingWatch:
         if improvement >= settings.min_improvement:
             return None
         _, ratio, steps = flows[-1]
-        latest = f"{ratio:.3g}, {ratio ** (1 / (steps - 1)):.3g}x per step back" if steps > 1 and ratio > 0 else "0"
+        if ratio > 0 and steps > 1:
+            latest = f"latest {ratio:.3g}: {ratio ** (1 / (steps - 1)):.3g}x per step back over the {steps}-step chunk"
+        else:
+            latest = f"latest: nothing reaches the first of the chunk's {steps} steps"
+        change = f"{'fell' if improvement >= 0 else 'rose'} {100 * abs(improvement):.2g}%"
         return (
-            f"the training loss {'fell' if improvement >= 0 else 'rose'} {100 * abs(improvement):.2g}% over the last "
-            f"{settings.window} updates (mean "
-            f"{before:.4g} -> {now:.4g}; asked: {100 * settings.min_improvement:g}%) while ‖∂L/∂h_1‖ stayed below "
-            f"{settings.flow_ratio:g} of ‖∂L/∂h_k‖ at all {len(flows)} gradient-flow measurements (latest: {latest}, "
-            f"over the {steps}-step chunk)"
+            f"the training loss {change} over the last {settings.window} updates (mean {before:.4g} -> {now:.4g}; "
+            f"asked: {100 * settings.min_improvement:g}%) while ‖∂L/∂h_1‖ stayed below {settings.flow_ratio:g} of "
+            f"‖∂L/∂h_k‖ at all {len(flows)} gradient-flow measurements ({latest})"
         )
 
     # -- the diagnosis -------------------------------------------------------------------------------------------
