@@ -199,3 +199,15 @@ def test_the_origin_search_leaves_weights_grads_and_rng_as_they_were():
     for name, p in model.named_parameters():
         assert torch.equal(p, before[name][0]) and torch.equal(p.grad, before[name][1])
     assert not model._forward_hooks and not model[0]._forward_pre_hooks  # every hook removed
+
+
+def test_the_search_runs_where_lightning_flushes_under_inference_mode():
+    """A flush at validation start runs inside Lightning's inference mode: the backward is still followed."""
+    from tests.planted import RootRNN
+
+    torch.manual_seed(0)
+    net = RootRNN(2, 8)
+    x = torch.rand(4, 6, 2)
+    with torch.inference_mode():
+        origin = find_origin(net, lambda: net(x)[0][:, -1].sum(), net.recurrent_layers(), x)
+    assert origin["phase"] == "backward" and origin["module"] == "root" and origin["step"] == 1

@@ -136,7 +136,8 @@ def find_origin(
         handles.append(sub.register_forward_hook(leave, with_kwargs=True))
     device = next((p.device for _, p in params), torch.device("cpu"))
     try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.enable_grad():
+        fork = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+        with fork, torch.inference_mode(False), torch.enable_grad():  # a flush at validation runs in inference mode
             loss = loss_fn()
             flags = read_flags([s.finite for s in seen] + [_all_finite([loss.detach()])])
             found = _first_forward(seen, flags[:-1], calls, loss, flags[-1], batch)

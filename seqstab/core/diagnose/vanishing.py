@@ -132,6 +132,8 @@ class VanishingWatch:
         if evidence is None:
             return None
         self.last_finding, self.findings = update.step, self.findings + 1
+        if not getattr(run, "is_global_zero", True):  # every rank keeps the same count; rank 0 measures and writes
+            return None
         finding = {
             "update": update.step,
             "global_step": read.get("global_step", getattr(run, "global_step", 0)),
