@@ -36,7 +36,7 @@ class _SampledTask(SeqDataModule):
         spike_batch: int | None = None,
         spike_scale: float | None = None,
         nan_batch: int | None = None,
-        nan_row: int = 0,
+        nan_row: int | None = None,
     ):
         super().__init__()
         check_positive(seq_len=seq_len, num_train=num_train, num_val=num_val, num_test=num_test, batch_size=batch_size)
@@ -50,7 +50,9 @@ class _SampledTask(SeqDataModule):
         if spike_scale is not None and not math.isfinite(spike_scale):
             raise ConfigError(f"spike_scale={spike_scale!r}: must be finite")
         check_count("nan_batch", nan_batch, minimum=0)
-        if not (isinstance(nan_row, int) and 0 <= nan_row < batch_size):
+        if nan_row is not None and nan_batch is None:
+            raise ConfigError("nan_row is set but nan_batch is not: a planted NaN needs the batch it goes in")
+        if nan_row is not None and not (isinstance(nan_row, int) and 0 <= nan_row < batch_size):
             raise ConfigError(f"nan_row={nan_row!r}: must be an integer in [0, batch_size={batch_size})")
         self.seq_len, self.batch_size, self.num_workers = seq_len, batch_size, num_workers
         self.spike_batch, self.spike_scale = spike_batch, spike_scale
@@ -68,7 +70,7 @@ class _SampledTask(SeqDataModule):
         dataset = TensorDataset(x, y, mask)
         if split == "train" and (self.spike_batch is not None or self.nan_batch is not None):
             batches = _SpikedBatches(RandomSampler(dataset), self.batch_size, self.spike_batch, self.spike_scale)
-            batches.plant_nan(self.nan_batch, self.nan_row, x.shape[1] // 2)
+            batches.plant_nan(self.nan_batch, self.nan_row or 0, x.shape[1] // 2)
             return DataLoader(
                 _Spiked(dataset), batch_sampler=batches, num_workers=self.num_workers, collate_fn=_as_dict
             )
@@ -161,7 +163,7 @@ class AddingProblem(_SampledTask):
         spike_scale: The outlier's factor (with ``spike_batch``), e.g. ``1e4``.
         nan_batch: Plant a NaN: in this training batch (0-based, counted like ``spike_batch``) one row's input is NaN
             at its middle step (``seq_len // 2``); None (default): none.
-        nan_row: The row of ``nan_batch`` that gets it (in a full batch).
+        nan_row: The row of ``nan_batch`` that gets it (in a full batch); None: row 0.
     """
 
     def sample(self, n: int, g: torch.Generator) -> tuple[torch.Tensor, ...]:
@@ -213,7 +215,7 @@ class CopyingMemory(_SampledTask):
         spike_scale: The outlier's factor (with ``spike_batch``), e.g. ``1e4``.
         nan_batch: Plant a NaN: in this training batch (0-based, counted like ``spike_batch``) one row's input is NaN
             at its middle step (``seq_len // 2``); None (default): none.
-        nan_row: The row of ``nan_batch`` that gets it (in a full batch).
+        nan_row: The row of ``nan_batch`` that gets it (in a full batch); None: row 0.
     """
 
     def __init__(
@@ -230,7 +232,7 @@ class CopyingMemory(_SampledTask):
         spike_batch: int | None = None,
         spike_scale: float | None = None,
         nan_batch: int | None = None,
-        nan_row: int = 0,
+        nan_row: int | None = None,
     ):
         check_positive(copy_length=copy_length, num_symbols=num_symbols)
         self.copy_length, self.num_symbols = copy_length, num_symbols
@@ -289,7 +291,7 @@ class TemporalOrder(_SampledTask):
         spike_scale: The outlier's factor (with ``spike_batch``), e.g. ``1e4``.
         nan_batch: Plant a NaN: in this training batch (0-based, counted like ``spike_batch``) one row's input is NaN
             at its middle step (``seq_len // 2``); None (default): none.
-        nan_row: The row of ``nan_batch`` that gets it (in a full batch).
+        nan_row: The row of ``nan_batch`` that gets it (in a full batch); None: row 0.
     """
 
     min_seq_len = 10

@@ -216,5 +216,19 @@ def test_forget_bias_is_the_lstm_forget_block_and_refused_elsewhere(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     line = run_fails(["--model.net.forget_bias", "1"], capsys, tmp_path)  # the default experiment: cell rnn
     assert "forget_bias=1.0: only cell='lstm' has a forget gate (cell='rnn')" in line
-    line = run_fails(["--data.nan_row", "50"], capsys, tmp_path)
+    line = run_fails(["--data.nan_batch", "1", "--data.nan_row", "50"], capsys, tmp_path)
     assert "nan_row=50: must be an integer in [0, batch_size=50)" in line
+    line = run_fails(["--data.nan_row", "3"], capsys, tmp_path)
+    assert "nan_row is set but nan_batch is not: a planted NaN needs the batch it goes in" in line
+
+
+def test_a_run_resumes_under_other_vanishing_and_saturation_settings(tmp_path, monkeypatch):
+    """What only watches changes no update: beside ``--ckpt_path last`` it may differ (and a run from before these
+    settings existed resumes)."""
+    monkeypatch.chdir(tmp_path)
+    watch = ["--model.guard", "seqstab.guard.ExplosionGuard", "--model.monitor", "seqstab.monitor.GradMonitor"]
+    base = ["fit", *watch, "--trainer.limit_val_batches", "1", *QUIET]
+    assert main([*base, "--trainer.max_steps", "2"]) == 0
+    again = ["--model.guard.vanishing.window", "40", "--model.monitor.saturation", "false", "--ckpt_path", "last"]
+    assert main([*base, "--trainer.max_steps", "4", *again]) == 0
+    assert (tmp_path / "runs" / "seqstab" / "version_1").is_dir()

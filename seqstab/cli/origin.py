@@ -7,6 +7,7 @@ rows, the largest finite magnitude before and what made it. A finite update says
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -19,10 +20,11 @@ from seqstab.core.monitor import flow_layers
 __all__ = ["snapshot_origin"]
 
 
-def snapshot_origin(snapshot: dict[str, Any], name: str = "snapshot") -> list[str]:
-    """The origin of the snapshot's update as report lines (its classes already checked by replay's ``--trust``)."""
-    from seqstab.cli.replay import rebuild_model
-
+def snapshot_origin(
+    snapshot: dict[str, Any], rebuild_model: Callable[[dict[str, Any]], torch.nn.Module], name: str = "snapshot"
+) -> list[str]:
+    """The origin of the snapshot's update as report lines (its classes already checked by replay's ``--trust``;
+    ``rebuild_model``: replay's, which builds the snapshot's model with its weights)."""
     threads = torch.get_num_threads()
     try:
         with torch.random.fork_rng(devices=[]):

@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         snapshot = load_snapshot(args.snapshot)
         result = replay(snapshot, args.trust, name=f"snapshot {args.snapshot}")
-        where = snapshot_origin(snapshot, name=f"snapshot {args.snapshot}") if args.origin else []
+        where = snapshot_origin(snapshot, rebuild_model, f"snapshot {args.snapshot}") if args.origin else []
     except SeqstabError as err:
         return error_line("replay", err)
     print("\n".join([report(args.snapshot, snapshot, result), *where]))
