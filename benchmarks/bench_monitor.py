@@ -12,7 +12,7 @@ own loop (``SeqTask.training_step`` under a Lightning Trainer); only what is mea
     bare          no norm measured (a policy that returns constants), no logger, monitor off
     log           NoClip: global pre-clip norm every update, all per-update scalars to TensorBoard;
                   per-module grad/weight norms every log_every_n_steps (50, the default)
-    log+flow/50   log + gradient flow through time every 50 updates
+    log+flow/50   log + gradient flow through time every 50 updates (and, with it, the saturation tags)
     defaults      GradMonitor() as shipped: log + flow every 50 + W_hh spectra every 100 (heatmap: see below)
 
 One training run, cut into blocks of ``--block`` updates (a multiple of 100, so every periodic measurement falls in
@@ -22,7 +22,8 @@ slow drifts of a shared machine hit every configuration alike. Reported per conf
 of ms per update, and the median over cycles of its block's time over the bare block's of the same cycle (paired),
 for wall time and for the process's CPU time (steadier on a shared machine; use ``--threads 1`` with it, so idle
 worker threads do not spin). The heatmap image (redrawn every 1000 updates and at the end of fit) is timed alone
-and shown amortised.
+and shown amortised. The saturation tags (``rnn/saturation/...``, measured with each gradient-flow measurement) are
+accounted on their own: the CPU time inside ``saturation_tensors`` per update, against a bare update.
 """
 
 from __future__ import annotations
@@ -136,6 +137,7 @@ class Accounts:
     def __init__(self):
         self.current: str | None = None  # the configuration of the block being timed; None: not counted
         self.cpu: dict[str, float] = {}
+        self.saturation: dict[str, tuple[float, int]] = {}  # configuration -> (CPU s, calls) in saturation_tensors
         self._depth = 0  # emit calls log_metrics: count the outermost call only
 
     def wrap(self, obj, name: str) -> None:
@@ -152,6 +154,23 @@ class Accounts:
                     self.cpu[self.current] = self.cpu.get(self.current, 0.0) + time.process_time() - start
 
         setattr(obj, name, timed)
+
+    def wrap_saturation(self) -> None:
+        """Count the CPU time inside the saturation measurement (called from the monitor's step_tensors)."""
+        import seqstab.core.monitor.monitor as station
+
+        measure = station.saturation_tensors
+
+        def timed(*args, **kwargs):
+            start = time.process_time()
+            try:
+                return measure(*args, **kwargs)
+            finally:
+                if self.current is not None:
+                    spent, calls = self.saturation.get(self.current, (0.0, 0))
+                    self.saturation[self.current] = (spent + time.process_time() - start, calls + 1)
+
+        station.saturation_tensors = timed
 
 
 class Blocks(pl.Callback):
@@ -171,6 +190,7 @@ class Blocks(pl.Callback):
             for name in ("arm", "step_tensors", "emit"):
                 self.accounts.wrap(config["monitor"], name)
             self.accounts.wrap(config["clipping"], "clip")
+        self.accounts.wrap_saturation()
         self.logger = None
         self.started: tuple[float, float] | None = None
         self.times: list[tuple[str, float, float]] = []  # (configuration, wall ms/update, CPU ms/update)
@@ -257,6 +277,20 @@ def heatmap_ms(repeats: int = 3) -> float:
     return statistics.median(times)
 
 
+def print_saturation(accounts: Accounts, times: dict, names: list[str], block: int, bare_cpu: float) -> None:
+    """The saturation tags' share of an update, for each configuration that measures them (with the flow)."""
+    print("\nsaturation tags (rnn/saturation/*, with each gradient-flow measurement), CPU time inside them:")
+    for name in names:
+        spent, calls = accounts.saturation.get(name, (0.0, 0))
+        if not calls:
+            continue
+        per_update = spent * 1e3 / (len(times[name]) * block)
+        print(
+            f"  {name:<14} {spent * 1e3 / calls:7.2f} ms per measurement ({calls} measured), {per_update:.4f} ms per "
+            f"update = {per_update / bare_cpu * 100:.3f}% of a bare update ({bare_cpu:.1f} ms CPU)"
+        )
+
+
 def machine() -> str:
     cpu = platform.processor() or "unknown CPU"
     try:
@@ -318,6 +352,7 @@ def main(argv: list[str] | None = None) -> None:
         accounted = blocks.accounts.cpu.get(name, 0.0) * 1e3 / (len(times[name]) * args.block)
         row = f"{name:<14} {wall:>9.1f} {cpu:>9.1f} {cells[0]:>+12.1f}% {cells[1]:>+11.1f}%"
         print(f"{row} {accounted:>13.2f} {accounted / bare_cpu * 100:>7.2f}%")
+    print_saturation(blocks.accounts, times, names, args.block, bare_cpu)
     draw = heatmap_ms()
     per_step = statistics.median(t[0] for t in times["bare"])
     print(

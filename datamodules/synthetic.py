@@ -2,7 +2,8 @@
 
 Every task exposes its chance baseline in ``spec.chance_loss`` so a result reads against it. Every task can plant a
 data outlier: ``spike_batch`` / ``spike_scale`` scale one training batch (``configs/explode/cause_data.yaml``: the
-explosion guard stops there and its diagnosis names the data).
+explosion guard stops there and its diagnosis names the data), and a NaN: ``nan_batch`` / ``nan_row`` put one in a
+single row of one training batch (``configs/nan/nan_input.yaml``: the event's diagnosis says where it came from).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class _SampledTask(SeqDataModule):
         num_workers: int = 0,
         spike_batch: int | None = None,
         spike_scale: float | None = None,
+        nan_batch: int | None = None,
+        nan_row: int | None = None,
     ):
         super().__init__()
         check_positive(seq_len=seq_len, num_train=num_train, num_val=num_val, num_test=num_test, batch_size=batch_size)
@@ -46,8 +49,14 @@ class _SampledTask(SeqDataModule):
             raise ConfigError(f"{given} is set but {missing} is not: a planted spike needs both")
         if spike_scale is not None and not math.isfinite(spike_scale):
             raise ConfigError(f"spike_scale={spike_scale!r}: must be finite")
+        check_count("nan_batch", nan_batch, minimum=0)
+        if nan_row is not None and nan_batch is None:
+            raise ConfigError("nan_row is set but nan_batch is not: a planted NaN needs the batch it goes in")
+        if nan_row is not None and not (isinstance(nan_row, int) and 0 <= nan_row < batch_size):
+            raise ConfigError(f"nan_row={nan_row!r}: must be an integer in [0, batch_size={batch_size})")
         self.seq_len, self.batch_size, self.num_workers = seq_len, batch_size, num_workers
         self.spike_batch, self.spike_scale = spike_batch, spike_scale
+        self.nan_batch, self.nan_row = nan_batch, nan_row
         g = torch.Generator().manual_seed(seed)  # one generator, fixed order: the data is a function of the seed
         sizes = {"train": num_train, "val": num_val, "test": num_test}
         self.splits = {split: self.sample(n, g) for split, n in sizes.items()}  # split -> (x, y, mask)
@@ -59,8 +68,9 @@ class _SampledTask(SeqDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         x, y, mask = self.splits[split]
         dataset = TensorDataset(x, y, mask)
-        if split == "train" and self.spike_batch is not None:
+        if split == "train" and (self.spike_batch is not None or self.nan_batch is not None):
             batches = _SpikedBatches(RandomSampler(dataset), self.batch_size, self.spike_batch, self.spike_scale)
+            batches.plant_nan(self.nan_batch, self.nan_row or 0, x.shape[1] // 2)
             return DataLoader(
                 _Spiked(dataset), batch_sampler=batches, num_workers=self.num_workers, collate_fn=_as_dict
             )
@@ -93,22 +103,28 @@ def _as_dict(items: list[tuple[torch.Tensor, ...]]) -> dict[str, torch.Tensor]:
 class _SpikedBatches(BatchSampler):
     """The batches a shuffled ``DataLoader`` would draw (the same order, from the same random stream), each index
     paired with a scale: ``spike_scale`` in the ``spike_batch``-th batch drawn (0-based, counted across epochs), 1
-    elsewhere. It runs in the main process, so worker processes do not each count their own batches."""
+    elsewhere, and with the step to make NaN in row ``nan_row`` of the ``nan_batch``-th batch (None elsewhere). It runs
+    in the main process, so worker processes do not each count their own batches."""
 
-    def __init__(self, sampler: RandomSampler, batch_size: int, spike_batch: int, spike_scale: float):
+    def __init__(self, sampler: RandomSampler, batch_size: int, spike_batch: int | None, spike_scale: float | None):
         super().__init__(sampler, batch_size, drop_last=False)
         self.spike_batch, self.spike_scale, self.drawn = spike_batch, spike_scale, 0
+        self.nan_batch, self.nan_row, self.nan_step = None, 0, 0
+
+    def plant_nan(self, batch: int | None, row: int, step: int) -> None:
+        self.nan_batch, self.nan_row, self.nan_step = batch, row, step
 
     def __iter__(self):
         for indices in super().__iter__():
             scale = self.spike_scale if self.drawn == self.spike_batch else None
+            nan_row = self.nan_row if self.drawn == self.nan_batch else None
             self.drawn += 1
-            yield [(i, scale) for i in indices]
+            yield [(i, scale, self.nan_step if j == nan_row else None) for j, i in enumerate(indices)]
 
 
 class _Spiked(Dataset):
-    """A ``(x, y, mask)`` dataset read by ``(index, scale)``: with a scale, ``x`` (and ``y`` where it holds values,
-    not classes) multiplied by it."""
+    """A ``(x, y, mask)`` dataset read by ``(index, scale, nan_step)``: with a scale, ``x`` (and ``y`` where it holds
+    values, not classes) multiplied by it; with a step, ``x`` NaN at that step."""
 
     def __init__(self, dataset: TensorDataset):
         self.dataset = dataset
@@ -116,12 +132,15 @@ class _Spiked(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, item: tuple[int, float | None]) -> tuple[torch.Tensor, ...]:
-        index, scale = item
+    def __getitem__(self, item: tuple[int, float | None, int | None]) -> tuple[torch.Tensor, ...]:
+        index, scale, nan_step = item
         x, y, mask = self.dataset[index]
-        if scale is None:
-            return x, y, mask
-        return x * scale, y * scale if y.is_floating_point() else y, mask
+        if scale is not None:
+            x, y = x * scale, y * scale if y.is_floating_point() else y
+        if nan_step is not None:
+            x = x.clone()  # (T, F): a copy, the dataset's own tensor stays clean
+            x[nan_step] = math.nan
+        return x, y, mask
 
 
 class AddingProblem(_SampledTask):
@@ -142,6 +161,9 @@ class AddingProblem(_SampledTask):
         spike_batch: Plant a data outlier: this training batch (0-based, counted across the epochs of this process) has
             its inputs and targets multiplied by ``spike_scale``; None (default): no outlier.
         spike_scale: The outlier's factor (with ``spike_batch``), e.g. ``1e4``.
+        nan_batch: Plant a NaN: in this training batch (0-based, counted like ``spike_batch``) one row's input is NaN
+            at its middle step (``seq_len // 2``); None (default): none.
+        nan_row: The row of ``nan_batch`` that gets it (in a full batch); None: row 0.
     """
 
     def sample(self, n: int, g: torch.Generator) -> tuple[torch.Tensor, ...]:
@@ -191,6 +213,9 @@ class CopyingMemory(_SampledTask):
         spike_batch: Plant a data outlier: this training batch (0-based, counted across the epochs of this process) has
             its inputs multiplied by ``spike_scale`` (the targets are classes: unchanged); None (default): no outlier.
         spike_scale: The outlier's factor (with ``spike_batch``), e.g. ``1e4``.
+        nan_batch: Plant a NaN: in this training batch (0-based, counted like ``spike_batch``) one row's input is NaN
+            at its middle step (``seq_len // 2``); None (default): none.
+        nan_row: The row of ``nan_batch`` that gets it (in a full batch); None: row 0.
     """
 
     def __init__(
@@ -206,10 +231,24 @@ class CopyingMemory(_SampledTask):
         num_workers: int = 0,
         spike_batch: int | None = None,
         spike_scale: float | None = None,
+        nan_batch: int | None = None,
+        nan_row: int | None = None,
     ):
         check_positive(copy_length=copy_length, num_symbols=num_symbols)
         self.copy_length, self.num_symbols = copy_length, num_symbols
-        super().__init__(seq_len, num_train, num_val, num_test, batch_size, seed, num_workers, spike_batch, spike_scale)
+        super().__init__(
+            seq_len,
+            num_train,
+            num_val,
+            num_test,
+            batch_size,
+            seed,
+            num_workers,
+            spike_batch,
+            spike_scale,
+            nan_batch,
+            nan_row,
+        )
 
     def sample(self, n: int, g: torch.Generator) -> tuple[torch.Tensor, ...]:
         t, k, blank = self.seq_len, self.copy_length, self.num_symbols
@@ -250,6 +289,9 @@ class TemporalOrder(_SampledTask):
         spike_batch: Plant a data outlier: this training batch (0-based, counted across the epochs of this process) has
             its inputs multiplied by ``spike_scale`` (the targets are classes: unchanged); None (default): no outlier.
         spike_scale: The outlier's factor (with ``spike_batch``), e.g. ``1e4``.
+        nan_batch: Plant a NaN: in this training batch (0-based, counted like ``spike_batch``) one row's input is NaN
+            at its middle step (``seq_len // 2``); None (default): none.
+        nan_row: The row of ``nan_batch`` that gets it (in a full batch); None: row 0.
     """
 
     min_seq_len = 10

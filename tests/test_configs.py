@@ -12,7 +12,7 @@ from tests.helpers import REPO
 ALL_YAML = sorted((REPO / "configs").rglob("*.yaml"))
 ALL_CONFIGS = [pytest.param(p, id=str(p.relative_to(REPO / "configs"))) for p in ALL_YAML]
 RUN_CONFIGS = [c for c in ALL_CONFIGS if "sweeps" not in c.values[0].parts]  # sweep files are tested in test_sweep
-STOPPED_AT_ONCE = {"cause_time.yaml", "cause_depth.yaml"}  # planted explosions the guard stops at update 0: exit 3
+STOPPED_AT_ONCE = {"cause_time.yaml", "cause_depth.yaml", "overflow.yaml"}  # planted faults stopped at update 0: exit 3
 
 
 def offline_overrides(config: Path) -> list[str]:

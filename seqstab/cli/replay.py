@@ -16,6 +16,7 @@ per-parameter breakdown.
 
     python -m seqstab.replay runs/seqstab/version_0/snapshot_update_5.pt
     python -m seqstab.replay RUN_DIR/snapshot_update_3.pt --trust mynets     # a net of one's own, module mynets
+    python -m seqstab.replay RUN_DIR/snapshot_update_0.pt --origin           # where a NaN came from
 
 A snapshot is data, and replay runs no code it names: every class it names (the model, its net, the clipping
 policy) must come from seqstab itself, from a module already imported, or from a module given with ``--trust``;
@@ -35,6 +36,7 @@ from typing import Any
 import torch
 
 from seqstab.cli.console import ToolParser, error_line, tool_main
+from seqstab.cli.origin import snapshot_origin
 from seqstab.core import diagnose
 from seqstab.core import io as checkpoint
 from seqstab.core.clipping import ClipPolicy, NoClip
@@ -286,15 +288,21 @@ def main(argv: list[str] | None = None) -> int:
         metavar="MODULE",
         help="a module (or package) whose classes the snapshot may name, e.g. your own net's; repeatable",
     )
+    parser.add_argument(
+        "--origin",
+        action="store_true",
+        help="also recompute the update with hooks on every module: where its first non-finite value appeared",
+    )
     args = parser.parse(argv)
     if isinstance(args, int):  # a mistake (one line said it) or --help
         return args
     try:
         snapshot = load_snapshot(args.snapshot)
         result = replay(snapshot, args.trust, name=f"snapshot {args.snapshot}")
+        where = snapshot_origin(snapshot, rebuild_model, f"snapshot {args.snapshot}") if args.origin else []
     except SeqstabError as err:
         return error_line("replay", err)
-    print(report(args.snapshot, snapshot, result))
+    print("\n".join([report(args.snapshot, snapshot, result), *where]))
     return 0
 
 

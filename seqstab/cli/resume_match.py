@@ -33,7 +33,10 @@ from seqstab.core.recipes import flatten
 __all__ = ["EXPERIMENT_KEYS", "NOT_EXPERIMENT", "check_resumes_experiment", "find_last"]
 
 EXPERIMENT_KEYS = ("model", "data", "optimizer", "lr_scheduler")  # what makes two runs one experiment
-NOT_EXPERIMENT = {"data.predict_split", "data.num_workers"}  # ...except what changes no update
+# ...except what changes no update: the data's predict split and worker count, and what only watches, added since
+# runs were made that must still resume: the monitor's saturation tags, the guard's vanishing watch
+NOT_EXPERIMENT = {"data.predict_split", "data.num_workers", "model.monitor.saturation", "model.guard.vanishing"}
+NOT_EXPERIMENT |= {f"model.guard.vanishing.{k}" for k in ("window", "min_improvement", "flow_ratio", "every")}
 OPTIMIZER_STATE_SKIP = {"params", "initial_lr"}  # a param group's keys that are not the optimizer's settings
 SCHEDULER_STATE_SKIP = {"base_lrs", "last_epoch", "_step_count", "_last_lr", "_get_lr_called_within_step"}
 Difference = tuple[str, Any, Any]  # (key, value in the checkpoint, value here)

@@ -104,6 +104,10 @@ class RecurrentNet(nn.Module):
             radius is exactly this value: the dial that makes an explosion reproducible.
         residual: Add each layer's input to its output where sizes match (every layer after the first).
         layer_norm: Layer-normalise the output of every layer but the last.
+        forget_bias: For ``cell: lstm``: after initialisation, the forget gate's bias of every layer is this value
+            (``bias_ih`` holds it, ``bias_hh`` 0 for that gate), so the cell starts by keeping its state: 1 is
+            Jozefowicz et al. (2015)'s remedy for gradients that vanish through time. None (default) leaves the
+            biases as ``init`` draws them.
     """
 
     def __init__(
@@ -119,6 +123,7 @@ class RecurrentNet(nn.Module):
         spectral_radius: float | None = None,
         residual: bool = False,
         layer_norm: bool = False,
+        forget_bias: float | None = None,
     ):
         super().__init__()
         check_positive(input_size=input_size, hidden_size=hidden_size, num_layers=num_layers)
@@ -129,6 +134,10 @@ class RecurrentNet(nn.Module):
         if cell != "rnn" and nonlinearity != "tanh":
             raise ConfigError(f"nonlinearity={nonlinearity!r}: only cell='rnn' takes a nonlinearity (cell={cell!r})")
         check_fraction("dropout", dropout, low_inclusive=True)
+        if forget_bias is not None and cell != "lstm":
+            raise ConfigError(f"forget_bias={forget_bias!r}: only cell='lstm' has a forget gate (cell={cell!r})")
+        if forget_bias is not None and not math.isfinite(forget_bias):
+            raise ConfigError(f"forget_bias={forget_bias!r}: must be finite")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.cell, self.nonlinearity = cell, nonlinearity
         self.residual = residual
@@ -136,7 +145,10 @@ class RecurrentNet(nn.Module):
         self.layers = nn.ModuleList(self._make_layer(n) for n in sizes)
         self.norms = nn.ModuleList(nn.LayerNorm(hidden_size) for _ in range(num_layers - 1)) if layer_norm else None
         self.dropout = nn.Dropout(dropout)
+        self.forget_bias = forget_bias
         initialise(self, init, init_scale, spectral_radius)
+        if forget_bias is not None:
+            set_forget_bias(self, forget_bias)
 
     def _make_layer(self, input_size: int) -> nn.Module:
         if self.cell == "lstm":
@@ -220,6 +232,18 @@ def initialise(net: RecurrentNet, init: str, scale: float = 0.1, radius: float |
                 if current == 0:
                     raise ConfigError(f"spectral_radius={radius}: W_hh is zero under init={init!r}, cannot rescale")
                 block.mul_(radius / current)
+
+
+@torch.no_grad()
+def set_forget_bias(net: RecurrentNet, value: float) -> None:
+    """Set the forget gate's bias (block 1 of ``i f g o``) of every LSTM layer: ``bias_ih`` to ``value``,
+    ``bias_hh`` to 0 (their sum is what the gate sees)."""
+    if getattr(_SIZING, "active", False):
+        return
+    for layer in net.layers:
+        hidden = layer.weight_hh_l0.shape[1]
+        layer.bias_ih_l0[hidden : 2 * hidden] = value
+        layer.bias_hh_l0[hidden : 2 * hidden] = 0.0
 
 
 def _identity_(block: torch.Tensor) -> torch.Tensor:

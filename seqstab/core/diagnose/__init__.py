@@ -29,6 +29,12 @@ the diagnosis's ``top`` (None when none reaches it).
 In a storm of events the flow is measured again only ``FLOW_EVERY`` (10) updates after it last was; the events in
 between carry its findings, marked with the update they were measured at.
 
+A non-finite event (loss, norm or weights) also gets its **origin**: where its first non-finite value appeared —
+forward or backward, which module, which step of a recurrent layer, which rows, and what made it
+(:mod:`seqstab.core.diagnose.origin`). Apart from explosions, the guard watches for **vanishing** gradients: a run
+whose loss stagnates while the gradient to the chunk's first steps is nothing gets a finding of its own
+(:mod:`seqstab.core.diagnose.vanishing`).
+
 Between events the guard pays :meth:`Tracker.observe` per update: a few appends and one ``aminmax`` kernel, no host
 sync. ``python -m seqstab.replay`` recomputes the flow profile of the snapshot's chunk and ranks it with the
 optimizer and data evidence the run stored in the snapshot.
@@ -45,13 +51,19 @@ from seqstab.core.diagnose.findings import (
     rank,
     time_and_depth,
 )
+from seqstab.core.diagnose.origin import find_origin, origin_lines
+from seqstab.core.diagnose.recompute import event_origin, locate
 from seqstab.core.diagnose.remedies import Remedies, remedies_for
 from seqstab.core.diagnose.report import diagnose_event, lines, markdown, rediagnose
 from seqstab.core.diagnose.tracker import Tracker, inputs_of, learning_rate, optimizer_path
+from seqstab.core.diagnose.vanishing import FINDINGS_FILE, Vanishing, VanishingWatch, vanishing_lines
 
 __all__ = [
     "data_finding",
     "diagnose_event",
+    "event_origin",
+    "find_origin",
+    "FINDINGS_FILE",
     "Finding",
     "FLOW_EVERY",
     "flow_profile",
@@ -59,9 +71,11 @@ __all__ = [
     "inputs_of",
     "learning_rate",
     "lines",
+    "locate",
     "markdown",
     "optimizer_finding",
     "optimizer_path",
+    "origin_lines",
     "rank",
     "rediagnose",
     "REL_STEP",
@@ -69,4 +83,7 @@ __all__ = [
     "remedies_for",
     "time_and_depth",
     "Tracker",
+    "Vanishing",
+    "vanishing_lines",
+    "VanishingWatch",
 ]

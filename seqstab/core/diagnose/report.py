@@ -18,6 +18,7 @@ from seqstab.core.diagnose.findings import (
     rank,
     time_and_depth,
 )
+from seqstab.core.diagnose.origin import origin_lines, origin_markdown
 from seqstab.core.diagnose.remedies import Remedies, remedies_for
 from seqstab.core.diagnose.tracker import Tracker, inputs_of
 
@@ -83,6 +84,7 @@ def lines(diagnosis: dict[str, Any]) -> list[str]:
         if top
         else "why: no mechanism stands out (none shows a tenfold amplification)"
     ]
+    out += origin_lines(diagnosis.get("origin"))  # a non-finite event: where its first non-finite value appeared
     for i, f in enumerate(diagnosis["ranked"], 1):
         out.append(f"  {i}. {f['mechanism']:<9} {_times(f['score']):>10}  {f['evidence']}")
         if f["remedies"] and f["score"] is not None and _score(f["score"]) >= IMPLICATED:
@@ -95,7 +97,8 @@ def markdown(diagnosis: dict[str, Any]) -> str:
     for i, f in enumerate(diagnosis["ranked"], 1):
         tips = "; ".join(f"`{t}`" for t in f["remedies"]) if f["remedies"] else ""
         rows.append(f"| {i} | {f['mechanism']} | {_times(f['score'])} | {f['evidence']} | {tips} |")
-    return f"**why**: {diagnosis.get('top') or 'no mechanism stands out'}\n\n" + "\n".join(rows)
+    where = origin_markdown(diagnosis.get("origin"))
+    return f"**why**: {diagnosis.get('top') or 'no mechanism stands out'}\n\n{where}" + "\n".join(rows)
 
 
 def _times(score: float | str | None) -> str:

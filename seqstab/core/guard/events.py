@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 from seqstab.core import diagnose as diagnose_module
+from seqstab.core.diagnose.recompute import event_origin, with_origin
 from seqstab.core.guard.moments import moment_buffers
 from seqstab.core.guard.snapshot import save_snapshot
 from seqstab.core.guard.weights import grad_norms
@@ -46,7 +47,7 @@ def record_event(guard: Any, run: Run, update: Update, reason: str, read: dict[s
     first = guard.first_event is None
     copy = guard._copy if first and guard.snapshot and guard.snapshot_path is None else None
     if guard._tracker is not None and run.is_global_zero:
-        event["diagnosis"] = _diagnosis(guard, run, update, copy)
+        event["diagnosis"] = _diagnosis(guard, run, update, copy, reason)
     run_dir = run.run_dir if run.is_global_zero else None
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -79,12 +80,15 @@ def _with_grad(run: Run, params: list[Any] | None) -> list[tuple[str, Any]]:
     return [(name, p) for name, p in run.module.named_parameters() if id(p) in had]
 
 
-def _diagnosis(guard: Any, run: Run, update: Update, copy: Any) -> dict[str, Any]:
-    """The event's diagnosis, its flow measured on the weights the update was flagged with where the guard kept
-    them (the first event of a guard with ``snapshot``), else on the weights at this flush."""
+def _diagnosis(guard: Any, run: Run, update: Update, copy: Any, reason: str) -> dict[str, Any]:
+    """The event's diagnosis, its flow (and a non-finite event's origin) measured on the weights the update was
+    flagged with where the guard kept them (the first event of a guard with ``snapshot``), else on the weights at
+    this flush."""
     held = copy.load_into(run.module) if copy is not None and copy.holds() else None
     try:
-        return diagnose_module.diagnose_event(run, update, guard._tracker)
+        diagnosis = diagnose_module.diagnose_event(run, update, guard._tracker)
+        origin = event_origin(run, update, reason, guard.snapshot_rng(update.step))
+        return with_origin(diagnosis, origin)
     finally:
         if held is not None:
             run.module.load_state_dict(held, strict=False)

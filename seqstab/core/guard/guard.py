@@ -10,6 +10,7 @@ import torch
 
 from seqstab.core import diagnose as diagnose_module
 from seqstab.core import io as checkpoint
+from seqstab.core.diagnose.vanishing import Vanishing, VanishingWatch
 from seqstab.core.errors import ConfigError, check_choice, check_count
 from seqstab.core.guard.events import record_event
 from seqstab.core.guard.keep import EventCopy
@@ -91,6 +92,12 @@ class ExplosionGuard:
             optimizer's step and the data by what is measured, with the settings to try, in the event's line
             (``diagnosis``), its TensorBoard text and the console. The flow profile is measured at the flush, on the
             event's chunk (and, for the first event of a guard with ``snapshot``, on the weights it was flagged with).
+            A non-finite event's diagnosis also says where its first non-finite value appeared (``origin``:
+            :mod:`seqstab.core.diagnose.origin`).
+        vanishing: When to record a ``vanishing`` finding: the training loss stagnates while the gradient to the
+            chunk's first steps has vanished (:class:`~seqstab.core.diagnose.vanishing.Vanishing`: ``window``,
+            ``min_improvement``, ``flow_ratio``, ``every``); host values read at the flush, never stops the run. None
+            turns it off.
 
     Examples:
         >>> guard = ExplosionGuard(policy="skip", spike_factor=10, min_history=3)
@@ -109,6 +116,7 @@ class ExplosionGuard:
         max_consecutive_skips: int | None = 50,
         log_spike_score: bool = False,
         diagnose: bool = True,
+        vanishing: Vanishing | None = Vanishing(),  # frozen: one shared default is safe
     ):
         check_choice("guard policy", policy, POLICIES)
         if spike_factor is not None and not spike_factor > 1:
@@ -130,6 +138,8 @@ class ExplosionGuard:
         self.log_spike_score = bool(log_spike_score)
         self.diagnose = bool(diagnose)
         self._tracker = diagnose_module.Tracker(self.window) if self.diagnose else None
+        self.vanishing = vanishing
+        self._watch = VanishingWatch(vanishing) if vanishing is not None else None
         self._reset()
         self.events = 0  # host: events recorded so far (the device count is ahead by at most a flush)
         self.skipped_in_a_row = 0  # host, as of the last flush
@@ -288,6 +298,8 @@ class ExplosionGuard:
             self._tracker.observe(
                 update, read.get("lr"), action is Action.STEP, diagnose_module.inputs_of(update.chunk)
             )
+        if self._watch is not None and run is not None:  # host values: the vanishing test
+            self._watch.observe(run, update, read, action is Action.STEP)
         self.skipped_in_a_row = 0 if action is Action.STEP else self.skipped_in_a_row + 1
         limit_stop = action is Action.STOP and self.policy != "stop"  # max_consecutive_skips, not the event
         if action is Action.STOP:
@@ -395,6 +407,7 @@ class ExplosionGuard:
             "peak": list(self.peak) if self.peak is not None else None,
             "applied_max": self.applied_max,
             **{f"diagnosis_{k}": v for k, v in (self._tracker.state_dict() if self._tracker else {}).items()},
+            **{f"vanishing_{k}": v for k, v in (self._watch.state_dict() if self._watch else {}).items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -417,11 +430,13 @@ class ExplosionGuard:
         self.applied_max = float(state.get("applied_max", 0.0))
         if self._tracker is not None:
             self._tracker.load_state_dict({k[10:]: v for k, v in state.items() if k.startswith("diagnosis_")})
+        if self._watch is not None:
+            self._watch.load_state_dict({k[10:]: v for k, v in state.items() if k.startswith("vanishing_")})
 
     def __repr__(self) -> str:
         return (
             f"ExplosionGuard(policy={self.policy!r}, spike_factor={self.spike_factor}, window={self.window}, "
             f"min_history={self.min_history}, max_norm={self.max_norm}, snapshot={self.snapshot}, "
             f"max_consecutive_skips={self.max_consecutive_skips}, log_spike_score={self.log_spike_score}, "
-            f"diagnose={self.diagnose})"
+            f"diagnose={self.diagnose}, vanishing={self.vanishing})"
         )

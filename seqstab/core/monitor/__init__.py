@@ -33,6 +33,14 @@ Summaries: ``grad_flow/first`` = ‖∂L/∂h_1‖, ``grad_flow/last`` = ‖∂L
 ``grad_flow/growth`` = (‖∂L/∂h_1‖ / ‖∂L/∂h_k‖)^(1/(k−1)), the per-step factor by which the gradient grows going
 back in time (> 1 explodes, < 1 vanishes), for the bottom layer; with several layers also ``.../layer_<i>``.
 A chunk with no gradient at all (e.g. a loss that does not depend on the net) logs no gradient flow.
+
+Saturation
+----------
+With each gradient-flow measurement (``GradMonitor(saturation=True)``, the default), per recurrent layer: the share of
+tanh units with ``|h| > 0.99``, of LSTM/GRU gates below 0.01 or above 0.99 (and the mean forget / update gate), of
+ReLU units dead over the whole chunk (``rnn/saturation/layer_<i>/...``). The gates are recomputed from the layer's
+input and hidden states the flow probe captured (:mod:`seqstab.core.monitor.saturation`): device tensors, read back
+with the update's loss.
 """
 
 from seqstab.core.monitor.contract import CELL_OF_MODE, flow_layers, spectral_weights
@@ -41,6 +49,7 @@ from seqstab.core.monitor.dashboard import custom_scalars_layout, write_dashboar
 from seqstab.core.monitor.flow import FlowProbe, flow_summary, hidden_state_grads
 from seqstab.core.monitor.heatmap import render_heatmap
 from seqstab.core.monitor.monitor import HEATMAP_TAG, GradMonitor
+from seqstab.core.monitor.saturation import saturation_tensors
 from seqstab.core.monitor.spectra import recurrent_spectra
 
 __all__ = [
@@ -56,6 +65,7 @@ __all__ = [
     "HostCopy",
     "ModuleGroups",
     "render_heatmap",
+    "saturation_tensors",
     "spectral_weights",
     "write_dashboard",
 ]

@@ -8,7 +8,8 @@ from seqstab import internals
 
 
 def custom_scalars_layout() -> dict:
-    """One page with the loss, pre/post-clip norms, gradient flow and spectra (TensorBoard's CUSTOM SCALARS tab)."""
+    """One page with the loss, pre/post-clip norms, gradient flow, spectra and saturation (TensorBoard's CUSTOM SCALARS
+    tab)."""
     return {
         "seqstab": {
             "loss": ["Multiline", [r"^train/loss$", r"^val/loss$"]],
@@ -18,7 +19,11 @@ def custom_scalars_layout() -> dict:
             ],
             "gradient flow: ‖∂L/∂h_1‖ and ‖∂L/∂h_k‖": ["Multiline", [r"^grad_flow/first", r"^grad_flow/last"]],
             "gradient flow: growth per step back in time (>1 explodes)": ["Multiline", [r"^grad_flow/growth"]],
-            "W_hh: σ_max and spectral radius vs Pascanu bound": ["Multiline", [r"^rnn/"]],
+            "W_hh: σ_max and spectral radius vs Pascanu bound": [
+                "Multiline",
+                [r"^rnn/(sigma_max|spectral_radius|pascanu_bound)"],
+            ],
+            "saturation: tanh |h| > 0.99, gates < 0.01 or > 0.99, dead ReLUs": ["Multiline", [r"^rnn/saturation/"]],
             "clipped updates and explosion events": ["Multiline", [r"^grad/clipped$", r"^explosion/events$"]],
         }
     }

@@ -40,6 +40,7 @@ class FlowProbe:
             return
         hx = args[1] if len(args) > 1 else None
         call = _Call(args[0].detach(), map_tensors(torch.Tensor.detach, hx))
+        call.out = out.detach()  # h_1..h_k: the saturation tags are measured on it (seqstab.core.monitor.saturation)
         self.calls[i].append(call)
         self.handles.append(out.register_hook(partial(setattr, call, "out_grad")))
         state = output[1] if len(output) > 1 else None
@@ -82,6 +83,7 @@ class _Call:
 
     def __init__(self, x: torch.Tensor, hx) -> None:
         self.x, self.hx = x, hx
+        self.out: torch.Tensor | None = None  # the layer's output (B, k, H), detached
         self.out_grad: torch.Tensor | None = None  # ∂L/∂out (B, k, H), from outside the layer
         self.last_grad: torch.Tensor | None = None  # ∂L/∂h_k through the state, from the next piece
         self.cell_grad: torch.Tensor | None = None  # LSTM: ∂L/∂c_k, from the next piece

@@ -16,6 +16,7 @@ from seqstab.core.monitor.copies import HostCopy, ModuleGroups, write_histograms
 from seqstab.core.monitor.dashboard import write_dashboard
 from seqstab.core.monitor.flow import FlowProbe, flow_summary
 from seqstab.core.monitor.heatmap import render_heatmap
+from seqstab.core.monitor.saturation import saturation_tensors
 from seqstab.core.monitor.spectra import recurrent_spectra
 from seqstab.core.record import Run, Update
 
@@ -45,6 +46,9 @@ class GradMonitor:
         dashboard: At fit start, register the run in TensorBoard's HPARAMS tab (hyperparameters, with the final
             values of ``train/loss``, ``val/*``, ``grad/norm_total``, ``grad_flow/growth`` as its metrics) and write a
             custom-scalars layout grouping loss, pre/post-clip norms, gradient flow and spectra on one page.
+        saturation: With each gradient-flow measurement, the saturation of every recurrent layer
+            (``rnn/saturation/layer_<i>/...``: saturated tanh units, LSTM/GRU gates near 0 or 1, dead ReLUs;
+            :mod:`seqstab.core.monitor.saturation`), recomputed from what the flow probe captured.
     """
 
     def __init__(
@@ -55,6 +59,7 @@ class GradMonitor:
         per_module: bool = True,
         heatmap_every_n_steps: int | None = 1000,
         dashboard: bool = True,
+        saturation: bool = True,
     ):
         check_positive(
             grad_flow_every_n_steps=grad_flow_every_n_steps,
@@ -68,6 +73,7 @@ class GradMonitor:
         self.per_module = per_module
         self.heatmap_every_n_steps = heatmap_every_n_steps
         self.dashboard = dashboard
+        self.saturation = saturation
         self._reset()
 
     def _reset(self) -> None:
@@ -127,7 +133,10 @@ class GradMonitor:
 
     def step_tensors(self, run: Run, step: int) -> dict[str, torch.Tensor]:
         """After backward, before clipping: device tensors read back with the loss; host copies for :meth:`emit`."""
+        measured: dict[str, torch.Tensor] = {}
         if self._probe is not None:
+            if self.saturation:  # device tensors, read back with the loss
+                measured = saturation_tensors(self._probe.layers, self._probe.calls)
             norms = self._probe.norms(run.loss_scale)  # (L, k)
             self._probe = None
             self._flow[step] = HostCopy(norms)
@@ -136,7 +145,7 @@ class GradMonitor:
             _due(n, step) for n in (every_log, self.spectrum_every_n_steps, self.histogram_every_n_steps)
         )
         if not (modules or spectra or hist) or not writes(run):
-            return {}
+            return measured
         groups = self._module_groups(run)
         if spectra:
             weights = spectral_weights(run.net)
@@ -144,14 +153,14 @@ class GradMonitor:
                 self._weights[step] = [(HostCopy(w), cell) for w, cell in weights]
         if hist:
             self._hist[step] = groups.histogram_copies()
-        return groups.norms() if modules else {}
+        return {**groups.norms(), **measured} if modules else measured
 
     def emit(self, run: Run, update: Update) -> None:
         """At the flush, for each update read back in order: write what was measured at it (the host copies are
         complete: the flush's read-back came after them in the device's queue)."""
         step = update.step
-        if step in self._flow:
-            self._emit_flow(run, step, self._flow.pop(step))
+        if step in self._flow:  # the summaries join the update's values: the guard's vanishing watch reads them
+            update.values.update(self._emit_flow(run, step, self._flow.pop(step)))
         if step in self._weights:
             copies = self._weights.pop(step)
             metrics = recurrent_spectra([c.get() for c, _ in copies], [cell for _, cell in copies])
@@ -178,10 +187,10 @@ class GradMonitor:
 
     # -- what emit writes ----------------------------------------------------------------------------------
 
-    def _emit_flow(self, run: Run, step: int, copy: HostCopy) -> None:
+    def _emit_flow(self, run: Run, step: int, copy: HostCopy) -> dict[str, float]:
         norms = copy.get().double().numpy()  # (L, k)
         if not np.any(norms > 0):  # no loss in this chunk: no gradient to follow
-            return
+            return {}
         self.flow_history.append((step, norms))
         metrics: dict[str, float] = {}
         for i, layer_norms in enumerate(norms):
@@ -191,6 +200,8 @@ class GradMonitor:
             if len(norms) > 1:
                 metrics.update({f"grad_flow/{name}/layer_{i}": value for name, value in summary.items()})
         log_metrics(run, metrics, step)
+        metrics["grad_flow/steps"] = norms.shape[1]  # not a tag: the chunk's length, for the guard's vanishing watch
+        return metrics
 
     def _draw_heatmap(self, run: Run, step: int) -> None:
         image = render_heatmap(self.flow_history)  # (H, W, 3) uint8

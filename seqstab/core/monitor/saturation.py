@@ -1,0 +1,109 @@
+"""Saturation of recurrent units and gates, measured on the calls the gradient-flow probe captured.
+
+On a gradient-flow step (``grad_flow_every_n_steps``) the :class:`~seqstab.core.monitor.flow.FlowProbe` keeps each
+recurrent layer's input ``x`` ``(B, k, I)``, start state and output ``h_1..h_k`` ``(B, k, H)``. The gates of an LSTM or
+GRU are inside its fused kernel; they depend only on ``x_t`` and ``h_{t-1}``, so all of them are recomputed at once
+from those captures, one matrix product per layer (the size of the layer's own input projection), on the device::
+
+    h_prev = [h_0, h_1 .. h_{k-1}]                               (B, k, H)
+    gates  = x W_ih^T + b_ih + h_prev W_hh^T + b_hh              (B, k, G·H): LSTM i f g o, GRU r z n (r, z only)
+
+Per layer ``<i>`` (bottom first, as ``grad_flow/.../layer_<i>``), tags under ``rnn/saturation/layer_<i>/``:
+
+=============  ==========================================================================================
+cell           tags
+=============  ==========================================================================================
+rnn, tanh      ``tanh``: share of units with ``|h| > 0.99`` (derivative below 0.02); ``tanh_slope``: the mean
+               derivative ``1 - h²``
+rnn, relu      ``dead``: share of units that were 0 at every step and row of the chunk
+lstm           ``input_low`` / ``input_high``, ``forget_low`` / ``forget_high``, ``output_low`` /
+               ``output_high``: share of the gate's values below 0.01 / above 0.99; ``forget_mean``
+gru            ``reset_low`` / ``reset_high``, ``update_low`` / ``update_high``; ``update_mean``
+=============  ==========================================================================================
+
+A forget gate near 0 clears the cell state at every step (its gradient with it); an update gate near 0 makes a GRU
+replace its state instead of carrying it. A layer without a nonlinearity (``LinearRNN``) has none to saturate.
+
+Everything here is a 0-dim device tensor: read back with the update's loss at the flush, no host synchronisation.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from seqstab.core.monitor.contract import CELL_OF_MODE
+
+__all__ = ["LOW", "HIGH", "SATURATED", "layer_kind", "saturation_tensors"]
+
+LOW, HIGH = 0.01, 0.99  # a sigmoid gate below LOW or above HIGH is saturated (derivative below 0.0099)
+SATURATED = 0.99  # |tanh| above this: derivative 1 - h² below 0.02
+GATES = {"lstm": ("input", "forget", None, "output"), "gru": ("reset", "update", None)}  # None: no sigmoid
+
+
+def layer_kind(layer: nn.Module) -> str | None:
+    """``tanh``, ``relu``, ``lstm`` or ``gru`` for a recurrent layer; None where it has no nonlinearity seqstab knows
+    (``LinearRNN``, a layer of one's own without a ``nonlinearity`` attribute)."""
+    if isinstance(layer, nn.RNNBase):
+        cell = CELL_OF_MODE[layer.mode]
+        return layer.nonlinearity if cell == "rnn" else cell
+    kind = getattr(layer, "nonlinearity", None)
+    return kind if kind in ("tanh", "relu") else None
+
+
+def saturation_tensors(layers: list[nn.Module], calls: list[list]) -> dict[str, torch.Tensor]:
+    """``rnn/saturation/layer_<i>/...`` as 0-dim device tensors, from each layer's captured calls (``calls[i]``:
+    objects with ``x``, ``hx`` and ``out`` as the flow probe keeps them)."""
+    tensors: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for i, (layer, layer_calls) in enumerate(zip(layers, calls, strict=True)):
+            kind = layer_kind(layer)
+            if kind is None or not layer_calls or any(getattr(c, "out", None) is None for c in layer_calls):
+                continue
+            prefix = f"rnn/saturation/layer_{i}/"
+            outs = [c.out.float() for c in layer_calls]  # (B, k, H) each
+            if kind == "tanh":
+                saturated = sum((o.abs() > SATURATED).sum() for o in outs)
+                slope = sum((1 - o.square()).sum() for o in outs)
+                count = sum(o.numel() for o in outs)
+                tensors[prefix + "tanh"] = saturated / count
+                tensors[prefix + "tanh_slope"] = slope / count
+            elif kind == "relu":
+                alive = torch.stack([(o != 0).flatten(0, 1).any(dim=0) for o in outs]).any(dim=0)  # (H,)
+                tensors[prefix + "dead"] = 1 - alive.float().mean()
+            else:
+                tensors.update(_gate_tensors(layer, layer_calls, kind, prefix))
+    return tensors
+
+
+def _gate_tensors(layer: nn.Module, calls: list, kind: str, prefix: str) -> dict[str, torch.Tensor]:
+    """The gate shares (and the mean forget / update gate) of an LSTM or GRU layer, over all its calls."""
+    w_ih, w_hh, b_ih, b_hh = (
+        getattr(layer, name).detach().float() for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
+    )
+    names = GATES[kind]
+    hidden = w_hh.shape[1]
+    low = {n: 0 for n in names if n}  # name -> count of values below LOW (a device tensor after the first call)
+    high = {n: 0 for n in names if n}
+    mean, count = 0, 0  # the forget (LSTM) or update (GRU) gate's sum; values per gate
+    for call in calls:
+        out = call.out.float()  # (B, k, H)
+        h0 = call.hx[0] if kind == "lstm" and call.hx is not None else call.hx
+        h0 = out.new_zeros(out.shape[0], 1, hidden) if h0 is None else h0.float().transpose(0, 1)  # (B, 1, H)
+        h_prev = torch.cat([h0, out[:, :-1]], dim=1)  # (B, k, H): the state each step starts from
+        gates = call.x.float() @ w_ih.T + b_ih + h_prev @ w_hh.T + b_hh  # (B, k, G·H)
+        for name, block in zip(names, gates.split(hidden, dim=-1), strict=True):
+            if name is None:
+                continue
+            value = torch.sigmoid(block)
+            low[name] = low[name] + (value < LOW).sum()
+            high[name] = high[name] + (value > HIGH).sum()
+            if name in ("forget", "update"):
+                mean = mean + value.sum()
+        count += out.numel()
+    tensors = {}
+    for name in low:
+        tensors[f"{prefix}{name}_low"] = low[name] / count
+        tensors[f"{prefix}{name}_high"] = high[name] / count
+    tensors[f"{prefix}{'forget' if kind == 'lstm' else 'update'}_mean"] = mean / count
+    return tensors
