@@ -121,8 +121,9 @@ def test_checkpoint_files_get_the_usual_mode(tmp_path):
 
 
 def test_every_run_ends_with_a_checkpoint_of_its_final_state(tmp_path, monkeypatch):
-    """The recipe in docs/guides/resume.md for checkpoints within an epoch replaces Lightning's epoch-end one; a run stopped by
-    max_steps between two saves still ends with last.ckpt at its final step, and resuming from it is exact."""
+    """The recipe in docs/guides/resume.md for checkpoints within an epoch replaces Lightning's epoch-end one; a run
+    stopped by max_steps between two saves still ends with last.ckpt at its final step, and resuming from it is
+    exact."""
     every = ["--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.every_n_train_steps", "3"]
     data = ["--data.num_train", "200", "--data.seq_len", "10", "--data.batch_size", "10", *TINY[-4:]]
     for where, steps, extra in (("a", 8, []), ("b", 14, ["--ckpt_path", "last"]), ("c", 14, [])):

@@ -33,10 +33,13 @@ from seqstab.core.recipes import flatten
 __all__ = ["EXPERIMENT_KEYS", "NOT_EXPERIMENT", "check_resumes_experiment", "find_last"]
 
 EXPERIMENT_KEYS = ("model", "data", "optimizer", "lr_scheduler")  # what makes two runs one experiment
-# ...except what changes no update: the data's predict split and worker count, and what only watches, added since
-# runs were made that must still resume: the monitor's saturation tags, the guard's vanishing watch
-NOT_EXPERIMENT = {"data.predict_split", "data.num_workers", "model.monitor.saturation", "model.guard.vanishing"}
-NOT_EXPERIMENT |= {f"model.guard.vanishing.{k}" for k in ("window", "min_improvement", "flow_ratio", "every")}
+# ...except what changes no update's numbers (each key with everything under it): the data's predict split and worker
+# count; what only watches and writes (the monitor; the guard's snapshot, diagnosis, spike score and vanishing
+# watch); when the guard ends a run that skips too much (max_consecutive_skips: a run made before its default of 50
+# resumes under it)
+NOT_EXPERIMENT = {"data.predict_split", "data.num_workers", "model.monitor"}
+NOT_EXPERIMENT |= {f"model.guard.{key}" for key in ("snapshot", "diagnose", "log_spike_score", "vanishing")}
+NOT_EXPERIMENT |= {"model.guard.max_consecutive_skips"}
 OPTIMIZER_STATE_SKIP = {"params", "initial_lr"}  # a param group's keys that are not the optimizer's settings
 SCHEDULER_STATE_SKIP = {"base_lrs", "last_epoch", "_step_count", "_last_lr", "_get_lr_called_within_step"}
 Difference = tuple[str, Any, Any]  # (key, value in the checkpoint, value here)
@@ -145,7 +148,9 @@ def _state_difference(experiment: dict, saved: dict[str, Any]) -> Difference | N
 
 
 def _is_experiment(key: str) -> bool:
-    return key.split(".")[0] in EXPERIMENT_KEYS and key not in NOT_EXPERIMENT
+    return key.split(".")[0] in EXPERIMENT_KEYS and not any(
+        key == other or key.startswith(f"{other}.") for other in NOT_EXPERIMENT
+    )
 
 
 def _plain(value: Any) -> Any:
