@@ -31,6 +31,9 @@ accessor                                  what it relies on
                                           can become a subclass that only adds methods (``obj.__class__ = ...``)
 :func:`partial_class`                     jsonargparse builds a ``Callable[[int], nn.Module]`` argument as
                                           ``partial(<instantiator>, <instantiator>, cls, **init_args)``
+:func:`namedtuple_fields`                 a named tuple's ``_fields`` (``collections.namedtuple``'s and
+                                          ``typing.NamedTuple``'s documented attribute, underscored so that no
+                                          field name clashes with it): a batch's structure for a snapshot
 ========================================  ====================================================================
 """
 
@@ -158,3 +161,9 @@ def drop_lightning_tips() -> None:
 class _NoTips:
     def filter(self, record) -> bool:
         return not str(record.msg).startswith("💡 Tip")
+
+
+def namedtuple_fields(value: Any) -> tuple[str, ...] | None:
+    """The field names of a named tuple (``type(value)._fields``), or None for any other value (a plain tuple too)."""
+    fields = getattr(type(value), "_fields", None) if isinstance(value, tuple) else None
+    return tuple(fields) if isinstance(fields, tuple) and all(isinstance(f, str) for f in fields) else None

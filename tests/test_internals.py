@@ -163,3 +163,16 @@ def test_logger_prefix_is_what_the_tensorboard_logger_puts_before_each_tag(tmp_p
 
     assert internals.logger_prefix(TensorBoardLogger(tmp_path, prefix="exp")) == "exp"
     assert internals.logger_prefix(TensorBoardLogger(tmp_path)) == ""
+
+
+def test_namedtuple_fields_reads_the_field_names_of_both_kinds_of_named_tuple():
+    import collections
+    import typing
+
+    class Typed(typing.NamedTuple):
+        x: int
+        y: int
+
+    assert internals.namedtuple_fields(collections.namedtuple("Pair", "a b")(1, 2)) == ("a", "b")
+    assert internals.namedtuple_fields(Typed(1, 2)) == ("x", "y")
+    assert internals.namedtuple_fields((1, 2)) is None and internals.namedtuple_fields([1]) is None
