@@ -54,13 +54,29 @@ class Tracker:
 
 
 def inputs_of(chunk: Any) -> torch.Tensor | None:
-    """The floating-point inputs of a chunk (``chunk["x"]`` of seqstab's tasks) or of a batch (its first floating
-    tensor); None for token ids or what holds none."""
-    if isinstance(chunk, dict):
-        chunk = chunk.get("x", next(iter(chunk.values()), None))
-    elif isinstance(chunk, (list, tuple)):
-        chunk = next((c for c in chunk if isinstance(c, torch.Tensor) and c.is_floating_point()), None)
-    return chunk if isinstance(chunk, torch.Tensor) and chunk.is_floating_point() else None
+    """The floating-point inputs of a chunk or batch, as :func:`inputs_named` finds them; None for token ids or a
+    batch that holds no floating-point tensor."""
+    found = inputs_named(chunk)
+    return found[1] if found is not None else None
+
+
+def inputs_named(chunk: Any) -> tuple[str, torch.Tensor] | None:
+    """``(where, tensor)``: the floating-point inputs the data evidence measures, and where they sit in the batch.
+
+    A chunk of seqstab's tasks: its ``x``. Any other batch: the first non-empty floating-point tensor found walking
+    it depth first in order (:func:`seqstab.core.plain.leaves`: tensors, dataclasses, named tuples, dicts, lists,
+    tuples), so that an ``(inputs, targets)`` pair gives its inputs: darts' ``TorchTrainingBatch`` its
+    ``past_target``, pytorch-forecasting's ``(x, (y, weight))`` its ``x['encoder_cont']``, neuralforecast's dict its
+    ``temporal``. ``where`` reads like Python: ``batch[0]['encoder_cont']``. None where there is none (token ids).
+    """
+    from seqstab.core.plain import leaves
+
+    task_chunk = isinstance(chunk, dict) and "x" in chunk
+    candidates = [("batch['x']", chunk["x"])] if task_chunk else leaves(chunk)
+    for where, tensor in candidates:
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and tensor.numel():
+            return where, tensor
+    return None
 
 
 def optimizer_path(optimizer: Any) -> str | None:

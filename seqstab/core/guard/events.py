@@ -9,6 +9,8 @@ from typing import Any
 
 from seqstab.core import diagnose as diagnose_module
 from seqstab.core.diagnose.recompute import event_origin, with_origin
+from seqstab.core.diagnose.remedies import in_force, library_of
+from seqstab.core.diagnose.tracker import inputs_named
 from seqstab.core.guard.moments import moment_buffers
 from seqstab.core.guard.snapshot import save_snapshot
 from seqstab.core.guard.weights import grad_norms
@@ -56,8 +58,10 @@ def record_event(guard: Any, run: Run, update: Update, reason: str, read: dict[s
         if copy is not None and run_dir is not None:
             path = run_dir / f"snapshot_update_{update.step}.pt"
             state = copy.state(update.step)
-            save_snapshot(path, run, update, modules, guard.snapshot_rng(update.step), event.get("diagnosis"), state)
+            rng = guard.snapshot_rng(update.step)
+            flags = save_snapshot(path, run, update, modules, rng, event.get("diagnosis"), state)
             guard.snapshot_path = str(path)
+            guard.snapshot_flags = flags
             event["snapshot"] = path.name
         if copy is not None:
             copy.release()
@@ -83,15 +87,41 @@ def _with_grad(run: Run, params: list[Any] | None) -> list[tuple[str, Any]]:
 def _diagnosis(guard: Any, run: Run, update: Update, copy: Any, reason: str) -> dict[str, Any]:
     """The event's diagnosis, its flow (and a non-finite event's origin) measured on the weights the update was
     flagged with where the guard kept them (the first event of a guard with ``snapshot``), else on the weights at
-    this flush."""
+    this flush; its remedies in the words of the run's door, none already in force; its data evidence naming the
+    inputs it measured."""
     held = copy.load_into(run.module) if copy is not None and copy.holds() else None
     try:
-        diagnosis = diagnose_module.diagnose_event(run, update, guard._tracker)
+        with in_force(**_in_force(guard, run, update)):
+            diagnosis = diagnose_module.diagnose_event(run, update, guard._tracker)
         origin = event_origin(run, update, reason, guard.snapshot_rng(update.step))
-        return with_origin(diagnosis, origin)
+        diagnosis = with_origin(diagnosis, origin)
     finally:
         if held is not None:
             run.module.load_state_dict(held, strict=False)
+    found = inputs_named(update.chunk)
+    for finding in diagnosis["ranked"]:
+        if finding["mechanism"] == "data" and found is not None and finding["score"] is not None:
+            finding["evidence"] += f" (measured: {found[0]})"
+    return diagnosis
+
+
+def _in_force(guard: Any, run: Run, update: Update) -> dict[str, Any]:
+    """The door the run came in by (``cli`` for seqstab's tasks, ``callback``, ``loop`` for a run with no recipe),
+    the library of its module, the guard's policy and whether the run clips (its recorded policy; a loop's: whether
+    its policy logged a threshold or clipped this update)."""
+    recipe = run.recipe or {}
+    source = recipe.get("source") or recipe.get("kind") or "loop"
+    policy = recipe.get("clipping")
+    if isinstance(policy, dict) and isinstance(policy.get("class_path"), str):
+        clipped = not policy["class_path"].endswith(".NoClip")
+    else:
+        clipped = "grad/clip_threshold" in update.values or bool(update.values.get("grad/clipped"))
+    return {
+        "door": {"task": "cli", "module": "callback"}.get(source, "loop"),
+        "library": library_of(run.module),
+        "guard_policy": guard.policy,
+        "clipped": clipped,
+    }
 
 
 def summary(guard: Any, event: dict[str, Any], action: Action) -> str:
@@ -109,7 +139,7 @@ def summary(guard: Any, event: dict[str, Any], action: Action) -> str:
         line += f"moments reset for {', '.join(event['reset']) or 'no tensor (the optimizer keeps none)'}; "
     line += f"{guard.events} event(s) so far"
     if guard.snapshot_path:
-        line += f"; replay: python -m seqstab.replay {guard.snapshot_path}"
+        line += f"; replay: python -m seqstab.replay {guard.snapshot_path}{getattr(guard, 'snapshot_flags', '')}"
     return line
 
 
