@@ -15,6 +15,7 @@ from seqstab.core.errors import ConfigError, check_choice, check_count
 from seqstab.core.guard.events import record_event
 from seqstab.core.guard.keep import EventCopy
 from seqstab.core.guard.moments import moment_buffers, reset_moments_where
+from seqstab.core.guard.recent import RecentLevel
 from seqstab.core.guard.window import RunningMedian, RunningRate
 from seqstab.core.record import Action, Run, Update
 
@@ -76,11 +77,12 @@ class ExplosionGuard:
             ``stop`` (not applied, nor any later one; the run ends at the next flush after a one-line summary) or
             ``reset_moments`` (not applied; the spiked tensors' optimizer moments are zeroed). A non-finite update is
             never applied under any policy.
-        spike_factor: Flag a norm above this multiple of the running median. 10 sits well outside the 2-5x
-            update-to-update swings of healthy training. None turns spike detection off.
+        spike_factor: Flag a norm above this multiple of the running median and of the recent level (a norm rising
+            smoothly out of warm-up stays near it: :mod:`~seqstab.core.guard.recent`). 10 sits well outside the
+            2-5x update-to-update swings of healthy training. None turns spike detection off.
         window: How many recent finite, non-zero norms the running median covers. Flagged norms enter it too, so a
             lasting change of level stops counting as a spike after ``window / 2`` updates.
-        min_history: Norms needed in the window before spike detection starts (the first updates have no baseline).
+        min_history: Norms needed before spike detection starts, and how many make the recent level.
         max_norm: Also flag any norm above this absolute value; None (default) turns it off.
         snapshot: Save a replay snapshot (model, optimizer, the chunk, its hidden state, RNG state) at the first event.
         max_consecutive_skips: Stop the run after this many updates in a row were not applied: skipping forever hides
@@ -147,11 +149,13 @@ class ExplosionGuard:
         self.applied_max = 0.0  # the largest norm of an applied update (post-clip)
         self.first_event: int | None = None  # update index of the first event
         self.snapshot_path: str | None = None
+        self.snapshot_flags = ""  # what replay needs besides the path (--module, --loss), once it is written
         self.stop_reason: str | None = None  # why the guard stopped the run: "policy stop", "max_consecutive_skips"
 
     def _reset(self) -> None:
         """The device state, empty."""
         self._norms = RunningMedian(self.window)  # the last `window` finite, non-zero norms
+        self._recent = RecentLevel(self.min_history)  # the last `min_history` of them that were not events
         self._spikes = RunningRate(self.window)  # the spike test of the last `window` updates
         self._rows: RunningMedian | None = None  # reset_moments: per-tensor norms, (window, P)
         self._rows_width: int | None = None
@@ -196,7 +200,7 @@ class ExplosionGuard:
         above = None
         reason = torch.where(finite, k["none"], k["non-finite"])
         if self.spike_factor is not None:
-            above = known & (norm > self.spike_factor * median)
+            above = known & (norm > self.spike_factor * self._recent.baseline(median, norm.device))
             reason = torch.where(above & flagged, k["spike"], reason)
         if self.max_norm is not None:
             reason = torch.where(flagged & (norm > self.max_norm), k["max_norm"], reason)
@@ -208,8 +212,10 @@ class ExplosionGuard:
         reset = self._spiked(update, event, counted) if self.policy == "reset_moments" else None
         if self.log_spike_score:
             self._spikes.record(~finite | above if above is not None else ~finite, counted)
-        self._norms.admit(norm, flagged & (norm > 0))
-        self._admit_row(update, flagged & (norm > 0))
+        positive = flagged & (norm > 0)  # finite, counted, non-zero: what the windows admit
+        self._norms.admit(norm, positive)
+        self._recent.admit(norm, positive & ~event)
+        self._admit_row(update, positive)
         self._events = self._events + event
         withheld = ~(finite & live)
         if self.policy != "warn":
@@ -360,12 +366,12 @@ class ExplosionGuard:
         """Why ``norm`` would be an event now (``non-finite``, ``max_norm``, ``spike``) or None, and the median it
         would meet; changes nothing (reads the window on the host: for inspection and tests)."""
         known, median = self._norms.median(self.min_history)
-        median = float(median) if bool(known) else None
+        baseline, median = float(self._recent.baseline(median, median.device)), float(median) if bool(known) else None
         if not math.isfinite(norm):
             return "non-finite", median
         if self.max_norm is not None and norm > self.max_norm:
             return "max_norm", median
-        if self.spike_factor is not None and median is not None and norm > self.spike_factor * median:
+        if self.spike_factor is not None and median is not None and norm > self.spike_factor * baseline:
             return "spike", median
         return None, median
 
@@ -398,6 +404,7 @@ class ExplosionGuard:
         """Plain values only (checkpoints load with ``weights_only=True``); reads the device state (at a save)."""
         return {
             "norms": self._norms.tolist(),
+            "recent": self._recent.tolist(),
             "events": self.events,
             "first_event": self.first_event,
             "snapshot_path": self.snapshot_path,
@@ -413,6 +420,7 @@ class ExplosionGuard:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._reset()
         self._norms.load(state.get("norms", []))
+        self._recent.load(state.get("recent", []))  # a checkpoint from before: filled again by the next updates
         self._spikes.load(state.get("spikes", []))
         rows = state.get("tensor_norms", [])
         if rows:
