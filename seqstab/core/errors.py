@@ -25,6 +25,16 @@ class DataError(SeqstabError, ValueError):
     """Bad data: a missing or malformed file, a split too short; the message names the file, column or row."""
 
 
+class SettingError(ConfigError, SystemExit):
+    """A setting found wrong inside someone else's loop (the ``GradientStability`` callback's checks when a
+    ``Trainer`` starts to fit): a :class:`ConfigError` to code that catches it; uncaught, Python prints its one line
+    (``seqstab: error: <message>``) and exits 1 without a traceback, as it does for ``sys.exit(message)``."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.code = f"seqstab: error: {message}"
+
+
 def check_positive(**values: float | int | None) -> None:
     """Raise :class:`ConfigError` naming the first value that is not ``> 0`` (``None`` passes)."""
     for name, value in values.items():
