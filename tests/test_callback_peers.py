@@ -10,6 +10,7 @@ import collections
 import copy
 import io
 import json
+import os
 import pickle
 import statistics
 import subprocess
@@ -409,7 +410,8 @@ def test_a_wrong_net_is_one_line_and_exit_1_when_nothing_catches_it(tmp_path):
         "pl.Trainer(callbacks=[GradientStability(net='encoder')], max_steps=1, logger=False,\n"
         "           enable_progress_bar=False, enable_checkpointing=False).fit(PLClassifier(), data())\n"
     )
-    done = subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+    done = subprocess.run([sys.executable, str(script)], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last == (

@@ -1,4 +1,4 @@
-"""Screenshot of TensorBoard with an exploding and a clipped run side by side (the README and docs/guides/explosions.md).
+"""Screenshot of TensorBoard with an exploding and a clipped run side by side (README, docs/guides/explosions.md).
 
     python tools/tensorboard_screenshot.py                          # train both runs, capture docs/img/explosion.png
     python tools/tensorboard_screenshot.py --logdir runs/explode    # keep the runs there; reuse them next time
