@@ -3,6 +3,7 @@ loop, each used the way its own docs show, on ETTh1's OT (24 h ahead from 96 h):
 
     .venv-peers/bin/python benchmarks/bench_callback_peers.py                 # all, ~15 min on 2 cores
     .venv-peers/bin/python benchmarks/bench_callback_peers.py --only cost     # the hooks' host cost only
+    .venv-peers/bin/python benchmarks/bench_callback_peers.py --only healthy --seeds 0,1,2,3,4 --norms peers.json
     PYTHONPATH=../main .venv-peers/bin/python benchmarks/bench_callback_peers.py --only cost,healthy  # main's code
 
 The peer libraries are dependencies of this benchmark only, never of seqstab (``.venv-peers``, git-ignored)::
@@ -16,7 +17,8 @@ neuralforecast ``LSTM(..., callbacks=[...])`` (``NeuralForecast.fit``), and a pl
 Each is put through (``--only``, a comma list; default all):
 
 * ``healthy``: ``--steps`` updates under ``GradientStability(guard=ExplosionGuard(policy="skip", snapshot=False))``,
-  nothing provoked: events and skipped updates (goal 0); the pre-clip norms are written to ``--norms`` (JSON) for
+  nothing provoked, once per seed of ``--seeds`` (the models' seeds; default 0): events and skipped updates, added
+  up over the seeds (goal 0); the pre-clip norms are written to ``--norms`` (JSON) for
   ``bench_false_alarms.py``, which replays them through the guard's spike rule of any version.
 * ``cost``: the callback's own host time per update, every hook of it timed (``perf_counter`` around each:
   ``on_train_batch_start``, ``on_before_backward``, ``on_before_optimizer_step`` — with the update core and every
@@ -108,7 +110,7 @@ def fit_model(name: str, stability: Any, steps: int, root: Path, spike_at: int |
             **extra,
         )
         with torch.random.fork_rng():
-            torch.manual_seed(0)
+            torch.manual_seed(peers.SEED)
             trainer.fit(model, dataset.to_dataloader(train=True, batch_size=64, num_workers=0))
         extra_out = trainer
         log_dir = Path(logger.log_dir)
@@ -134,7 +136,7 @@ def run_loop(steps: int, root: Path, guard: ExplosionGuard, clipping=None, spike
     """The plain loop: ``UpdateCore`` around an LSTM and Adam (the 30 lines a user writes)."""
     from seqstab import StaticRun, UpdateCore
 
-    torch.manual_seed(0)
+    torch.manual_seed(peers.SEED)
     net = peers.Net()
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     core = UpdateCore(clipping, guard)
@@ -399,6 +401,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=200, help="updates of a healthy run")
     parser.add_argument("--cost-steps", type=int, default=120, help="updates of a timed run")
     parser.add_argument("--warmup", type=int, default=20, help="updates of a timed run left out of the figure")
+    parser.add_argument("--seeds", default="0", help="comma list: the healthy runs, once per seed (models' seed)")
     parser.add_argument("--spike-at", type=int, default=60, help="the update whose batch is scaled by 10^4")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--norms", type=Path, default=None, help="write the healthy runs' norms here (JSON)")
@@ -409,6 +412,8 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore")
     models = [m for m in args.models.split(",") if m]
     parts = [p for p in args.only.split(",") if p]
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    peers.SEED = seeds[0]
     import seqstab
 
     print(f"machine: {_common.machine()}")
@@ -423,8 +428,16 @@ def main(argv: list[str] | None = None) -> None:
                 try:
                     with contextlib.redirect_stdout(io.StringIO()) as captured:
                         if part == "healthy":
-                            out = healthy(name, args.steps, where)
-                            norms[f"healthy/{name}"] = out.pop("norms")
+                            runs = []
+                            for seed in seeds:  # the table adds up every seed's runs
+                                peers.SEED = seed
+                                run = healthy(name, args.steps, where / f"seed{seed}")
+                                tag = f"healthy/{name}" + (f"/seed{seed}" if seed != seeds[0] else "")
+                                norms[tag] = run.pop("norms")
+                                runs.append({"seed": seed, **run})
+                            peers.SEED = seeds[0]
+                            out = {key: sum(r[key] for r in runs) for key in ("updates", "events", "skipped")}
+                            out["seeds"] = runs
                         elif part == "cost":
                             out = {s: cost(name, args.cost_steps, where / s, args.warmup, s)
                                    for s in ("defaults", "snapshot")}  # fmt: skip

@@ -13,7 +13,7 @@ own loop (``SeqTask.training_step`` under a Lightning Trainer); only what is mea
     log           NoClip: global pre-clip norm every update, all per-update scalars to TensorBoard;
                   per-module grad/weight norms every log_every_n_steps (50, the default)
     log+flow/50   log + gradient flow through time every 50 updates (and, with it, the saturation tags)
-    defaults      GradMonitor() as shipped: log + flow every 50 + W_hh spectra every 100 (heatmap: see below)
+    defaults      GradMonitor() as shipped: log + flow every 50 + W_hh spectra every 500 (heatmap: see below)
 
 One training run, cut into blocks of ``--block`` updates (a multiple of 100, so every periodic measurement falls in
 a block at its true rate); a callback switches the configuration (clipping policy, monitor, logger) at each block

@@ -298,7 +298,7 @@ def commands(args, setting: str, data: Path, work: Path) -> dict[str, tuple[list
                     str(hidden)]  # fmt: skip
     seqstab += args.seqstab_args
     unfused = [*seqstab, "--model.init_args.fused_loss", "false"]
-    fused = getattr(args, "fused_loss", "auto")  # auto: on for a vocabulary >= 4,096 on the CPU, off on a GPU
+    fused = getattr(args, "fused_loss", "auto")  # auto: on the CPU where a chunk's logits take >= 32 MiB
     if fused != "auto":
         seqstab += ["--model.init_args.fused_loss", fused]
     ours = re.compile(rf"{MARK} (\d+)")
@@ -360,8 +360,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--peer", type=Path, default=PEER, help="pytorch/examples word_language_model/main.py")
     parser.add_argument("--unfused", action="store_true", help="one more program: seqstab with fused_loss false")
     parser.add_argument("--fused-loss", default="auto", choices=["auto", "true", "false"],
-                        help="the seqstab program's model.fused_loss (auto: on from a 4,096 vocabulary on the CPU, "
-                        "off on a GPU)")  # fmt: skip
+                        help="the seqstab program's model.fused_loss (auto: on the CPU where a chunk's logits take "
+                        ">= 32 MiB, off on a GPU)")  # fmt: skip
     parser.add_argument(
         "--device",
         default="cpu",
@@ -582,10 +582,11 @@ def report(runs: dict[str, dict], args, updates: dict[str, int]) -> None:
         "threshold, lr; per-module norms and gradient flow every 50th, the monitor's default) and shows its progress "
         f"bar (stderr); main.py prints a line every {args.every} batches (its default: 200). main.py keeps the batch "
         "sequence-first (L, B), seqstab batch-first (B, L); main.py's loss is log_softmax + NLLLoss, seqstab's "
-        "cross-entropy (fused with the decoder where model.fused_loss is on: auto = vocabulary ≥ 4,096, so wt2-33k "
-        "and wt2-10k); main.py's SGD step is p.data.add_ per parameter, seqstab's torch.optim.SGD. Seeds differ "
-        "(1111, 0). Outside the timed part: main.py validates at the epoch's end and saves model.pt; seqstab also "
-        "runs 2 sanity validation batches and saves a checkpoint. lightning-floor: see benchmarks/lightning_floor.py."
+        "cross-entropy (fused with the decoder where model.fused_loss is on: auto = a chunk's logits of 32 MiB "
+        "or more, so wt2-33k only); main.py's SGD step is p.data.add_ per parameter, seqstab's torch.optim.SGD. "
+        "Seeds differ (1111, 0). Outside the timed part: main.py validates at the epoch's end and saves model.pt; "
+        "seqstab also runs 2 sanity validation batches and saves a checkpoint. lightning-floor: see "
+        "benchmarks/lightning_floor.py."
     )
     if cuda:
         print(

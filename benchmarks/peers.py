@@ -20,6 +20,7 @@ ETTH1 = Path(os.environ.get("ETTH1", SHARED / "timeseries" / "ETTh1.csv"))
 TRAIN_ROWS = 12 * 30 * 24  # the standard ETTh1 split (Informer): 12/4/4 months of 30 days
 H, INPUT = 24, 96
 QUIET = {"enable_progress_bar": False, "enable_model_summary": False, "accelerator": "cpu", "devices": 1}
+SEED = 0  # the models' seed (darts random_state, neuralforecast random_seed + 1, torch's for the others); --seeds
 
 
 def frame():
@@ -47,7 +48,7 @@ def darts_model(kind: str, callbacks: list, steps: int, **kwargs: Any):
     from darts.models import BlockRNNModel, RNNModel
 
     trainer = {**QUIET, "callbacks": callbacks, "max_steps": steps, **kwargs.pop("pl_trainer_kwargs", {})}
-    common = dict(model="LSTM", batch_size=32, n_epochs=1000, random_state=0, pl_trainer_kwargs=trainer, **kwargs)
+    common = dict(model="LSTM", batch_size=32, n_epochs=1000, random_state=SEED, pl_trainer_kwargs=trainer, **kwargs)
     if kind == "rnn":
         return RNNModel(input_chunk_length=INPUT, training_length=INPUT + H, **common)
     return BlockRNNModel(input_chunk_length=INPUT, output_chunk_length=H, **common)
@@ -126,7 +127,7 @@ def nf_lstm(**trainer: Any):
     """neuralforecast's ``LSTM`` (2×128 encoder, MLP decoder, MAE, Adam 1e-3, robust scaler), 128 windows a step."""
     from neuralforecast.models import LSTM
 
-    return LSTM(h=H, input_size=INPUT, scaler_type="robust", random_seed=1, **{**QUIET, **trainer})
+    return LSTM(h=H, input_size=INPUT, scaler_type="robust", random_seed=SEED + 1, **{**QUIET, **trainer})
 
 
 def nf_module() -> nn.Module:

@@ -31,6 +31,9 @@ accessor                                  what it relies on
                                           can become a subclass that only adds methods (``obj.__class__ = ...``)
 :func:`partial_class`                     jsonargparse builds a ``Callable[[int], nn.Module]`` argument as
                                           ``partial(<instantiator>, <instantiator>, cls, **init_args)``
+:func:`throttle_progress_bar`             ``TQDMProgressBar._should_update(current, total)``: whether a batch
+                                          redraws the bar (Lightning redraws at every batch, bypassing tqdm's own
+                                          ``mininterval``)
 :func:`namedtuple_fields`                 a named tuple's ``_fields`` (``collections.namedtuple``'s and
                                           ``typing.NamedTuple``'s documented attribute, underscored so that no
                                           field name clashes with it): a batch's structure for a snapshot
@@ -40,6 +43,7 @@ accessor                                  what it relies on
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -167,3 +171,29 @@ def namedtuple_fields(value: Any) -> tuple[str, ...] | None:
     """The field names of a named tuple (``type(value)._fields``), or None for any other value (a plain tuple too)."""
     fields = getattr(type(value), "_fields", None) if isinstance(value, tuple) else None
     return tuple(fields) if isinstance(fields, tuple) and all(isinstance(f, str) for f in fields) else None
+
+
+def throttle_progress_bar(bar: Any, seconds: float) -> bool:
+    """Let Lightning's ``TQDMProgressBar`` redraw at most once every ``seconds`` (and always at a bar's last batch),
+    where it would redraw at every batch: each redraw formats the metrics and writes to the terminal, a cost per
+    update as large as a small model's step. Only a bar left at ``refresh_rate=1``, Lightning's default (a rate
+    someone chose is kept); returns whether it was throttled."""
+    import time
+
+    should_update = getattr(bar, "_should_update", None)
+    if should_update is None or getattr(bar, "refresh_rate", None) != 1:
+        return False
+    last = -math.inf
+
+    def throttled(current: int, total: int | float) -> bool:
+        nonlocal last
+        if not should_update(current, total):
+            return False
+        now = time.monotonic()
+        if current == total or now - last >= seconds:
+            last = now
+            return True
+        return False
+
+    bar._should_update = throttled
+    return True

@@ -127,10 +127,13 @@ def test_language_model_chunk_loss_fused_equals_unfused(vocab, tie, reduction, m
         torch.testing.assert_close(grads_b[name], grads_a[name], **TOL, msg=lambda m, n=name: f"grad of {n}: {m}")
 
 
-def test_auto_follows_vocabulary_and_bad_value_is_one_line():
-    x = torch.zeros(2, 3, dtype=torch.long)
+def test_auto_follows_vocabulary_and_logits_size_and_bad_value_is_one_line():
+    x = torch.zeros(20, 35, dtype=torch.long)  # 700 positions a chunk
     assert not language_model(CHAR, "auto", False, "token_mean")._fused(x)
-    assert language_model(FUSED_MIN_VOCAB, "auto", False, "token_mean")._fused(x)
+    assert not language_model(10_000, "auto", False, "token_mean")._fused(x)  # 28 MB of logits: the heap serves them
+    assert language_model(33_278, "auto", False, "token_mean")._fused(x)  # 93 MB: mapped afresh at every update
+    assert language_model(FUSED_MIN_VOCAB, "auto", False, "token_mean")._fused(torch.zeros(40, 64, dtype=torch.long))
+    assert not language_model(FUSED_MIN_VOCAB - 1, "auto", False, "token_mean")._fused(torch.zeros(400, 400))
     with pytest.raises(ConfigError, match="fused_loss='yes'"):
         language_model(CHAR, "yes", False, "token_mean")
 

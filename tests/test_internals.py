@@ -176,3 +176,17 @@ def test_namedtuple_fields_reads_the_field_names_of_both_kinds_of_named_tuple():
     assert internals.namedtuple_fields(collections.namedtuple("Pair", "a b")(1, 2)) == ("a", "b")
     assert internals.namedtuple_fields(Typed(1, 2)) == ("x", "y")
     assert internals.namedtuple_fields((1, 2)) is None and internals.namedtuple_fields([1]) is None
+
+
+def test_throttle_progress_bar_wraps_tqdm_progress_bars_should_update(monkeypatch):
+    from pytorch_lightning.callbacks import TQDMProgressBar
+
+    assert "_should_update" in vars(TQDMProgressBar)
+    assert list(inspect.signature(TQDMProgressBar._should_update).parameters) == ["self", "current", "total"]
+    clock = iter([0.0, 0.05, 0.2, 0.21])
+    monkeypatch.setattr("time.monotonic", lambda: next(clock))
+    bar = TQDMProgressBar()
+    assert internals.throttle_progress_bar(bar, seconds=0.1)
+    # the first batch redraws; 0.05 s later not; 0.2 s: again; the last batch always
+    assert [bar._should_update(n, 10) for n in (1, 2, 3, 10)] == [True, False, True, True]
+    assert not internals.throttle_progress_bar(TQDMProgressBar(refresh_rate=5), seconds=0.1)  # a chosen rate stays

@@ -193,7 +193,7 @@ def test_lstm_spectra_per_gate_block():
 def test_monitor_does_nothing_when_not_due():
     net = RecurrentNet(2, 3, cell="lstm")
     run = StaticRun(net, loggers=[object()], log_every_n_steps=50, is_global_zero=True)
-    monitor = GradMonitor()  # flow every 50, spectra every 100, histograms off, per-module every log step
+    monitor = GradMonitor()  # flow every 50, spectra every 500, histograms off, per-module every log step
     for step in (1, 49, 51):
         monitor.arm(run, step)
         assert not net.layers[0]._forward_hooks

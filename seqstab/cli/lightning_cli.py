@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 from jsonargparse import lazy_instance
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
-from pytorch_lightning.callbacks import BasePredictionWriter
+from pytorch_lightning.callbacks import BasePredictionWriter, TQDMProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import TensorBoardLogger
 
@@ -113,6 +113,8 @@ class SeqstabCLI(internals.KeepConfigOnCkptPath, LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default: make it atomic and safe
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        if isinstance(trainer.progress_bar_callback, TQDMProgressBar):  # ten redraws a second, not one an update
+            internals.throttle_progress_bar(trainer.progress_bar_callback, seconds=0.1)
         return trainer
 
     def _before_run(self) -> None:

@@ -17,7 +17,12 @@ from seqstab.nets.fused import linear_cross_entropy
 from seqstab.nets.recurrent import RecurrentNet
 from seqstab.tasks.base import SeqTask
 
-FUSED_MIN_VOCAB = 4096  # fused_loss='auto' from this vocabulary up (benchmarks/bench_throughput.py --fused)
+FUSED_MIN_VOCAB = 4096  # fused_loss='auto': from this vocabulary up (benchmarks/bench_throughput.py --fused) ...
+# ... and where a chunk's unfused logits would take this many bytes or more: glibc serves such an array from a fresh
+# mapping (its largest mmap threshold is 32 MiB) that the kernel page-faults in at every update, which the fused loss
+# avoids; below it the unfused loss reuses the heap and is faster (WikiText-2, 700 positions a chunk, on 2 cores:
+# V = 10,000, 28 MB of logits, unfused 96 ms an update against fused 107; V = 33,278, 93 MB, fused 1.15x faster)
+FUSED_MIN_LOGITS_BYTES = 32 * 2**20
 
 
 class LanguageModel(SeqTask):
@@ -39,8 +44,9 @@ class LanguageModel(SeqTask):
             dropout, between its layers, is ``net.init_args.dropout``).
         fused_loss: Train on the decoder and cross-entropy fused and chunked (``seqstab.fused``: the ``(B·k, V)``
             logits never held in full; equal to the unfused loss up to float32 rounding). ``auto``: where measured
-            faster (:data:`FUSED_MIN_VOCAB`: float32 on the CPU, vocabulary ≥ 4,096, the task's own forward and
-            losses); ``true``: always (under autocast in float32); ``false``: never. Evaluation is unfused.
+            faster (float32 on the CPU, vocabulary ≥ 4,096 and a chunk's ``(B·k, V)`` logits of 32 MiB or more:
+            :data:`FUSED_MIN_LOGITS_BYTES`; the task's own forward and losses); ``true``: always (under
+            autocast in float32); ``false``: never. Evaluation is unfused.
         **kwargs: The net, truncation and stations: see :class:`SeqTask`.
     """
 
@@ -122,6 +128,7 @@ class LanguageModel(SeqTask):
         return (
             x.device.type == "cpu"
             and self.spec.vocab_size >= FUSED_MIN_VOCAB
+            and x.numel() * self.spec.vocab_size * 4 >= FUSED_MIN_LOGITS_BYTES
             and self.head[1].weight.dtype == torch.float32
             and not torch.is_autocast_enabled("cpu")
             and own.forward is SeqTask.forward

@@ -202,3 +202,33 @@ def _known(score: float | str | None) -> float:
     """A score to sort by: unknown (None, nan) below every measured one."""
     value = -math.inf if score is None else float(score)
     return -math.inf if math.isnan(value) else value
+
+
+def times(score: float | str | None) -> str:
+    """A log10 score as a factor for people: ``10^4.0`` from 3 decades on, ``12.3x`` below, ``n/a`` unknown."""
+    value = _known(score)
+    if value == -math.inf:
+        return "n/a"
+    if value == math.inf:
+        return "inf"
+    return f"10^{value:.1f}" if abs(value) >= 3 else f"{10**value:.3g}x"
+
+
+def ranked_lines(ranked: list[dict[str, Any]], width: int) -> list[str]:
+    """Ranked findings as console lines: each mechanism (padded to ``width``), its factor and evidence, then the
+    remedies of an implicated one."""
+    lines = []
+    for i, f in enumerate(ranked, 1):
+        lines.append(f"  {i}. {f['mechanism']:<{width}} {times(f['score']):>10}  {f['evidence']}")
+        if f["remedies"] and f["score"] is not None and float(f["score"]) >= IMPLICATED:
+            lines.append(f"     try: {'; '.join(f['remedies'])}")
+    return lines
+
+
+def ranked_rows(ranked: list[dict[str, Any]], factor: str) -> list[str]:
+    """Ranked findings as a Markdown table, the factor's column named ``factor``."""
+    rows = [f"| rank | mechanism | {factor} | evidence | try |", "|---|---|---|---|---|"]
+    for i, f in enumerate(ranked, 1):
+        tips = "; ".join(f"`{t}`" for t in f["remedies"])
+        rows.append(f"| {i} | {f['mechanism']} | {times(f['score'])} | {f['evidence']} | {tips} |")
+    return rows

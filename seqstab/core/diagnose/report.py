@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict
 from typing import Any
 
@@ -10,13 +9,15 @@ import numpy as np
 
 from seqstab.core.diagnose.findings import (
     FLOW_EVERY,
-    IMPLICATED,
     Finding,
     data_finding,
     flow_profile,
     optimizer_finding,
     rank,
+    ranked_lines,
+    ranked_rows,
     time_and_depth,
+    times,
 )
 from seqstab.core.diagnose.origin import origin_lines, origin_markdown
 from seqstab.core.diagnose.remedies import Remedies, remedies_for
@@ -80,35 +81,15 @@ def lines(diagnosis: dict[str, Any]) -> list[str]:
     """The diagnosis as console lines: the verdict, then each mechanism with its score, evidence and remedies."""
     top = diagnosis.get("top")
     out = [
-        f"why: {top} ({_times(diagnosis['ranked'][0]['score'])} amplification)"
+        f"why: {top} ({times(diagnosis['ranked'][0]['score'])} amplification)"
         if top
         else "why: no mechanism stands out (none shows a tenfold amplification)"
     ]
     out += origin_lines(diagnosis.get("origin"))  # a non-finite event: where its first non-finite value appeared
-    for i, f in enumerate(diagnosis["ranked"], 1):
-        out.append(f"  {i}. {f['mechanism']:<9} {_times(f['score']):>10}  {f['evidence']}")
-        if f["remedies"] and f["score"] is not None and _score(f["score"]) >= IMPLICATED:
-            out.append(f"     try: {'; '.join(f['remedies'])}")
-    return out
+    return out + ranked_lines(diagnosis["ranked"], width=9)
 
 
 def markdown(diagnosis: dict[str, Any]) -> str:
-    rows = ["| rank | mechanism | amplification | evidence | try |", "|---|---|---|---|---|"]
-    for i, f in enumerate(diagnosis["ranked"], 1):
-        tips = "; ".join(f"`{t}`" for t in f["remedies"]) if f["remedies"] else ""
-        rows.append(f"| {i} | {f['mechanism']} | {_times(f['score'])} | {f['evidence']} | {tips} |")
+    rows = ranked_rows(diagnosis["ranked"], "amplification")
     where = origin_markdown(diagnosis.get("origin"))
     return f"**why**: {diagnosis.get('top') or 'no mechanism stands out'}\n\n{where}" + "\n".join(rows)
-
-
-def _times(score: float | str | None) -> str:
-    if score is None:
-        return "n/a"
-    value = _score(score)
-    if value == math.inf:
-        return "inf"
-    return f"10^{value:.1f}" if abs(value) >= 3 else f"{10**value:.3g}x"
-
-
-def _score(score: float | str) -> float:
-    return float(score)

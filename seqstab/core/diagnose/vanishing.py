@@ -50,7 +50,7 @@ from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from seqstab.core.diagnose.findings import IMPLICATED, rank
+from seqstab.core.diagnose.findings import rank, ranked_lines, ranked_rows, times
 from seqstab.core.diagnose.vanishing_findings import findings
 from seqstab.core.errors import ConfigError
 from seqstab.core.logs import add_text
@@ -252,33 +252,15 @@ def vanishing_lines(finding: dict[str, Any]) -> list[str]:
     lines = [
         f"vanishing gradients at update {finding['update']} (epoch {finding['epoch']}): {finding['evidence']}; "
         "the run goes on",
-        f"why: {top} ({_times(diagnosis['ranked'][0]['score'])} attenuation over the chunk)"
+        f"why: {top} ({times(diagnosis['ranked'][0]['score'])} attenuation over the chunk)"
         if top
         else "why: no mechanism stands out (none accounts for a tenfold attenuation)",
     ]
-    for i, f in enumerate(diagnosis["ranked"], 1):
-        lines.append(f"  {i}. {f['mechanism']:<10} {_times(f['score']):>10}  {f['evidence']}")
-        if f["remedies"] and f["score"] is not None and float(f["score"]) >= IMPLICATED:
-            lines.append(f"     try: {'; '.join(f['remedies'])}")
-    return lines
+    return lines + ranked_lines(diagnosis["ranked"], width=10)
 
 
 def _markdown(finding: dict[str, Any]) -> str:
     diagnosis = finding["diagnosis"]
-    rows = ["| rank | mechanism | attenuation | evidence | try |", "|---|---|---|---|---|"]
-    for i, f in enumerate(diagnosis["ranked"], 1):
-        tips = "; ".join(f"`{t}`" for t in f["remedies"])
-        rows.append(f"| {i} | {f['mechanism']} | {_times(f['score'])} | {f['evidence']} | {tips} |")
+    rows = ranked_rows(diagnosis["ranked"], "attenuation")
     head = f"**vanishing gradients**: {finding['evidence']}\n\n**why**: {diagnosis.get('top') or 'no mechanism'}"
     return head + "\n\n" + "\n".join(rows)
-
-
-def _times(score: float | str | None) -> str:
-    if score is None:
-        return "n/a"
-    value = float(score)
-    if math.isnan(value):
-        return "n/a"
-    if value == math.inf:
-        return "inf"
-    return f"10^{value:.1f}" if abs(value) >= 3 else f"{10**value:.3g}x"

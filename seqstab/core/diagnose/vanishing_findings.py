@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from seqstab.core.diagnose.findings import Finding
+from seqstab.core.diagnose.findings import Finding, times
 from seqstab.core.diagnose.tracker import optimizer_path
 
 REACH = 0.1  # how far (a fraction of ‖θ‖) the weights should be able to move over a window: less is slow
@@ -76,7 +76,7 @@ def _time(net: Any, steps: int, shape: dict[str, Any] | None, got: dict[str, flo
     score = _chunk(sigma, steps)
     text = (
         f"σ_max(W_hh) of the bottom layer is {sigma:.3g}: the gradient shrinks at least {1 / sigma:.3g}x per step "
-        f"back (slope <= 1), {_times(score)} over the {steps}-step chunk"
+        f"back (slope <= 1), {times(score)} over the {steps}-step chunk"
     )
     if shape is not None:
         tips = ["--model.net.init orthogonal", "--model.net.cell lstm --model.net.forget_bias 1"]
@@ -98,7 +98,7 @@ def _memory_path(cell: str, steps: int, shape: dict[str, Any] | None, got: dict[
     score = _chunk(mean, steps)
     text = (
         f"the {cell}'s memory path keeps {mean:.3g} of its state per step (the mean {gate} gate), "
-        f"{_times(score)} over the {steps}-step chunk"
+        f"{times(score)} over the {steps}-step chunk"
     )
     return Finding("time", score, text, _gate_tips(cell, shape))
 
@@ -191,9 +191,3 @@ def _optimizer(run: Any, step_sizes: list[float], window: int, lr: float | None)
     )
     path = optimizer_path(optimizer)
     return Finding("optimizer", score, text, [f"--optimizer {path} --optimizer.lr {lr * 10:g}"])
-
-
-def _times(score: float | None) -> str:
-    if score is None:
-        return "n/a"
-    return "inf" if score == math.inf else f"10^{score:.1f}" if score >= 3 else f"{10**score:.3g}x"

@@ -35,7 +35,11 @@ class GradMonitor:
             every this many updates (``grad_flow/first``, ``grad_flow/last``, ``grad_flow/growth``, and a column of
             the ``grad_flow/heatmap`` image). None turns it off.
         spectrum_every_n_steps: Log σ_max and the spectral radius of each layer's ``W_hh`` (each gate block for
-            LSTM/GRU) every this many updates (``rnn/...``). None turns it off.
+            LSTM/GRU) every this many updates (``rnn/...``), and at the first. An eigendecomposition of each gate
+            block is costly: ~110 ms a measurement of the 2×200 LSTM on 2 CPU cores (its eigenvalues ~90 ms), 4 %
+            of the ~27 ms updates between two measurements at 100, 0.8 % at the default 500 (``python
+            benchmarks/bench_peer.py --profile --settings char``). None turns
+            it off.
         histogram_every_n_steps: Histograms of the gradient (pre-clip) and the weights of every module every this
             many updates (``hist/grad/<module>``, ``hist/weight/<module>``). None (default) turns them off.
         per_module: Log ``grad/norm/<module>`` (pre-clip, like ``grad/norm_total``) and ``weight/norm/<module>``
@@ -54,7 +58,7 @@ class GradMonitor:
     def __init__(
         self,
         grad_flow_every_n_steps: int | None = 50,
-        spectrum_every_n_steps: int | None = 100,
+        spectrum_every_n_steps: int | None = 500,
         histogram_every_n_steps: int | None = None,
         per_module: bool = True,
         heatmap_every_n_steps: int | None = 1000,
