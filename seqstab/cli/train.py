@@ -24,6 +24,7 @@ from typing import Any
 
 from seqstab.cli.closing import print_closing, print_stopped
 from seqstab.cli.console import warnings_as_lines
+from seqstab.cli.heap import keep_heap
 from seqstab.cli.lightning_cli import EXIT_NOTHING_APPLIED, SeqstabCLI
 from seqstab.cli.messages import quiet, user_error
 from seqstab.cli.preflight import DEFAULT_CONFIG, SUBCOMMANDS, check_config_files, with_default
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m seqstab.train ARGV``; its exit code."""
     args = sys.argv[1:] if argv is None else list(argv)
     SeqstabCLI.current = None
+    keep_heap()  # freed memory stays with the process: an update's large arrays are not faulted in again each time
     with stop_at_once(), warnings_as_lines():
         return _run(args)
 
