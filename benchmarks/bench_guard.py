@@ -1,7 +1,7 @@
 """Overhead of the explosion guard: the same training step with ``guard: ExplosionGuard`` and without.
 
     python benchmarks/bench_guard.py                      # ~3 min on 2 cores; --help for the knobs
-    python benchmarks/bench_guard.py --workloads none     # only the guard's idle check() timing, seconds
+    python benchmarks/bench_guard.py --workloads none     # only the guard's idle decide() timing, seconds
 
 Two workloads, each through ``Trainer.fit`` with the TensorBoard logger and ``NormClip``:
 
@@ -10,7 +10,10 @@ Two workloads, each through ``Trainer.fit`` with the TensorBoard logger and ``No
 * ``small``: a vanilla tanh RNN (64 units, W_hh at spectral radius 1.5, adding problem T = 100, batch 50):
   an update of a few milliseconds, where any per-update Python cost shows.
 
-The guard's own ``check`` is also timed directly (µs per update), which no machine noise hides.
+"Without" is what a task runs with ``guard: null``: the watch-only ``ExplosionGuard(policy="warn", snapshot=False)``
+that keeps a non-finite update from being applied; "with" is ``ExplosionGuard()`` (skip, snapshot armed). The
+guard's own work on the update path (``arm``, ``decide``, ``keep``, ``after_step``, and ``settle`` at each flush)
+is also timed directly (µs per update), which no machine noise hides, and ``decide`` alone when nothing happens.
 Runs alternate guard / no guard round by round; the figure is the ratio of the median update's speed
 (over all rounds) with and without the guard, in wall time and in the process's CPU time; the ratio of per-run
 medians is printed beside it.
@@ -44,19 +47,26 @@ def lm_run(rows, vocab_size, updates, warmup, guard) -> list[tuple[float, float]
 
 
 class TimedGuard(ExplosionGuard):
-    """ExplosionGuard that adds up the wall time of its own ``check`` calls."""
+    """ExplosionGuard that adds up the wall time of its own work on the update path."""
+
+    STATIONS = ("arm", "decide", "keep", "after_step", "settle")
 
     def __init__(self):
         super().__init__()
         self.seconds, self.calls = 0.0, 0
+        for name in self.STATIONS:
+            setattr(self, name, self._timed(getattr(self, name), count=name == "decide"))
 
-    def check(self, task, update):
-        start = time.perf_counter()
-        try:
-            return super().check(task, update)
-        finally:
-            self.seconds += time.perf_counter() - start
-            self.calls += 1
+    def _timed(self, method, count: bool):
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+                self.calls += count
+
+        return timed
 
 
 def small_run(updates, warmup, guard) -> list[tuple[float, float]]:
@@ -71,24 +81,19 @@ def small_run(updates, warmup, guard) -> list[tuple[float, float]]:
     return fit_timed(model, data, updates, warmup)
 
 
-def idle_check_us(diagnose: bool, calls: int = 2000, repeats: int = 5) -> float:
-    """µs per ``ExplosionGuard.check`` when nothing happens (no event), best of ``repeats``: the per-update cost of the
-    guard itself, with or without the diagnosis's running statistics (``diagnose``), on the small workload's sizes."""
-    from seqstab.core.record import StaticRun
+def idle_decide_us(diagnose: bool, calls: int = 2000, repeats: int = 5) -> float:
+    """µs per ``ExplosionGuard.decide`` when nothing happens (no event), best of ``repeats``: the guard's verdict on
+    the device (no host read), with or without the diagnosis's running statistics (``diagnose``)."""
+    from seqstab.core.clipping import ClipResult
     from seqstab.core.update import Update
 
-    module = torch.nn.ModuleDict({"net": torch.nn.RNN(2, 64, batch_first=True), "head": torch.nn.Linear(64, 1)})
-    for p in module.parameters():
-        p.grad = torch.randn_like(p)
-    clip = NormClip(1e9)(list(module.parameters()))
-    chunk = {"x": torch.rand(50, 100, 2), "y": torch.rand(50, 100, 1)}  # (B, T, F)
-    run = StaticRun(module, optimizer=torch.optim.Adam(module.parameters()))
     guard, best = ExplosionGuard(diagnose=diagnose, snapshot=False), math.inf
+    norms = [torch.tensor(1.0 + (i % 7) / 100) for i in range(7)]
     for _ in range(repeats):
         start = time.perf_counter()
         for i in range(calls):
-            values = {"grad/norm_total": 1.0 + (i % 7) / 100, "grad/norm_total_clipped": 1.0, "train/loss": 0.5}
-            guard.check(run, Update(i, chunk, None, clip, values))
+            norm = norms[i % 7]
+            guard.decide(None, Update(i, None, None, ClipResult(norm, norm, torch.tensor(False)), {}))
         best = min(best, (time.perf_counter() - start) / calls * 1e6)
     assert guard.events == 0
     return best
@@ -133,9 +138,9 @@ def main(argv: list[str] | None = None) -> None:
             f"| {cpu[True] / cpu[False]:.3f} | {_common.median(runs[True]) / _common.median(runs[False]):.3f} |",
             flush=True,
         )
-    idle = {d: idle_check_us(d) for d in (False, True)}
+    idle = {d: idle_decide_us(d) for d in (False, True)}
     print(
-        f"\nExplosionGuard.check when nothing happens: {idle[True]:.1f} µs per update with the diagnosis's running "
+        f"\nExplosionGuard.decide when nothing happens: {idle[True]:.1f} µs per update with the diagnosis's running "
         f"statistics (diagnose=true, the default), {idle[False]:.1f} µs without"
     )
     if "small" not in args.workloads:
@@ -143,9 +148,10 @@ def main(argv: list[str] | None = None) -> None:
     timed = TimedGuard()
     seconds = small_run(args.small_updates, 20, timed)
     per_update = sum(w for w, _ in seconds) / len(seconds)
-    check_us = 1e6 * timed.seconds / timed.calls
+    guard_us = 1e6 * timed.seconds / timed.calls
     print(
-        f"\nExplosionGuard.check itself (small workload, {timed.calls} calls): {check_us:.1f} µs per update"
+        f"\nThe guard's own work (small workload, {timed.calls} updates: {', '.join(TimedGuard.STATIONS)}): "
+        f"{guard_us:.1f} µs per update"
         f" = {100 * timed.seconds / timed.calls / per_update:.3f}% of a {1e3 * per_update:.1f} ms update"
     )
 
