@@ -3,6 +3,7 @@ against ``python -m seqstab.train fit -c configs/lm/wikitext2_lstm.yaml``, on th
 
     flock /work/heavy.lock python benchmarks/bench_peer.py          # all four settings, 3 rounds: ~25-30 min on 2 cores
     python benchmarks/bench_peer.py --settings floor --rounds 5     # one setting
+    python benchmarks/bench_peer.py --settings floor --floor-bare   # + seqstab with its bar, logger, checkpoints off
     python benchmarks/bench_peer.py --profile --unfused --threads 1 --warmup 10 --updates 50 --every 10 \\
         --settings wt2-33k                                          # torch.profiler, ~3 min
     python benchmarks/bench_peer.py --device cuda --settings wt2-33k --fused-loss true --unfused --rounds 2 \\
@@ -314,6 +315,11 @@ def commands(args, setting: str, data: Path, work: Path) -> dict[str, tuple[list
         floor = [sys.executable, str(FLOOR), "--data", str(data), "--emsize", str(hidden), "--nhid", str(hidden),
                  "--every", str(args.every)]  # fmt: skip
         programs["lightning-floor"] = (floor, work, ours)
+        if getattr(args, "floor_bare", False):
+            bare = [*seqstab, "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
+                    "--trainer.enable_checkpointing", "false", "--model.init_args.clipping", "seqstab.clipping.NoClip",
+                    "--model.init_args.monitor", "null", "--model.init_args.guard", "null"]  # fmt: skip
+            programs["seqstab bare"] = (bare, REPO, ours)
     return programs
 
 
@@ -359,6 +365,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", type=Path, help="WikiText-2 train.txt (default: ../shared/data/wikitext-2)")
     parser.add_argument("--peer", type=Path, default=PEER, help="pytorch/examples word_language_model/main.py")
     parser.add_argument("--unfused", action="store_true", help="one more program: seqstab with fused_loss false")
+    parser.add_argument("--floor-bare", action="store_true",
+                        help="floor: one more program, seqstab with no bar, logger, checkpoint or clipping (its "
+                        "watch-only guard and default monitor stay: null means the task's defaults)")  # fmt: skip
     parser.add_argument("--fused-loss", default="auto", choices=["auto", "true", "false"],
                         help="the seqstab program's model.fused_loss (auto: on the CPU where a chunk's logits take "
                         ">= 32 MiB, off on a GPU)")  # fmt: skip
