@@ -17,7 +17,6 @@ It does nothing where the C library is not glibc, where malloc was tuned already
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import sys
 
@@ -36,9 +35,9 @@ def keep_heap(environ: dict[str, str] | None = None) -> bool:
     if "GLIBC_TUNABLES" in environ or any(k.startswith("MALLOC_") and k.endswith("_") for k in environ):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        mallopt = ctypes.CDLL(None).mallopt  # the C library the interpreter runs on (no search, no subprocess)
+    except (OSError, AttributeError):  # no mallopt there
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    # mallopt returns 1 on success, 0 where a value is refused (musl's is a stub that refuses everything)
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
