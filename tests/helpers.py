@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
 from datamodules.base import DataSpec, SeqDataModule, StreamWindows
@@ -114,3 +115,19 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     acc.Reload()
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+class Plain(pl.LightningModule):
+    """A plain module trained with automatic optimization, the callback's door (tests/test_host_sync.py and the GPU's
+    benchmarks/gpu/sync_check.py count its host reads)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm, self.out = nn.LSTM(3, 8, batch_first=True), nn.Linear(8, 1)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.mse_loss(self.out(self.lstm(x)[0][:, -1]), y)
+
+    def configure_optimizers(self):  # momentum: a withheld update restored on the device (state and all)
+        return torch.optim.SGD(self.parameters(), lr=1e-2, momentum=0.9)

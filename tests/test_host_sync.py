@@ -10,7 +10,6 @@ from functools import partial
 import pytest
 import pytorch_lightning as pl
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from datamodules.synthetic import AddingProblem
@@ -20,7 +19,7 @@ from seqstab.core.update import UpdateCore
 from seqstab.lightning.callbacks import GradientStability
 from seqstab.nets.recurrent import RecurrentNet
 from seqstab.tasks import LanguageModel, SequenceRegressor
-from tests.helpers import TinyStream
+from tests.helpers import Plain, TinyStream
 from tests.host_reads import DeviceReads
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -118,21 +117,6 @@ def test_the_word_lm_reads_back_once_per_logging_step(tmp_path, monkeypatch):
     reads, flushes = count(lambda cbs: trainer(cbs, default_root_dir=tmp_path).fit(task, Words()), task, monkeypatch)
     assert task.core.updates == UPDATES
     check(reads, flushes)
-
-
-class Plain(pl.LightningModule):
-    """A plain module trained with automatic optimization: the callback's door."""
-
-    def __init__(self):
-        super().__init__()
-        self.lstm, self.out = nn.LSTM(3, 8, batch_first=True), nn.Linear(8, 1)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return nn.functional.mse_loss(self.out(self.lstm(x)[0][:, -1]), y)
-
-    def configure_optimizers(self):  # momentum: the withheld update restored on the device (state and all)
-        return torch.optim.SGD(self.parameters(), lr=1e-2, momentum=0.9)
 
 
 @pytest.mark.parametrize("policy", list(POLICIES))

@@ -74,6 +74,7 @@ from seqstab.core.update import UpdateCore
 from seqstab.lightning.callbacks import GradientStability
 from seqstab.nets.recurrent import RecurrentNet
 from seqstab.tasks import LanguageModel, SequenceRegressor
+from tests.helpers import Plain
 
 # the settings of tests/test_host_sync.py; NormClip's threshold is each scenario's own
 POLICIES: dict[str, Callable[[float], clipping.ClipPolicy]] = {
@@ -106,21 +107,6 @@ class TokenStream(SeqDataModule):
 
     def train_dataloader(self):
         return DataLoader(StreamWindows(self.rows[:, :-1], self.rows[:, 1:], 35), batch_size=None)
-
-
-class Plain(pl.LightningModule):
-    """A plain module trained with automatic optimization (tests/test_host_sync.py's): the callback's door."""
-
-    def __init__(self):
-        super().__init__()
-        self.lstm, self.out = nn.LSTM(3, 8, batch_first=True), nn.Linear(8, 1)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return nn.functional.mse_loss(self.out(self.lstm(x)[0][:, -1]), y)
-
-    def configure_optimizers(self):  # momentum: a withheld update restored on the device (state and all)
-        return torch.optim.SGD(self.parameters(), lr=1e-2, momentum=0.9)
 
 
 def plain_data(updates: int) -> DataLoader:
