@@ -74,7 +74,7 @@ from seqstab.core.update import UpdateCore
 from seqstab.lightning.callbacks import GradientStability
 from seqstab.nets.recurrent import RecurrentNet
 from seqstab.tasks import LanguageModel, SequenceRegressor
-from tests.helpers import Plain
+from tests.helpers import Plain, quiet_trainer
 
 # the settings of tests/test_host_sync.py; NormClip's threshold is each scenario's own
 POLICIES: dict[str, Callable[[float], clipping.ClipPolicy]] = {
@@ -203,17 +203,12 @@ def runs(tiny: bool, updates: int, device: str):
 
 
 def trainer(device: str, updates: int, every: int, callbacks: list, root: str, name: str) -> pl.Trainer:
-    return pl.Trainer(
+    return quiet_trainer(
         accelerator="gpu" if device == "cuda" else "cpu",
         devices=1,
         max_steps=updates,
         logger=pl.loggers.TensorBoardLogger(root, name=name.replace("/", "_").replace("+", "_")),
         callbacks=callbacks,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
         log_every_n_steps=every,
     )
 
