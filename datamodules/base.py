@@ -71,8 +71,7 @@ class StreamWindows(Dataset):
             raise IndexError(i)
         parts = self._parts()
         window, part = divmod(i, parts)
-        rows = torch.arange(self.x.shape[0]).tensor_split(parts)[part]  # this process's streams
-        rows = slice(int(rows[0]), int(rows[-1]) + 1)
+        rows = _share(self.x.shape[0], parts, part)  # this process's streams
         t = slice(window * self.window, (window + 1) * self.window)
         batch = {"x": self.x[rows, t], "y": self.y[rows, t]}  # (B / W, L, ...)
         if self.mask is not None:
@@ -95,3 +94,11 @@ def batchify(stream: torch.Tensor, num_streams: int) -> torch.Tensor:
     if n == 0:
         raise DataError(f"a stream of {stream.shape[0]} steps cannot be cut into {num_streams} streams")
     return stream[: n * num_streams].reshape(num_streams, n, *stream.shape[1:])
+
+
+def _share(streams: int, parts: int, part: int) -> slice:
+    """The streams of process ``part`` of ``parts``: ``torch.arange(streams).tensor_split(parts)[part]`` as a slice,
+    worked out on the host (the first ``streams % parts`` processes take one stream more)."""
+    size, extra = divmod(streams, parts)
+    start = part * size + min(part, extra)
+    return slice(start, start + size + (part < extra))

@@ -208,31 +208,35 @@ class ExplosionGuard:
             reason = torch.where(overflow, k["overflow"], torch.where(counted, reason, k["none"]))
         elif self.max_consecutive_skips is not None or self.policy == "stop":
             reason = torch.where(counted, reason, k["none"])  # after a stop: no more events
-        event = (reason != k["none"]) & (reason != k["overflow"])
+        # every reason but none is an event, except AMP's overflow (a reason only where overflow is possible)
+        event = reason != k["none"] if overflow is None else (reason != k["none"]) & (reason != k["overflow"])
+        calm = ~event
         reset = self._spiked(update, event, counted) if self.policy == "reset_moments" else None
         if self.log_spike_score:
             self._spikes.record(~finite | above if above is not None else ~finite, counted)
         positive = flagged & (norm > 0)  # finite, counted, non-zero: what the windows admit
         self._norms.admit(norm, positive)
-        self._recent.admit(norm, positive & ~event)
+        self._recent.admit(norm, positive & calm)
         self._admit_row(update, positive)
         self._events = self._events + event
-        withheld = ~(finite & live)
+        apply = flagged  # finite & live: never a non-finite update, nothing after a stop
         if self.policy != "warn":
-            withheld = withheld | event
-        action = withheld.long()
-        if self.policy == "stop":
-            action = torch.where(event, k["stop"], action)
+            apply = apply & calm
+        withheld = ~apply
+        stop = event if self.policy == "stop" else None  # an update withheld that also ends the run
         if self.max_consecutive_skips is not None:
-            skipped = torch.where(withheld, self._skipped + 1, k["zero"])
-            limit = (action == 1) & live & (skipped >= self.max_consecutive_skips)
-            action = torch.where(limit, k["stop"], action)
-            self._skipped = torch.where(live, skipped, self._skipped)
-        self._stopped = self._stopped | (action == 2)
+            # the run of withheld updates (>= 1: this one is withheld); after a stop nothing reads it any more
+            self._skipped = torch.where(withheld, self._skipped + 1, k["zero"])
+            limit = live & (self._skipped >= self.max_consecutive_skips)
+            stop = limit if stop is None else stop | limit
+        action = withheld.long()  # step 0, skip 1, stop 2 (a stop is withheld too)
+        if stop is not None:
+            action = action + stop
+            self._stopped = self._stopped | stop
         return Verdict(
             reason=reason,
             median=torch.where(known, median, torch.nan),
-            apply=action == 0,
+            apply=apply,
             action=action,
             events=self._events,
             spike_score=self._spikes.rate() if self.log_spike_score else None,
@@ -249,7 +253,7 @@ class ExplosionGuard:
                 t.to(device) for t in (self._events, self._skipped, self._stopped)
             )
         if self._constants is None or self._constants["zero"].device != device:
-            codes = {name or "none": i for i, name in enumerate(REASONS)} | {"stop": 2, "zero": 0}
+            codes = {name or "none": i for i, name in enumerate(REASONS)} | {"zero": 0}
             self._constants = {name: torch.tensor(code, device=device) for name, code in codes.items()}
 
     def _spiked(self, update: Update, event: torch.Tensor, counted: torch.Tensor) -> torch.Tensor | None:
