@@ -12,7 +12,6 @@ from datamodules.timeseries import WindowDataset, window_starts
 FAST = settings(max_examples=60, deadline=None)
 
 
-
 @FAST
 @given(streams=st.integers(1, 300), data=st.data())
 def test_each_process_gets_the_streams_tensor_split_gives_it(streams, data):
@@ -20,6 +19,7 @@ def test_each_process_gets_the_streams_tensor_split_gives_it(streams, data):
     expected = torch.arange(streams).tensor_split(parts)
     for part in range(parts):
         assert torch.arange(streams)[_share(streams, parts, part)].tolist() == expected[part].tolist()
+
 
 @FAST
 @given(rows=st.integers(1, 200), length=st.integers(1, 40), horizon=st.integers(1, 10), stride=st.integers(1, 50))
