@@ -208,7 +208,6 @@ class ExplosionGuard:
             reason = torch.where(overflow, k["overflow"], torch.where(counted, reason, k["none"]))
         elif self.max_consecutive_skips is not None or self.policy == "stop":
             reason = torch.where(counted, reason, k["none"])  # after a stop: no more events
-        # every reason but none is an event, except AMP's overflow (a reason only where overflow is possible)
         event = reason != k["none"] if overflow is None else (reason != k["none"]) & (reason != k["overflow"])
         calm = ~event
         reset = self._spiked(update, event, counted) if self.policy == "reset_moments" else None
@@ -219,14 +218,11 @@ class ExplosionGuard:
         self._recent.admit(norm, positive & calm)
         self._admit_row(update, positive)
         self._events = self._events + event
-        apply = flagged  # finite & live: never a non-finite update, nothing after a stop
-        if self.policy != "warn":
-            apply = apply & calm
+        apply = flagged if self.policy == "warn" else flagged & calm  # never a non-finite one, none after a stop
         withheld = ~apply
         stop = event if self.policy == "stop" else None  # an update withheld that also ends the run
         if self.max_consecutive_skips is not None:
-            # the run of withheld updates (>= 1: this one is withheld); after a stop nothing reads it any more
-            self._skipped = torch.where(withheld, self._skipped + 1, k["zero"])
+            self._skipped = torch.where(withheld, self._skipped + 1, k["zero"])  # >= 1: this one is withheld
             limit = live & (self._skipped >= self.max_consecutive_skips)
             stop = limit if stop is None else stop | limit
         action = withheld.long()  # step 0, skip 1, stop 2 (a stop is withheld too)
