@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bptt", type=int, default=35)
     parser.add_argument("--every", type=int, default=50, help="a mark every this many updates")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-steps", type=int, default=-1, help="stop after this many updates (-1: one epoch)")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     ids, ntoken = read_stream(args.data / "train.txt")
@@ -116,6 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         accelerator="cpu",
         devices=1,
         max_epochs=1,
+        max_steps=args.max_steps,
         enable_progress_bar=False,
         logger=False,
         enable_checkpointing=False,
