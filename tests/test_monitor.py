@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from functools import partial
 
 import numpy as np
@@ -15,6 +16,7 @@ from torch.utils.data import DataLoader
 from datamodules.base import DataSpec, SeqDataModule, StreamWindows
 from datamodules.synthetic import AddingProblem
 from seqstab.core.monitor import FlowProbe, GradMonitor, flow_summary
+from seqstab.core.monitor.heatmap import Heatmap, render_heatmap
 from seqstab.core.monitor.spectra import recurrent_spectra
 from seqstab.core.record import StaticRun
 from seqstab.nets.recurrent import RecurrentNet
@@ -301,3 +303,14 @@ def test_language_model_module_paths_and_chunks(tmp_path):
     assert [s for s, _ in series(acc, "grad_flow/growth")] == [0, 2, 4, 6, 8]
     assert [s for s, _ in series(acc, "rnn/sigma_max/layer_1/gate_f")] == [0, 3, 6]
     assert [i.step for i in acc.Images("grad_flow/heatmap")] == [0, 8]  # every 8 steps (the end of fit adds none)
+
+
+def test_the_heatmap_kept_between_draws_is_the_image_a_fresh_figure_draws():
+    rng = np.random.default_rng(0)
+    history = [(50 * i, rng.random((2, 35)) + 0.01) for i in range(20)]
+    longer = history + [(50 * i, 10 * rng.random((2, 35))) for i in range(20, 40)]
+    heatmap = Heatmap()
+    heatmap.render(history)  # the figure is kept ...
+    assert np.array_equal(heatmap.render(longer), render_heatmap(longer))  # ... and redraws what a fresh one draws
+    assert heatmap.render([(0, rng.random((1, 10)))]).shape[:2] != (387, 630)  # one layer: a figure of its own height
+    assert pickle.loads(pickle.dumps(heatmap))._figure is None  # copies carry no figure

@@ -15,7 +15,7 @@ from seqstab.core.monitor.contract import flow_layers, spectral_weights
 from seqstab.core.monitor.copies import HostCopy, ModuleGroups, write_histograms
 from seqstab.core.monitor.dashboard import write_dashboard
 from seqstab.core.monitor.flow import FlowProbe, flow_summary
-from seqstab.core.monitor.heatmap import render_heatmap
+from seqstab.core.monitor.heatmap import Heatmap
 from seqstab.core.monitor.saturation import saturation_tensors
 from seqstab.core.monitor.spectra import recurrent_spectra
 from seqstab.core.record import Run, Update
@@ -88,6 +88,7 @@ class GradMonitor:
         self._groups: ModuleGroups | None = None
         self.flow_history: list[tuple[int, np.ndarray]] = []  # (step, (L, k) norms): the heatmap's columns
         self._drawn = 0  # columns in the last heatmap drawn
+        self._heatmap = Heatmap()  # its figure, kept between draws
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_") and k != "flow_history")
@@ -208,7 +209,7 @@ class GradMonitor:
         return metrics
 
     def _draw_heatmap(self, run: Run, step: int) -> None:
-        image = render_heatmap(self.flow_history)  # (H, W, 3) uint8
+        image = self._heatmap.render(self.flow_history)  # (H, W, 3) uint8
         add_image(run, HEATMAP_TAG, image, step)
         self._drawn = len(self.flow_history)
 
