@@ -16,6 +16,7 @@ import pytest
 
 from seqstab.cli import command as cli
 from seqstab.cli.train import DEFAULT_CONFIG, main
+from seqstab.core.logs import record
 from tests.data_paths import SHARED_DATA
 from tests.helpers import run_cli, scalars
 
@@ -241,3 +242,13 @@ def test_the_seqstab_command(tmp_path, capsys):
     assert cli.main(["nope"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
     assert cli.main(["fit", "--print_config"]) == 0 and "AddingProblem" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("size", [0, 1, 7, 160, 4096])
+def test_an_event_record_is_the_bytes_tensorboards_own_writer_writes(size):
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    data = os.urandom(size)
+    theirs = io.BytesIO()
+    RecordWriter(theirs).write(data)
+    assert record(data) == theirs.getvalue()

@@ -7,10 +7,13 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import struct
 import time
 import weakref
 from pathlib import Path
 from typing import Any
+
+import google_crc32c
 
 from seqstab import internals
 from seqstab.core.record import Run
@@ -63,21 +66,19 @@ class ScalarEvents:
 
     def __init__(self, log_dir: Path):
         from tensorboard.compat.proto.event_pb2 import Event
-        from tensorboard.summary.writer.record_writer import RecordWriter
 
         log_dir.mkdir(parents=True, exist_ok=True)
         name = f"events.out.tfevents.{time.time():.6f}.{socket.gethostname()}.{os.getpid()}.scalars"
         self._file = open(log_dir / name, "ab")  # noqa: SIM115 (kept open for the run; closed with the object)
-        self._records = RecordWriter(self._file)
         self._event = Event
-        self._records.write(Event(wall_time=time.time(), file_version="brain.Event:2").SerializeToString())
+        self._file.write(record(Event(wall_time=time.time(), file_version="brain.Event:2").SerializeToString()))
 
     def write(self, metrics: dict[str, float], step: int) -> None:
         from tensorboard.compat.proto.summary_pb2 import Summary
 
         values = [Summary.Value(tag=tag, simple_value=float(value)) for tag, value in metrics.items()]
         event = self._event(wall_time=time.time(), step=step, summary=Summary(value=values))
-        self._records.write(event.SerializeToString())
+        self._file.write(record(event.SerializeToString()))
 
     def flush(self) -> None:
         if not self._file.closed:
@@ -86,6 +87,19 @@ class ScalarEvents:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
             self._file.close()
+
+
+def record(data: bytes) -> bytes:
+    """``data`` framed as one record of an event file (TFRecord): its length, the length's masked CRC-32C, the data,
+    the data's masked CRC-32C — the bytes TensorBoard's ``RecordWriter`` writes, with the checksum computed in C
+    (``google-crc32c``) instead of TensorBoard's pure-Python loop, ~30 µs an update's event."""
+    header = struct.pack("<Q", len(data))
+    return header + struct.pack("<I", _masked_crc(header)) + data + struct.pack("<I", _masked_crc(data))
+
+
+def _masked_crc(data: bytes) -> int:
+    crc = google_crc32c.value(data)
+    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
 
 
 def add_image(run: Run, tag: str, image: Any, step: int) -> None:
