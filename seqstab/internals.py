@@ -10,6 +10,9 @@ accessor                                  what it relies on
 :data:`foreach_norm`                      ``torch._foreach_norm``, ``_foreach_mul_``, ``_foreach_copy_``: one fused
 :data:`foreach_mul_`                      kernel over a list of tensors (what ``clip_grad_norm_(foreach=True)``
 :data:`foreach_copy_`                     uses)
+:func:`forward_hooked`                    ``Module._forward_hooks``, ``_forward_pre_hooks`` and the global ones: no
+                                          public API says whether a module's forward is hooked (a net runs its
+                                          layers in one kernel call only while nothing hooks them)
 :func:`steps_with_found_inf`              ``Optimizer._step_supports_amp_scaling`` (fused optimizers: a device-side
                                           skip through ``found_inf``)
 :func:`show_in_progress_bar`              ``Trainer.progress_bar_metrics`` is the logger connector's live dict of the
@@ -53,6 +56,19 @@ import torch
 foreach_norm = torch._foreach_norm  # (tensors, ord=2, dtype=None) -> list of 0-dim norms
 foreach_mul_ = torch._foreach_mul_  # (tensors, scalar | tensor | list of tensors), in place
 foreach_copy_ = torch._foreach_copy_  # (targets, sources), in place
+
+
+def forward_hooked(module: torch.nn.Module) -> bool:
+    """Whether anything hooks ``module``'s forward: its own forward and pre-forward hooks (``Module._forward_hooks``,
+    ``_forward_pre_hooks``) or the global ones of ``torch.nn.modules.module.register_module_forward_hook``."""
+    from torch.nn.modules import module as modules
+
+    return bool(
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or modules._global_forward_hooks
+        or modules._global_forward_pre_hooks
+    )
 
 
 def steps_with_found_inf(optimizer: Any) -> bool:

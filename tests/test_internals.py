@@ -190,3 +190,19 @@ def test_throttle_progress_bar_wraps_tqdm_progress_bars_should_update(monkeypatc
     # the first batch redraws; 0.05 s later not; 0.2 s: again; the last batch always
     assert [bar._should_update(n, 10) for n in (1, 2, 3, 10)] == [True, False, True, True]
     assert not internals.throttle_progress_bar(TQDMProgressBar(refresh_rate=5), seconds=0.1)  # a chosen rate stays
+
+
+def test_forward_hooked_sees_a_modules_own_hooks_and_the_global_ones():
+    layer = nn.Linear(2, 2)
+    assert not internals.forward_hooked(layer)
+    for register in (layer.register_forward_hook, layer.register_forward_pre_hook):
+        handle = register(lambda *_: None)
+        assert internals.forward_hooked(layer)
+        handle.remove()
+    from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+
+    for register in (register_module_forward_hook, register_module_forward_pre_hook):
+        handle = register(lambda *_: None)
+        assert internals.forward_hooked(layer)
+        handle.remove()
+    assert not internals.forward_hooked(layer)

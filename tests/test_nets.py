@@ -110,3 +110,45 @@ def test_language_model_embedding_init_as_pytorch_examples():
     assert default.encoder[0].weight.std().item() == pytest.approx(1.0, rel=0.02)  # nn.Embedding's N(0, 1)
     with pytest.raises(ConfigError, match="embedding_init=0"):
         LanguageModel(net=partial(RecurrentNet, hidden_size=8), spec=spec, embedding_init=0)
+
+
+def _states(hidden) -> list[torch.Tensor]:
+    return [t for layer in hidden for t in (layer if isinstance(layer, tuple) else (layer,))]
+
+
+CELLS = [("lstm", "tanh"), ("gru", "tanh"), ("rnn", "tanh"), ("rnn", "relu")]
+
+
+@pytest.mark.parametrize(("cell", "nonlinearity"), CELLS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_stack_in_one_kernel_call_is_the_layer_by_layer_loop_bit_for_bit(cell, nonlinearity, dtype):
+    torch.manual_seed(0)
+    net = RecurrentNet(5, hidden_size=6, num_layers=3, cell=cell, nonlinearity=nonlinearity, dropout=0.3).to(dtype)
+    x = torch.randn(4, 9, 5, dtype=dtype, requires_grad=True)
+    _, start = net(torch.randn(4, 9, 5, dtype=dtype))
+    start = tuple(tuple(t.detach() for t in s) if isinstance(s, tuple) else s.detach() for s in start)
+    results = []
+    for hooked in (False, True):  # a hook on a layer (the flow probe's, the origin search's) gets the loop
+        handle = net.layers[1].register_forward_hook(lambda *_: None) if hooked else None
+        assert net._in_one_call(x) is not hooked
+        for hidden in (None, start):
+            torch.manual_seed(1)  # the same dropout masks
+            out, new = net(x, hidden)
+            loss = out.square().sum() + sum(t.sum() for t in _states(new))
+            grads = torch.autograd.grad(loss, [x, *net.parameters()])
+            results.append((out, out.stride(), _states(new), grads))
+        if handle is not None:
+            handle.remove()
+    for one, loop in zip(results[:2], results[2:], strict=True):
+        assert torch.equal(one[0], loop[0]) and one[1] == loop[1]
+        assert all(torch.equal(a, b) and a.shape == b.shape for a, b in zip(one[2], loop[2], strict=True))
+        assert all(torch.equal(a, b) for a, b in zip(one[3], loop[3], strict=True))
+
+
+def test_a_net_with_residual_connections_or_layer_norms_runs_layer_by_layer():
+    x = torch.randn(2, 3, 4)
+    assert RecurrentNet(4, hidden_size=4, num_layers=2)._in_one_call(x)
+    assert not RecurrentNet(4, hidden_size=4, num_layers=2, residual=True)._in_one_call(x)
+    assert not RecurrentNet(4, hidden_size=4, num_layers=2, layer_norm=True)._in_one_call(x)
+    assert not RecurrentNet(4, hidden_size=4, num_layers=2, cell="rnn", nonlinearity="linear")._in_one_call(x)
+    assert not RecurrentNet(4, hidden_size=4, num_layers=1)._in_one_call(x)

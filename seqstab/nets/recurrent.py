@@ -33,8 +33,10 @@ seqstab's own net
 :class:`RecurrentNet`: tensor layout batch first; the hidden state is a tuple with one entry per layer: ``h`` of
 shape ``(1, B, hidden_size)`` for ``rnn``/``gru``, the pair ``(h, c)`` for ``lstm``. A stacked net is one fused
 single-layer module per layer (``nn.RNN``/``nn.LSTM``/``nn.GRU``), so each layer's hidden-state sequence is a tensor
-the gradient-flow monitor can hook, and residual connections and layer normalisation can sit between layers. The
-``linear`` vanilla RNN (no nonlinearity, for theory experiments) has no fused kernel and loops over time in Python.
+the gradient-flow monitor can hook, and residual connections and layer normalisation can sit between layers. On the
+CPU, while nothing hooks a layer, a plain stack runs as one call of the multi-layer kernel instead (the same kernels
+and dropout, so the same bits: one Python call instead of one per layer). The ``linear`` vanilla RNN (no
+nonlinearity, for theory experiments) has no fused kernel and loops over time in Python.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from seqstab import internals
 from seqstab.core.errors import ConfigError, check_choice, check_fraction, check_positive
 
 Cell = Literal["rnn", "lstm", "gru"]
@@ -57,6 +60,11 @@ LayerState = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 Hidden = tuple[LayerState, ...]
 
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}  # recurrent blocks stacked in weight_hh: W_hh is (GATES * H, H)
+KERNELS = {
+    "GRU": torch.gru,
+    "RNN_TANH": torch.rnn_tanh,
+    "RNN_RELU": torch.rnn_relu,
+}  # by nn.RNNBase.mode (LSTM: torch.lstm)
 
 
 class LinearRNN(nn.Module):
@@ -161,6 +169,8 @@ class RecurrentNet(nn.Module):
 
     def forward(self, x: torch.Tensor, hidden: Hidden | None = None) -> tuple[torch.Tensor, Hidden]:
         """Run ``x`` ``(B, L, input_size)`` from ``hidden`` (zeros if None); return ``(B, L, H)`` and the new state."""
+        if self._in_one_call(x):
+            return self._stacked(x, hidden)
         states = []
         for i, layer in enumerate(self.layers):
             out, state = layer(x, None if hidden is None else hidden[i])  # (B, L, H)
@@ -173,6 +183,38 @@ class RecurrentNet(nn.Module):
             states.append(state)
             x = out
         return x, tuple(states)
+
+    def _in_one_call(self, x: torch.Tensor) -> bool:
+        """Whether the stack runs as one call of its kernel (``torch.lstm`` with ``num_layers``): the kernel runs each
+        layer's kernel in turn with the same dropout between them, so the output, the state and every gradient are
+        the layer-by-layer loop's bit for bit, for one module call instead of one per layer and per dropout. On the
+        CPU only (cuDNN would copy the layers' weights into one buffer at every call), without residual connections
+        or layer norms, and while nothing hooks a layer: the gradient-flow probe and the non-finite origin search
+        hook them, and get the loop."""
+        return (
+            self.num_layers > 1
+            and x.device.type == "cpu"
+            and not self.residual
+            and self.norms is None
+            and isinstance(self.layers[0], nn.RNNBase)
+            and not any(internals.forward_hooked(layer) for layer in self.layers)
+        )
+
+    def _stacked(self, x: torch.Tensor, hidden: Hidden | None) -> tuple[torch.Tensor, Hidden]:
+        """The stack in one kernel call (see :meth:`_in_one_call`); the state split back into one entry per layer."""
+        layers, first = self.num_layers, self.layers[0]
+        weights = [w for layer in self.layers for w in layer.all_weights[0]]  # w_ih, w_hh, b_ih, b_hh of each layer
+        flags = (True, layers, self.dropout.p, self.dropout.training, False, True)  # biases, dropout, batch first
+        if self.cell == "lstm":
+            if hidden is None:
+                h0 = c0 = x.new_zeros(layers, x.shape[0], self.hidden_size)
+            else:
+                h0, c0 = torch.cat([h for h, _ in hidden]), torch.cat([c for _, c in hidden])
+            out, h, c = torch.lstm(x, (h0, c0), weights, *flags)
+            return out, tuple((h[i : i + 1], c[i : i + 1]) for i in range(layers))
+        h0 = x.new_zeros(layers, x.shape[0], self.hidden_size) if hidden is None else torch.cat(list(hidden))
+        out, h = KERNELS[first.mode](x, h0, weights, *flags)
+        return out, tuple(h[i : i + 1] for i in range(layers))
 
     def recurrent_layers(self) -> list[nn.Module]:
         """The fused single-layer modules, bottom to top (the gradient-flow monitor hooks them)."""
