@@ -13,6 +13,8 @@ accessor                                  what it relies on
 :func:`forward_hooked`                    ``Module._forward_hooks``, ``_forward_pre_hooks`` and the global ones: no
                                           public API says whether a module's forward is hooked (a net runs its
                                           layers in one kernel call only while nothing hooks them)
+:func:`skip_unused_batch_hooks`           Lightning's ``_call_callback_hooks`` skips a hook attribute that is not
+                                          callable (a callback's inherited no-ops, set to ``None``, cost no call)
 :func:`steps_with_found_inf`              ``Optimizer._step_supports_amp_scaling`` (fused optimizers: a device-side
                                           skip through ``found_inf``)
 :func:`show_in_progress_bar`              ``Trainer.progress_bar_metrics`` is the logger connector's live dict of the
@@ -69,6 +71,40 @@ def forward_hooked(module: torch.nn.Module) -> bool:
         or modules._global_forward_hooks
         or modules._global_forward_pre_hooks
     )
+
+
+BATCH_HOOKS = (  # the callback hooks Lightning calls at every batch
+    "on_train_batch_start",
+    "on_before_backward",
+    "on_after_backward",
+    "on_before_zero_grad",
+    "on_before_optimizer_step",
+    "on_train_batch_end",
+    "on_validation_batch_start",
+    "on_validation_batch_end",
+)
+
+
+def skip_unused_batch_hooks(callback: Any) -> list[str]:
+    """Let Lightning skip ``callback``'s per-batch hooks that are ``Callback``'s own no-ops (returns their names).
+
+    Lightning's ``_call_callback_hooks`` calls ``getattr(callback, hook)`` for every callback at every hook, each in
+    a profiler context, and skips it when that is not callable: an instance attribute ``None`` over the inherited
+    no-op saves the call (~2-4 µs each, 5 hooks an update, for every callback in the Trainer). A hook the callback's
+    class overrides, or that its instance sets, is left alone."""
+    skipped = []
+    for name in BATCH_HOOKS:
+        method = getattr(type(callback), name, None)
+        if name not in vars(callback) and method is not None and _base_callback_noop(method):
+            setattr(callback, name, None)
+            skipped.append(name)
+    return skipped
+
+
+def _base_callback_noop(method: Any) -> bool:
+    """``method`` is the no-op of Lightning's ``Callback`` (``pytorch_lightning`` or ``lightning.pytorch``)."""
+    owner = getattr(method, "__qualname__", "").split(".")[0]
+    return owner == "Callback" and getattr(method, "__module__", "").endswith("callbacks.callback")
 
 
 def steps_with_found_inf(optimizer: Any) -> bool:

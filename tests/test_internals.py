@@ -206,3 +206,33 @@ def test_forward_hooked_sees_a_modules_own_hooks_and_the_global_ones():
         assert internals.forward_hooked(layer)
         handle.remove()
     assert not internals.forward_hooked(layer)
+
+
+def test_skip_unused_batch_hooks_leaves_a_callbacks_own_hooks_and_lightning_skips_the_rest():
+    calls = []
+
+    class Counting(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            calls.append(batch_idx)
+
+    callback = Counting()
+    skipped = internals.skip_unused_batch_hooks(callback)
+    assert "on_train_batch_end" not in skipped and "on_train_batch_start" in skipped
+    assert callback.on_train_batch_start is None and callable(callback.on_train_batch_end)
+    assert not internals.skip_unused_batch_hooks(callback)  # twice: nothing more to skip
+
+    class Tiny(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.Linear(2, 1)
+
+        def training_step(self, batch, batch_idx):
+            return self.layer(batch).pow(2).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    trainer = pl.Trainer(max_steps=3, callbacks=[callback], logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(Tiny(), torch.utils.data.DataLoader(torch.randn(6, 2), batch_size=2))  # Lightning skips the Nones
+    assert calls == [0, 1, 2]

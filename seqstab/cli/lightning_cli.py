@@ -115,6 +115,8 @@ class SeqstabCLI(internals.KeepConfigOnCkptPath, LightningCLI):
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         if isinstance(trainer.progress_bar_callback, TQDMProgressBar):  # ten redraws a second, not one an update
             internals.throttle_progress_bar(trainer.progress_bar_callback, seconds=0.1)
+        for callback in trainer.callbacks:  # no call at every batch to a hook that does nothing
+            internals.skip_unused_batch_hooks(callback)
         return trainer
 
     def _before_run(self) -> None:

@@ -210,6 +210,7 @@ class SeqTask(Evaluation, pl.LightningModule):
     # -- the one optimization path ------------------------------------------------------------------------
 
     def configure_callbacks(self) -> list[pl.Callback]:
+        internals.skip_unused_batch_hooks(self._resume)
         return [self._resume]
 
     def on_fit_start(self) -> None:
@@ -343,7 +344,8 @@ class SeqTask(Evaluation, pl.LightningModule):
         else:
             with internals.unscaled_once(scaler):
                 optimizer.step()
-        self._step_scheduler("step")
+        if self.scheduler_interval == "step":  # a per-epoch or plateau scheduler never steps here
+            self._step_scheduler("step")
 
     def _step_scheduler(self, event: Literal["step", "epoch", "validation"], metrics: dict | None = None) -> None:
         """Step the LR scheduler on its event: ReduceLROnPlateau after validation, others per ``scheduler_interval``."""
