@@ -14,15 +14,16 @@ class Heatmap:
 
     A run redraws the image every ``heatmap_every_n_steps`` updates with more columns; most of a fresh figure's cost
     is matplotlib building its axes and their ticks (~130 ms on the CPU), so the figure, its panels and the colour
-    bar's axes are made once and only the meshes and the colour bar are replaced (~55 ms). Copies and pickles carry
-    no figure: it is made again at the next draw.
+    bar are made once and only the meshes are replaced, the colour bar following their new scale (~55 ms). Copies
+    and pickles carry no figure: it is made again at the next draw.
     """
 
     def __init__(self) -> None:
         self._figure: tuple[Any, Any, list[Any], Any] | None = None  # (figure, canvas, panels, colour bar axes)
+        self._bar: Any = None  # the colour bar drawn on the kept figure
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"_figure": None}
+        return {"_figure": None, "_bar": None}
 
     def render(self, history: list[tuple[int, np.ndarray]]) -> np.ndarray:
         """The image: ``‖∂L/∂h_t‖`` by time step (y) and training step (x), log colour scale.
@@ -55,10 +56,12 @@ class Heatmap:
             mesh = ax.pcolormesh(x_edges, y_edges, cells, norm=norm, cmap="magma", shading="flat")
             ax.set_xlim(x_edges[0], x_edges[-1])
             ax.set_ylim(y_edges[0], y_edges[-1])
-        bar_axes.clear()
-        bar = figure.colorbar(mesh, cax=bar_axes)
-        bar.set_label("‖∂L/∂h_t‖ (log scale)", fontsize=8)
-        bar.ax.tick_params(labelsize=7)
+        if self._bar is None:
+            self._bar = figure.colorbar(mesh, cax=bar_axes)
+            self._bar.set_label("‖∂L/∂h_t‖ (log scale)", fontsize=8)
+            self._bar.ax.tick_params(labelsize=7)
+        else:  # the kept colour bar follows the new mesh's scale (its axis and ticks are reused)
+            self._bar.update_normal(mesh)
         canvas.draw()
         return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
@@ -82,7 +85,7 @@ class Heatmap:
         panels[-1].set_xlabel("training step", fontsize=8)
         bar_axes = figure.add_axes((0.87, bottom, 0.025, top - bottom))
         figure.suptitle(TITLE, fontsize=9)
-        self._figure = (figure, canvas, panels, bar_axes)
+        self._figure, self._bar = (figure, canvas, panels, bar_axes), None
         return self._figure
 
 
