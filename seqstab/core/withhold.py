@@ -8,9 +8,9 @@ the optimizer; :func:`withholding` picks the cheapest exact way:
 =====================  ==========================================================  ==============================
 strategy               when                                                        cost per update
 =====================  ==========================================================  ==============================
-:class:`MaskGradient`  ``torch.optim.SGD`` without momentum and weight decay: a    one pass over the gradients
-                       zero gradient steps nothing (``p - lr·0 == p``), so the
-                       gradient is zeroed where withheld (non-finite values too)
+:class:`MaskGradient`  ``torch.optim.SGD`` without momentum and weight decay: a    two passes over the gradients
+                       zero gradient steps nothing (``p - lr·0 == p``), so the     (a fused multiply, then
+                       gradient is zeroed where withheld (non-finite values too)   non-finite values zeroed)
 :class:`FoundInf`      an optimizer whose step reads ``found_inf`` (``fused``      nothing: the fused kernel skips
                        Adam, AdamW, SGD, Adagrad), not under a GradScaler          itself, step count included
 :class:`Restore`       any other optimizer: params and state tensors are copied    a copy before and a select
