@@ -92,7 +92,9 @@ def skip_unused_batch_hooks(callback: Any) -> list[str]:
     a profiler context, and skips it when that is not callable: an instance attribute ``None`` over the inherited
     no-op saves the call (~2-4 µs each, 5 hooks an update, for every callback in the Trainer). A hook the callback's
     class overrides, or that its instance sets, is left alone."""
-    skipped = []
+    skipped: list[str] = []
+    if not hasattr(callback, "__dict__"):  # a callback with __slots__ only: nothing to set
+        return skipped
     for name in BATCH_HOOKS:
         method = getattr(type(callback), name, None)
         if name not in vars(callback) and method is not None and _base_callback_noop(method):

@@ -152,3 +152,10 @@ def test_a_net_with_residual_connections_or_layer_norms_runs_layer_by_layer():
     assert not RecurrentNet(4, hidden_size=4, num_layers=2, layer_norm=True)._in_one_call(x)
     assert not RecurrentNet(4, hidden_size=4, num_layers=2, cell="rnn", nonlinearity="linear")._in_one_call(x)
     assert not RecurrentNet(4, hidden_size=4, num_layers=1)._in_one_call(x)
+    hooked = RecurrentNet(4, hidden_size=4, num_layers=2, dropout=0.5)
+    handle = hooked.dropout.register_forward_hook(lambda *_: None)  # a hook between the layers: it must run
+    assert not hooked._in_one_call(x)
+    handle.remove()
+    hooked.layers[0].eval()  # a layer and the dropout between them in different modes: one train flag cannot say it
+    assert not hooked._in_one_call(x)
+    assert hooked.eval()._in_one_call(x)

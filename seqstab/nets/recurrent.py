@@ -197,7 +197,8 @@ class RecurrentNet(nn.Module):
             and not self.residual
             and self.norms is None
             and isinstance(self.layers[0], nn.RNNBase)
-            and not any(internals.forward_hooked(layer) for layer in self.layers)
+            and all(layer.training == self.dropout.training for layer in self.layers)  # one train flag for all
+            and not any(internals.forward_hooked(module) for module in (*self.layers, self.dropout))
         )
 
     def _stacked(self, x: torch.Tensor, hidden: Hidden | None) -> tuple[torch.Tensor, Hidden]:
