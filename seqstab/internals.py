@@ -90,7 +90,8 @@ def skip_unused_batch_hooks(callback: Any) -> list[str]:
 
     Lightning's ``_call_callback_hooks`` calls ``getattr(callback, hook)`` for every callback at every hook, each in
     a profiler context, and skips it when that is not callable: an instance attribute ``None`` over the inherited
-    no-op saves the call (~2-4 µs each, 5 hooks an update, for every callback in the Trainer). A hook the callback's
+    no-op saves the call (2-4 µs each on the 2-core VM of ``benchmarks/RESULTS.md``; 5 hooks an update, for every
+    callback in the Trainer). A hook the callback's
     class overrides, or that its instance sets, is left alone."""
     skipped: list[str] = []
     if not hasattr(callback, "__dict__"):  # a callback with __slots__ only: nothing to set
