@@ -3,7 +3,7 @@ against ``python -m seqstab.train fit -c configs/lm/wikitext2_lstm.yaml``, on th
 
     flock /work/heavy.lock python benchmarks/bench_peer.py          # all four settings, 3 rounds: ~25-30 min on 2 cores
     python benchmarks/bench_peer.py --settings floor --rounds 5     # one setting
-    python benchmarks/bench_peer.py --settings floor --floor-bare   # + seqstab with its bar, logger, checkpoints off
+    python benchmarks/bench_peer.py --settings floor --floor-bare   # + seqstab, bar, logger, checkpoints, clip off
     python benchmarks/bench_peer.py --profile --unfused --threads 1 --warmup 10 --updates 50 --every 10 \\
         --settings wt2-33k                                          # torch.profiler, ~3 min
     python benchmarks/bench_peer.py --device cuda --settings wt2-33k --fused-loss true --unfused --rounds 2 \\
