@@ -64,12 +64,12 @@ class StreamWindows(Dataset):
         self.x, self.y, self.mask, self.row, self.window = x, y, mask, row, window
 
     def __len__(self) -> int:
-        return -(-self.x.shape[1] // self.window) * self._parts()  # ceil(N / L) windows of each stream group
+        return self._windows() * self._parts()
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        if not 0 <= i < len(self):
-            raise IndexError(i)
         parts = self._parts()
+        if not 0 <= i < self._windows() * parts:  # len(self), the process count looked up once
+            raise IndexError(i)
         window, part = divmod(i, parts)
         rows = _share(self.x.shape[0], parts, part)  # this process's streams
         t = slice(window * self.window, (window + 1) * self.window)
@@ -79,6 +79,9 @@ class StreamWindows(Dataset):
         if self.row is not None:
             batch["row"] = self.row[rows, t]
         return batch
+
+    def _windows(self) -> int:
+        return -(-self.x.shape[1] // self.window)  # ceil(N / L) windows of each stream group
 
     def _parts(self) -> int:
         dist = torch.distributed

@@ -94,6 +94,17 @@ def test_stateful_carry_across_batches_and_reset_each_epoch(cell):
             assert not g.requires_grad  # the graph was cut
 
 
+def test_carry_keeps_the_state_without_history():
+    w = torch.ones(3, requires_grad=True)
+    in_graph, plain = (w * 2,), (torch.zeros(3),)
+    carry = tbptt.HiddenCarry()
+    carry.put(in_graph, batch_size=1)
+    assert not carry.get(1)[0].requires_grad and torch.equal(carry.get(1)[0], in_graph[0])
+    carry.put(plain, batch_size=1)
+    assert carry.get(1)[0] is plain[0]  # no graph: kept as it is, no detach per tensor per batch
+    assert carry.get(2) is None  # another batch size starts from zeros
+
+
 def test_stateless_data_starts_every_batch_from_zeros():
     dm = TinyStream(length=16, window=8, stateful=False)
     task = frozen_task(dm, "lstm", tbptt_steps=4)

@@ -34,4 +34,9 @@ class HiddenCarry:
         return self.state
 
     def put(self, hidden: Hidden | None, batch_size: int) -> None:
-        self.state, self.batch_size = detach(hidden), batch_size
+        """Keep ``hidden`` (without history: a tensor still in a graph is detached, one in none is kept as it is)."""
+        self.state, self.batch_size = map_tensors(_without_history, hidden), batch_size
+
+
+def _without_history(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach() if tensor.requires_grad else tensor
