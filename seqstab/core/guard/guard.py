@@ -177,8 +177,13 @@ class ExplosionGuard:
     def _snapshot_due(self) -> bool:
         return self.snapshot and self.snapshot_path is None
 
+    @torch.inference_mode()
     def decide(self, run: Run | None, update: Update, overflow_possible: bool = False) -> Verdict:
         """The verdict on ``update`` (its ``clip`` is set), as device tensors; updates the running state.
+
+        Runs in inference mode: some fifty small operations, each dispatched without autograd's bookkeeping (a
+        fifth off the decision's host time). The guard's state and the verdict are then inference tensors: read
+        anywhere, never changed in place outside this method (a checkpoint's load makes new ones).
 
         Args:
             run: The run (the optimizer's moments, for ``reset_moments``); None without one.
