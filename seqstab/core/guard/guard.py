@@ -14,7 +14,7 @@ from seqstab.core.diagnose.vanishing import Vanishing, VanishingWatch
 from seqstab.core.errors import ConfigError, check_choice, check_count
 from seqstab.core.guard.events import record_event
 from seqstab.core.guard.keep import EventCopy
-from seqstab.core.guard.moments import moment_buffers, reset_moments_where
+from seqstab.core.guard.moments import reset_moments_of, spiked_tensors
 from seqstab.core.guard.recent import RecentLevel
 from seqstab.core.guard.window import RunningMedian, RunningRate
 from seqstab.core.record import Action, Run, Update
@@ -179,11 +179,9 @@ class ExplosionGuard:
 
     @torch.inference_mode()
     def decide(self, run: Run | None, update: Update, overflow_possible: bool = False) -> Verdict:
-        """The verdict on ``update`` (its ``clip`` is set), as device tensors; updates the running state.
-
-        Runs in inference mode: some fifty small operations, each dispatched without autograd's bookkeeping (a
-        fifth off the decision's host time). The guard's state and the verdict are then inference tensors: read
-        anywhere, never changed in place outside this method (a checkpoint's load makes new ones).
+        """The verdict on ``update`` (its ``clip`` is set), as device tensors; updates the running state. In inference
+        mode (~50 small operations without autograd's bookkeeping: a fifth off its host time), so the state and the
+        verdict are inference tensors: read anywhere, never changed in place outside (a checkpoint's load makes new).
 
         Args:
             run: The run (the optimizer's moments, for ``reset_moments``); None without one.
@@ -263,14 +261,8 @@ class ExplosionGuard:
         if norms is None:
             return None
         now = norms.detach().float().double()  # (P,)
-        spiked = ~torch.isfinite(now)
-        if self._rows is not None and self._rows_width == len(now) and self.spike_factor is not None:
-            known, medians = self._rows.median(self.min_history, now.device)
-            spiked = spiked | (known & (now > self.spike_factor * medians))
-        largest = torch.where(torch.isnan(now), math.inf, now).argmax()
-        fallback = torch.zeros_like(spiked).index_fill_(0, largest.reshape(1), True)
-        chosen = torch.where(spiked.any(), spiked, fallback)
-        return chosen & event & counted
+        rows = self._rows if self._rows_width == len(now) else None
+        return spiked_tensors(now, rows, self.spike_factor, self.min_history) & event & counted
 
     def _admit_row(self, update: Update, admitted: torch.Tensor) -> None:
         norms = update.clip.tensor_norms
@@ -290,11 +282,8 @@ class ExplosionGuard:
         if verdict.reset is None or run is None or run.optimizer is None:
             return
         params = [p for p in run.module.parameters() if p.grad is not None]
-        if len(params) != len(verdict.reset):
-            return
-        for i, param in enumerate(params):
-            if moment_buffers(run.optimizer, param):
-                reset_moments_where(run.optimizer, param, verdict.reset[i])
+        if len(params) == len(verdict.reset):
+            reset_moments_of(run.optimizer, params, verdict.reset)
 
     # -- on the host, at the flush ---------------------------------------------------------------------------
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+from seqstab.core.guard.window import RunningMedian
 
 MOMENT_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")  # Adam/AdamW (amsgrad), SGD momentum
 
@@ -39,3 +43,25 @@ def reset_moments_where(optimizer: torch.optim.Optimizer, param: torch.Tensor, r
     step = optimizer.state[param].get("step")
     if isinstance(step, torch.Tensor):
         torch.where(reset.to(step.device), torch.zeros_like(step), step, out=step)
+
+
+def reset_moments_of(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], reset: torch.Tensor) -> None:
+    """:func:`reset_moments_where` for each of ``params`` that has moments, ``reset`` ``(P,)`` saying which."""
+    for i, param in enumerate(params):
+        if moment_buffers(optimizer, param):
+            reset_moments_where(optimizer, param, reset[i])
+
+
+def spiked_tensors(
+    norms: torch.Tensor, rows: RunningMedian | None, spike_factor: float | None, min_history: int
+) -> torch.Tensor:
+    """``(P,)`` the tensors whose moments an event resets, from their pre-clip gradient ``norms`` ``(P,)`` (float64):
+    each one non-finite or above ``spike_factor`` × the median of its own norms (``rows``, once ``min_history`` are
+    held); where none is, the one with the largest norm (the one the event names)."""
+    spiked = ~torch.isfinite(norms)
+    if rows is not None and spike_factor is not None:
+        known, medians = rows.median(min_history, norms.device)
+        spiked = spiked | (known & (norms > spike_factor * medians))
+    largest = torch.where(torch.isnan(norms), math.inf, norms).argmax()
+    fallback = torch.zeros_like(spiked).index_fill_(0, largest.reshape(1), True)
+    return torch.where(spiked.any(), spiked, fallback)
