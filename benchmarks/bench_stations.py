@@ -3,6 +3,7 @@ the same for Lightning's floor (``benchmarks/lightning_floor.py``).
 
     python benchmarks/bench_stations.py                       # the floor setting (2×16 LSTM, 100 words), ~1 min
     python benchmarks/bench_stations.py --setting char --updates 300 --threads 2     # 2×200, characters, ~1 min
+    python benchmarks/bench_stations.py --setting wt2-10k --updates 100 --warmup 20 --threads 2   # 10k words, ~1 min
 
 The corpus is ``bench_peer.py``'s for the setting (same files, same vocabulary), written into a temporary folder.
 seqstab runs ``python -m seqstab.train fit -c configs/lm/wikitext2_lstm.yaml`` as shipped (bar off, no validation:
@@ -139,7 +140,7 @@ def run(program: str, rows, data: Path, work: Path, args) -> tuple[dict[str, flo
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--setting", default="floor", choices=["floor", "char"])
+    parser.add_argument("--setting", default="floor", choices=["floor", "char", "wt2-10k", "wt2-33k"])
     parser.add_argument("--updates", type=int, default=1000, help="updates timed")
     parser.add_argument("--warmup", type=int, default=100, help="updates before the timed ones")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")

@@ -178,3 +178,41 @@ def test_cli_fused_and_unfused_runs_log_the_same_losses(tmp_path, monkeypatch, t
         torch.testing.assert_close(*values, **TOL)
     for name in plain_weights:
         torch.testing.assert_close(fused_weights[name], plain_weights[name], **TOL)
+
+
+# -- the unfused decoder ------------------------------------------------------------------------------------------
+
+
+class _Ops(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("hidden", [16, 200])
+def test_decoder_on_the_nets_transposed_output_is_one_addmm_with_nn_linears_gradients(hidden):
+    from seqstab.tasks.language_model import Decoder
+
+    torch.manual_seed(0)
+    out = torch.randn(7, 3, hidden).transpose(0, 1)  # (B, L, H) as a batch-first kernel returns it: a view
+    linear = torch.nn.Linear(hidden, 11)
+    decoder = Decoder(hidden, 11)
+    decoder.load_state_dict(linear.state_dict())  # the same parameter names: checkpoints load either way
+    results = []
+    for module in (linear, decoder):
+        x = out.detach().requires_grad_(True)
+        with _Ops() as ops:
+            logits = module(x)
+        logits.backward(torch.randn(3, 7, 11, generator=torch.Generator().manual_seed(1)))
+        results.append((logits.detach(), x.grad, module.weight.grad, module.bias.grad, ops.names))
+    (want, *want_grads, linear_ops), (got, *got_grads, decoder_ops) = results
+    assert "add" in linear_ops and "addmm" not in linear_ops  # nn.Linear: a product, then the bias: a second pass
+    assert "addmm" in decoder_ops and not {"add", "add_"} & set(decoder_ops)  # the bias inside the product
+    assert all(torch.equal(g, w) for g, w in zip(got_grads, want_grads, strict=True))
+    if hidden <= 32:  # the seeded fixtures' sizes: the logits bitwise too
+        assert torch.equal(got, want)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
