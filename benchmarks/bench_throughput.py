@@ -3,6 +3,7 @@
     python benchmarks/bench_throughput.py                 # ~4 min on 2 cores; --help for the knobs
     python benchmarks/bench_throughput.py --device cuda --size 1500 --variants bare,seqstab,seqstab-flow,seqstab+flow
     python benchmarks/bench_throughput.py --fused --threads 2     # decoder + loss alone: unfused / fused, V = 33k, 200k
+    python benchmarks/bench_throughput.py --fused --vocab 10000 --threads 2 --repeats 20   # V = 10k
 
 Both train the same model on the same data: a 2×200 LSTM word LM (embedding 200, dropout 0.2) over the
 WikiText-2 vocabulary (33,278 words, pytorch/examples tokenization), batch 20, windows of 35 tokens, stateful
@@ -381,20 +382,26 @@ def profile_seqstab(rows, vocab_size, updates, warmup, top: int) -> None:
 def decoder_loss(variant: str, vocab_size: int, rows: int = BATCH * BPTT, seed: int = 0):
     """A closure running one forward + backward of the decoder and token-mean cross-entropy of ``rows`` positions
     (``(rows, SIZE)`` hidden, a ``(V, SIZE)`` decoder): ``unfused`` as ``LanguageModel.step_losses`` computes it
-    (``F.linear`` then ``F.cross_entropy``), ``fused`` by :func:`seqstab.fused.linear_cross_entropy`."""
+    (``F.linear`` then ``F.cross_entropy``, on a contiguous input as ``language_model.Decoder`` makes it),
+    ``unfused-view`` the same on the net's batch-first output as it comes, a transposed view (``nn.Linear`` then runs
+    a product and adds the bias in a second pass: the language model before ``Decoder``), ``fused`` by
+    :func:`seqstab.fused.linear_cross_entropy`."""
     from seqstab.nets.fused import linear_cross_entropy
 
     g = torch.Generator().manual_seed(seed)
     hidden = torch.randn(rows, SIZE, generator=g).requires_grad_()
+    view = torch.randn(rows // BATCH, BATCH, SIZE, generator=g).transpose(0, 1).requires_grad_()  # (B, L, H) view
     weight = (torch.rand(vocab_size, SIZE, generator=g) * 0.2 - 0.1).requires_grad_()
     bias = torch.zeros(vocab_size, requires_grad=True)
     target = torch.randint(vocab_size, (rows,), generator=g)
     row_weight = torch.full((rows,), 1.0 / rows)
 
     def run() -> None:
-        hidden.grad = weight.grad = bias.grad = None
+        hidden.grad = view.grad = weight.grad = bias.grad = None
         if variant == "fused":
             loss = linear_cross_entropy(hidden, weight, bias, target, row_weight)
+        elif variant == "unfused-view":
+            loss = F.cross_entropy(F.linear(view, weight, bias).flatten(0, 1), target)
         else:
             loss = F.cross_entropy(F.linear(hidden, weight, bias), target)
         loss.backward()
@@ -434,7 +441,7 @@ def bench_fused(vocab_sizes: list[int], repeats: int) -> None:
     print("| V | variant | ms (median, min–max) | effective GFLOP/s | % of matmul peak | peak memory MiB |")
     print("|---:|---|---:|---:|---:|---:|")
     for vocab_size in vocab_sizes:
-        runs = {v: decoder_loss(v, vocab_size) for v in ("unfused", "fused")}
+        runs = {v: decoder_loss(v, vocab_size) for v in ("unfused-view", "unfused", "fused")}
         times: dict[str, list[float]] = {v: [] for v in runs}
         for run in runs.values():
             run()  # warm-up
