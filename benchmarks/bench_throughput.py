@@ -390,11 +390,11 @@ def decoder_loss(variant: str, vocab_size: int, rows: int = BATCH * BPTT, seed: 
 
     g = torch.Generator().manual_seed(seed)
     hidden = torch.randn(rows, SIZE, generator=g).requires_grad_()
-    view = torch.randn(rows // BATCH, BATCH, SIZE, generator=g).transpose(0, 1).requires_grad_()  # (B, L, H) view
     weight = (torch.rand(vocab_size, SIZE, generator=g) * 0.2 - 0.1).requires_grad_()
     bias = torch.zeros(vocab_size, requires_grad=True)
     target = torch.randint(vocab_size, (rows,), generator=g)
     row_weight = torch.full((rows,), 1.0 / rows)
+    view = torch.randn(rows // BATCH, BATCH, SIZE, generator=g).transpose(0, 1).requires_grad_()  # (B, L, H), last
 
     def run() -> None:
         hidden.grad = view.grad = weight.grad = bias.grad = None
