@@ -29,7 +29,7 @@ class Decoder(nn.Linear):
     """``nn.Linear`` on a contiguous input. The recurrent net's batch-first output is a transposed view of its
     kernel's; on such an input ``nn.Linear`` runs a matrix product and then adds the bias in a second pass over the
     logits, on a contiguous one a single ``addmm`` with the bias inside (the copy is the one the product made anyway).
-    At V = 10,000 on 2 cores, decoder and loss take ~58 ms forward and backward instead of ~60 (of an update's ~95;
+    At V = 10,000 on a 2-core VM, decoder and loss take ~58 ms forward and backward instead of ~60 (of an update's ~95;
     ``benchmarks/bench_throughput.py --fused --vocab 10000``). Every gradient is bitwise ``nn.Linear``'s; so are the
     logits up to 160 units (the seeded fixtures have 16), and from 200 the bias enters the sum at its start rather
     than its end (a last-bit difference)."""

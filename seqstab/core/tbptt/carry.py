@@ -11,8 +11,12 @@ from seqstab.nets.recurrent import Hidden
 
 
 def detach(hidden: Any) -> Any:
-    """Cut the graph at a window boundary: same values, no history."""
-    return map_tensors(torch.Tensor.detach, hidden)
+    """Cut the graph at a window boundary: same values, no history (a tensor in no graph is kept as it is)."""
+    return map_tensors(_without_history, hidden)
+
+
+def _without_history(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach() if tensor.requires_grad else tensor
 
 
 class HiddenCarry:
@@ -34,9 +38,5 @@ class HiddenCarry:
         return self.state
 
     def put(self, hidden: Hidden | None, batch_size: int) -> None:
-        """Keep ``hidden`` (without history: a tensor still in a graph is detached, one in none is kept as it is)."""
-        self.state, self.batch_size = map_tensors(_without_history, hidden), batch_size
-
-
-def _without_history(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.detach() if tensor.requires_grad else tensor
+        """Keep ``hidden`` without history (:func:`detach`: the loop has usually cut it already)."""
+        self.state, self.batch_size = detach(hidden), batch_size
