@@ -116,3 +116,39 @@ def test_the_stop_policy_withholds_everything_after_the_stop():
     stop = next(u.step for u, *_ in seen if u.action is Action.STOP)
     assert stop == min(NON_FINITE_AT)  # the first event is the non-finite update 0
     assert all(same(before, after) for u, before, after in seen if u.step >= stop)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_mask_gradient_keeps_every_bit_of_an_applied_gradient_and_zeroes_a_withheld_one(dtype):
+    odd = [1.5, -2.0, -0.0, math.nan, math.inf, -math.inf, 1e-40 if dtype != torch.float16 else 1e-7]
+    params = [torch.nn.Parameter(torch.zeros(len(odd), dtype=dtype)), torch.nn.Parameter(torch.zeros(3, 2))]
+    params[0].grad = torch.tensor(odd, dtype=dtype)
+    params[1].grad = torch.randn(2, 3).t()  # a transposed view: its integer view is one too
+    strategy = withholding(torch.optim.SGD(params, lr=0.1))
+    assert type(strategy) is MaskGradient
+    kept = [p.grad.clone() for p in params]
+    strategy.before(params, torch.tensor(True))
+    assert all(torch.equal(bits(p.grad), bits(k)) for p, k in zip(params, kept, strict=True))
+    strategy.before(params, torch.tensor(False))
+    for p in params:  # +0.0 everywhere, whatever was there: NaN, infinities and -0.0 too
+        assert not bits(p.grad).any()
+
+
+def test_mask_gradient_zeroes_a_sparse_gradient_too():
+    embedding = torch.nn.Embedding(5, 2, sparse=True)
+    embedding(torch.tensor([[1, 3]])).sum().backward()
+    embedding.weight.grad = embedding.weight.grad * math.inf  # non-finite values in a sparse gradient
+    strategy = withholding(torch.optim.SGD(embedding.parameters(), lr=0.1))
+    strategy.before([embedding.weight], torch.tensor(False))
+    assert torch.equal(embedding.weight.grad.to_dense(), torch.zeros(5, 2))
+
+
+def test_mask_gradient_zeroes_a_complex_gradient_in_two_passes():
+    param = torch.nn.Parameter(torch.zeros(3, dtype=torch.complex64))
+    param.grad = torch.tensor([1 + 2j, complex(math.inf, 1), complex(math.nan, -1)], dtype=torch.complex64)
+    withholding(torch.optim.SGD([param], lr=0.1)).before([param], torch.tensor(False))
+    assert torch.equal(param.grad, torch.zeros(3, dtype=torch.complex64))
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().reshape(-1).view(torch.uint8)
