@@ -24,8 +24,8 @@ class RunningMedian:
     """The median of the last ``size`` admitted values (or vectors: the median of each component), on the device.
 
     The values sit oldest first at the back of a ``(size, ...)`` tensor, empty slots (NaN) at the front: admitting
-    one shifts them (a ``cat`` and a ``where``); the median sorts them (NaN last) and averages the middle one or two,
-    looked up for the count held in a small table.
+    one shifts them (a ``cat`` and a ``where``); the median is the mean of the lower and the upper middle value
+    (two ``nanmedian``, of the values and of their negation), and no count is kept: the empty slots say it.
 
     Args:
         size: How many of the most recent admitted values count.
@@ -36,28 +36,24 @@ class RunningMedian:
         self.size = size
         self.width = width
         self._values: torch.Tensor | None = None  # (size,) or (size, width) float64: NaN (empty), then oldest first
-        self._count: torch.Tensor | None = None  # values held, <= size
-        self._middle: torch.Tensor | None = None  # (size + 1, 2): the middle one or two of n sorted values
 
     def _ready(self, device: torch.device) -> None:
         if self._values is None:
             shape = (self.size,) if self.width is None else (self.size, self.width)
             self._values = torch.full(shape, torch.nan, dtype=torch.float64, device=device)
-            self._count = torch.zeros((), dtype=torch.long, device=device)
         elif self._values.device != device:
-            self._values, self._count = self._values.to(device), self._count.to(device)
-        if self._middle is None or self._middle.device != device:
-            n = torch.arange(self.size + 1)
-            middle = torch.stack([((n - 1) // 2).clamp(min=0), (n // 2).clamp(max=self.size - 1)], dim=1)
-            self._middle = middle.to(device)
+            self._values = self._values.to(device)
 
     def median(self, min_history: int, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(known, median)``: whether ``min_history`` values are held, and their median (NaN while none are)."""
         self._ready(device or torch.device("cpu"))
-        ordered = torch.sort(self._values, dim=0).values  # NaN (empty slots) last
-        middle = self._middle.index_select(0, self._count.reshape(1)).reshape(2)  # no host read of the count
-        median = ordered.index_select(0, middle).sum(dim=0) / 2  # (x + x) / 2 == x
-        return self._count >= min_history, median
+        values = self._values
+        # the lower middle value, and the upper one (the lower middle of the negated values): (a + b) / 2, exactly
+        # the sorted list's median; for an odd count both are the middle one, and (x + x) / 2 == x
+        lower, upper = _nanmedian(values), _nanmedian(-values)
+        slot = values[self.size - min_history] if self.width is None else values[self.size - min_history, 0]
+        known = slot == slot  # the slot min_history from the back is held (not NaN): as many values are
+        return known, (lower - upper) / 2
 
     def admit(self, value: torch.Tensor, admitted: torch.Tensor) -> None:
         """Add ``value`` (float64, 0-dim or ``(width,)``) where ``admitted`` (0-dim bool) holds: everything shifts one
@@ -65,13 +61,13 @@ class RunningMedian:
         self._ready(value.device)
         shifted = torch.cat([self._values[1:], value.reshape(1, *self._values.shape[1:])])
         self._values = torch.where(admitted, shifted, self._values)
-        self._count = torch.clamp(self._count + admitted.long(), max=self.size)
 
     def tolist(self) -> list:
         """The values held, oldest first (one host read: for a checkpoint)."""
         if self._values is None:
             return []
-        return self._values[self.size - int(self._count) :].tolist()
+        held = self._values if self.width is None else self._values[:, 0]
+        return self._values[self.size - int((held == held).sum()) :].tolist()
 
     def load(self, values: list, device: torch.device | None = None) -> None:
         """Hold ``values`` (oldest first; the last ``size`` of them)."""
@@ -81,7 +77,11 @@ class RunningMedian:
         if values:
             held = torch.tensor(values, dtype=torch.float64)
             self._values[self.size - len(values) :] = held.reshape(len(values), *self._values.shape[1:])
-        self._count.fill_(len(values))
+
+
+def _nanmedian(values: torch.Tensor) -> torch.Tensor:
+    """The lower middle of the values that are not NaN (of each column of a ``(size, width)`` window)."""
+    return torch.nanmedian(values) if values.dim() == 1 else torch.nanmedian(values, dim=0).values
 
 
 class RunningRate:
