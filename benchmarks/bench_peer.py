@@ -4,6 +4,7 @@ against ``python -m seqstab.train fit -c configs/lm/wikitext2_lstm.yaml``, on th
     flock /work/heavy.lock python benchmarks/bench_peer.py          # all four settings, 3 rounds: ~25-30 min on 2 cores
     python benchmarks/bench_peer.py --settings floor --rounds 5     # one setting
     python benchmarks/bench_peer.py --settings floor --floor-bare   # + seqstab, bar, logger, checkpoints, clip off
+    python benchmarks/bench_peer.py --settings char --lightning-floor   # + Lightning's floor beside main.py in char
     python benchmarks/bench_peer.py --profile --unfused --threads 1 --warmup 10 --updates 50 --every 10 \\
         --settings wt2-33k                                          # torch.profiler, ~3 min
     python benchmarks/bench_peer.py --device cuda --settings wt2-33k --fused-loss true --unfused --rounds 2 \\
@@ -36,7 +37,8 @@ plus ``<unk>`` and ``<eos>``): the script computes both from the files and print
               neighbours, not the programs. A third program runs here, ``lightning-floor``
               (``benchmarks/lightning_floor.py``, same file, same net and sizes): a bare manual-optimization
               LightningModule, forward + backward + ``optimizer.step()`` and nothing else, no logger, bar or
-              checkpoint: Lightning's own floor, which separates what is Lightning's from seqstab's.
+              checkpoint: Lightning's own floor, which separates what is Lightning's from seqstab's
+              (``--lightning-floor`` runs it in the other settings too).
     char      characters: each line's words written as characters separated by spaces, ``_`` for a space
               (``<unk>`` kept as one symbol); main.py and seqstab both read the file as words, so the vocabulary is
               the characters of the cut plus ``_``, ``<unk>``, ``<eos>`` (113 symbols at the default cut). The
@@ -313,15 +315,15 @@ def commands(args, setting: str, data: Path, work: Path) -> dict[str, tuple[list
     }
     if args.unfused:
         programs["seqstab unfused"] = (unfused, REPO, ours)
-    if setting == "floor":
+    if setting == "floor" or getattr(args, "lightning_floor", False):
         floor = [sys.executable, str(FLOOR), "--data", str(data), "--emsize", str(hidden), "--nhid", str(hidden),
                  "--every", str(args.every)]  # fmt: skip
         programs["lightning-floor"] = (floor, work, ours)
-        if getattr(args, "floor_bare", False):
-            bare = [*seqstab, "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
-                    "--trainer.enable_checkpointing", "false", "--model.init_args.clipping", "seqstab.clipping.NoClip",
-                    "--model.init_args.monitor", "null", "--model.init_args.guard", "null"]  # fmt: skip
-            programs["seqstab bare"] = (bare, REPO, ours)
+    if setting == "floor" and getattr(args, "floor_bare", False):
+        bare = [*seqstab, "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
+                "--trainer.enable_checkpointing", "false", "--model.init_args.clipping", "seqstab.clipping.NoClip",
+                "--model.init_args.monitor", "null", "--model.init_args.guard", "null"]  # fmt: skip
+        programs["seqstab bare"] = (bare, REPO, ours)
     return programs
 
 
@@ -370,6 +372,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--floor-bare", action="store_true",
                         help="floor: one more program, seqstab with no bar, logger, checkpoint or clipping (its "
                         "watch-only guard and default monitor stay: null means the task's defaults)")  # fmt: skip
+    parser.add_argument("--lightning-floor", action="store_true",
+                        help="run Lightning's floor (lightning-floor) in every setting, not only in the floor one")
     parser.add_argument("--fused-loss", default="auto", choices=["auto", "true", "false"],
                         help="the seqstab program's model.fused_loss (auto: on the CPU where a chunk's logits take "
                         ">= 32 MiB, off on a GPU)")  # fmt: skip
@@ -392,8 +396,8 @@ def main(argv: list[str] | None = None) -> None:
     updates = {s: args.updates or SETTINGS[s].updates for s in settings}
     if args.warmup % args.every or any(n % args.every for n in updates.values()):
         parser.error("--warmup and --updates must be multiples of --every")
-    if args.device == "cuda" and "floor" in settings:
-        parser.error("--device cuda: the floor setting's lightning-floor runs on the CPU only")
+    if args.device == "cuda" and ("floor" in settings or args.lightning_floor):
+        parser.error("--device cuda: lightning-floor runs on the CPU only (the floor setting, --lightning-floor)")
     sys.path.insert(0, str(BENCH))
     import _common
     import torch
