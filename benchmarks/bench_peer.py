@@ -372,8 +372,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--floor-bare", action="store_true",
                         help="floor: one more program, seqstab with no bar, logger, checkpoint or clipping (its "
                         "watch-only guard and default monitor stay: null means the task's defaults)")  # fmt: skip
-    parser.add_argument("--lightning-floor", action="store_true",
-                        help="run Lightning's floor (lightning-floor) in every setting, not only in the floor one")
+    parser.add_argument(
+        "--lightning-floor",
+        action="store_true",
+        help="run Lightning's floor (lightning-floor) in every setting, not only in the floor one",
+    )
     parser.add_argument("--fused-loss", default="auto", choices=["auto", "true", "false"],
                         help="the seqstab program's model.fused_loss (auto: on the CPU where a chunk's logits take "
                         ">= 32 MiB, off on a GPU)")  # fmt: skip
