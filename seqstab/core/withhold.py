@@ -66,9 +66,10 @@ class MaskGradient(Withholding):
 
     One pass over the gradients: each is viewed as integers of its width and multiplied by ``apply`` (1 or 0), which
     keeps every bit of an applied gradient and zeroes a withheld one, NaN and infinities included (a float multiply
-    by 0 would keep those, and need a second pass, ``nan_to_num_``: 0.51 → 0.20 ms an update over the 10k-word LM's
-    gradients, ``python benchmarks/bench_stations.py --setting wt2-10k``). A sparse gradient is coalesced and its
-    values masked; a complex one takes the two passes.
+    by 0 would keep those, and need a second pass, ``nan_to_num_``: 0.53 → 0.28–0.35 ms an update over the 10k-word
+    LM's gradients in place, ``python benchmarks/bench_stations.py --setting wt2-10k``, on a 2-core VM). A sparse
+    gradient is coalesced and its values masked (on a GPU coalescing reads its size back: one sync an update); a
+    complex one takes the two passes.
     """
 
     def host_decides(self, params: list[torch.Tensor]) -> bool:
