@@ -56,8 +56,9 @@ class RunningMedian:
         return known, (lower - upper) / 2
 
     def admit(self, value: torch.Tensor, admitted: torch.Tensor) -> None:
-        """Add ``value`` (float64, 0-dim or ``(width,)``) where ``admitted`` (0-dim bool) holds: everything shifts one
-        slot towards the front, dropping an empty slot (NaN, at the front) or, in a full ring, the oldest value."""
+        """Add ``value`` (float64, 0-dim or ``(width,)``; never NaN, which marks an empty slot) where ``admitted``
+        (0-dim bool) holds: everything shifts one slot towards the front, dropping an empty slot (at the front) or, in
+        a full ring, the oldest value."""
         self._ready(value.device)
         shifted = torch.cat([self._values[1:], value.reshape(1, *self._values.shape[1:])])
         self._values = torch.where(admitted, shifted, self._values)
