@@ -180,7 +180,7 @@ class ExplosionGuard:
     @torch.inference_mode()
     def decide(self, run: Run | None, update: Update, overflow_possible: bool = False) -> Verdict:
         """The verdict on ``update`` (its ``clip`` is set), as device tensors; updates the running state. In inference
-        mode (~45 small operations without autograd's bookkeeping: ~90 µs alone on a 2-core VM), so state
+        mode (~45 small operations without autograd's bookkeeping: ~95 µs alone on a 2-core VM), so state
         and verdict are inference tensors: read anywhere, never changed in place outside (a load makes new ones).
 
         Args:

@@ -18,6 +18,8 @@ import math
 
 import torch
 
+from seqstab.core.guard.window import lower_median
+
 __all__ = ["RecentLevel"]
 
 
@@ -38,7 +40,7 @@ class RecentLevel:
         return self._values
 
     def level(self, device: torch.device) -> torch.Tensor:
-        return torch.nanmedian(self._ready(device))
+        return lower_median(self._ready(device))
 
     def baseline(self, median: torch.Tensor, device: torch.device) -> torch.Tensor:
         """What a norm must exceed ``spike_factor`` times to be a spike: the larger of the window's ``median`` and

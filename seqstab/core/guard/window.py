@@ -50,7 +50,7 @@ class RunningMedian:
         values = self._values
         # the lower middle value, and the upper one (the lower middle of the negated values): (a + b) / 2, exactly
         # the sorted list's median; for an odd count both are the middle one, and (x + x) / 2 == x
-        lower, upper = _nanmedian(values), _nanmedian(-values)
+        lower, upper = lower_median(values), lower_median(-values)
         slot = values[self.size - min_history] if self.width is None else values[self.size - min_history, 0]
         known = slot == slot  # the slot min_history from the back is held (not NaN): as many values are
         return known, (lower - upper) / 2
@@ -80,9 +80,11 @@ class RunningMedian:
             self._values[self.size - len(values) :] = held.reshape(len(values), *self._values.shape[1:])
 
 
-def _nanmedian(values: torch.Tensor) -> torch.Tensor:
-    """The lower middle of the values that are not NaN (of each column of a ``(size, width)`` window)."""
-    return torch.nanmedian(values) if values.dim() == 1 else torch.nanmedian(values, dim=0).values
+def lower_median(values: torch.Tensor) -> torch.Tensor:
+    """The lower middle of the values that are not NaN (of each column of a ``(size, width)`` window): NaN where all
+    are. Always along ``dim=0``, one kernel on a GPU; the whole-tensor ``nanmedian`` of some CUDA builds reads the
+    NaN count back to the host."""
+    return torch.nanmedian(values, dim=0).values
 
 
 class RunningRate:
