@@ -134,11 +134,14 @@ def test_mask_gradient_keeps_every_bit_of_an_applied_gradient_and_zeroes_a_withh
         assert not bits(p.grad).any()
 
 
-def test_mask_gradient_zeroes_a_sparse_gradient_too():
+def test_mask_gradient_keeps_an_applied_sparse_gradient_and_zeroes_a_withheld_one():
     embedding = torch.nn.Embedding(5, 2, sparse=True)
     embedding(torch.tensor([[1, 3]])).sum().backward()
-    embedding.weight.grad = embedding.weight.grad * math.inf  # non-finite values in a sparse gradient
     strategy = withholding(torch.optim.SGD(embedding.parameters(), lr=0.1))
+    kept = embedding.weight.grad.to_dense()
+    strategy.before([embedding.weight], torch.tensor(True))
+    assert torch.equal(bits(embedding.weight.grad.to_dense()), bits(kept))  # applied: every bit as it was
+    embedding.weight.grad = embedding.weight.grad * math.inf  # non-finite values in a sparse gradient
     strategy.before([embedding.weight], torch.tensor(False))
     assert torch.equal(embedding.weight.grad.to_dense(), torch.zeros(5, 2))
 
