@@ -605,10 +605,11 @@ def report(runs: dict[str, dict], args, updates: dict[str, int]) -> None:
         "keeps the batch "
         "sequence-first (L, B), seqstab batch-first (B, L); main.py's loss is log_softmax + NLLLoss, seqstab's "
         "cross-entropy (fused with the decoder where model.fused_loss is on: auto = a chunk's logits of 32 MiB "
-        "or more, so wt2-33k only); main.py's SGD step is p.data.add_ per parameter, seqstab's torch.optim.SGD. "
-        "Seeds differ (1111, 0). Outside the timed part: main.py validates at the epoch's end and saves model.pt; "
-        "seqstab also runs 2 sanity validation batches and saves a checkpoint. lightning-floor: see "
-        "benchmarks/lightning_floor.py."
+        "or more, so wt2-33k only); main.py's SGD step is p.data.add_ per parameter, seqstab's torch.optim.SGD; "
+        "main.py draws its dropout masks with torch's bernoulli_, seqstab on the CPU with seqstab.nets.dropout (one "
+        "int64 draw per two elements: benchmarks/bench_dropout.py). Seeds differ (1111, 0). Outside the timed "
+        "part: main.py validates at the epoch's end and saves model.pt; seqstab also runs 2 sanity validation "
+        "batches and saves a checkpoint. lightning-floor: see benchmarks/lightning_floor.py."
     )
     if cuda:
         print(

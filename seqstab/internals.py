@@ -12,7 +12,7 @@ accessor                                  what it relies on
 :data:`foreach_copy_`                     uses)
 :func:`forward_hooked`                    ``Module._forward_hooks``, ``_forward_pre_hooks`` and the global ones: no
                                           public API says whether a module's forward is hooked (a net runs its
-                                          layers in one kernel call only while nothing hooks them)
+                                          layers sequence first, past the modules, only while nothing hooks them)
 :func:`skip_unused_batch_hooks`           Lightning's ``_call_callback_hooks`` skips a hook attribute that is not
                                           callable (a callback's inherited no-ops, set to ``None``, cost no call)
 :func:`steps_with_found_inf`              ``Optimizer._step_supports_amp_scaling`` (fused optimizers: a device-side

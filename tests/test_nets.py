@@ -121,7 +121,7 @@ CELLS = [("lstm", "tanh"), ("gru", "tanh"), ("rnn", "tanh"), ("rnn", "relu")]
 
 @pytest.mark.parametrize(("cell", "nonlinearity"), CELLS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_the_stack_in_one_kernel_call_is_the_layer_by_layer_loop_bit_for_bit(cell, nonlinearity, dtype):
+def test_the_stack_run_sequence_first_is_the_layer_by_layer_loop_bit_for_bit(cell, nonlinearity, dtype):
     torch.manual_seed(0)
     net = RecurrentNet(5, hidden_size=6, num_layers=3, cell=cell, nonlinearity=nonlinearity, dropout=0.3).to(dtype)
     x = torch.randn(4, 9, 5, dtype=dtype, requires_grad=True)
@@ -130,7 +130,7 @@ def test_the_stack_in_one_kernel_call_is_the_layer_by_layer_loop_bit_for_bit(cel
     results = []
     for hooked in (False, True):  # a hook on a layer (the flow probe's, the origin search's) gets the loop
         handle = net.layers[1].register_forward_hook(lambda *_: None) if hooked else None
-        assert net._in_one_call(x) is not hooked
+        assert net._sequence_first(x) is not hooked
         for hidden in (None, start):
             torch.manual_seed(1)  # the same dropout masks
             out, new = net(x, hidden)
@@ -147,15 +147,13 @@ def test_the_stack_in_one_kernel_call_is_the_layer_by_layer_loop_bit_for_bit(cel
 
 def test_a_net_with_residual_connections_or_layer_norms_runs_layer_by_layer():
     x = torch.randn(2, 3, 4)
-    assert RecurrentNet(4, hidden_size=4, num_layers=2)._in_one_call(x)
-    assert not RecurrentNet(4, hidden_size=4, num_layers=2, residual=True)._in_one_call(x)
-    assert not RecurrentNet(4, hidden_size=4, num_layers=2, layer_norm=True)._in_one_call(x)
-    assert not RecurrentNet(4, hidden_size=4, num_layers=2, cell="rnn", nonlinearity="linear")._in_one_call(x)
-    assert not RecurrentNet(4, hidden_size=4, num_layers=1)._in_one_call(x)
+    assert RecurrentNet(4, hidden_size=4, num_layers=2)._sequence_first(x)
+    assert not RecurrentNet(4, hidden_size=4, num_layers=2, residual=True)._sequence_first(x)
+    assert not RecurrentNet(4, hidden_size=4, num_layers=2, layer_norm=True)._sequence_first(x)
+    assert not RecurrentNet(4, hidden_size=4, num_layers=2, cell="rnn", nonlinearity="linear")._sequence_first(x)
+    assert not RecurrentNet(4, hidden_size=4, num_layers=1)._sequence_first(x)
     hooked = RecurrentNet(4, hidden_size=4, num_layers=2, dropout=0.5)
     handle = hooked.dropout.register_forward_hook(lambda *_: None)  # a hook between the layers: it must run
-    assert not hooked._in_one_call(x)
+    assert not hooked._sequence_first(x)
     handle.remove()
-    hooked.layers[0].eval()  # a layer and the dropout between them in different modes: one train flag cannot say it
-    assert not hooked._in_one_call(x)
-    assert hooked.eval()._in_one_call(x)
+    assert hooked.eval()._sequence_first(x)

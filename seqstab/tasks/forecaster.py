@@ -12,6 +12,7 @@ from torch import nn
 from seqstab.core.errors import ConfigError, check_choice, check_fraction, check_positive
 from seqstab.data.module import DataSpec
 from seqstab.lightning.predictions import ForecastWriter
+from seqstab.nets.dropout import Dropout
 from seqstab.tasks.base import SeqTask
 
 
@@ -70,13 +71,13 @@ class Forecaster(SeqTask):
             decoder = RolloutDecoder(
                 hidden_size, spec.output_size, spec.known_size, spec.horizon, self.decoder_cell, residual
             )
-            return nn.Sequential(nn.Dropout(self.dropout), decoder)
+            return nn.Sequential(Dropout(self.dropout), decoder)
         linear = nn.Linear(hidden_size, spec.horizon * spec.output_size)
         if self.predict == "change":
             self._target_index(spec, needed=True)
             nn.init.zeros_(linear.weight)  # the untrained model is the naive forecast
             nn.init.zeros_(linear.bias)
-        return nn.Sequential(nn.Dropout(self.dropout), linear)
+        return nn.Sequential(Dropout(self.dropout), linear)
 
     def _target_index(self, spec: DataSpec, needed: bool) -> None:
         """The ``target_index`` buffer (where the targets sit among the inputs), if the data has one."""

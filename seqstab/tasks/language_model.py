@@ -13,6 +13,7 @@ from torch import nn
 from seqstab.core import tbptt
 from seqstab.core.errors import ConfigError, check_choice, check_fraction, check_positive
 from seqstab.core.recipes import NetFactory, declared
+from seqstab.nets.dropout import Dropout
 from seqstab.nets.fused import linear_cross_entropy
 from seqstab.nets.recurrent import RecurrentNet
 from seqstab.tasks.base import SeqTask
@@ -103,7 +104,7 @@ class LanguageModel(SeqTask):
     def build_encoder(self, spec):
         check_positive(vocab_size=spec.vocab_size)
         embedding = _uniform_(nn.Embedding(spec.vocab_size, self.embedding_size), self.embedding_init)
-        return nn.Sequential(embedding, nn.Dropout(self.dropout)), self.embedding_size
+        return nn.Sequential(embedding, Dropout(self.dropout)), self.embedding_size
 
     def build_head(self, spec, hidden_size):
         decoder = Decoder(hidden_size, spec.vocab_size)
@@ -112,7 +113,7 @@ class LanguageModel(SeqTask):
         elif self.embedding_init is not None:
             _uniform_(decoder.weight, self.embedding_init)
             nn.init.zeros_(decoder.bias)
-        return nn.Sequential(nn.Dropout(self.dropout), decoder)
+        return nn.Sequential(Dropout(self.dropout), decoder)
 
     def step_losses(self, out, batch):
         ce = F.cross_entropy(out.flatten(0, 1), batch["y"].flatten(), reduction="none")  # (B*L,)

@@ -1,0 +1,67 @@
+"""Dropout whose mask is drawn fast on the CPU, and the same on every CPU.
+
+``torch.nn.Dropout`` draws its mask with ``bernoulli_(1 - p)``. On the CPU that kernel draws one double-precision
+uniform per element, serially (torch takes a parallel MKL path on Intel CPUs only): ~1.1 ms for the ``20 × 35 × 200``
+activations of the 2×200 word LM on the 2-core AMD VM of ``benchmarks/RESULTS.md``, where an update of the
+character-level LM takes ~23 ms and draws three such masks. This module draws the mask from the same generator
+(torch's default CPU generator: seeded by ``seed_everything``, saved in checkpoints and replay snapshots) with fewer
+draws: one 63-bit integer (``random_()`` of an ``int64`` tensor) gives two elements 31 random bits each, and an
+element is kept where its bits fall below ``round((1 - p) · 2^31)``: the keep probability exact to 2^-32 (a float32
+uniform, ``rand() < 1 - p``, resolves 2^-24). ~0.35 ms for the same mask (``python benchmarks/bench_dropout.py``).
+What follows is torch's: the mask as 0/1 in the input's dtype, divided by ``1 - p``, times the input, so the
+gradient is the incoming one times the same mask.
+
+The draws go to the elements in the order they lie in memory (the layout ``torch.empty_like`` gives), so the mask
+of an element does not depend on how the tensor is viewed: a batch-first view of sequence-first memory and the
+sequence-first tensor itself get the same mask element for element (what lets :class:`~seqstab.nets.RecurrentNet`
+run its layers sequence first with the bits of its layer-by-layer loop). The masks differ from torch's for the same
+seed (another draw), and they do not depend on the CPU's vendor or the thread count (the integer draws are serial,
+the rest elementwise). Off the CPU (a GPU's fused dropout kernel is already fast), in eval mode and for ``p`` of 0
+or 1, :func:`dropout` is ``torch.nn.functional.dropout``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["Dropout", "dropout", "keep_mask"]
+
+_BITS = 31  # random bits per element: each half of a 63-bit draw
+
+
+def keep_mask(like: torch.Tensor, keep: float) -> torch.Tensor:
+    """A bool CPU tensor shaped and laid out as ``like``, each element True with probability ``keep`` (to 2^-32),
+    drawn from torch's default CPU generator in memory order: one ``int64`` draw per two elements."""
+    count = like.numel()
+    draws = torch.empty((count + 1) // 2, dtype=torch.int64).random_()  # [0, 2^63): 63 random bits each
+    halves = draws.view(torch.int32)[:count]  # each half holds 31 of them below its sign bit
+    halves = halves.view(like.shape) if like.is_contiguous() else halves.as_strided(like.shape, _dense_strides(like))
+    return (halves & (2**_BITS - 1)) < round(keep * 2**_BITS)
+
+
+def _dense_strides(like: torch.Tensor) -> list[int]:
+    """The strides of a dense tensor of ``like``'s shape whose dimensions lie in memory in ``like``'s order (its own
+    strides where it is dense), as ``torch.empty_like`` lays it out."""
+    strides, step = [0] * like.dim(), 1
+    for dim in sorted(range(like.dim()), key=lambda d: (like.stride(d), -d)):  # innermost first
+        strides[dim] = step
+        step *= like.shape[dim]
+    return strides
+
+
+def dropout(x: torch.Tensor, p: float, training: bool = True, inplace: bool = False) -> torch.Tensor:
+    """``torch.nn.functional.dropout`` with the mask of :func:`keep_mask` on the CPU (see the module's docstring)."""
+    if not training or not 0 < p < 1 or x.device.type != "cpu" or not x.is_floating_point() or x.numel() == 0:
+        return F.dropout(x, p, training, inplace)
+    keep = 1.0 - p
+    noise = keep_mask(x, keep).to(x.dtype).div_(keep)  # torch's noise: 0 or 1, then / (1 - p)
+    return x.mul_(noise) if inplace else x * noise
+
+
+class Dropout(nn.Dropout):
+    """``torch.nn.Dropout`` with the mask of :func:`keep_mask` on the CPU: the same arguments, module and state."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return dropout(input, self.p, self.training, self.inplace)
