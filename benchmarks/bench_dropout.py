@@ -7,7 +7,9 @@ For each shape (batch 20 × bptt 35 × width: 16 is the host-floor setting of ``
 1500 the large one) the two functions run in alternating rounds (which goes first alternates too), each round
 ``--calls`` training-mode calls with ``p = 0.2`` after a few untimed ones; the table gives each one's median µs a
 call (forward only: the backward of both is the same multiply by the mask), the ratio torch ÷ seqstab, and the
-fraction of elements kept by seqstab's masks over all its calls (the keep probability, 0.8). Both draw from torch's
+fraction of elements kept by seqstab's masks over all its calls (the keep probability, 0.8). The process keeps its
+heap as ``python -m seqstab.train`` does (``seqstab.cli.heap.keep_heap``: the arrays of the largest shape are not
+mapped and faulted in again at every call, for either function). Both draw from torch's
 default CPU generator; the masks differ (another draw), so no bits are compared here: ``tests/test_dropout.py``
 checks the mask's statistics and layout.
 """
@@ -21,6 +23,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from seqstab.cli.heap import keep_heap
 from seqstab.nets.dropout import dropout
 
 P = 0.2
@@ -40,6 +43,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--calls", type=int, default=50)
     args = parser.parse_args()
+    keep_heap()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {args.threads} threads, {args.rounds} rounds × {args.calls} calls, p = {P}\n")
