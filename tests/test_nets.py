@@ -157,3 +157,26 @@ def test_a_net_with_residual_connections_or_layer_norms_runs_layer_by_layer():
     assert not hooked._sequence_first(x)
     handle.remove()
     assert hooked.eval()._sequence_first(x)
+
+
+def test_the_sequence_first_stack_keeps_each_layers_own_train_flag():
+    """The chain passes each layer its own flag (the one-call kernel had one for all): a layer in eval mode between
+    training ones, under dropout, still gives the loop's bits."""
+    torch.manual_seed(0)
+    net = RecurrentNet(5, hidden_size=6, num_layers=3, dropout=0.3)
+    net.layers[1].eval()
+    x = torch.randn(4, 9, 5, requires_grad=True)
+    results = []
+    for hooked in (False, True):
+        handle = net.layers[0].register_forward_hook(lambda *_: None) if hooked else None
+        assert net._sequence_first(x) is not hooked
+        torch.manual_seed(1)
+        out, new = net(x)
+        grads = torch.autograd.grad(out.square().sum() + sum(t.sum() for t in _states(new)), [x, *net.parameters()])
+        results.append((out, _states(new), grads))
+        if handle is not None:
+            handle.remove()
+    (out, states, grads), (loop_out, loop_states, loop_grads) = results
+    assert torch.equal(out, loop_out)
+    assert all(torch.equal(a, b) for a, b in zip(states, loop_states, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(grads, loop_grads, strict=True))
