@@ -159,9 +159,10 @@ def test_a_net_with_residual_connections_or_layer_norms_runs_layer_by_layer():
     assert hooked.eval()._sequence_first(x)
 
 
-def test_the_sequence_first_stack_keeps_each_layers_own_train_flag():
-    """The chain passes each layer its own flag (the one-call kernel had one for all): a layer in eval mode between
-    training ones, under dropout, still gives the loop's bits."""
+def test_a_stack_with_a_layer_in_eval_mode_runs_sequence_first_with_the_loops_bits():
+    """The one-call kernel took one train flag for all layers, so such a stack got the loop; the chain passes each
+    layer its own, and gives the loop's bits under dropout. (The flag changes no number of a single-layer kernel on
+    the CPU, so this cannot tell which flag a layer got: it checks the mixed stack takes the chain, exactly.)"""
     torch.manual_seed(0)
     net = RecurrentNet(5, hidden_size=6, num_layers=3, dropout=0.3)
     net.layers[1].eval()

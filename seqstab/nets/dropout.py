@@ -1,4 +1,4 @@
-"""Dropout whose mask is drawn fast on the CPU, and the same on every CPU.
+"""Dropout whose mask takes half torch's draws on the CPU, and is the same on every CPU.
 
 ``torch.nn.Dropout`` draws its mask with ``bernoulli_(1 - p)``. On the CPU that kernel draws one double-precision
 uniform per element, serially (torch's MKL path is for Intel CPUs only): ~1.1 ms for the ``20 × 35 × 200``
@@ -7,7 +7,8 @@ character-level LM takes ~23 ms and draws three such masks. This module draws th
 (torch's default CPU generator: seeded by ``seed_everything``, saved in checkpoints and replay snapshots) with fewer
 draws: one 63-bit integer (``random_()`` of an ``int64`` tensor) gives two elements 31 random bits each, and an
 element is kept where its bits fall below ``round((1 - p) · 2^31)``: the keep probability exact to 2^-32 (a float32
-uniform, ``rand() < 1 - p``, resolves 2^-24). ~0.38 ms for the same mask (``python benchmarks/bench_dropout.py``;
+uniform, ``rand() < 1 - p``, resolves 2^-24). ~0.38 ms for the same mask on that VM (``python
+benchmarks/bench_dropout.py``, 2 threads; 0.46 with one, 0.38 with torch's AVX2 kernels instead of AVX-512;
 on an Intel CPU torch's MKL path may be as fast, and these masks are still the ones every other CPU draws).
 What follows is torch's: the mask as 0/1 in the input's dtype, divided by ``1 - p``, times the input, so the
 gradient is the incoming one times the same mask.

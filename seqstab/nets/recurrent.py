@@ -36,7 +36,7 @@ single-layer module per layer (``nn.RNN``/``nn.LSTM``/``nn.GRU``), so each layer
 the gradient-flow monitor can hook, and residual connections and layer normalisation can sit between layers. On the
 CPU, while nothing hooks a layer, a plain stack runs through the layers' kernels sequence first instead, transposing
 its input and output once rather than at every layer (the same kernels and dropout masks, so the same bits). Dropout
-is seqstab's (:mod:`seqstab.nets.dropout`: its mask drawn ~3x faster on the CPU). The ``linear`` vanilla RNN (no
+is seqstab's (:mod:`seqstab.nets.dropout`: half the draws of torch's mask on the CPU). The ``linear`` vanilla RNN (no
 nonlinearity, for theory experiments) has no fused kernel and loops over time in Python.
 """
 
