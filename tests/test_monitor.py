@@ -314,3 +314,41 @@ def test_the_heatmap_kept_between_draws_is_the_image_a_fresh_figure_draws():
     assert np.array_equal(heatmap.render(longer), render_heatmap(longer))  # ... and redraws what a fresh one draws
     assert heatmap.render([(0, rng.random((1, 10)))]).shape[:2] != (387, 630)  # one layer: a figure of its own height
     assert pickle.loads(pickle.dumps(heatmap))._figure is None  # copies carry no figure
+
+
+@pytest.mark.parametrize("step", [0, 1, 127, 128, 10**6, 2**40, -1])
+def test_scalar_events_are_the_bytes_protobuf_serializes(step):
+    """seqstab encodes its scalar events itself (``seqstab.core.logs.scalar_event``): the same bytes as the messages
+    built and serialized by protobuf, for every value a tag can take (float32 rounding and its overflow, NaN, signed
+    zeros and infinities), long and non-ASCII tags, and the steps whose varints change length."""
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    from seqstab.core.logs import scalar_event
+
+    big = np.nextafter(np.float64(np.finfo(np.float32).max), np.inf)  # rounds to float32's max, not to inf
+    values = [0.0, -0.0, 1.0, 0.1, -2.5e-45, 1e-50, float(big), 3.5e38, -1e39, float("inf"), float("-inf"),
+              float("nan"), -float("nan"), 7, True]  # fmt: skip
+    cases = [{f"t{i}": v for i, v in enumerate(values)}, {"x" * 200: 1.5, "grad/norm/é→ü": 2.0}, {}]
+    for metrics in cases:
+        for wall in (0.0, 1.7e9 + 0.123):
+            summary = Summary(value=[Summary.Value(tag=t, simple_value=float(v)) for t, v in metrics.items()])
+            expected = Event(wall_time=wall, step=step, summary=summary).SerializeToString()
+            assert scalar_event(metrics, step, wall) == expected
+
+
+def test_scalar_events_read_back_with_tensorboard(tmp_path):
+    """An event file written through ``ScalarEvents`` reads back with TensorBoard's own reader, every tag at its
+    step, float32-rounded."""
+    from seqstab.core.logs import ScalarEvents
+
+    events = ScalarEvents(tmp_path)
+    for step in range(1, 301):
+        events.write({"train/loss": 1.0 / step, "grad/norm_total": float(step)}, step)
+    events.flush()
+    reader = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
+    reader.Reload()
+    loss = reader.Scalars("train/loss")
+    assert [e.step for e in loss] == list(range(1, 301))
+    assert [e.value for e in loss] == [float(np.float32(1.0 / s)) for s in range(1, 301)]
+    assert [e.value for e in reader.Scalars("grad/norm_total")] == [float(s) for s in range(1, 301)]
