@@ -3,10 +3,10 @@
 On a gradient-flow step (``grad_flow_every_n_steps``) the :class:`~seqstab.core.monitor.flow.FlowProbe` keeps each
 recurrent layer's input ``x`` ``(B, k, I)``, start state and output ``h_1..h_k`` ``(B, k, H)``. The gates of an LSTM or
 GRU are inside its fused kernel; they depend only on ``x_t`` and ``h_{t-1}``, so all of them are recomputed at once
-from those captures, one matrix product per layer (the size of the layer's own input projection), on the device::
+from those captures on the device, the sigmoid gates only (LSTM ``i f o``, GRU ``r z``)::
 
     h_prev = [h_0, h_1 .. h_{k-1}]                               (B, k, H)
-    gates  = x W_ih^T + b_ih + h_prev W_hh^T + b_hh              (B, k, G·H): LSTM i f g o, GRU r z n (r, z only)
+    gates  = x W_ih^T + h_prev W_hh^T + (b_ih + b_hh)            (B, k, G·H) for the sigmoid gates' blocks
 
 Per layer ``<i>`` (bottom first, as ``grad_flow/.../layer_<i>``), tags under ``rnn/saturation/layer_<i>/``:
 
@@ -77,33 +77,52 @@ def saturation_tensors(layers: list[nn.Module], calls: list[list]) -> dict[str, 
 
 
 def _gate_tensors(layer: nn.Module, calls: list, kind: str, prefix: str) -> dict[str, torch.Tensor]:
-    """The gate shares (and the mean forget / update gate) of an LSTM or GRU layer, over all its calls."""
-    w_ih, w_hh, b_ih, b_hh = (
-        getattr(layer, name).detach().float() for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
-    )
+    """The gate shares (and the mean forget / update gate) of an LSTM or GRU layer, over all its calls.
+
+    Only the sigmoid gates are computed (an LSTM's cell gate and a GRU's new gate are not), each run of adjacent gate
+    blocks as one product with the biases added in it (``addmm``), and their shares counted per block."""
+    w_ih, w_hh = (getattr(layer, name).detach().float() for name in ("weight_ih_l0", "weight_hh_l0"))
+    bias = layer.bias_ih_l0.detach().float() + layer.bias_hh_l0.detach().float()  # both enter the sigmoid gates
     names = GATES[kind]
     hidden = w_hh.shape[1]
-    low = {n: 0 for n in names if n}  # name -> count of values below LOW (a device tensor after the first call)
-    high = {n: 0 for n in names if n}
+    mean_of = "forget" if kind == "lstm" else "update"
+    low: dict[str, torch.Tensor] = {}  # name -> count of values below LOW
+    high: dict[str, torch.Tensor] = {}
     mean, count = 0, 0  # the forget (LSTM) or update (GRU) gate's sum; values per gate
     for call in calls:
         out = call.out.float()  # (B, k, H)
         h0 = call.hx[0] if kind == "lstm" and call.hx is not None else call.hx
         h0 = out.new_zeros(out.shape[0], 1, hidden) if h0 is None else h0.float().transpose(0, 1)  # (B, 1, H)
-        h_prev = torch.cat([h0, out[:, :-1]], dim=1)  # (B, k, H): the state each step starts from
-        gates = call.x.float() @ w_ih.T + b_ih + h_prev @ w_hh.T + b_hh  # (B, k, G·H)
-        for name, block in zip(names, gates.split(hidden, dim=-1), strict=True):
-            if name is None:
-                continue
-            value = torch.sigmoid(block)
-            low[name] = low[name] + (value < LOW).sum()
-            high[name] = high[name] + (value > HIGH).sum()
-            if name in ("forget", "update"):
-                mean = mean + value.sum()
+        h_prev = torch.cat([h0, out[:, :-1]], dim=1).flatten(0, 1)  # (B·k, H): the state each step starts from
+        x = call.x.float().flatten(0, 1)  # (B·k, I)
+        for first, run in _sigmoid_runs(names):
+            rows = slice(first * hidden, (first + len(run)) * hidden)
+            value = torch.addmm(bias[rows], x, w_ih[rows].T).addmm_(h_prev, w_hh[rows].T).sigmoid_()
+            value = value.view(-1, len(run), hidden)  # (B·k, gates of the run, H)
+            below, above = (value < LOW).sum(dim=(0, 2)), (value > HIGH).sum(dim=(0, 2))  # (gates of the run,)
+            for j, name in enumerate(run):
+                low[name] = low[name] + below[j] if name in low else below[j]
+                high[name] = high[name] + above[j] if name in high else above[j]
+                if name == mean_of:
+                    mean = mean + value[:, j].sum()
         count += out.numel()
     tensors = {}
     for name in low:
         tensors[f"{prefix}{name}_low"] = low[name] / count
         tensors[f"{prefix}{name}_high"] = high[name] / count
-    tensors[f"{prefix}{'forget' if kind == 'lstm' else 'update'}_mean"] = mean / count
+    tensors[f"{prefix}{mean_of}_mean"] = mean / count
     return tensors
+
+
+def _sigmoid_runs(names: tuple[str | None, ...]) -> list[tuple[int, list[str]]]:
+    """The sigmoid gates of a cell as runs of adjacent blocks: ``(first block, names)``; LSTM ``i f g o`` gives
+    ``[(0, [input, forget]), (3, [output])]``, GRU ``r z n`` gives ``[(0, [reset, update])]``."""
+    runs: list[tuple[int, list[str]]] = []
+    for block, name in enumerate(names):
+        if name is None:
+            continue
+        if runs and runs[-1][0] + len(runs[-1][1]) == block:
+            runs[-1][1].append(name)
+        else:
+            runs.append((block, [name]))
+    return runs
