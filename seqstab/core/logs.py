@@ -88,8 +88,9 @@ class ScalarEvents:
 def scalar_event(metrics: dict[str, float], step: int, wall_time: float) -> bytes:
     """The serialized ``Event(wall_time, step, summary=Summary(value=[Value(tag, simple_value), ...]))``, the bytes
     protobuf's ``SerializeToString`` gives (``tests/test_monitor.py`` compares them), encoded here: 2.5 µs an
-    update's seven tags where building the messages costs 8.8 (``python benchmarks/bench_events.py``). A value is rounded to float32 as protobuf rounds it (beyond
-    float32's range: an infinity); a zero ``step`` or ``wall_time`` is left out, as proto3 leaves out defaults."""
+    update's seven tags where building the messages costs 8.8 (``python benchmarks/bench_events.py``). A value is
+    rounded to float32 as protobuf rounds it (beyond float32's range: an infinity); a zero ``step`` or
+    ``wall_time`` is left out, as proto3 leaves out defaults."""
     summary = b"".join([_value_field(tag, value) for tag, value in metrics.items()])
     head = _WALL_TIME.pack(0x09, wall_time) if wall_time else b""  # field 1, double
     if step:
