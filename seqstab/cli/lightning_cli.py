@@ -1,6 +1,7 @@
 """:class:`SeqstabCLI`: LightningCLI over seqstab's tasks and datamodules, with seqstab's defaults and checks.
 
-parse        --ckpt_path checked to load (one line if not); the config kept as given
+parse        --ckpt_path checked to load (one line if not); the config kept as given; null on the command line
+             None however deeply nested (seqstab.cli.argument_parser)
 before       settings checked (seqstab.cli.preflight); Lightning's clipping settings mapped onto model.clipping,
 instantiate  the ones seqstab's loop does not take refused (seqstab.cli.lightning_settings)
 before run   output directories writable; --ckpt_path last found, FILE of this experiment
@@ -24,9 +25,10 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveCon
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from seqstab import internals
+from seqstab.cli.argument_parser import SeqstabArgumentParser
 from seqstab.cli.closing import print_closing, print_metrics
 from seqstab.cli.lightning_settings import apply_lightning_settings
-from seqstab.cli.preflight import SUBCOMMANDS, check_settings, check_writable
+from seqstab.cli.preflight import SUBCOMMANDS, check_nulls, check_settings, check_writable
 from seqstab.cli.resume_match import check_resumes_experiment, find_last
 from seqstab.cli.run_dirs import DEFAULT_SAVE_DIR, EVAL_DIRS, follow_default_root_dir, run_of
 from seqstab.core import io as checkpoint
@@ -76,6 +78,7 @@ class SeqstabCLI(internals.KeepConfigOnCkptPath, LightningCLI):
             save_config_callback=AtomicSaveConfig,
             save_config_kwargs={"overwrite": True},
             parser_kwargs={**no_exit, **{cmd: no_exit for cmd in SUBCOMMANDS}},
+            parser_class=SeqstabArgumentParser,
             args=args,
             run=run,
         )
@@ -106,6 +109,7 @@ class SeqstabCLI(internals.KeepConfigOnCkptPath, LightningCLI):
         check_settings(self.subcommand, groups)
         follow_default_root_dir(groups["trainer"])
         config = self.config[self.subcommand] if self.subcommand else self.config
+        check_nulls(config)
         note = apply_lightning_settings(config, groups["trainer"], self.clipping_given)
         self.notes += [note] if note else []
 

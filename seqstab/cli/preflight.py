@@ -4,26 +4,42 @@ the command line          the embedded default experiment unless a model or data
 config files              valid YAML, no key twice, a mapping of settings (check_config_files)
 settings                  step limits, learning rates and scheduler periods in range, a scheduler with an
                           optimizer, a fit that would train something (check_settings); Lightning's own
-                          settings seqstab's loop does not take (seqstab.cli.lightning_settings)
+                          settings seqstab's loop does not take (seqstab.cli.lightning_settings); null only
+                          for an argument of seqstab's that takes None (check_nulls)
 output directories        each can be created and written (check_writable)
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
+import inspect
 import tempfile
+import types
+import typing
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from jsonargparse import Namespace
+
 from seqstab.cli.yaml_files import read_yaml
 from seqstab.core.errors import ConfigError
 
-__all__ = ["DEFAULT_CONFIG", "SUBCOMMANDS", "check_config_files", "check_settings", "check_writable", "with_default"]
+__all__ = [
+    "DEFAULT_CONFIG",
+    "SUBCOMMANDS",
+    "check_config_files",
+    "check_nulls",
+    "check_settings",
+    "check_writable",
+    "with_default",
+]
 
 DEFAULT_CONFIG = resources.files("seqstab.cli") / "default.yaml"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 POSITIVE = {"optimizer": ("lr",), "lr_scheduler": ("step_size", "T_max", "T_0", "total_steps", "gamma", "factor")}
+KINDS = {float: "a number", int: "an integer", bool: "true or false", str: "a string"}  # what check_nulls says
 CHOOSE_EXPERIMENT = ("model", "data")  # naming either (on the command line or in a config file) leaves the default
 
 
@@ -110,6 +126,65 @@ def check_trains_something(trainer: Any) -> None:
             f"trainer.limit_train_batches={limit!r}: fit would train on no batch (give a fraction in (0, 1] or a "
             "count >= 1)"
         )
+
+
+def check_nulls(config: Any, key: str = "") -> None:
+    """``null`` given to an argument of a seqstab class (or a datamodule of ``datamodules``) that does not take None:
+    :class:`ConfigError` naming it (``model.clipping.max_norm=null: must be a number``), where jsonargparse lets it
+    through to the class, which would fail with a traceback. ``config``: the parsed config (of the subcommand)."""
+    if isinstance(config, (list, tuple)):
+        for num, item in enumerate(config):
+            check_nulls(item, f"{key}.{num}")
+        return
+    if not isinstance(config, (Namespace, dict)):
+        return
+    items = vars(config) if isinstance(config, Namespace) else config
+    init_args = items.get("init_args")
+    if isinstance(items.get("class_path"), str) and init_args is not None:
+        parameters = _own_parameters(items["class_path"])
+        args = vars(init_args) if isinstance(init_args, Namespace) else init_args
+        for name, value in dict(args).items():
+            parameter = parameters.get(name)
+            if value is None and parameter is not None and not _takes_none(parameter):
+                what = KINDS.get(parameter.annotation, "given")
+                raise ConfigError(f"{key}.{name}=null: must be {what}, not null (this argument takes no None)")
+            check_nulls(value, f"{key}.{name}")
+        return
+    for name, value in items.items():
+        check_nulls(value, f"{key}.{name}" if key else name)
+
+
+def _own_parameters(class_path: str) -> dict[str, inspect.Parameter]:
+    """The ``__init__`` parameters of a seqstab class or datamodule, annotations resolved ({} for another's)."""
+    module, _, name = class_path.rpartition(".")
+    if module.split(".")[0] not in ("seqstab", "datamodules"):
+        return {}
+    try:
+        cls = getattr(importlib.import_module(module), name)
+        return dict(inspect.signature(cls.__init__, eval_str=True).parameters)
+    except Exception:  # not importable or an annotation that does not resolve: jsonargparse's checks stand
+        return {}
+
+
+def _takes_none(parameter: inspect.Parameter) -> bool:
+    if parameter.default is None or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+        return True
+    return _admits_none(parameter.annotation)
+
+
+def _admits_none(annotation: Any) -> bool:
+    """Whether a type annotation takes None; True too for what it cannot tell (no annotation, Any, a TypeVar)."""
+    if annotation in (inspect.Parameter.empty, Any, object, None, type(None)):
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_admits_none(arg) for arg in typing.get_args(annotation))
+    if origin is typing.Literal:
+        return None in typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _admits_none(typing.get_args(annotation)[0])
+    cls = origin if isinstance(origin, type) else annotation
+    return not isinstance(cls, type)
 
 
 def check_writable(trainer) -> None:

@@ -1,8 +1,7 @@
 """A combination as the ``python -m seqstab.train fit`` command line that runs it, and its overrides file.
 
 The overrides go to ``<run folder>/overrides.yaml``, a config file read after the base: a YAML value (``null``
-included) reaches a key at any depth that way, which a dotted command-line flag does not for the arguments of a net
-or a station (``--model.net.spectral_radius null`` is refused by jsonargparse).
+included) reaches a key at any depth that way, typed as in any config file, and the command line stays short.
 """
 
 from __future__ import annotations
