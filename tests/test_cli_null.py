@@ -16,6 +16,7 @@ from tests.helpers import REPO
 WIKITEXT2 = str(REPO / "configs" / "lm" / "wikitext2_lstm.yaml")
 DEFAULT = ["-c", str(DEFAULT_CONFIG)]  # what a command line naming no model or data runs (a config file naming one not)
 TINY = ["--data.num_train", "40", "--data.num_val", "20", "--data.seq_len", "10", "--data.batch_size", "10"]
+SGD = ["--optimizer", "torch.optim.SGD", "--optimizer.lr"]
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1"]
 
 
@@ -105,3 +106,18 @@ def test_none_is_not_null_on_the_command_line(here, capsys):
     """As jsonargparse reads any option (a top-level Optional[float] refuses ``None``): the string, not None."""
     line = fails(["--model.guard.spike_factor", "None"], capsys, here)
     assert "model.guard.spike_factor" in line and "float" in line
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        ([*SGD, "null"], "optimizer.lr=null: must be a number > 0"),
+        ([*SGD, "0.1", "--lr_scheduler", "torch.optim.lr_scheduler.StepLR", "--lr_scheduler.step_size", "2",
+          "--lr_scheduler.gamma", "null"], "lr_scheduler.gamma=null: must be a number > 0"),
+    ],
+    ids=["optimizer.lr", "lr_scheduler.gamma"],
+)  # fmt: skip
+def test_null_for_a_learning_rate_or_a_scheduler_setting_is_one_line(here, capsys, args, expected):
+    """torch's classes take these without a check of their own and fail on first use (a TypeError, a traceback);
+    a required one (``StepLR``'s ``step_size``) jsonargparse refuses itself."""
+    assert expected in fails(args, capsys, here)

@@ -39,6 +39,8 @@ __all__ = [
 DEFAULT_CONFIG = resources.files("seqstab.cli") / "default.yaml"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 POSITIVE = {"optimizer": ("lr",), "lr_scheduler": ("step_size", "T_max", "T_0", "total_steps", "gamma", "factor")}
+NULLABLE = {("lr_scheduler", "total_steps")}  # OneCycleLR: None when epochs and steps_per_epoch are given
+_ABSENT = object()
 KINDS = {float: "a number", int: "an integer", bool: "true or false", str: "a string"}  # what check_nulls says
 CHOOSE_EXPERIMENT = ("model", "data")  # naming either (on the command line or in a config file) leaves the default
 
@@ -109,7 +111,9 @@ def check_settings(subcommand: str | None, groups: dict[str, Any]) -> None:
     for group, keys in POSITIVE.items():
         init_args = getattr(groups.get(group), "init_args", None)
         for key in keys:
-            value = getattr(init_args, key, None)
+            value = getattr(init_args, key, _ABSENT)
+            if value is None and (group, key) not in NULLABLE:  # torch's class would end in a TypeError
+                raise ConfigError(f"{group}.{key}=null: must be a number > 0, not null")
             if isinstance(value, (int, float)) and not value > 0:
                 raise ConfigError(f"{group}.{key}={value!r}: must be > 0")
 
