@@ -1,7 +1,7 @@
 """Overhead of the explosion guard: the same training step with ``guard: ExplosionGuard`` and without.
 
     python benchmarks/bench_guard.py                      # ~3 min on 2 cores; --help for the knobs
-    python benchmarks/bench_guard.py --workloads none     # only the guard's idle decide() timing, seconds
+    python benchmarks/bench_guard.py --workloads none     # only decide() alone and in place, ~30 s
 
 Two workloads, each through ``Trainer.fit`` with the TensorBoard logger and ``NormClip``:
 
@@ -13,7 +13,8 @@ Two workloads, each through ``Trainer.fit`` with the TensorBoard logger and ``No
 "Without" is what a task runs with ``guard: null``: the watch-only ``ExplosionGuard(policy="warn", snapshot=False)``
 that keeps a non-finite update from being applied; "with" is ``ExplosionGuard()`` (skip, snapshot armed). The
 guard's own work on the update path (``arm``, ``decide``, ``keep``, ``after_step``, and ``settle`` at each flush)
-is also timed directly (µs per update), which no machine noise hides, and ``decide`` alone when nothing happens.
+is also timed directly (µs per update), which no machine noise hides, and ``decide`` alone when nothing happens,
+warm (in a loop of its own) and in place (right after a 2×200 LSTM's forward and backward, as in a training step).
 Runs alternate guard / no guard round by round; the figure is the ratio of the median update's speed
 (over all rounds) with and without the guard, in wall time and in the process's CPU time; the ratio of per-run
 medians is printed beside it.
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import statistics
 import time
 from functools import partial
 
@@ -99,6 +101,29 @@ def idle_decide_us(diagnose: bool, calls: int = 2000, repeats: int = 5) -> float
     return best
 
 
+def decide_in_place_us(calls: int = 300) -> tuple[float, float]:
+    """Median µs of ``decide`` (as in :func:`idle_decide_us`, diagnosis on) right after the forward and backward of
+    a 2×200 LSTM on a 20 × 35 batch, as in a training step, and right after another ``decide``: what its ~45 small
+    operations cost when the big kernels before them have left the caches cold, against warm."""
+    from seqstab.core.clipping import ClipResult
+    from seqstab.core.update import Update
+
+    guard = ExplosionGuard(snapshot=False)
+    lstm, x = torch.nn.LSTM(200, 200, num_layers=2), torch.randn(35, 20, 200)
+    norms = [torch.tensor(1.0 + (i % 7) / 100) for i in range(7)]
+    after_backward, after_decide = [], []
+    for i in range(calls):
+        lstm(x)[0].sum().backward()
+        for times in (after_backward, after_decide):
+            norm = norms[i % 7]
+            update = Update(i, None, None, ClipResult(norm, norm, torch.tensor(False)), {})
+            start = time.perf_counter()
+            guard.decide(None, update)
+            times.append((time.perf_counter() - start) * 1e6)
+    assert guard.events == 0
+    return statistics.median(after_backward), statistics.median(after_decide)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -142,6 +167,11 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"\nExplosionGuard.decide when nothing happens: {idle[True]:.1f} µs per update with the diagnosis's running "
         f"statistics (diagnose=true, the default), {idle[False]:.1f} µs without"
+    )
+    cold, warm = decide_in_place_us()
+    print(
+        f"ExplosionGuard.decide right after a 2×200 LSTM's forward and backward (20 × 35): {cold:.1f} µs, median; "
+        f"right after another decide: {warm:.1f} µs"
     )
     if "small" not in args.workloads:
         return
