@@ -14,3 +14,10 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def here(tmp_path, monkeypatch):
+    """A fresh working directory: the CLI's default ``runs/`` goes there."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

@@ -26,12 +26,6 @@ def run_fails(args: list[str], capsys, where, fresh: bool = True) -> str:
     return lines[0]
 
 
-@pytest.fixture
-def here(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 @pytest.mark.parametrize(
     "args,needle",
     [

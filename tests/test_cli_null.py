@@ -12,12 +12,11 @@ import yaml
 
 from seqstab.cli.train import DEFAULT_CONFIG, main
 from tests.helpers import REPO
+from tests.test_bad_input import QUIET, TINY, run_fails
 
 WIKITEXT2 = str(REPO / "configs" / "lm" / "wikitext2_lstm.yaml")
 DEFAULT = ["-c", str(DEFAULT_CONFIG)]  # what a command line naming no model or data runs (a config file naming one not)
-TINY = ["--data.num_train", "40", "--data.num_val", "20", "--data.seq_len", "10", "--data.batch_size", "10"]
 SGD = ["--optimizer", "torch.optim.SGD", "--optimizer.lr"]
-QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1"]
 
 
 def printed(args: list[str], capsys) -> dict:
@@ -43,12 +42,6 @@ def as_yaml(key: str, value) -> dict:
     for part in reversed(parents[1:]):
         content = {part: {"init_args": content}}
     return {parents[0]: {"init_args": content}}
-
-
-@pytest.fixture
-def here(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 @pytest.mark.parametrize(
@@ -86,12 +79,7 @@ def test_a_run_with_a_nested_null_has_it_in_its_config(here, capsys):
 def fails(args: list[str], capsys, where) -> str:
     """``fit ARGS`` in-process: exit 2, one error line, no traceback, no run directory; the line."""
     capsys.readouterr()
-    code = main(["fit", *args, *TINY, *QUIET])
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("seqstab.train: error:")]
-    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err[-2000:]
-    assert not (where / "runs").exists()
-    return lines[0]
+    return run_fails([*args, *TINY], capsys, where)
 
 
 def test_null_for_an_argument_that_takes_no_none_is_one_line(here, capsys):
