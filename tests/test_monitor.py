@@ -352,3 +352,41 @@ def test_scalar_events_read_back_with_tensorboard(tmp_path):
     assert [e.step for e in loss] == list(range(1, 301))
     assert [e.value for e in loss] == [float(np.float32(1.0 / s)) for s in range(1, 301)]
     assert [e.value for e in reader.Scalars("grad/norm_total")] == [float(s) for s in range(1, 301)]
+
+
+@pytest.mark.parametrize("cell", ["rnn_tanh", "rnn_relu", "lstm", "gru"])
+def test_flow_probe_and_saturation_of_a_layer_without_biases(cell):
+    """``nn.LSTM(..., bias=False)`` and its kin (a net of one's own may use them): the probe measures ‖∂L/∂h_t‖ as
+    the unrolled cells give it, and the saturation tags come out (they failed on the missing ``bias_ih_l0``)."""
+    from seqstab.core.monitor.saturation import saturation_tensors
+
+    torch.manual_seed(0)
+    kind, _, nonlinearity = cell.partition("_")
+    module = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[kind]
+    extra = {"nonlinearity": nonlinearity} if kind == "rnn" else {}
+    layer = module(3, 5, batch_first=True, bias=False, **extra).double()
+    x, weight = torch.randn(4, 6, 3, dtype=torch.double), torch.randn(4, 6, 5, dtype=torch.double)
+    probe = FlowProbe([layer])
+    out, _ = layer(x)
+    (torch.tanh(out) * weight).sum().backward()
+    tags = saturation_tensors(probe.layers, probe.calls)
+    measured = probe.norms()[0]  # (k,)
+
+    step = {"rnn": getattr(torch, f"rnn_{nonlinearity}_cell", None), "lstm": torch.lstm_cell, "gru": torch.gru_cell}
+    h = x.new_zeros(4, 5)
+    state, states = ((h, h) if kind == "lstm" else h), []
+    for t in range(6):
+        state = step[kind](x[:, t], state, layer.weight_ih_l0, layer.weight_hh_l0)
+        states.append(state[0] if kind == "lstm" else state)
+    loss = (torch.tanh(torch.stack(states, dim=1)) * weight).sum()
+    expected = torch.stack([g.norm() for g in torch.autograd.grad(loss, states)])
+    assert torch.allclose(measured.double(), expected, rtol=1e-6)
+    if kind == "rnn":
+        names = {"tanh": {"tanh", "tanh_slope"}, "relu": {"dead"}}[nonlinearity]
+        assert set(tags) == {f"rnn/saturation/layer_0/{name}" for name in names}
+    else:
+        gates = x @ layer.weight_ih_l0.T + torch.cat([x.new_zeros(4, 1, 5), out[:, :-1]], 1) @ layer.weight_hh_l0.T
+        mean_block = 1  # forget (LSTM i f g o) or update (GRU r z n): the second block
+        name = "forget" if kind == "lstm" else "update"
+        expected_mean = torch.sigmoid(gates[..., 5 * mean_block : 5 * (mean_block + 1)]).mean()
+        assert tags[f"rnn/saturation/layer_0/{name}_mean"] == pytest.approx(float(expected_mean), rel=1e-5)

@@ -17,10 +17,10 @@ also offer:
 
 * ``recurrent_layers() -> list[nn.Module]``: the single-layer recurrent modules it runs one after the other, each
   called as ``layer(x (B, k, I), hx) -> (out (B, k, H), state)`` and either an ``nn.RNN``/``nn.LSTM``/``nn.GRU``
-  (``batch_first=True``) or a module with their parameter names (``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``,
-  ``bias_hh_l0``). Gradient flow through time (``grad_flow/*``) hooks them; per-module norms split each into its
-  ``.ih`` and ``.hh`` weights. Without the method, seqstab uses the net's ``nn.RNN``/``nn.LSTM``/``nn.GRU`` submodules
-  when each is such a single-layer, batch-first, unidirectional module;
+  (``batch_first=True``; with or without biases) or a module with their parameter names (``weight_ih_l0``,
+  ``weight_hh_l0``, ``bias_ih_l0``, ``bias_hh_l0``). Gradient flow through time (``grad_flow/*``) hooks them;
+  per-module norms split each into its ``.ih`` and ``.hh`` weights. Without the method, seqstab uses the net's
+  ``nn.RNN``/``nn.LSTM``/``nn.GRU`` submodules when each is such a single-layer, batch-first, unidirectional module;
 * ``recurrent_weights() -> list[Tensor]``: each layer's ``W_hh`` ``(G * H, H)``, with ``cell`` (``rnn``, ``lstm`` or
   ``gru``; default ``rnn``) naming its ``G`` gate blocks: spectra (``rnn/sigma_max/...``). Without it, seqstab reads
   ``weight_hh_l<k>`` of the net's ``nn.RNN``/``nn.LSTM``/``nn.GRU`` submodules.

@@ -116,14 +116,12 @@ def hidden_state_grads(
     if isinstance(layer, nn.GRU):
         return _unrolled_gru_grads(layer, x, hx, out_grad)
     hidden = layer.weight_hh_l0.shape[1]
-    w_ih, w_hh, b_ih, b_hh = (
-        getattr(layer, n).detach() for n in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
-    )
+    w_ih, w_hh = layer.weight_ih_l0.detach(), layer.weight_hh_l0.detach()
     with torch.enable_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*weights are not part of single contiguous chunk.*")
         delta = x.new_zeros(*x.shape[:2], hidden, requires_grad=True)  # (B, k, H): perturbs h_{t-1} at step t
         wide_x = torch.cat([x, delta], dim=-1)  # (B, k, I + H)
-        weights = [torch.cat([w_ih, w_hh], dim=1), w_hh, b_ih, b_hh]  # W_ih widened to (G * H, I + H)
+        weights = [torch.cat([w_ih, w_hh], dim=1), w_hh, *(b.detach() for b in biases(layer))]  # W_ih widened
         out, cell = _run_fused(layer, wide_x, hx, weights)  # (B, k, H); LSTM: c_k (1, B, H)
         outputs, grads = [out], [out_grad.to(out.dtype)]
         if cell_grad is not None and cell is not None:
@@ -135,30 +133,31 @@ def hidden_state_grads(
     return total
 
 
+def biases(layer: nn.Module) -> list[torch.Tensor]:
+    """``[b_ih, b_hh]`` of a single-layer recurrent module, or ``[]`` for one built with ``bias=False``."""
+    found = [getattr(layer, name, None) for name in ("bias_ih_l0", "bias_hh_l0")]
+    return [b for b in found if b is not None]
+
+
 def _run_fused(layer: nn.Module, x: torch.Tensor, hx, weights: list[torch.Tensor]):
-    """Run one layer's kernel on ``x`` with the given ``[W_ih, W_hh, b_ih, b_hh]``: the output ``(B, k, H)`` and,
-    for an LSTM, the final cell state (else None)."""
-    batch, hidden = x.shape[0], weights[1].shape[1]
+    """Run one layer's kernel on ``x`` with the given ``[W_ih, W_hh, b_ih, b_hh]`` (``[W_ih, W_hh]`` without
+    biases): the output ``(B, k, H)`` and, for an LSTM, the final cell state (else None)."""
+    batch, hidden, has_biases = x.shape[0], weights[1].shape[1], len(weights) == 4
     if isinstance(layer, nn.LSTM):
         h0, c0 = hx if hx is not None else (x.new_zeros(1, batch, hidden), x.new_zeros(1, batch, hidden))
-        out, _, cell = torch.lstm(x, (h0, c0), weights, True, 1, 0.0, layer.training, False, True)
+        out, _, cell = torch.lstm(x, (h0, c0), weights, has_biases, 1, 0.0, layer.training, False, True)
         return out, cell
     if isinstance(layer, nn.RNN):
         kernel = torch.rnn_tanh if layer.nonlinearity == "tanh" else torch.rnn_relu
         h0 = hx if hx is not None else x.new_zeros(1, batch, hidden)
-        return kernel(x, h0, weights, True, 1, 0.0, layer.training, False, True)[0], None
+        return kernel(x, h0, weights, has_biases, 1, 0.0, layer.training, False, True)[0], None
     names = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")  # e.g. seqstab.nets.LinearRNN
-    return torch.func.functional_call(layer, dict(zip(names, weights, strict=True)), (x, hx))[0], None
+    return torch.func.functional_call(layer, dict(zip(names, weights, strict=False)), (x, hx))[0], None
 
 
 def _unrolled_gru_grads(layer: nn.GRU, x: torch.Tensor, hx, out_grad: torch.Tensor) -> torch.Tensor:
     """GRU: replay step by step with the fused cell (measurement only), keeping each ``h_t`` in the graph."""
-    weights = [
-        layer.weight_ih_l0.detach(),
-        layer.weight_hh_l0.detach(),
-        layer.bias_ih_l0.detach(),
-        layer.bias_hh_l0.detach(),
-    ]
+    weights = [layer.weight_ih_l0.detach(), layer.weight_hh_l0.detach(), *(b.detach() for b in biases(layer))]
     with torch.enable_grad():
         h = hx[0] if hx is not None else x.new_zeros(x.shape[0], layer.hidden_size)  # (B, H)
         h = h.detach().requires_grad_(True)

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from seqstab.core.monitor.contract import CELL_OF_MODE
+from seqstab.core.monitor.flow import biases
 
 __all__ = ["LOW", "HIGH", "SATURATED", "layer_kind", "saturation_tensors"]
 
@@ -82,7 +83,8 @@ def _gate_tensors(layer: nn.Module, calls: list, kind: str, prefix: str) -> dict
     Only the sigmoid gates are computed (an LSTM's cell gate and a GRU's new gate are not), each run of adjacent gate
     blocks as one product with the biases added in it (``addmm``), and their shares counted per block."""
     w_ih, w_hh = (getattr(layer, name).detach().float() for name in ("weight_ih_l0", "weight_hh_l0"))
-    bias = layer.bias_ih_l0.detach().float() + layer.bias_hh_l0.detach().float()  # both enter the sigmoid gates
+    b_ih_hh = [b.detach().float() for b in biases(layer)]  # both enter the sigmoid gates; none with bias=False
+    bias = b_ih_hh[0] + b_ih_hh[1] if b_ih_hh else None
     names = GATES[kind]
     hidden = w_hh.shape[1]
     mean_of = "forget" if kind == "lstm" else "update"
@@ -97,7 +99,8 @@ def _gate_tensors(layer: nn.Module, calls: list, kind: str, prefix: str) -> dict
         x = call.x.float().flatten(0, 1)  # (B·k, I)
         for first, run in _sigmoid_runs(names):
             rows = slice(first * hidden, (first + len(run)) * hidden)
-            value = torch.addmm(bias[rows], x, w_ih[rows].T).addmm_(h_prev, w_hh[rows].T).sigmoid_()
+            value = x @ w_ih[rows].T if bias is None else torch.addmm(bias[rows], x, w_ih[rows].T)
+            value = value.addmm_(h_prev, w_hh[rows].T).sigmoid_()
             value = value.view(-1, len(run), hidden)  # (B·k, gates of the run, H)
             below, above = (value < LOW).sum(dim=(0, 2)), (value > HIGH).sum(dim=(0, 2))  # (gates of the run,)
             for j, name in enumerate(run):
