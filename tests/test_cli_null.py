@@ -99,13 +99,16 @@ def test_none_is_not_null_on_the_command_line(here, capsys):
 @pytest.mark.parametrize(
     "args,expected",
     [
-        ([*SGD, "null"], "optimizer.lr=null: must be a number > 0"),
+        ([*SGD, "null"], "optimizer.lr=null: must be a number"),
         ([*SGD, "0.1", "--lr_scheduler", "torch.optim.lr_scheduler.StepLR", "--lr_scheduler.step_size", "2",
-          "--lr_scheduler.gamma", "null"], "lr_scheduler.gamma=null: must be a number > 0"),
+          "--lr_scheduler.gamma", "null"], "lr_scheduler.gamma=null: must be a number"),
+        ([*SGD, "0.1", "--lr_scheduler", "pytorch_lightning.cli.ReduceLROnPlateau", "--lr_scheduler.monitor",
+          "val/loss", "--lr_scheduler.factor", "null"], "lr_scheduler.factor=null: must be a number"),
     ],
-    ids=["optimizer.lr", "lr_scheduler.gamma"],
+    ids=["optimizer.lr", "lr_scheduler.gamma", "lightning ReduceLROnPlateau.factor"],
 )  # fmt: skip
 def test_null_for_a_learning_rate_or_a_scheduler_setting_is_one_line(here, capsys, args, expected):
     """torch's classes take these without a check of their own and fail on first use (a TypeError, a traceback);
-    a required one (``StepLR``'s ``step_size``) jsonargparse refuses itself."""
+    Lightning's ``ReduceLROnPlateau`` passes ``factor`` on to torch's through ``**kwargs``, where it is judged. A
+    required one (``StepLR``'s ``step_size``) jsonargparse refuses itself."""
     assert expected in fails(args, capsys, here)

@@ -5,7 +5,8 @@ config files              valid YAML, no key twice, a mapping of settings (check
 settings                  step limits, learning rates and scheduler periods in range, a scheduler with an
                           optimizer, a fit that would train something (check_settings); Lightning's own
                           settings seqstab's loop does not take (seqstab.cli.lightning_settings); null only
-                          for an argument of seqstab's that takes None (check_nulls)
+                          where a class of seqstab's, a datamodule, an optimizer or a scheduler takes None
+                          (check_nulls)
 output directories        each can be created and written (check_writable)
 """
 
@@ -39,8 +40,7 @@ __all__ = [
 DEFAULT_CONFIG = resources.files("seqstab.cli") / "default.yaml"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 POSITIVE = {"optimizer": ("lr",), "lr_scheduler": ("step_size", "T_max", "T_0", "total_steps", "gamma", "factor")}
-NULLABLE = {("lr_scheduler", "total_steps")}  # OneCycleLR: None when epochs and steps_per_epoch are given
-_ABSENT = object()
+JUDGED = ("seqstab.", "datamodules.", "torch.optim.", "pytorch_lightning.cli.", "lightning.pytorch.cli.")  # check_nulls
 KINDS = {float: "a number", int: "an integer", bool: "true or false", str: "a string"}  # what check_nulls says
 CHOOSE_EXPERIMENT = ("model", "data")  # naming either (on the command line or in a config file) leaves the default
 
@@ -111,9 +111,7 @@ def check_settings(subcommand: str | None, groups: dict[str, Any]) -> None:
     for group, keys in POSITIVE.items():
         init_args = getattr(groups.get(group), "init_args", None)
         for key in keys:
-            value = getattr(init_args, key, _ABSENT)
-            if value is None and (group, key) not in NULLABLE:  # torch's class would end in a TypeError
-                raise ConfigError(f"{group}.{key}=null: must be a number > 0, not null")
+            value = getattr(init_args, key, None)
             if isinstance(value, (int, float)) and not value > 0:
                 raise ConfigError(f"{group}.{key}={value!r}: must be > 0")
 
@@ -133,9 +131,10 @@ def check_trains_something(trainer: Any) -> None:
 
 
 def check_nulls(config: Any, key: str = "") -> None:
-    """``null`` given to an argument of a seqstab class (or a datamodule of ``datamodules``) that does not take None:
-    :class:`ConfigError` naming it (``model.clipping.max_norm=null: must be a number``), where jsonargparse lets it
-    through to the class, which would fail with a traceback. ``config``: the parsed config (of the subcommand)."""
+    """``null`` given to an argument that does not take None, of a seqstab class, a datamodule of ``datamodules``, a
+    torch optimizer or scheduler (``optimizer.lr``): :class:`ConfigError` naming it (``model.clipping.max_norm=null:
+    must be a number``), where jsonargparse lets it through to the class, which would fail with a traceback.
+    ``config``: the parsed config (of the subcommand)."""
     if isinstance(config, (list, tuple)):
         for num, item in enumerate(config):
             check_nulls(item, f"{key}.{num}")
@@ -150,7 +149,7 @@ def check_nulls(config: Any, key: str = "") -> None:
         for name, value in dict(args).items():
             parameter = parameters.get(name)
             if value is None and parameter is not None and not _takes_none(parameter):
-                what = KINDS.get(parameter.annotation, "given")
+                what = _kind(parameter.annotation)
                 raise ConfigError(f"{key}.{name}=null: must be {what}, not null (this argument takes no None)")
             check_nulls(value, f"{key}.{name}")
         return
@@ -159,15 +158,32 @@ def check_nulls(config: Any, key: str = "") -> None:
 
 
 def _own_parameters(class_path: str) -> dict[str, inspect.Parameter]:
-    """The ``__init__`` parameters of a seqstab class or datamodule, annotations resolved ({} for another's)."""
+    """The ``__init__`` parameters of a class of seqstab's, a datamodule, a torch optimizer or scheduler (Lightning's
+    scheduler wrappers too), annotations resolved; a ``**kwargs`` one's go on to its base class's. {} for another's."""
     module, _, name = class_path.rpartition(".")
-    if module.split(".")[0] not in ("seqstab", "datamodules"):
+    if not f"{module}.".startswith(JUDGED):
         return {}
     try:
-        cls = getattr(importlib.import_module(module), name)
-        return dict(inspect.signature(cls.__init__, eval_str=True).parameters)
+        parameters: dict[str, inspect.Parameter] = {}
+        for cls in getattr(importlib.import_module(module), name).__mro__:
+            if "__init__" not in vars(cls):
+                continue
+            own = inspect.signature(vars(cls)["__init__"], eval_str=True).parameters
+            for key, parameter in own.items():
+                parameters.setdefault(key, parameter)
+            if not any(p.kind is p.VAR_KEYWORD for p in own.values()):
+                break
+        return parameters
     except Exception:  # not importable or an annotation that does not resolve: jsonargparse's checks stand
         return {}
+
+
+def _kind(annotation: Any) -> str:
+    """What a parameter takes, for the message: ``a number`` for ``float`` (or ``float | Tensor``), and so on."""
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if candidate in KINDS:
+            return KINDS[candidate]
+    return "given"
 
 
 def _takes_none(parameter: inspect.Parameter) -> bool:
