@@ -87,8 +87,9 @@ class ScalarEvents:
 
 def scalar_event(metrics: dict[str, float], step: int, wall_time: float) -> bytes:
     """The serialized ``Event(wall_time, step, summary=Summary(value=[Value(tag, simple_value), ...]))``, the bytes
-    protobuf's ``SerializeToString`` gives (``tests/test_monitor.py`` compares them), encoded here: 2.5 µs an
-    update's seven tags where building the messages costs 8.8 (``python benchmarks/bench_events.py``). A value is
+    protobuf's ``SerializeToString`` gives (``tests/test_monitor.py`` compares them), encoded here: 3.6-4.2x faster
+    than building the messages (2.5-3.2 µs an update's seven tags against 8.8-12.2; ``python
+    benchmarks/bench_events.py``, three runs on the 2-core VM of ``benchmarks/RESULTS.md``). A value is
     rounded to float32 as protobuf rounds it (beyond float32's range: an infinity); a zero ``step`` or
     ``wall_time`` is left out, as proto3 leaves out defaults."""
     summary = b"".join([_value_field(tag, value) for tag, value in metrics.items()])
