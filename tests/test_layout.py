@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import importlib
 import os
+import runpy
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -83,16 +85,41 @@ def _grid_class_paths(path: Path) -> list[str]:
     return found
 
 
-def test_python_m_runs_every_tool_by_its_old_and_new_path():
-    commands = [[sys.executable, "-m", "seqstab", "--version"], [sys.executable, "-m", "seqstab", "sweep", "--help"]]
+def python_m(monkeypatch, module: str, *args: str) -> int | str | None:
+    """``python -m MODULE ARGS`` in this process, the way ``python -m`` runs it (runpy, as ``__main__``); its exit code.
+    An old path is looked up afresh, by the alias finder, as in a new interpreter."""
+    monkeypatch.setattr(sys, "argv", [module, *args])
+    if module in ALIASES:
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    with warnings.catch_warnings(), pytest.raises(SystemExit) as exited:
+        warnings.filterwarnings("ignore", "'seqstab.*' found in sys.modules", RuntimeWarning)  # imported already here
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    return exited.value.code
+
+
+def test_python_m_runs_every_tool_by_its_old_and_new_path(monkeypatch, capsys):
+    """Every command in this process (its imports done once), and one per way of reaching a tool's code in a fresh
+    interpreter, at once: the package's command (and its version, which imports no tool), an old path of a package
+    and an old path of a module (a fresh interpreter has no alias finder until ``seqstab`` is imported)."""
+    commands = [["seqstab", "--version"], ["seqstab", "sweep", "--help"]]
     for tool in TOOLS:
-        commands.append([sys.executable, "-m", f"seqstab.{tool}", "--help"])
-        commands.append([sys.executable, "-m", f"seqstab.cli.{tool}", "--help"])
+        commands.append([f"seqstab.{tool}", "--help"])
+        commands.append([f"seqstab.cli.{tool}", "--help"])
+    fresh = [commands[0], commands[1], ["seqstab.sweep", "--help"], ["seqstab.replay", "--help"]]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    procs = [subprocess.Popen(c, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for c in commands]
-    for command, proc in zip(commands, procs, strict=True):
+    procs = [
+        subprocess.Popen([sys.executable, "-m", *c], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for c in fresh
+    ]
+    monkeypatch.chdir(REPO)
+    for command in commands:
+        code = python_m(monkeypatch, *command)
+        out, err = capsys.readouterr()
+        assert code in (0, None), f"{' '.join(command)}: {err[-500:]}"
+        assert "usage" in out or "seqstab 0." in out, command
+    for command, proc in zip(fresh, procs, strict=True):
         out, err = proc.communicate(timeout=180)
-        assert proc.returncode == 0, f"{' '.join(command[1:])}: {err.decode()[-500:]}"
+        assert proc.returncode == 0, f"{' '.join(command)}: {err.decode()[-500:]}"
         assert b"usage" in out or b"seqstab 0." in out, command
 
 
