@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import locale
 import os
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -106,6 +109,55 @@ def run_cli(*args: str, cwd: Path, timeout: float = 300, **env: str) -> subproce
         text=True,
         timeout=timeout,
     )
+
+
+def start_cli(*args: str, cwd: Path, timeout: float = 300, **env: str) -> Started:
+    """:func:`run_cli`, started: the run goes on in the background until a test asks for its ``result()``."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", **env}
+    return Started([sys.executable, "-m", "seqstab.train", *args], cwd=cwd, env=env, timeout=timeout)
+
+
+class Started:
+    """A command started in the background: ``result()`` waits for it and is what ``subprocess.run(...,
+    capture_output=True, text=True, timeout=timeout)`` would have returned, the timeout counted from the start.
+
+    A command takes seconds importing torch and Lightning, on one core: started before the test that reads it, it
+    runs on the other core beside this process's in-process tests (a module-scoped fixture starts them). Its output
+    goes to files (a pipe nobody reads would stall it once full)."""
+
+    def __init__(self, cmd: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 300):
+        self.cmd, self.cwd, self.deadline = cmd, cwd, time.monotonic() + timeout
+        (out, self.out), (err, self.err) = tempfile.mkstemp(), tempfile.mkstemp()
+        try:
+            self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=err)
+        finally:
+            os.close(out)  # the child has its own
+            os.close(err)
+        self.done: subprocess.CompletedProcess | None = None
+
+    def result(self) -> subprocess.CompletedProcess:
+        if self.done is None:
+            try:
+                code = self.proc.wait(timeout=max(0.0, self.deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.stop()
+                raise
+            self.done = subprocess.CompletedProcess(self.cmd, code, self._text(self.out), self._text(self.err))
+        return self.done
+
+    def stop(self) -> None:
+        """End it if it still runs (a module's teardown: the test that would have read it failed or was not run)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for path in (self.out, self.err):
+            Path(path).unlink(missing_ok=True)
+
+    @staticmethod
+    def _text(path: str) -> str:
+        text = Path(path).read_bytes().decode(locale.getpreferredencoding(False))
+        Path(path).unlink()
+        return text.replace("\r\n", "\n").replace("\r", "\n")  # text=True's universal newlines
 
 
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:

@@ -11,24 +11,12 @@ import torch
 import yaml
 
 from seqstab.cli.train import main
-from tests.helpers import run_cli, scalars
+from tests.helpers import scalars, start_cli
 
 TINY = ["--data.num_train", "100", "--data.num_val", "50", "--trainer.max_epochs", "1"]
 QUIET = ["--trainer.enable_progress_bar", "false"]
 
-
-def test_default_experiment_writes_tensorboard_events(tmp_path):
-    result = run_cli("fit", *TINY, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
-    run_dir = tmp_path / "runs" / "seqstab" / "version_0"
-    assert f"tensorboard --logdir {run_dir.relative_to(tmp_path)}" in result.stdout
-    series = scalars(run_dir)
-    steps = [step for step, _ in series["train/loss"]]
-    assert steps == list(range(2))  # 100 sequences / batch 50: one logging step per update
-    for tag in ("grad/norm_total", "grad/norm_total_clipped", "grad/clipped", "grad/clip_threshold", "train/lr"):
-        assert len(series[tag]) == 2, tag
-    assert "val/loss" in series
-    assert (run_dir / "config.yaml").is_file()
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # the other core runs the commands started below
 
 
 def test_validate_and_test_print_their_metrics(tmp_path, monkeypatch, capsys):
@@ -43,24 +31,6 @@ def test_validate_and_test_print_their_metrics(tmp_path, monkeypatch, capsys):
         logged = scalars(tmp_path / "runs" / "seqstab" / "version_0" / "eval")  # beside the run it evaluated
         assert set(printed) == {f"{split}/loss"} | {tag for tag in logged if tag.startswith(f"{split}/")}
         assert float(printed[f"{split}/loss"]) == pytest.approx(logged[f"{split}/loss"][0][1], rel=1e-5)
-
-
-def test_no_arguments_runs_the_embedded_default(tmp_path, monkeypatch):
-    """``python -m seqstab.train`` alone means ``fit`` on seqstab/default.yaml (checked without training)."""
-    from seqstab.cli import train
-
-    assert train.with_default([]) == ["fit", "--config", str(train.DEFAULT_CONFIG)]
-    assert train.with_default(["fit", "--trainer.max_epochs", "1"])[1:3] == ["--config", str(train.DEFAULT_CONFIG)]
-    assert train.with_default(["fit", "-c", "x.yaml"]) == ["fit", "-c", "x.yaml"]
-    result = run_cli("fit", "--print_config", cwd=tmp_path)
-    assert result.returncode == 0
-    assert "seqstab.tasks.SequenceRegressor" in result.stdout and "AddingProblem" in result.stdout
-
-
-def test_dotted_override_reaches_the_model(tmp_path):
-    result = run_cli("fit", "--model.net.hidden_size", "7", "--print_config", cwd=tmp_path)
-    assert result.returncode == 0
-    assert "hidden_size: 7" in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -80,16 +50,6 @@ def test_bad_input_is_one_line_no_traceback_no_run_dir(tmp_path, monkeypatch, ca
     stderr = capsys.readouterr().err
     errors = [line for line in stderr.splitlines() if line.startswith("seqstab.train: error:")]
     assert len(errors) == 1 and needle in errors[0], stderr
-    assert not (tmp_path / "runs").exists()
-
-
-def test_unknown_config_key_in_yaml(tmp_path):
-    (tmp_path / "bad.yaml").write_text(
-        "model:\n  class_path: seqstab.tasks.SequenceRegressor\n  init_args:\n    hidden_sise: 8\n"
-        "data:\n  class_path: datamodules.synthetic.AddingProblem\n"
-    )
-    result = run_cli("fit", "--config", "bad.yaml", *QUIET, cwd=tmp_path)
-    assert result.returncode == 2 and "hidden_sise" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "runs").exists()
 
 
@@ -213,9 +173,75 @@ def test_gradient_clip_val_runs_as_the_models_clipping(tmp_path, monkeypatch, ca
         assert all(0 < value <= 0.5 * 4418**0.5 for value in logged["grad/norm_total_clipped"])
 
 
-def test_warnings_print_as_seqstab_warning_lines(tmp_path):
+# -- as a user runs it: ``python -m seqstab.train`` in a process of its own -------------------------------------------
+
+BAD_YAML = (
+    "model:\n  class_path: seqstab.tasks.SequenceRegressor\n  init_args:\n    hidden_sise: 8\n"
+    "data:\n  class_path: datamodules.synthetic.AddingProblem\n"
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def started(tmp_path_factory):
+    """The commands of the tests below, all started when this module starts: each spends seconds importing, on one
+    core, while the in-process tests above run on the other. Each in a folder of its own."""
+    cwd = {name: tmp_path_factory.mktemp(name) for name in ("default", "bare", "dotted", "bad_yaml", "warnings")}
+    (cwd["bad_yaml"] / "bad.yaml").write_text(BAD_YAML)
+    runs = {
+        "default": start_cli("fit", *TINY, cwd=cwd["default"]),
+        "bare": start_cli("fit", "--print_config", cwd=cwd["bare"]),
+        "dotted": start_cli("fit", "--model.net.hidden_size", "7", "--print_config", cwd=cwd["dotted"]),
+        "bad_yaml": start_cli("fit", "--config", "bad.yaml", *QUIET, cwd=cwd["bad_yaml"]),
+        "warnings": start_cli(
+            "fit", *TINY[:4], "--trainer.max_steps", "2", *QUIET, cwd=cwd["warnings"], PYTHONWARNINGS="default"
+        ),
+    }
+    yield runs
+    for run in runs.values():
+        run.stop()
+
+
+def test_default_experiment_writes_tensorboard_events(started):
+    result, cwd = started["default"].result(), started["default"].cwd
+    assert result.returncode == 0, result.stderr[-2000:]
+    run_dir = cwd / "runs" / "seqstab" / "version_0"
+    assert f"tensorboard --logdir {run_dir.relative_to(cwd)}" in result.stdout
+    series = scalars(run_dir)
+    steps = [step for step, _ in series["train/loss"]]
+    assert steps == list(range(2))  # 100 sequences / batch 50: one logging step per update
+    for tag in ("grad/norm_total", "grad/norm_total_clipped", "grad/clipped", "grad/clip_threshold", "train/lr"):
+        assert len(series[tag]) == 2, tag
+    assert "val/loss" in series
+    assert (run_dir / "config.yaml").is_file()
+
+
+def test_no_arguments_runs_the_embedded_default(started):
+    """``python -m seqstab.train`` alone means ``fit`` on seqstab/default.yaml (checked without training)."""
+    from seqstab.cli import train
+
+    assert train.with_default([]) == ["fit", "--config", str(train.DEFAULT_CONFIG)]
+    assert train.with_default(["fit", "--trainer.max_epochs", "1"])[1:3] == ["--config", str(train.DEFAULT_CONFIG)]
+    assert train.with_default(["fit", "-c", "x.yaml"]) == ["fit", "-c", "x.yaml"]
+    result = started["bare"].result()
+    assert result.returncode == 0
+    assert "seqstab.tasks.SequenceRegressor" in result.stdout and "AddingProblem" in result.stdout
+
+
+def test_dotted_override_reaches_the_model(started):
+    result = started["dotted"].result()
+    assert result.returncode == 0
+    assert "hidden_size: 7" in result.stdout
+
+
+def test_unknown_config_key_in_yaml(started):
+    result, cwd = started["bad_yaml"].result(), started["bad_yaml"].cwd
+    assert result.returncode == 2 and "hidden_sise" in result.stderr and "Traceback" not in result.stderr
+    assert not (cwd / "runs").exists()
+
+
+def test_warnings_print_as_seqstab_warning_lines(started):
     """The default experiment's clip-threshold warning, as a user's shell shows it: one line, no source path."""
-    result = run_cli("fit", *TINY[:4], "--trainer.max_steps", "2", *QUIET, cwd=tmp_path, PYTHONWARNINGS="default")
+    result = started["warnings"].result()
     assert result.returncode == 0, result.stderr[-2000:]
     (line,) = [line for line in result.stderr.splitlines() if "clip threshold" in line]
     assert line.startswith("seqstab: warning: clip threshold 1 is ") and "below the first gradient norm" in line
