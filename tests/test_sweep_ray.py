@@ -5,10 +5,13 @@ One test: Ray's start-up costs seconds on a 2-core machine."""
 from __future__ import annotations
 
 import csv
+import os
+import sys
 
 import pytest
 
 from seqstab.cli.sweep import main as sweep_main
+from tests.helpers import Started
 from tests.test_sweep import write_sweep
 
 ray = pytest.importorskip("ray")
@@ -34,9 +37,10 @@ def report(sweep_dir) -> list[dict[str, str]]:
 def test_ray_backend_report_equals_local_reruns_only_unfinished_and_reports_failures(tmp_path, capsys):
     path = write_sweep(tmp_path, THREE)
     common = ["--config", str(path)]
-    assert sweep_main([*common, "--out", str(tmp_path / "local"), "--jobs", "2", "--threads", "1"]) == 1
-    capsys.readouterr()
-    local = report(tmp_path / "local" / "tiny")
+    # the local backend's sweep, as a command of its own, one run at a time: it runs on what Ray leaves idle while
+    # it starts and while one run is left (its runs are the same commands, one torch thread each)
+    local_sweep = [sys.executable, "-m", "seqstab.sweep", *common, "--out", "local", "--jobs", "1", "--threads", "1"]
+    on_local = Started(local_sweep, cwd=tmp_path, env={**os.environ, "PYTHONWARNINGS": "ignore"}, timeout=600)
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
@@ -47,7 +51,6 @@ def test_ray_backend_report_equals_local_reruns_only_unfinished_and_reports_fail
         sweep_dir = tmp_path / "ray" / "tiny"
         rows = report(sweep_dir)
         assert [r["status"] for r in rows] == ["done", "done", "failed (exit 2)"]
-        assert rows == local  # same statuses, same metrics to the last bit (floats written as repr)
         assert float(rows[0]["final_train_loss"]) > 0 and rows[1]["frac_clipped"] not in ("", "0.0")
 
         events = sorted(sweep_dir.rglob("events.out.tfevents.*"))
@@ -55,6 +58,15 @@ def test_ray_backend_report_equals_local_reruns_only_unfinished_and_reports_fail
         captured = capsys.readouterr()
         assert "1 run(s) now, 2/3 done" in captured.out and "FAILED broken (exit 2)" in captured.err
         assert sorted(sweep_dir.rglob("events.out.tfevents.*")) == events
-        assert report(sweep_dir) == local
+        rerun = report(sweep_dir)
+    except BaseException:
+        on_local.stop()
+        raise
     finally:
         ray.shutdown()
+    done = on_local.result()
+    assert done.returncode == 1 and "FAILED broken (exit 2)" in done.stderr, done.stderr[-2000:]
+    assert "3 run(s) now, 2/3 done" in done.stdout
+    local = report(tmp_path / "local" / "tiny")
+    assert rows == local  # same statuses, same metrics to the last bit (floats written as repr)
+    assert rerun == local
