@@ -25,6 +25,7 @@ from this process instead, while the run is paced (:class:`Pace`).
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.connection
 import os
 import random
 import signal
@@ -248,28 +249,62 @@ def points(count: int, seed: int = 0, kinds: tuple[str, ...] = tuple(LAST)) -> l
     return chosen
 
 
-def prepare(root: Path) -> tuple[Path, dict]:
-    """The data, and the uninterrupted run's final state."""
+def write_data(root: Path) -> Path:
+    """The runs' text, in ``root/data``."""
     data = root / "data"
     data.mkdir(parents=True, exist_ok=True)
     write_text(data / "train.txt", 120, seed=0)  # ~900 tokens: 28 batches an epoch, the run ends in epoch 0
     write_text(data / "valid.txt", 20, seed=1)
+    return data
+
+
+def prepare(root: Path) -> tuple[Path, dict]:
+    """The data, and the uninterrupted run's final state."""
+    data = write_data(root)
     assert run(root / "straight", args(data)) == 0, (root / "straight" / "out.log").read_text()[-3000:]
     return data, final_state(root / "straight")
 
 
 def check(
-    root: Path, stops: list[tuple[str, int]], progress=None, prepared: tuple[Path, dict] | None = None
+    root: Path,
+    stops: list[tuple[str, int]],
+    progress=None,
+    prepared: tuple[Path, dict] | None = None,
+    jobs: int = 1,
 ) -> list[tuple[str, int, int, bool]]:
     """Run the uninterrupted reference (unless ``prepared``), then each point and its resume; ``(kind, at, exit
-    code of the stopped run, resumed bitwise equal)`` per point. ``progress()``, if given, is called after each."""
-    data, reference = prepared or prepare(root)
-    results = []
-    for i, (kind, at) in enumerate(stops):
-        here = root / f"point_{i}"
-        stopped = run(here, point_args(data, kind, at))
-        resumed = run(here, [*args(data), "--ckpt_path", "last"])
-        results.append((kind, at, stopped, resumed == 0 and same(reference, final_state(here))))
-        if progress is not None:
-            progress()
-    return results
+    code of the stopped run, resumed bitwise equal)`` per point. ``progress()``, if given, is called after each.
+
+    ``jobs``: runs at a time, each a fork in a folder of its own with one torch thread (the reference first, then
+    the points in order; a point's resume starts once its stopped run has ended, before the next point's run)."""
+    data = write_data(root) if prepared is None else prepared[0]
+    todo = [(None, root / "straight", args(data))] if prepared is None else []  # (point, folder, argv)
+    todo += [(i, root / f"point_{i}", point_args(data, kind, at)) for i, (kind, at) in enumerate(stops)]
+    stopped: dict[int, int] = {}
+    resumed: dict[int, int] = {}
+    running: dict[multiprocessing.Process, tuple[int | None, Path]] = {}
+    while todo or running:
+        while todo and len(running) < max(1, jobs):
+            i, cwd, argv = todo.pop(0)
+            running[start(cwd, argv)] = (i, cwd)
+        if not multiprocessing.connection.wait([child.sentinel for child in running], timeout=300):
+            for child in running:
+                child.kill()
+            raise TimeoutError(f"no run ended in 300 s: {sorted(str(cwd) for _, cwd in running.values())}")
+        for child in [child for child in running if not child.is_alive()]:
+            i, cwd = running.pop(child)
+            code = wait(child, cwd)
+            if i is None:
+                assert code == 0, (cwd / "out.log").read_text()[-3000:]
+            elif i not in stopped:
+                stopped[i] = code
+                todo.insert(0, (i, cwd, [*args(data), "--ckpt_path", "last"]))
+            else:
+                resumed[i] = code
+                if progress is not None:
+                    progress()
+    reference = prepared[1] if prepared is not None else final_state(root / "straight")
+    return [
+        (kind, at, stopped[i], resumed[i] == 0 and same(reference, final_state(root / f"point_{i}")))
+        for i, (kind, at) in enumerate(stops)
+    ]
