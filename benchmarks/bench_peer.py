@@ -22,6 +22,11 @@ WikiText-2's ``train.txt`` whose tokens (after the setting's mapping) suffice fo
 and a few more; ``valid.txt`` and ``test.txt`` are the first ~1,400 tokens of the written ``train.txt``, so
 evaluation is short and main.py's vocabulary (built over the three files) is seqstab's (built over ``train.txt``,
 plus ``<unk>`` and ``<eos>``): the script computes both from the files and prints them in each setting's header.
+``--corpus tinyshakespeare`` cuts every setting from tiny Shakespeare instead (``../shared/data/tinyshakespeare/
+input.txt``, 202,651 words of 25,670 types, 1.1 M characters: a corpus none of this was tuned on); the settings keep
+their names (``wt2-10k`` is then Shakespeare's 9,998 most frequent words, ``char`` its characters), a text without
+``<unk>`` gets one line holding it (seqstab's vocabulary always has it), and the word settings need ``--updates 200``
+(the text holds ~290 updates of words).
 
     wt2-33k   WikiText-2 words at the full vocabulary: the cut, then lines holding once each type of the whole
               ``train.txt`` that the cut lacks (20 a line, at the end of the file): 33,278 types, as WikiText-2.
@@ -135,13 +140,33 @@ class Setting:
 
 
 SETTINGS = {
-    "wt2-33k": Setting("WikiText-2 words, the full train vocabulary", 200, 300),
-    "wt2-10k": Setting("WikiText-2 words, the 10,000 most frequent (the rest <unk>)", 200, 300),
+    "wt2-33k": Setting("words, the full train vocabulary", 200, 300),
+    "wt2-10k": Setting("words, the 10,000 most frequent (the rest <unk>)", 200, 300),
     # a floor update takes a few ms: 1,000 updates keep the 10 ms CPU clock tick below 1 % of the timed part
-    "floor": Setting("WikiText-2 words hashed to 100, a 2×16 LSTM: per-update host work", 16, 1000),
-    "char": Setting("WikiText-2 as space-separated characters", 200, 300),
+    "floor": Setting("words hashed to 100, a 2×16 LSTM: per-update host work", 16, 1000),
+    "char": Setting("space-separated characters", 200, 300),
 }
 FLOOR_BUCKETS, TOP_K = 98, 10_000
+
+
+def _wikitext2(args) -> Path:
+    import _common
+
+    return _common.wikitext2_dir(str(args.data_dir) if args.data_dir else None) / "train.txt"
+
+
+def _tinyshakespeare(args) -> Path:
+    import _common
+
+    if args.data_dir:
+        raise SystemExit("--data-dir names WikiText-2's folder; --corpus tinyshakespeare reads the shared copy")
+    path = _common.SHARED_DATA / "tinyshakespeare" / "input.txt"
+    if not path.is_file():
+        raise SystemExit(f"--corpus tinyshakespeare: {path} not found")
+    return path
+
+
+CORPORA = {"wikitext-2": _wikitext2, "tinyshakespeare": _tinyshakespeare}  # --corpus: the text each setting is cut from
 
 
 # -- the corpora ---------------------------------------------------------------------------------------------------
@@ -172,11 +197,10 @@ def _chars(line: str) -> str:
     return " ".join(symbols) + "\n"
 
 
-def write_corpus(setting: str, source: Path, out: Path, tokens: int) -> None:
-    """``setting``'s ``train.txt`` (at least ``tokens`` tokens) and its first ``EVAL_TOKENS`` as ``valid.txt`` and
-    ``test.txt``, into ``out``."""
+def write_corpus(setting: str, train: Path, out: Path, tokens: int) -> None:
+    """``setting``'s ``train.txt`` (at least ``tokens`` tokens, cut from the source text ``train``) and its first
+    ``EVAL_TOKENS`` as ``valid.txt`` and ``test.txt``, into ``out``."""
     out.mkdir(parents=True)
-    train = source / "train.txt"
     with open(train, encoding="utf8") as f:
         if setting in ("wt2-33k", "wt2-10k"):
             lines = _take(f, tokens, str(train))
@@ -200,6 +224,8 @@ def write_corpus(setting: str, source: Path, out: Path, tokens: int) -> None:
         counts = Counter(w for line in lines for w in line.split() if w != UNK)
         keep = {w for w, _n in counts.most_common(TOP_K - 2)}  # ties: first seen first
         lines = [" ".join(w if w in keep else UNK for w in line.split()) + "\n" for line in lines]
+    if not any(UNK in line.split() for line in lines):  # seqstab's vocabulary always holds <unk>: so must main.py's
+        lines.append(f"{UNK}\n")
     (out / "train.txt").write_text("".join(lines), encoding="utf8")
     head = _take(lines, EVAL_TOKENS, "the cut")
     for split in ("valid", "test"):
@@ -367,6 +393,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (floor: --floor-threads)")
     parser.add_argument("--floor-threads", type=int, default=1, help="torch threads in the floor setting")
     parser.add_argument("--data-dir", type=Path, help="WikiText-2 train.txt (default: ../shared/data/wikitext-2)")
+    parser.add_argument("--corpus", default="wikitext-2", choices=list(CORPORA),
+                        help="the text every setting is cut from: WikiText-2's train.txt, or tiny Shakespeare "
+                        "(../shared/data/tinyshakespeare/input.txt: a corpus nothing was tuned on)")  # fmt: skip
     parser.add_argument("--peer", type=Path, default=PEER, help="pytorch/examples word_language_model/main.py")
     parser.add_argument("--unfused", action="store_true", help="one more program: seqstab with fused_loss false")
     parser.add_argument("--floor-bare", action="store_true",
@@ -408,7 +437,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here")
     torch.set_num_threads(args.threads)
-    source = _common.wikitext2_dir(str(args.data_dir) if args.data_dir else None)
+    source = CORPORA[args.corpus](args)
     base = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore"}
     base["PYTHONPATH"] = os.pathsep.join([str(BENCH), str(REPO), base.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     threads = {s: args.floor_threads if s == "floor" else args.threads for s in settings}
@@ -417,7 +446,7 @@ def main(argv: list[str] | None = None) -> None:
         f"peer: {args.peer} (unmodified); {args.threads} threads each (OMP/MKL_NUM_THREADS), in the floor setting "
         f"{args.floor_threads}"
     )
-    print(f"source: {source / 'train.txt'}; {args.rounds} rounds, each setting in turn, programs in rotating order")
+    print(f"source: {source}; {args.rounds} rounds, each setting in turn, programs in rotating order")
     if args.device == "cuda":
         print(f"device: {torch.cuda.get_device_name()} (main.py --accel, seqstab --trainer.accelerator gpu)")
     with tempfile.TemporaryDirectory(prefix="bench_peer_") as tmp:
@@ -437,8 +466,8 @@ def main(argv: list[str] | None = None) -> None:
             }
             vocab = runs[setting]["vocab"]
             print(
-                f"\n{setting}: {SETTINGS[setting].what}; {vocab['train_tokens']:,} train tokens; vocabulary main.py "
-                f"{vocab['main.py']:,}, seqstab {vocab['seqstab']:,}; timed: updates {args.warmup}.."
+                f"\n{setting}: {args.corpus} {SETTINGS[setting].what}; {vocab['train_tokens']:,} train tokens; "
+                f"vocabulary main.py {vocab['main.py']:,}, seqstab {vocab['seqstab']:,}; timed: updates {args.warmup}.."
                 f"{args.warmup + updates[setting]} of each run; 2×{hidden_size(args, setting)} LSTM; "
                 f"{threads[setting]} threads" + ("" if vocab["main.py"] == vocab["seqstab"] else "  ** THEY DIFFER **")
             )
@@ -521,8 +550,9 @@ def report(runs: dict[str, dict], args, updates: dict[str, int]) -> None:
         }
         same = "equal" if vocab["main.py"] == vocab["seqstab"] else "**they differ**"
         print(
-            f"\n### {setting}: {SETTINGS[setting].what}\n\nvocabulary: main.py {vocab['main.py']:,} (train + valid + "
-            f"test), seqstab {vocab['seqstab']:,} (train): {same}; {vocab['train_tokens']:,} train tokens; "
+            f"\n### {setting}: {args.corpus} {SETTINGS[setting].what}\n\nvocabulary: main.py {vocab['main.py']:,} "
+            f"(train + valid + test), seqstab {vocab['seqstab']:,} (train): {same}; {vocab['train_tokens']:,} train "
+            "tokens; "
             f"2×{hidden_size(args, setting)} LSTM; {'the GPU' if cuda else str(run['threads']) + ' threads'}; "
             f"{args.rounds} rounds × {updates[setting]} "
             "timed updates "
