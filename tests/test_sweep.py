@@ -15,7 +15,7 @@ import pytest
 from seqstab.cli.sweep import DONE_FILE, Combination, Sweep, command, summarize
 from seqstab.cli.sweep import main as sweep_main
 from seqstab.cli.train import main as train_main
-from tests.helpers import REPO
+from tests.helpers import REPO, Started
 
 BASE = """\
 model:
@@ -188,63 +188,6 @@ def test_a_variant_pins_a_grid_key_by_its_own_name_and_list_writes_nothing(tmp_p
     assert not (tmp_path / "out").exists()
 
 
-def test_tiny_sweep_writes_report_and_plots_and_resumes(tmp_path, capsys):
-    path = write_sweep(tmp_path)
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    cmd = [sys.executable, "-m", "seqstab.sweep", "--config", str(path), "--out", "out", "--jobs", "2"]
-    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    sweep_dir = tmp_path / "out" / "tiny"
-    assert "4 run(s) now, 4/4 done" in result.stdout
-    assert "4/4" in result.stderr  # the progress bar
-
-    with open(sweep_dir / "report.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert [r["run"] for r in rows] == [
-        "noclip-seq_len=6",
-        "noclip-seq_len=12",
-        "normclip-seq_len=6",
-        "normclip-seq_len=12",
-    ]
-    for column in (
-        "variant",
-        "data.seq_len",
-        "first_explosion_step",
-        "first_nonfinite_step",
-        "spike_count",
-        "max_pre_clip_norm",
-        "frac_clipped",
-        "final_train_loss",
-        "final_val/loss",
-        "chance_loss",
-        "wall_s",
-    ):
-        assert column in rows[0], column
-    assert all(r["status"] == "done" and r["updates"] == "4" for r in rows)
-    assert float(rows[0]["chance_loss"]) == pytest.approx(1 / 6)
-    assert float(rows[0]["frac_clipped"]) == 0.0 and float(rows[2]["frac_clipped"]) > 0  # NormClip at 0.5 clips
-    assert [r["data.seq_len"] for r in rows] == ["6", "12", "6", "12"]
-    report = (sweep_dir / "report.md").read_text()
-    assert "| noclip | 6 | done |" in report and "![norms.png](norms.png)" in report
-    for png in ("norms.png", "metric_vs_seq_len.png"):
-        assert (sweep_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
-    for r in rows:  # each run is an ordinary run directory
-        run_dir = sweep_dir / r["run"]
-        assert {"config.yaml", "manifest.json", DONE_FILE, "train.log"} <= {p.name for p in run_dir.iterdir()}
-
-    # rerun: everything is finished, nothing runs again
-    events = sorted(sweep_dir.rglob("events.out.tfevents.*"))
-    assert sweep_main(["--config", str(path), "--out", str(tmp_path / "out")]) == 0
-    assert "0 run(s) now, 4/4 done" in capsys.readouterr().out
-    assert sorted(sweep_dir.rglob("events.out.tfevents.*")) == events
-
-    # an interrupted run (no done marker) is the only one left to do
-    (sweep_dir / "normclip-seq_len=12" / DONE_FILE).unlink()
-    assert sweep_main(["--config", str(path), "--out", str(tmp_path / "out"), "--list"]) == 0
-    states = dict(line.split(":")[0].split(" ") for line in capsys.readouterr().out.splitlines())
-    assert states == {r["run"]: "[todo]" if r["run"] == "normclip-seq_len=12" else "[done]" for r in rows}
-
-
 def test_failed_run_is_reported_and_not_marked_done(tmp_path, capsys):
     path = write_sweep(tmp_path, "base: base.yaml\nvariants:\n  broken: {model.net.hidden_size: -1}\n")
     assert sweep_main(["--config", str(path), "--out", str(tmp_path / "out")]) == 1
@@ -310,7 +253,7 @@ def start_slow_sweep(tmp_path: Path) -> subprocess.Popen:
     return proc
 
 
-def test_ctrl_c_stops_the_running_run_starts_no_other_and_writes_the_report(tmp_path):
+def test_ctrl_c_stops_the_running_run_starts_no_other_and_writes_the_report(tmp_path, capsys):
     proc = start_slow_sweep(tmp_path)
     started = time.monotonic()
     proc.send_signal(signal.SIGINT)
@@ -324,9 +267,9 @@ def test_ctrl_c_stops_the_running_run_starts_no_other_and_writes_the_report(tmp_
     first = sweep_dir / "noclip-seq_len=6"
     assert not (first / DONE_FILE).exists() and not (first / "failed.json").exists()  # interrupted, not failed
     assert not (sweep_dir / "normclip-seq_len=12").exists()  # never started
-    report_only = [sys.executable, "-m", "seqstab.sweep", "--config", str(tmp_path / "tiny.yaml"), "--out", "out"]
-    result = subprocess.run([*report_only, "--report-only"], cwd=tmp_path, capture_output=True, text=True)
-    assert result.returncode == 1 and "MISSING noclip-seq_len=6" in result.stderr  # unfinished runs: non-zero
+    report_only = ["--config", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "out"), "--report-only"]
+    assert sweep_main(report_only) == 1  # unfinished runs: non-zero (in-process: the command's main, as above)
+    assert "MISSING noclip-seq_len=6" in capsys.readouterr().err
 
 
 def test_a_second_ctrl_c_ends_the_sweep_at_once(tmp_path):
@@ -394,3 +337,72 @@ def test_search_sweep_bisects_each_variant_and_opens_the_report_with_the_stabili
 
     assert sweep_main(out) == 0  # finished: the bisection replays from the run directories, nothing runs again
     assert "0 run(s) now, 4/4 done" in capsys.readouterr().out
+
+
+# -- a whole sweep as a user starts it, started when this module starts ------------------------------------------------
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_sweep(tmp_path_factory):
+    """``python -m seqstab.sweep`` of the tiny sweep, started when this module starts: its runs share the cores with
+    the tests above, mostly one process busy at a time; the test below reads it."""
+    cwd = tmp_path_factory.mktemp("tiny")
+    cmd = [sys.executable, "-m", "seqstab.sweep", "--config", str(write_sweep(cwd)), "--out", "out", "--jobs", "2"]
+    sweep = Started(cmd, cwd=cwd, env={**os.environ, "PYTHONWARNINGS": "ignore"}, timeout=600)
+    yield sweep
+    sweep.stop()
+
+
+def test_tiny_sweep_writes_report_and_plots_and_resumes(tiny_sweep, capsys):
+    result, cwd = tiny_sweep.result(), tiny_sweep.cwd
+    path = cwd / "tiny.yaml"
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep_dir = cwd / "out" / "tiny"
+    assert "4 run(s) now, 4/4 done" in result.stdout
+    assert "4/4" in result.stderr  # the progress bar
+
+    with open(sweep_dir / "report.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["run"] for r in rows] == [
+        "noclip-seq_len=6",
+        "noclip-seq_len=12",
+        "normclip-seq_len=6",
+        "normclip-seq_len=12",
+    ]
+    for column in (
+        "variant",
+        "data.seq_len",
+        "first_explosion_step",
+        "first_nonfinite_step",
+        "spike_count",
+        "max_pre_clip_norm",
+        "frac_clipped",
+        "final_train_loss",
+        "final_val/loss",
+        "chance_loss",
+        "wall_s",
+    ):
+        assert column in rows[0], column
+    assert all(r["status"] == "done" and r["updates"] == "4" for r in rows)
+    assert float(rows[0]["chance_loss"]) == pytest.approx(1 / 6)
+    assert float(rows[0]["frac_clipped"]) == 0.0 and float(rows[2]["frac_clipped"]) > 0  # NormClip at 0.5 clips
+    assert [r["data.seq_len"] for r in rows] == ["6", "12", "6", "12"]
+    report = (sweep_dir / "report.md").read_text()
+    assert "| noclip | 6 | done |" in report and "![norms.png](norms.png)" in report
+    for png in ("norms.png", "metric_vs_seq_len.png"):
+        assert (sweep_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    for r in rows:  # each run is an ordinary run directory
+        run_dir = sweep_dir / r["run"]
+        assert {"config.yaml", "manifest.json", DONE_FILE, "train.log"} <= {p.name for p in run_dir.iterdir()}
+
+    # rerun: everything is finished, nothing runs again
+    events = sorted(sweep_dir.rglob("events.out.tfevents.*"))
+    assert sweep_main(["--config", str(path), "--out", str(cwd / "out")]) == 0
+    assert "0 run(s) now, 4/4 done" in capsys.readouterr().out
+    assert sorted(sweep_dir.rglob("events.out.tfevents.*")) == events
+
+    # an interrupted run (no done marker) is the only one left to do
+    (sweep_dir / "normclip-seq_len=12" / DONE_FILE).unlink()
+    assert sweep_main(["--config", str(path), "--out", str(cwd / "out"), "--list"]) == 0
+    states = dict(line.split(":")[0].split(" ") for line in capsys.readouterr().out.splitlines())
+    assert states == {r["run"]: "[todo]" if r["run"] == "normclip-seq_len=12" else "[done]" for r in rows}
