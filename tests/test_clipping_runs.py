@@ -18,7 +18,7 @@ from seqstab.core.clipping import AutoClip, ClipResult, NormClip, ZClip
 from seqstab.core.monitor import GradMonitor
 from seqstab.nets.recurrent import RecurrentNet
 from seqstab.tasks import SequenceRegressor
-from tests.helpers import TinyStream, quiet_trainer, run_cli, scalars
+from tests.helpers import TinyStream, quiet_trainer, scalars, start_cli
 
 QUIET = ["--trainer.enable_progress_bar", "false"]
 
@@ -53,34 +53,50 @@ class MemoryLogger(Logger):
 # -- acceptance: NormClip(max_norm=c) keeps every logged post-clip norm <= c ------------------------------------------
 
 
-def test_normclip_run_keeps_every_logged_post_clip_norm_under_max_norm(tmp_path):
-    c = 20.0  # the default experiment's first updates reach pre-clip norms of ~10-70
+C = 20.0  # the default experiment's first updates reach pre-clip norms of ~10-70
+
+
+@pytest.fixture(scope="module", autouse=True)
+def started(tmp_path_factory):
+    """The two command-line runs below, started together when this module starts (each in a folder of its own)."""
     args = ["fit", "--data.num_train", "200", "--data.num_val", "20", "--data.seq_len", "40"]
-    args += ["--trainer.max_epochs", "1", "--trainer.num_sanity_val_steps", "0", "--model.clipping.max_norm", str(c)]
-    result = run_cli(*args, *QUIET, cwd=tmp_path)
+    args += ["--trainer.max_epochs", "1", "--trainer.num_sanity_val_steps", "0", "--model.clipping.max_norm", str(C)]
+    runs = {
+        "normclip": start_cli(*args, *QUIET, cwd=tmp_path_factory.mktemp("normclip")),
+        "nope": start_cli(
+            "fit", "--model.clipping", "seqstab.clipping.Nope", *QUIET, cwd=tmp_path_factory.mktemp("nope")
+        ),
+    }
+    yield runs
+    for run in runs.values():
+        run.stop()
+
+
+def test_normclip_run_keeps_every_logged_post_clip_norm_under_max_norm(started):
+    result, cwd = started["normclip"].result(), started["normclip"].cwd
     assert result.returncode == 0, result.stderr[-2000:]
-    series = scalars(tmp_path / "runs" / "seqstab" / "version_0")
+    series = scalars(cwd / "runs" / "seqstab" / "version_0")
     pre, post = dict(series["grad/norm_total"]), dict(series["grad/norm_total_clipped"])
     clipped, threshold = dict(series["grad/clipped"]), dict(series["grad/clip_threshold"])
     assert sorted(post) == list(range(4))  # 200 sequences / batch 50: one logging step per update
     for step in post:
-        assert post[step] <= c * (1 + 1e-6)
-        assert threshold[step] == c
-        assert clipped[step] == float(pre[step] > c)
-        if pre[step] <= c:
+        assert post[step] <= C * (1 + 1e-6)
+        assert threshold[step] == C
+        assert clipped[step] == float(pre[step] > C)
+        if pre[step] <= C:
             assert post[step] == pre[step]
     assert any(clipped.values())  # the bound was exercised, not merely never reached
 
 
-def test_unknown_policy_class_is_one_line_from_the_cli(tmp_path):
-    result = run_cli("fit", "--model.clipping", "seqstab.clipping.Nope", *QUIET, cwd=tmp_path)
+def test_unknown_policy_class_is_one_line_from_the_cli(started):
+    result, cwd = started["nope"].result(), started["nope"].cwd
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert lines == [
         "seqstab.train: error: model.clipping: class_path 'seqstab.clipping.Nope': "
         "module 'seqstab.core.clipping' has no attribute 'Nope'"
     ]
-    assert not (tmp_path / "runs").exists()
+    assert not (cwd / "runs").exists()
 
 
 # -- mixed precision: the policy sees unscaled gradients ------------------------------------------------------------
