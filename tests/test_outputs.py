@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import importlib.util
 import io
 import os
 import struct
@@ -18,7 +19,7 @@ from seqstab.cli import command as cli
 from seqstab.cli.train import DEFAULT_CONFIG, main
 from seqstab.core.logs import record
 from tests.data_paths import SHARED_DATA
-from tests.helpers import run_cli, scalars
+from tests.helpers import scalars, start_cli
 
 ETTH1 = SHARED_DATA / "timeseries" / "ETTh1.csv"
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "timeseries" / "etth1_lstm.yaml"
@@ -210,20 +211,32 @@ def wandb_history(run_file: Path) -> list[dict[str, str]]:
     return rows
 
 
-def test_wandb_gets_the_series_the_heatmap_histograms_and_explosion_events(tmp_path):
-    pytest.importorskip("wandb")
-    (tmp_path / "loggers.yaml").write_text(WANDB)
+@pytest.fixture(scope="module", autouse=True)
+def wandb_run(tmp_path_factory):
+    """The W&B test's command-line run, started when this module starts: it runs beside the in-process tests."""
+    if importlib.util.find_spec("wandb") is None:
+        yield None
+        return
+    cwd = tmp_path_factory.mktemp("wandb")
+    (cwd / "loggers.yaml").write_text(WANDB)
     explode = Path(__file__).resolve().parents[1] / "configs" / "explode" / "adding_rnn.yaml"
-    result = run_cli(
+    run = start_cli(
         *["fit", "--config", str(explode), "--config", "loggers.yaml", "--trainer.max_steps", "8"],
         *["--data.seq_len", "50", "--data.num_train", "500", "--data.num_val", "50"],
         *["--model.monitor.grad_flow_every_n_steps", "1", "--model.monitor.histogram_every_n_steps", "4", *QUIET],
-        cwd=tmp_path,
+        cwd=cwd,
         WANDB_SILENT="true",
     )
+    yield run
+    run.stop()
+
+
+def test_wandb_gets_the_series_the_heatmap_histograms_and_explosion_events(wandb_run):
+    pytest.importorskip("wandb")
+    result, cwd = wandb_run.result(), wandb_run.cwd
     assert result.returncode == 0, result.stderr[-2000:]
-    tensorboard = [value for _, value in scalars(tmp_path / "runs" / "seqstab" / "version_0")["grad/norm_total"]]
-    (run_file,) = (tmp_path / "wandb_runs" / "wandb").glob("offline-run-*/run-*.wandb")
+    tensorboard = [value for _, value in scalars(cwd / "runs" / "seqstab" / "version_0")["grad/norm_total"]]
+    (run_file,) = (cwd / "wandb_runs" / "wandb").glob("offline-run-*/run-*.wandb")
     rows = wandb_history(run_file)
     norms = {int(row["trainer/global_step"]): float(row["grad/norm_total"]) for row in rows if "grad/norm_total" in row}
     assert [norms[step] for step in sorted(norms)] == pytest.approx(tensorboard, rel=1e-6) and len(norms) == 8
