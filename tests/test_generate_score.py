@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from seqstab.cli.train import main as train
 from seqstab.core import io as checkpoint
 from seqstab.core.io import CheckpointError
 from tests.data_paths import SHARED_DATA, TEST_CACHE
-from tests.helpers import REPO
+from tests.helpers import REPO, Started
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 SMALL = ["--model", "seqstab.tasks.LanguageModel", "--model.net.hidden_size", "16", "--trainer.limit_val_batches", "1"]
@@ -81,6 +80,24 @@ def shakespeare(work):
     _, test_bytes = TinyShakespeare(data_dir=str(folder), cache_dir=str(TEST_CACHE)).read()["test"]
     (work / "shakespeare.test.txt").write_bytes(test_bytes)
     return ckpt, args, work / "shakespeare.test.txt"
+
+
+CHAR_GENERATION = ["--prompt", "ROMEO:", "--tokens", "60", "--seed", "7"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def started(shakespeare):
+    """The two ``python -m`` commands (generate and score on the character model), started as soon as the model is
+    trained, when this module starts: they run beside the in-process tests."""
+    ckpt, _, test_file = shakespeare
+    runs = {
+        "generate": [sys.executable, "-m", "seqstab.generate", "--ckpt_path", str(ckpt), *CHAR_GENERATION],
+        "score": [sys.executable, "-m", "seqstab.score", "--ckpt_path", str(ckpt), str(test_file)],
+    }
+    runs = {name: Started(cmd, cwd=REPO, timeout=120) for name, cmd in runs.items()}
+    yield runs
+    for command in runs.values():
+        command.stop()
 
 
 def run(module, capsys, *argv: str) -> tuple[int, str, str]:
@@ -143,12 +160,10 @@ def test_unknown_prompt_words_are_said_once(wikitext, capsys):
     assert err.count("\n") == 1 and err.count("'zqxj'") == 1 and "<unk>" in err
 
 
-def test_char_generation_via_the_command_line(shakespeare, capsys):
+def test_char_generation_via_the_command_line(shakespeare, started, capsys):
     ckpt, _, _ = shakespeare
-    argv = ["--ckpt_path", str(ckpt), "--prompt", "ROMEO:", "--tokens", "60", "--seed", "7"]
-    result = subprocess.run(
-        [sys.executable, "-m", "seqstab.generate", *argv], cwd=REPO, capture_output=True, text=True, timeout=120
-    )
+    argv = ["--ckpt_path", str(ckpt), *CHAR_GENERATION]
+    result = started["generate"].result()
     assert result.returncode == 0, result.stderr
     code, again, _ = run(generate, capsys, *argv)
     assert code == 0 and result.stdout == again  # the same seed: the same text, in another process too
@@ -192,14 +207,11 @@ def test_score_reproduces_test_ppl(wikitext, capsys, monkeypatch):
     assert one["ppl"] != scored["ppl"] and math.isfinite(one["ppl"])  # one stream: other predictions scored
 
 
-def test_score_reports_bits_per_character_via_the_command_line(shakespeare, capsys):
-    ckpt, args, test_file = shakespeare
+def test_score_reports_bits_per_character_via_the_command_line(shakespeare, started, capsys):
+    ckpt, args, _ = shakespeare
     assert train(["test", *args, *QUIET, "--ckpt_path", str(ckpt)]) == 0
     tested = metrics(capsys.readouterr().out, "test/")
-    result = subprocess.run(
-        [sys.executable, "-m", "seqstab.score", "--ckpt_path", str(ckpt), str(test_file)],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    result = started["score"].result()
     assert result.returncode == 0, result.stderr
     scored = metrics(result.stdout)
     assert set(scored) == {"loss", "ppl", "bpc"}
