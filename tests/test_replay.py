@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import struct
-import subprocess
 import sys
 from functools import partial
 
@@ -19,7 +18,7 @@ from seqstab.core.clipping import NoClip
 from seqstab.core.guard import SNAPSHOT_FORMAT
 from seqstab.nets.recurrent import RecurrentNet
 from seqstab.tasks import SequenceRegressor
-from tests.helpers import REPO, FlagAt, TinyStream, quiet_trainer, scalars
+from tests.helpers import REPO, FlagAt, Started, TinyStream, quiet_trainer, scalars
 
 EXPLODE = REPO / "configs" / "explode" / "adding_rnn.yaml"
 
@@ -97,25 +96,36 @@ def test_foreign_file_is_not_a_snapshot(tmp_path, capsys):
     assert "not a seqstab replay snapshot" in capsys.readouterr().err
 
 
-def test_replay_runs_no_code_a_snapshot_names(tmp_path):
+@pytest.fixture(scope="module", autouse=True)
+def replays_of_evil(tmp_path_factory):
+    """The test below's two ``python -m seqstab.replay`` commands, each in a folder of its own beside ``evil.py``,
+    started together when this module starts: a snapshot whose task is evil.Task, and one whose task is seqstab's
+    and whose net is evil.Task."""
+    snapshot = {"format": SNAPSHOT_FORMAT, "task_class": "evil.Task", "hparams": {}, "chunk": {}, "logged": {}}
+    net = {"net": {"class_path": "evil.Task", "init_args": {}}, "spec": {"kind": "regression"}}
+    snapshots = {"task": snapshot, "net": {**snapshot, "hparams": net, "task_class": "seqstab.tasks.SequenceRegressor"}}
+    runs = {}
+    for name, content in snapshots.items():
+        cwd = tmp_path_factory.mktemp(f"evil_{name}")
+        (cwd / "evil.py").write_text("from pathlib import Path\nPath('pwned').write_text('ran')\nclass Task: pass\n")
+        torch.save(content, cwd / "snapshot_update_0.pt")
+        runs[name] = Started([sys.executable, "-m", "seqstab.replay", "snapshot_update_0.pt"], cwd=cwd)
+    yield runs
+    for run in runs.values():
+        run.stop()
+
+
+def test_replay_runs_no_code_a_snapshot_names(replays_of_evil):
     """A snapshot that loads cleanly (plain data) names a class of a module beside it: replay refuses before
     importing, so the module's code never runs, and says how to trust a module one means."""
-    (tmp_path / "evil.py").write_text("from pathlib import Path\nPath('pwned').write_text('ran')\nclass Task: pass\n")
-    snapshot = {"format": SNAPSHOT_FORMAT, "task_class": "evil.Task", "hparams": {}, "chunk": {}, "logged": {}}
-    torch.save(snapshot, tmp_path / "snapshot_update_0.pt")
-    result = subprocess.run(
-        [sys.executable, "-m", "seqstab.replay", "snapshot_update_0.pt"], cwd=tmp_path, capture_output=True, text=True
-    )
-    assert result.returncode == 2 and not (tmp_path / "pwned").exists()
+    task = replays_of_evil["task"]
+    result = task.result()
+    assert result.returncode == 2 and not (task.cwd / "pwned").exists()
     (line,) = result.stderr.strip().splitlines()
     assert "evil.Task" in line and "--trust evil" in line
-    snapshot["hparams"] = {"net": {"class_path": "evil.Task", "init_args": {}}, "spec": {"kind": "regression"}}
-    snapshot["task_class"] = "seqstab.tasks.SequenceRegressor"  # the task is seqstab's, its net is not
-    torch.save(snapshot, tmp_path / "snapshot_update_0.pt")
-    result = subprocess.run(
-        [sys.executable, "-m", "seqstab.replay", "snapshot_update_0.pt"], cwd=tmp_path, capture_output=True, text=True
-    )
-    assert result.returncode == 2 and not (tmp_path / "pwned").exists() and "--trust evil" in result.stderr
+    net = replays_of_evil["net"]  # the task is seqstab's, its net is not
+    result = net.result()
+    assert result.returncode == 2 and not (net.cwd / "pwned").exists() and "--trust evil" in result.stderr
 
 
 def test_a_snapshot_holding_code_is_refused_by_name_without_advice(tmp_path, capsys):
