@@ -13,7 +13,6 @@ import json
 import os
 import pickle
 import statistics
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from seqstab.core.guard import ExplosionGuard
 from seqstab.core.plain import PackError, leaves, pack, unpack
 from seqstab.lightning.callbacks import GradientStability
 from seqstab.lightning.safe_globals import when_imported
-from tests.helpers import REPO
+from tests.helpers import REPO, Started
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -401,8 +400,10 @@ def test_darts_allow_list_is_filled_when_darts_is_imported_later(tmp_path, monke
     assert late_peer_module.__loader__.__class__.__name__ != "_ThenLoader"
 
 
-def test_a_wrong_net_is_one_line_and_exit_1_when_nothing_catches_it(tmp_path):
-    script = tmp_path / "train.py"
+@pytest.fixture(scope="module", autouse=True)
+def wrong_net_script(tmp_path_factory):
+    """The last test's script, run as a user runs it, started when this module starts (beside the tests above)."""
+    script = tmp_path_factory.mktemp("wrong_net") / "train.py"
     script.write_text(
         "import torch, pytorch_lightning as pl\n"
         "from tests.test_callbacks import PLClassifier, data\n"
@@ -411,7 +412,13 @@ def test_a_wrong_net_is_one_line_and_exit_1_when_nothing_catches_it(tmp_path):
         "           enable_progress_bar=False, enable_checkpointing=False).fit(PLClassifier(), data())\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
-    done = subprocess.run([sys.executable, str(script)], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    run = Started([sys.executable, str(script)], cwd=REPO, env=env, timeout=120)
+    yield run
+    run.stop()
+
+
+def test_a_wrong_net_is_one_line_and_exit_1_when_nothing_catches_it(wrong_net_script):
+    done = wrong_net_script.result()
     assert done.returncode == 1 and "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last == (
