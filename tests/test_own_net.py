@@ -14,7 +14,7 @@ import torch
 from seqstab.cli.replay import main as replay_main
 from seqstab.cli.train import main
 from seqstab.nets.example import IndRNN
-from tests.helpers import REPO, run_cli, scalars
+from tests.helpers import REPO, scalars, start_cli
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
@@ -39,20 +39,6 @@ class Elman(nn.Module):
             steps.append(h)
         return torch.stack(steps, dim=1), {"h": h}
 '''
-
-
-def test_the_example_net_trains_from_its_config_with_spectra_and_one_note_about_flow(tmp_path):
-    config = REPO / "configs" / "synthetic" / "adding_indrnn.yaml"
-    args = ["--data.seq_len", "20", "--data.num_train", "100", "--data.num_val", "50", "--trainer.max_steps", "3"]
-    result = run_cli("fit", "-c", str(config), *args, *QUIET, cwd=tmp_path, PYTHONWARNINGS="default")
-    assert result.returncode == 0, result.stderr[-3000:]
-    notes = re.findall(r"the net IndRNN is not measured for gradient flow", result.stderr)
-    assert len(notes) == 1 and "spectra" not in result.stderr.split("not measured for")[1].split("\n")[0]
-    series = scalars(tmp_path / "runs" / "seqstab" / "version_0")
-    assert {"grad/norm_total", "grad/norm/net.inputs.0", "grad/norm/net.recurrent", "val/loss"} <= series.keys()
-    sigma, radius = series["rnn/sigma_max/layer_1"][0][1], series["rnn/spectral_radius/layer_1"][0][1]
-    assert sigma == pytest.approx(radius) and 0 < sigma <= 0.9  # diag(u): both are max |u_i|, u_i in U(0, 0.9)
-    assert not any(tag.startswith("grad_flow/") for tag in series)
 
 
 def test_the_example_net_is_under_fifty_lines_and_keeps_the_contract():
@@ -102,3 +88,27 @@ def test_a_net_that_offers_nothing_still_gets_the_guard_replay_and_exact_resume(
     for name, tensor in uninterrupted["state_dict"].items():
         assert torch.equal(tensor, resumed["state_dict"][name]), name
     assert resumed["seqstab"]["guard"] == uninterrupted["seqstab"]["guard"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def example_net_run(tmp_path_factory):
+    """The example net's command-line run, started when this module starts: it runs beside the in-process tests, and
+    the test reading it comes last."""
+    config = REPO / "configs" / "synthetic" / "adding_indrnn.yaml"
+    args = ["--data.seq_len", "20", "--data.num_train", "100", "--data.num_val", "50", "--trainer.max_steps", "3"]
+    cwd = tmp_path_factory.mktemp("indrnn")
+    run = start_cli("fit", "-c", str(config), *args, *QUIET, cwd=cwd, PYTHONWARNINGS="default")
+    yield run
+    run.stop()
+
+
+def test_the_example_net_trains_from_its_config_with_spectra_and_one_note_about_flow(example_net_run):
+    result = example_net_run.result()
+    assert result.returncode == 0, result.stderr[-3000:]
+    notes = re.findall(r"the net IndRNN is not measured for gradient flow", result.stderr)
+    assert len(notes) == 1 and "spectra" not in result.stderr.split("not measured for")[1].split("\n")[0]
+    series = scalars(example_net_run.cwd / "runs" / "seqstab" / "version_0")
+    assert {"grad/norm_total", "grad/norm/net.inputs.0", "grad/norm/net.recurrent", "val/loss"} <= series.keys()
+    sigma, radius = series["rnn/sigma_max/layer_1"][0][1], series["rnn/spectral_radius/layer_1"][0][1]
+    assert sigma == pytest.approx(radius) and 0 < sigma <= 0.9  # diag(u): both are max |u_i|, u_i in U(0, 0.9)
+    assert not any(tag.startswith("grad_flow/") for tag in series)
