@@ -51,7 +51,7 @@ def test_signals_at_seeded_points_resume_bitwise_and_a_second_signal_abandons_th
     the save the first caused, with the file written to its temporary part: the run stops at once, the part goes,
     and the previous last.ckpt (update 8) resumes."""
     root, ready = prepared
-    results = check(root / "seeded", [("SIGINT/validation", 6), ("SIGTERM/save", 8)], prepared=ready)
+    results = check(root / "seeded", [("SIGINT/validation", 6), ("SIGTERM/save", 8)], prepared=ready, jobs=2)
     assert [code for _, _, code, _ in results] == [130, 143], results
     assert all(exact for *_, exact in results), results
     log = (root / "seeded" / "point_1" / "out.log").read_text()
