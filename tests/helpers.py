@@ -125,7 +125,7 @@ class Started:
     runs on the other core beside this process's in-process tests (a module-scoped fixture starts them). Its output
     goes to files (a pipe nobody reads would stall it once full)."""
 
-    def __init__(self, cmd: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 300):
+    def __init__(self, cmd: list[str], cwd: Path | None, env: dict[str, str] | None = None, timeout: float = 300):
         self.cmd, self.cwd, self.deadline = cmd, cwd, time.monotonic() + timeout
         (out, self.out), (err, self.err) = tempfile.mkstemp(), tempfile.mkstemp()
         try:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import pytest
 
 from seqstab.cli.heap import keep_heap
-from tests.helpers import REPO
+from tests.helpers import REPO, Started
 
 PROBE = """
 import torch
@@ -28,9 +27,13 @@ print(kept, inside, (end - start) >> 20)
 """
 
 
-def probe(keep: str) -> tuple[str, int, int]:
+def start_probe(keep: str) -> Started:
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "SEQSTAB_KEEP_HEAP": keep}
-    out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=120)
+    return Started([sys.executable, "-c", PROBE], cwd=None, env=env, timeout=120)
+
+
+def probe(started: Started) -> tuple[str, int, int]:
+    out = started.result()
     assert out.returncode == 0, out.stderr
     kept, inside, heap_mib = out.stdout.split()
     return kept, int(inside), int(heap_mib)
@@ -38,9 +41,10 @@ def probe(keep: str) -> tuple[str, int, int]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 def test_an_updates_arrays_come_from_the_heap_and_stay_there_once_freed():
-    kept, inside, heap_mib = probe("0")
+    default, keeping = start_probe("0"), start_probe("1")  # two fresh processes at once, each reading its own heap
+    kept, inside, heap_mib = probe(default)
     assert kept == "False" and inside == 0  # glibc's default: each 20 MiB array a mapping apart, unmapped when freed
-    kept, inside_kept, heap_mib_kept = probe("1")
+    kept, inside_kept, heap_mib_kept = probe(keeping)
     if kept == "False":
         pytest.skip("not glibc: no mallopt")
     assert inside_kept == 3  # from the heap ...
