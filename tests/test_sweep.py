@@ -188,16 +188,6 @@ def test_a_variant_pins_a_grid_key_by_its_own_name_and_list_writes_nothing(tmp_p
     assert not (tmp_path / "out").exists()
 
 
-def test_failed_run_is_reported_and_not_marked_done(tmp_path, capsys):
-    path = write_sweep(tmp_path, "base: base.yaml\nvariants:\n  broken: {model.net.hidden_size: -1}\n")
-    assert sweep_main(["--config", str(path), "--out", str(tmp_path / "out")]) == 1
-    assert "FAILED broken (exit 2)" in capsys.readouterr().err
-    run_dir = tmp_path / "out" / "tiny" / "broken"
-    assert not (run_dir / DONE_FILE).exists() and "hidden_size=-1" in (run_dir / "train.log").read_text()
-    with open(tmp_path / "out" / "tiny" / "report.csv") as f:
-        assert next(csv.DictReader(f))["status"] == "failed (exit 2)"
-
-
 def test_spike_count_counts_the_guards_spike_and_non_finite_events():
     """The report's spike count: events whose reason is a spike or a non-finite norm (an event for max_norm is not)."""
     norms = [(0, 1.0), (1, 50.0), (2, float("inf")), (3, 9.0), (4, 60.0)]
@@ -339,22 +329,37 @@ def test_search_sweep_bisects_each_variant_and_opens_the_report_with_the_stabili
     assert "0 run(s) now, 4/4 done" in capsys.readouterr().out
 
 
-# -- a whole sweep as a user starts it, started when this module starts ------------------------------------------------
+# -- whole sweeps as a user starts them, started when this module starts ----------------------------------------------
+
+BROKEN = "base: base.yaml\nvariants:\n  broken: {model.net.hidden_size: -1}\n"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def tiny_sweep(tmp_path_factory):
-    """``python -m seqstab.sweep`` of the tiny sweep, started when this module starts: its runs share the cores with
-    the tests above, mostly one process busy at a time; the test below reads it."""
-    cwd = tmp_path_factory.mktemp("tiny")
-    cmd = [sys.executable, "-m", "seqstab.sweep", "--config", str(write_sweep(cwd)), "--out", "out", "--jobs", "2"]
-    sweep = Started(cmd, cwd=cwd, env={**os.environ, "PYTHONWARNINGS": "ignore"}, timeout=600)
-    yield sweep
-    sweep.stop()
+def started(tmp_path_factory):
+    """``python -m seqstab.sweep`` of the tests below, started when this module starts (each in a folder of its own):
+    their runs share the cores with the tests above, mostly one process busy at a time."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    sweeps = {}
+    for name, text, jobs in (("broken", BROKEN, "1"), ("tiny", TINY, "2")):
+        cwd = tmp_path_factory.mktemp(name)
+        cmd = [sys.executable, "-m", "seqstab.sweep", "--config", str(write_sweep(cwd, text)), "--out", "out"]
+        sweeps[name] = Started([*cmd, "--jobs", jobs], cwd=cwd, env=env, timeout=600)
+    yield sweeps
+    for sweep in sweeps.values():
+        sweep.stop()
 
 
-def test_tiny_sweep_writes_report_and_plots_and_resumes(tiny_sweep, capsys):
-    result, cwd = tiny_sweep.result(), tiny_sweep.cwd
+def test_failed_run_is_reported_and_not_marked_done(started):
+    result, cwd = started["broken"].result(), started["broken"].cwd
+    assert result.returncode == 1 and "FAILED broken (exit 2)" in result.stderr, result.stderr[-3000:]
+    run_dir = cwd / "out" / "tiny" / "broken"
+    assert not (run_dir / DONE_FILE).exists() and "hidden_size=-1" in (run_dir / "train.log").read_text()
+    with open(cwd / "out" / "tiny" / "report.csv") as f:
+        assert next(csv.DictReader(f))["status"] == "failed (exit 2)"
+
+
+def test_tiny_sweep_writes_report_and_plots_and_resumes(started, capsys):
+    result, cwd = started["tiny"].result(), started["tiny"].cwd
     path = cwd / "tiny.yaml"
     assert result.returncode == 0, result.stderr[-3000:]
     sweep_dir = cwd / "out" / "tiny"
