@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import subprocess
 import sys
 import textwrap
 from functools import partial
@@ -21,6 +20,7 @@ from seqstab.data.loaders import QuietLoader, ResumableLoader
 from seqstab.lightning.resume import AtomicCheckpointIO
 from seqstab.nets.recurrent import RecurrentNet
 from seqstab.tasks import SequenceRegressor
+from tests.helpers import Started
 from tests.test_resume import python_path
 
 TINY = ["--data.num_train", "40", "--data.num_val", "20", "--data.seq_len", "10", "--data.batch_size", "10"]
@@ -94,11 +94,24 @@ KILLED_WRITER = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("writer", ["atomic", "plain"])
-def test_sigkill_during_a_write(tmp_path, writer):
-    path = tmp_path / "last.ckpt"
+@pytest.fixture(scope="module", autouse=True)
+def killed_writers(tmp_path_factory):
+    """Both writers of the test below, each in a process of its own, started when this module starts."""
     env = {**os.environ, "PYTHONPATH": python_path()}
-    done = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(path), writer], env=env, timeout=120)
+    writers = {}
+    for writer in ("atomic", "plain"):
+        folder = tmp_path_factory.mktemp(writer)
+        command = [sys.executable, "-c", KILLED_WRITER, str(folder / "last.ckpt"), writer]
+        writers[writer] = Started(command, cwd=folder, env=env, timeout=120)
+    yield writers
+    for started in writers.values():
+        started.stop()
+
+
+@pytest.mark.parametrize("writer", ["atomic", "plain"])
+def test_sigkill_during_a_write(killed_writers, writer):
+    done, tmp_path = killed_writers[writer].result(), killed_writers[writer].cwd
+    path = tmp_path / "last.ckpt"
     assert done.returncode == -9  # really killed mid-write
     if writer == "atomic":
         assert checkpoint.load(path)["step"] == 1  # the previous checkpoint, whole
