@@ -160,18 +160,6 @@ def test_unknown_prompt_words_are_said_once(wikitext, capsys):
     assert err.count("\n") == 1 and err.count("'zqxj'") == 1 and "<unk>" in err
 
 
-def test_char_generation_via_the_command_line(shakespeare, started, capsys):
-    ckpt, _, _ = shakespeare
-    argv = ["--ckpt_path", str(ckpt), *CHAR_GENERATION]
-    result = started["generate"].result()
-    assert result.returncode == 0, result.stderr
-    code, again, _ = run(generate, capsys, *argv)
-    assert code == 0 and result.stdout == again  # the same seed: the same text, in another process too
-    text = result.stdout.removesuffix("\n")
-    assert text.startswith("ROMEO:") and len(text) == len("ROMEO:") + 60  # characters concatenated, <eos> is "\n"
-    assert run(generate, capsys, *argv[:-1], "8")[1] != again
-
-
 def test_bpe_checkpoint_round_trips_its_tokenizer(work, capsys):
     wiki = SHARED_DATA / "wikitext-2"
     files = {split: cut(wiki / f"{split}.txt", work / f"bpe.{split}.txt", 60) for split in ("train", "valid", "test")}
@@ -205,6 +193,18 @@ def test_score_reproduces_test_ppl(wikitext, capsys, monkeypatch):
     assert metrics(run(score, capsys, "--ckpt_path", ckpt, test_file)[1]) == scored
     one = metrics(run(score, capsys, "--ckpt_path", ckpt, test_file, "--streams", "1", "--seq_len", "7")[1])
     assert one["ppl"] != scored["ppl"] and math.isfinite(one["ppl"])  # one stream: other predictions scored
+
+
+def test_char_generation_via_the_command_line(shakespeare, started, capsys):
+    ckpt, _, _ = shakespeare
+    argv = ["--ckpt_path", str(ckpt), *CHAR_GENERATION]
+    result = started["generate"].result()
+    assert result.returncode == 0, result.stderr
+    code, again, _ = run(generate, capsys, *argv)
+    assert code == 0 and result.stdout == again  # the same seed: the same text, in another process too
+    text = result.stdout.removesuffix("\n")
+    assert text.startswith("ROMEO:") and len(text) == len("ROMEO:") + 60  # characters concatenated, <eos> is "\n"
+    assert run(generate, capsys, *argv[:-1], "8")[1] != again
 
 
 def test_score_reports_bits_per_character_via_the_command_line(shakespeare, started, capsys):
