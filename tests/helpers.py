@@ -160,6 +160,14 @@ class Started:
         return text.replace("\r\n", "\n").replace("\r", "\n")  # text=True's universal newlines
 
 
+def until_teardown(runs: Started | dict[str, Started]):
+    """A module-scoped fixture's ``yield from``: the started run (or runs, by name) to its tests, then each one still
+    running stopped at teardown (a test that would have read it failed, or was not selected)."""
+    yield runs
+    for run in runs.values() if isinstance(runs, dict) else [runs]:
+        run.stop()
+
+
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """Every scalar series in a run directory's TensorBoard events, read with TensorBoard's own reader."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

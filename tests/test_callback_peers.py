@@ -34,7 +34,7 @@ from seqstab.core.guard import ExplosionGuard
 from seqstab.core.plain import PackError, leaves, pack, unpack
 from seqstab.lightning.callbacks import GradientStability
 from seqstab.lightning.safe_globals import when_imported
-from tests.helpers import REPO, Started
+from tests.helpers import REPO, Started, until_teardown
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -413,8 +413,7 @@ def wrong_net_script(tmp_path_factory):
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
     run = Started([sys.executable, str(script)], cwd=REPO, env=env, timeout=120)
-    yield run
-    run.stop()
+    yield from until_teardown(run)
 
 
 def test_a_wrong_net_is_one_line_and_exit_1_when_nothing_catches_it(wrong_net_script):

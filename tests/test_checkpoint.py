@@ -20,7 +20,7 @@ from seqstab.data.loaders import QuietLoader, ResumableLoader
 from seqstab.lightning.resume import AtomicCheckpointIO
 from seqstab.nets.recurrent import RecurrentNet
 from seqstab.tasks import SequenceRegressor
-from tests.helpers import Started
+from tests.helpers import Started, until_teardown
 from tests.test_resume import python_path
 
 TINY = ["--data.num_train", "40", "--data.num_val", "20", "--data.seq_len", "10", "--data.batch_size", "10"]
@@ -103,9 +103,7 @@ def killed_writers(tmp_path_factory):
         folder = tmp_path_factory.mktemp(writer)
         command = [sys.executable, "-c", KILLED_WRITER, str(folder / "last.ckpt"), writer]
         writers[writer] = Started(command, cwd=folder, env=env, timeout=120)
-    yield writers
-    for started in writers.values():
-        started.stop()
+    yield from until_teardown(writers)
 
 
 @pytest.mark.parametrize("writer", ["atomic", "plain"])

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from seqstab.cli.train import main
-from tests.helpers import scalars, start_cli
+from tests.helpers import scalars, start_cli, until_teardown
 
 TINY = ["--data.num_train", "100", "--data.num_val", "50", "--trainer.max_epochs", "1"]
 QUIET = ["--trainer.enable_progress_bar", "false"]
@@ -196,9 +196,7 @@ def started(tmp_path_factory):
             "fit", *TINY[:4], "--trainer.max_steps", "2", *QUIET, cwd=cwd["warnings"], PYTHONWARNINGS="default"
         ),
     }
-    yield runs
-    for run in runs.values():
-        run.stop()
+    yield from until_teardown(runs)
 
 
 def test_default_experiment_writes_tensorboard_events(started):

@@ -18,7 +18,7 @@ from seqstab.core.clipping import AutoClip, ClipResult, NormClip, ZClip
 from seqstab.core.monitor import GradMonitor
 from seqstab.nets.recurrent import RecurrentNet
 from seqstab.tasks import SequenceRegressor
-from tests.helpers import TinyStream, quiet_trainer, scalars, start_cli
+from tests.helpers import TinyStream, quiet_trainer, scalars, start_cli, until_teardown
 
 QUIET = ["--trainer.enable_progress_bar", "false"]
 
@@ -67,9 +67,7 @@ def started(tmp_path_factory):
             "fit", "--model.clipping", "seqstab.clipping.Nope", *QUIET, cwd=tmp_path_factory.mktemp("nope")
         ),
     }
-    yield runs
-    for run in runs.values():
-        run.stop()
+    yield from until_teardown(runs)
 
 
 def test_normclip_run_keeps_every_logged_post_clip_norm_under_max_norm(started):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from seqstab.cli.train import main
-from tests.helpers import REPO, start_cli
+from tests.helpers import REPO, start_cli, until_teardown
 
 ALL_YAML = sorted((REPO / "configs").rglob("*.yaml"))
 ALL_CONFIGS = [pytest.param(p, id=str(p.relative_to(REPO / "configs"))) for p in ALL_YAML]
@@ -50,9 +50,7 @@ def started(tmp_path_factory):
     for name in STARTED:
         config = REPO / "configs" / name
         runs[name] = start_cli(*five_steps(config), cwd=tmp_path_factory.mktemp(config.stem), OMP_NUM_THREADS="1")
-    yield runs
-    for run in runs.values():
-        run.stop()
+    yield from until_teardown(runs)
 
 
 @pytest.mark.parametrize("config", sorted(RUN_CONFIGS, key=lambda c: c.id in STARTED))

@@ -23,7 +23,7 @@ from seqstab.cli.train import main as train
 from seqstab.core import io as checkpoint
 from seqstab.core.io import CheckpointError
 from tests.data_paths import SHARED_DATA, TEST_CACHE
-from tests.helpers import REPO, Started
+from tests.helpers import REPO, Started, until_teardown
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 SMALL = ["--model", "seqstab.tasks.LanguageModel", "--model.net.hidden_size", "16", "--trainer.limit_val_batches", "1"]
@@ -95,9 +95,7 @@ def started(shakespeare):
         "score": [sys.executable, "-m", "seqstab.score", "--ckpt_path", str(ckpt), str(test_file)],
     }
     runs = {name: Started(cmd, cwd=REPO, timeout=120) for name, cmd in runs.items()}
-    yield runs
-    for command in runs.values():
-        command.stop()
+    yield from until_teardown(runs)
 
 
 def run(module, capsys, *argv: str) -> tuple[int, str, str]:

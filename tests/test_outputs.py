@@ -19,7 +19,7 @@ from seqstab.cli import command as cli
 from seqstab.cli.train import DEFAULT_CONFIG, main
 from seqstab.core.logs import record
 from tests.data_paths import SHARED_DATA
-from tests.helpers import scalars, start_cli
+from tests.helpers import scalars, start_cli, until_teardown
 
 ETTH1 = SHARED_DATA / "timeseries" / "ETTh1.csv"
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "timeseries" / "etth1_lstm.yaml"
@@ -227,8 +227,7 @@ def wandb_run(tmp_path_factory):
         cwd=cwd,
         WANDB_SILENT="true",
     )
-    yield run
-    run.stop()
+    yield from until_teardown(run)
 
 
 def test_wandb_gets_the_series_the_heatmap_histograms_and_explosion_events(wandb_run):

@@ -14,7 +14,7 @@ import torch
 from seqstab.cli.replay import main as replay_main
 from seqstab.cli.train import main
 from seqstab.nets.example import IndRNN
-from tests.helpers import REPO, scalars, start_cli
+from tests.helpers import REPO, scalars, start_cli, until_teardown
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
@@ -98,8 +98,7 @@ def example_net_run(tmp_path_factory):
     args = ["--data.seq_len", "20", "--data.num_train", "100", "--data.num_val", "50", "--trainer.max_steps", "3"]
     cwd = tmp_path_factory.mktemp("indrnn")
     run = start_cli("fit", "-c", str(config), *args, *QUIET, cwd=cwd, PYTHONWARNINGS="default")
-    yield run
-    run.stop()
+    yield from until_teardown(run)
 
 
 def test_the_example_net_trains_from_its_config_with_spectra_and_one_note_about_flow(example_net_run):

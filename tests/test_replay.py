@@ -18,7 +18,7 @@ from seqstab.core.clipping import NoClip
 from seqstab.core.guard import SNAPSHOT_FORMAT
 from seqstab.nets.recurrent import RecurrentNet
 from seqstab.tasks import SequenceRegressor
-from tests.helpers import REPO, FlagAt, Started, TinyStream, quiet_trainer, scalars
+from tests.helpers import REPO, FlagAt, Started, TinyStream, quiet_trainer, scalars, until_teardown
 
 EXPLODE = REPO / "configs" / "explode" / "adding_rnn.yaml"
 
@@ -110,9 +110,7 @@ def replays_of_evil(tmp_path_factory):
         (cwd / "evil.py").write_text("from pathlib import Path\nPath('pwned').write_text('ran')\nclass Task: pass\n")
         torch.save(content, cwd / "snapshot_update_0.pt")
         runs[name] = Started([sys.executable, "-m", "seqstab.replay", "snapshot_update_0.pt"], cwd=cwd)
-    yield runs
-    for run in runs.values():
-        run.stop()
+    yield from until_teardown(runs)
 
 
 def test_replay_runs_no_code_a_snapshot_names(replays_of_evil):

@@ -15,7 +15,7 @@ import pytest
 from seqstab.cli.sweep import DONE_FILE, Combination, Sweep, command, summarize
 from seqstab.cli.sweep import main as sweep_main
 from seqstab.cli.train import main as train_main
-from tests.helpers import REPO, Started
+from tests.helpers import REPO, Started, until_teardown
 
 BASE = """\
 model:
@@ -344,9 +344,7 @@ def started(tmp_path_factory):
         cwd = tmp_path_factory.mktemp(name)
         cmd = [sys.executable, "-m", "seqstab.sweep", "--config", str(write_sweep(cwd, text)), "--out", "out"]
         sweeps[name] = Started([*cmd, "--jobs", jobs], cwd=cwd, env=env, timeout=600)
-    yield sweeps
-    for sweep in sweeps.values():
-        sweep.stop()
+    yield from until_teardown(sweeps)
 
 
 def test_failed_run_is_reported_and_not_marked_done(started):
