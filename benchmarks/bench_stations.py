@@ -5,7 +5,8 @@ the same for Lightning's floor (``benchmarks/lightning_floor.py``).
     python benchmarks/bench_stations.py --setting char --updates 300 --threads 2     # 2×200, characters, ~1 min
     python benchmarks/bench_stations.py --setting wt2-10k --updates 100 --warmup 20 --threads 2   # 10k words, ~1 min
 
-The corpus is ``bench_peer.py``'s for the setting (same files, same vocabulary), written into a temporary folder.
+The corpus is ``bench_peer.py``'s for the setting (same files, same vocabulary; ``--corpus tinyshakespeare`` cuts it
+from tiny Shakespeare instead of WikiText-2), written into a temporary folder.
 seqstab runs ``python -m seqstab.train fit -c configs/lm/wikitext2_lstm.yaml`` as shipped (bar off, no validation:
 what is timed is training), in this process; Lightning's floor runs its module the same way. From update
 ``--warmup`` on, a wrapper around each method below adds its wall time (``time.perf_counter``; the wrappers cost
@@ -144,7 +145,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--updates", type=int, default=1000, help="updates timed")
     parser.add_argument("--warmup", type=int, default=100, help="updates before the timed ones")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--data-dir", type=Path, help="WikiText-2 train.txt (default: ../shared/data/wikitext-2)")
+    parser.add_argument("--data-dir", type=Path, help="WikiText-2's folder (default: ../shared/data/wikitext-2)")
+    parser.add_argument("--corpus", default="wikitext-2", choices=["wikitext-2", "tinyshakespeare"],
+                        help="the text the setting is cut from, as bench_peer.py's --corpus")  # fmt: skip
     args = parser.parse_args(argv)
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     sys.path.insert(0, str(BENCH))
@@ -153,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    source = _common.wikitext2_dir(str(args.data_dir) if args.data_dir else None)
+    source = bench_peer.CORPORA[args.corpus](args)  # the source text (a file)
     print(f"machine: {_common.machine()}; {args.threads} thread(s)")
     with tempfile.TemporaryDirectory(prefix="bench_stations_") as tmp:
         work = Path(tmp)
