@@ -295,23 +295,29 @@ variants:
   noclip: {}
   normclip:
     model.clipping: {class_path: seqstab.clipping.NormClip, init_args: {max_norm: 0.5}}
+  stalled:  # every update flagged and withheld: the guard stops the run after 2 (exit 3), a finished run
+    model.guard: {class_path: seqstab.guard.ExplosionGuard, init_args: {max_norm: 1.0e-9, max_consecutive_skips: 2}}
 """
 
 
 def test_search_sweep_bisects_each_variant_and_opens_the_report_with_the_stability_map(tmp_path, capsys):
     path = write_sweep(tmp_path, SEARCH)
     out = ["--config", str(path), "--out", str(tmp_path / "out")]
-    assert sweep_main([*out, "--jobs", "2", "--threads", "1"]) == 0
-    assert "4 run(s) now, 4/4 done" in capsys.readouterr().out
+    assert sweep_main([*out, "--jobs", "2", "--threads", "1"]) == 0  # a run the guard stopped is no failure
+    printed = capsys.readouterr().out
+    assert "6 run(s) now, 6/6 done" in printed
+    assert "2 stopped by the explosion guard (exit 3; 'guard stopped' in the report): stalled-lr=" in printed
     sweep_dir = tmp_path / "out" / "tiny"
     with open(sweep_dir / "report.csv") as f:
         rows = list(csv.DictReader(f))
     with open(sweep_dir / "stability_map.csv") as f:
         combinations = {c["combination"]: c for c in csv.DictReader(f)}
-    assert list(combinations) == ["noclip", "normclip"]
+    assert list(combinations) == ["noclip", "normclip", "stalled"]
     for variant, combination in combinations.items():
         first, second = [r for r in rows if r["variant"] == variant]
-        assert first["run"] == f"{variant}-lr=1.0" and first["status"] == second["status"] == "done"
+        status = "guard stopped" if variant == "stalled" else "done"
+        assert first["run"] == f"{variant}-lr=1.0" and first["status"] == second["status"] == status
+        assert (int(first["updates"]) < 4) == (variant == "stalled")  # stopped before the 4 updates of 2 epochs
         # the second run bisects the half the first one left: above 1 if it met the criterion, below if not
         met = first["criterion"] == "met"
         assert float(second["optimizer.lr"]) == pytest.approx(10**1.5 if met else 10**-1.5, rel=1e-5)
@@ -326,7 +332,7 @@ def test_search_sweep_bisects_each_variant_and_opens_the_report_with_the_stabili
     assert (sweep_dir / "stability_map.png").read_bytes()[:4] == b"\x89PNG"
 
     assert sweep_main(out) == 0  # finished: the bisection replays from the run directories, nothing runs again
-    assert "0 run(s) now, 4/4 done" in capsys.readouterr().out
+    assert "0 run(s) now, 6/6 done" in capsys.readouterr().out
 
 
 # -- whole sweeps as a user starts them, started when this module starts ----------------------------------------------

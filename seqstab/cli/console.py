@@ -25,9 +25,18 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 
-__all__ = ["EXIT_USAGE", "ToolParser", "error_line", "one_line", "tool_main", "warnings_as_lines"]
+__all__ = [
+    "EXIT_NOTHING_APPLIED",
+    "EXIT_USAGE",
+    "ToolParser",
+    "error_line",
+    "one_line",
+    "tool_main",
+    "warnings_as_lines",
+]
 
 EXIT_USAGE = 2
+EXIT_NOTHING_APPLIED = 3  # fit ran, but the guard let no update through, or stopped it for skipping too many in a row
 EXIT_INTERRUPTED = 128 + signal.SIGINT  # a shell's code for a command Ctrl-C ended
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # the disk (or a quota) is full: not a bug of anyone's
 

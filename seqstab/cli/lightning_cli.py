@@ -27,6 +27,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from seqstab import internals
 from seqstab.cli.argument_parser import SeqstabArgumentParser
 from seqstab.cli.closing import print_closing, print_metrics
+from seqstab.cli.console import EXIT_NOTHING_APPLIED
 from seqstab.cli.lightning_settings import apply_lightning_settings
 from seqstab.cli.preflight import SUBCOMMANDS, check_nulls, check_settings, check_writable
 from seqstab.cli.resume_match import check_resumes_experiment, find_last
@@ -43,7 +44,6 @@ from seqstab.tasks import LanguageModel, SeqTask
 
 __all__ = ["EXIT_NOTHING_APPLIED", "SeqstabCLI"]
 
-EXIT_NOTHING_APPLIED = 3  # fit ran, but the guard let no update through, or stopped it for skipping too many in a row
 REMOTE_OR_KEYWORD = (None, "last", "best", "hpc", "registry")  # --ckpt_path values that are not a local file
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from seqstab.cli.sweep.backends import LocalBackend, RayBackend
 from seqstab.cli.sweep.combination import Combination
+from seqstab.cli.sweep.folders import finished
 from seqstab.cli.sweep.plan import Plan
 from seqstab.cli.sweep.processes import Stop
 from seqstab.cli.sweep.spec import Sweep
@@ -42,7 +43,7 @@ def run_sweep(
                 if outcome is None:
                     continue
                 outcomes.append(outcome)
-                bar.set_postfix_str(f"{outcome['run']} ({'ok' if outcome['exit_code'] == 0 else 'FAILED'})")
+                bar.set_postfix_str(f"{outcome['run']} ({_outcome_word(outcome['exit_code'])})")
                 bar.update()
                 if stop.requested.is_set():
                     continue
@@ -52,3 +53,10 @@ def run_sweep(
         backend.close()
         bar.close()
     return outcomes
+
+
+def _outcome_word(exit_code: int) -> str:
+    """How the progress bar names a run's end."""
+    if exit_code == 0:
+        return "ok"
+    return "guard stopped" if finished(exit_code) else "FAILED"

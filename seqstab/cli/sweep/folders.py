@@ -15,10 +15,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from seqstab.cli.console import EXIT_NOTHING_APPLIED
 from seqstab.core.errors import ConfigError
 
-DONE_FILE = "done.json"  # a run that exited 0: skipped when the sweep is started again
-FAILED_FILE = "failed.json"  # a run that exited non-zero: run again when the sweep is started again
+DONE_FILE = "done.json"  # a run that finished (see finished): skipped when the sweep is started again
+FAILED_FILE = "failed.json"  # a run that failed (any other exit code): run again when the sweep is started again
 OVERRIDES_FILE = "overrides.yaml"  # the run's overrides, the config file read after the base
 TRAIN_LOG = "train.log"  # the run's stdout and stderr
 REPORT_FILE = "report.md"
@@ -29,8 +30,16 @@ FOLDER_NAME = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9_.+-]*")
 
 
 def is_done(run_dir: Path) -> bool:
-    """Whether the run in ``run_dir`` finished (exit 0)."""
+    """Whether the run in ``run_dir`` finished (see :func:`finished`)."""
     return (run_dir / DONE_FILE).is_file()
+
+
+def finished(exit_code: int) -> bool:
+    """Whether a run that exited with ``exit_code`` finished: 0, or 3 (``EXIT_NOTHING_APPLIED``: the explosion guard
+    applied no update, or stopped the run after ``max_consecutive_skips`` withheld updates in a row). A sweep that
+    drives runs into divergence (the stability map, the explode sweeps) gets the second as an outcome to report, the
+    same at every rerun, not a failure to run again."""
+    return exit_code in (0, EXIT_NOTHING_APPLIED)
 
 
 def check_folder_name(what: str, name: str, beside_report: bool = True) -> None:

@@ -24,9 +24,10 @@ from pathlib import Path
 from seqstab.cli.sweep.backends import RayBackend
 from seqstab.cli.sweep.command import command_line
 from seqstab.cli.sweep.driver import run_sweep
-from seqstab.cli.sweep.folders import REPORT_FILE, TRAIN_LOG, is_done
+from seqstab.cli.sweep.folders import REPORT_FILE, TRAIN_LOG, finished, is_done
 from seqstab.cli.sweep.plan import Plan
 from seqstab.cli.sweep.processes import EXIT_INTERRUPTED, Stop
+from seqstab.cli.sweep.readback import is_finished
 from seqstab.cli.sweep.report import write_report
 from seqstab.cli.sweep.spec import Sweep
 from seqstab.core.errors import ConfigError, SeqstabError, check_count, check_non_negative
@@ -103,19 +104,23 @@ def _summary(
     sweep: Sweep, sweep_dir: Path, rows: list[dict], outcomes: list[dict], stop: Stop, report_only: bool, wall: float
 ) -> int:
     """Print how the sweep ended; return its exit code."""
-    done = sum(r["status"] == "done" for r in rows)
+    done = sum(map(is_finished, rows))
     report = sweep_dir / REPORT_FILE
     if stop.requested.is_set():
         print(
             f"seqstab.sweep: stopped: {done}/{len(rows)} runs done, the rest runs when started again; report: {report}"
         )
         return EXIT_INTERRUPTED
-    failed = [o for o in outcomes if o["exit_code"] != 0]
+    failed = [o for o in outcomes if not finished(o["exit_code"])]
     print(f"sweep {sweep.name}: {len(outcomes)} run(s) now, {done}/{len(rows)} done, {wall:.1f} s; report: {report}")
+    stopped = [o["run"] for o in outcomes if o["exit_code"] != 0 and finished(o["exit_code"])]
+    if stopped:  # finished: their rows are in the report, like any other
+        named = ", ".join(stopped)
+        print(f"  {len(stopped)} stopped by the explosion guard (exit 3; 'guard stopped' in the report): {named}")
     for o in failed:
         print(f"  FAILED {o['run']} (exit {o['exit_code']}): see {sweep_dir / o['run'] / TRAIN_LOG}", file=sys.stderr)
     if report_only:
-        unfinished = [r for r in rows if r["status"] != "done"]
+        unfinished = [r for r in rows if not is_finished(r)]
         for r in unfinished:
             print(f"  {r['status'].upper()} {r['run']}", file=sys.stderr)
         return 1 if unfinished else 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from seqstab.cli.sweep.combination import Combination, search_run
-from seqstab.cli.sweep.folders import is_done
+from seqstab.cli.sweep.folders import finished, is_done
 from seqstab.cli.sweep.readback import read_run, summarize
 from seqstab.cli.sweep.search import Bisection, meets
 from seqstab.cli.sweep.spec import Sweep
@@ -50,7 +50,7 @@ class Plan:
 
     def after(self, run: Combination, outcome: dict) -> list[Combination]:
         """The runs to start once ``run`` ended with ``outcome``."""
-        if self.sweep.search is None or outcome["exit_code"] != 0:
+        if self.sweep.search is None or not finished(outcome["exit_code"]):
             return []  # a failed run ends its combination's search until the sweep is started again
         nxt = self.replay(self.combinations()[run.parent])[2]
         return [nxt] if nxt is not None else []

@@ -15,7 +15,7 @@ from typing import Any
 
 from seqstab.cli.sweep.combination import Combination
 from seqstab.cli.sweep.command import command
-from seqstab.cli.sweep.folders import DONE_FILE, FAILED_FILE, TRAIN_LOG
+from seqstab.cli.sweep.folders import DONE_FILE, FAILED_FILE, TRAIN_LOG, finished
 from seqstab.cli.sweep.spec import Sweep
 from seqstab.core.io import write_text
 
@@ -81,7 +81,8 @@ def execute(
     stop: Stop | None = None,
     cwd: str | None = None,
 ) -> dict | None:
-    """Run one combination to completion; on success mark it done (atomically). Returns its outcome, or None when
+    """Run one combination to completion; once it finished (:func:`~seqstab.cli.sweep.folders.finished`) mark it
+    done (atomically). Returns its outcome, or None when
     the sweep was stopped before or while it ran (nothing is marked: it runs again next time)."""
     stop = stop or Stop()
     if stop.requested.is_set():
@@ -103,5 +104,5 @@ def execute(
         return None
     wall = round(time.perf_counter() - start, 3)
     outcome = {"run": combination.id, "exit_code": code, "wall_s": wall, "command": cmd}
-    write_text(run_dir / (DONE_FILE if code == 0 else FAILED_FILE), json.dumps(outcome, indent=2) + "\n")
+    write_text(run_dir / (DONE_FILE if finished(code) else FAILED_FILE), json.dumps(outcome, indent=2) + "\n")
     return outcome

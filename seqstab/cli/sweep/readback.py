@@ -9,11 +9,18 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from seqstab.cli.console import EXIT_NOTHING_APPLIED
 from seqstab.cli.sweep.combination import Combination, format_value
 from seqstab.cli.sweep.folders import DONE_FILE, FAILED_FILE
 
 TRAIN_TAIL = 20  # final train loss: mean over the last this many updates
 SPIKE_REASONS = ("spike", "non-finite")  # spike_count: events of these reasons (a max_norm event is not counted)
+GUARD_STOPPED = "guard stopped"  # the status of a run that finished with exit 3
+
+
+def is_finished(row: dict[str, Any]) -> bool:
+    """Whether a report row's run finished: ``done``, or stopped by the explosion guard."""
+    return row["status"] in ("done", GUARD_STOPPED)
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:
@@ -74,7 +81,8 @@ def summarize(run: Combination, data: dict[str, Any]) -> dict[str, Any]:
 
 
 def status(data: dict[str, Any]) -> str:
-    """``done``, ``failed (exit N)`` or ``missing`` (never run, or stopped)."""
+    """``done``, ``guard stopped`` (finished with exit 3: the explosion guard applied no update, or stopped the run
+    for skipping too many in a row), ``failed (exit N)`` or ``missing`` (never run, or stopped)."""
     if data["done"]:
-        return "done"
+        return GUARD_STOPPED if data["done"].get("exit_code") == EXIT_NOTHING_APPLIED else "done"
     return f"failed (exit {data['failed']['exit_code']})" if data["failed"] else "missing"

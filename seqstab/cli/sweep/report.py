@@ -11,7 +11,7 @@ from typing import Any
 from seqstab.cli.sweep.folders import MAP_CSV, REPORT_CSV, REPORT_FILE
 from seqstab.cli.sweep.plan import Plan
 from seqstab.cli.sweep.plots import write_plots
-from seqstab.cli.sweep.readback import TRAIN_TAIL, read_run, summarize
+from seqstab.cli.sweep.readback import TRAIN_TAIL, is_finished, read_run, summarize
 from seqstab.cli.sweep.spec import Sweep
 from seqstab.cli.sweep.stability_map import map_markdown, map_plot, map_row
 from seqstab.core.io import write_text
@@ -74,7 +74,7 @@ def _markdown(
     lines = [
         *(head or [f"# Sweep `{sweep.name}`", ""]),
         f"{len(rows)} runs from {', '.join(f'`{p.name}`' for p in sweep.base) or 'the default config'}; "
-        f"{sum(r['status'] == 'done' for r in rows)} finished, {total:.0f} s of run wall time in all.",
+        f"{sum(map(is_finished, rows))} finished, {total:.0f} s of run wall time in all.",
         "",
         "Steps are update indices (the x axis of every per-update TensorBoard scalar). `first_explosion_step`: "
         "the first explosion-guard event; `spike_count`: guard events for a spike (pre-clip norm above "
