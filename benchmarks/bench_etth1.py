@@ -32,6 +32,7 @@ import torch
 import yaml
 
 from datamodules.timeseries import CSVSeries, window_starts
+from seqstab.cli.run_dirs import EVAL_DIRS
 
 CONFIG = _common.REPO / "configs" / "timeseries" / "etth1_lstm.yaml"
 ETTH1 = _common.SHARED_DATA / "timeseries" / "ETTh1.csv"
@@ -130,7 +131,8 @@ def train_and_test(
             raise SystemExit(f"{name}: test failed:\n{test.stderr[-3000:]}")
         metrics = {"fit_seconds": seconds, "ckpt": ckpt.name}
         scalars: dict[str, list[float]] = {}
-        for run in sorted(Path(cwd).glob("runs/*/version_*")):  # version_0: fit, version_1: test
+        fitted = sorted(Path(cwd).glob("runs/*/version_*"))
+        for run in [*fitted, *(r / EVAL_DIRS["test"] for r in fitted)]:  # the fit's events, then the test's under it
             acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
             acc.Reload()
             for tag in ("val/mae", "val/rmse", "test/mae", "test/rmse"):

@@ -1,15 +1,15 @@
-"""The benchmarks still run: the peer bench's corpora give both programs one vocabulary, and the station bench
-trains and prints its table (a few updates; the figures themselves come from the benchmarks, never from a test)."""
+"""The benchmarks still run: the peer bench's corpora give both programs one vocabulary, the station bench trains and
+prints its table, the ETTh1 bench reads the fit's and the test's events back (a few updates or one epoch: the figures
+themselves come from the benchmarks, never from a test)."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from argparse import Namespace
 
 import pytest
 
-from tests.helpers import REPO, SHARED_DATA
+from tests.helpers import REPO, SHARED_DATA, Started, until_teardown
 
 BENCH = REPO / "benchmarks"
 sys.path.insert(0, str(BENCH))
@@ -20,6 +20,7 @@ CORPORA = {
     "wikitext-2": SHARED_DATA / "wikitext-2" / "train.txt",
     "tinyshakespeare": SHARED_DATA / "tinyshakespeare" / "input.txt",
 }
+ETTH1 = SHARED_DATA / "timeseries" / "ETTh1.csv"
 # seqstab's vocabulary in each setting: every type of WikiText-2's train.txt (with <unk>, <eos>); the 10k cut; the
 # floor's 98 hashed words; Shakespeare's 63 characters (WikiText-2's depend on the length of the cut)
 VOCABULARY = {
@@ -46,13 +47,30 @@ def test_peer_corpus_gives_both_programs_one_vocabulary(tmp_path, corpus, settin
     assert sizes["train_tokens"] >= tokens
 
 
-def test_stations_bench_prints_every_row():
-    """``bench_stations.py`` cuts its corpus as the peer bench does and times both programs: every station a row."""
-    if not CORPORA["tinyshakespeare"].is_file():
+@pytest.fixture(scope="module")
+def benches():
+    """The two benchmark programs of the tests below, started together (they run beside the corpus tests)."""
+    if not (CORPORA["tinyshakespeare"].is_file() and ETTH1.is_file()):
         pytest.skip("../shared/data not found")
-    cmd = [sys.executable, str(BENCH / "bench_stations.py"), "--corpus", "tinyshakespeare", "--updates", "3"]
-    done = subprocess.run([*cmd, "--warmup", "2"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    stations = ["bench_stations.py", "--corpus", "tinyshakespeare", "--updates", "3", "--warmup", "2"]
+    etth1 = ["bench_etth1.py", "--epochs", "1", "--path", str(ETTH1)]
+    yield from until_teardown(
+        {cmd[0]: Started([sys.executable, str(BENCH / cmd[0]), *cmd[1:]], cwd=REPO) for cmd in (stations, etth1)}
+    )
+
+
+def test_stations_bench_prints_every_row(benches):
+    """``bench_stations.py`` cuts its corpus as the peer bench does and times both programs: every station a row."""
+    done = benches["bench_stations.py"].result()
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [line.split("|")[1].strip() for line in done.stdout.splitlines() if line.startswith("| ")]
     assert rows[1:] == [label for label, *_ in bench_stations.SEQSTAB_ROWS]
     assert "seqstab's loop over Lightning's floor's" in done.stdout
+
+
+def test_etth1_bench_reads_the_test_metrics_back(benches):
+    """``bench_etth1.py`` fits, tests the checkpoint and reads ``test/mae`` from the run's ``eval/`` events."""
+    done = benches["bench_etth1.py"].result()
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split("|") for line in done.stdout.splitlines() if line.startswith("| LSTM")]
+    assert len(rows) == 1 and float(rows[0][3]) > 0  # the test MAE of the LSTM row
