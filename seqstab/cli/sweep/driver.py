@@ -10,6 +10,7 @@ from seqstab.cli.sweep.combination import Combination
 from seqstab.cli.sweep.folders import finished
 from seqstab.cli.sweep.plan import Plan
 from seqstab.cli.sweep.processes import Stop
+from seqstab.cli.sweep.readback import GUARD_STOPPED
 from seqstab.cli.sweep.spec import Sweep
 
 
@@ -59,4 +60,4 @@ def _outcome_word(exit_code: int) -> str:
     """How the progress bar names a run's end."""
     if exit_code == 0:
         return "ok"
-    return "guard stopped" if finished(exit_code) else "FAILED"
+    return GUARD_STOPPED if finished(exit_code) else "FAILED"

@@ -82,8 +82,8 @@ def execute(
     cwd: str | None = None,
 ) -> dict | None:
     """Run one combination to completion; once it finished (:func:`~seqstab.cli.sweep.folders.finished`) mark it
-    done (atomically). Returns its outcome, or None when
-    the sweep was stopped before or while it ran (nothing is marked: it runs again next time)."""
+    done, else failed (atomically). Returns its outcome, or None when the sweep was stopped before or while it ran
+    (nothing is marked: it runs again next time)."""
     stop = stop or Stop()
     if stop.requested.is_set():
         return None
