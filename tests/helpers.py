@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import locale
 import os
 import subprocess
@@ -158,6 +159,16 @@ class Started:
         text = Path(path).read_bytes().decode(locale.getpreferredencoding(False))
         Path(path).unlink()
         return text.replace("\r\n", "\n").replace("\r", "\n")  # text=True's universal newlines
+
+
+def asked_for(request) -> bool:
+    """Whether a test this session runs names the calling fixture among its parameters. The module fixtures that
+    start runs are autouse, so that the runs start with the module; a ``-k`` or a test id that selects none of their
+    readers then starts none of them (``if not asked_for(request): yield None; return``)."""
+    return any(
+        item.module is request.module and request.fixturename in inspect.signature(item.function).parameters
+        for item in request.session.items
+    )
 
 
 def until_teardown(runs: Started | dict[str, Started]):

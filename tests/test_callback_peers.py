@@ -34,7 +34,7 @@ from seqstab.core.guard import ExplosionGuard
 from seqstab.core.plain import PackError, leaves, pack, unpack
 from seqstab.lightning.callbacks import GradientStability
 from seqstab.lightning.safe_globals import when_imported
-from tests.helpers import REPO, Started, until_teardown
+from tests.helpers import REPO, Started, asked_for, until_teardown
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -401,8 +401,11 @@ def test_darts_allow_list_is_filled_when_darts_is_imported_later(tmp_path, monke
 
 
 @pytest.fixture(scope="module", autouse=True)
-def wrong_net_script(tmp_path_factory):
+def wrong_net_script(request, tmp_path_factory):
     """The last test's script, run as a user runs it, started when this module starts (beside the tests above)."""
+    if not asked_for(request):  # no selected test reads the runs: start none
+        yield None
+        return
     script = tmp_path_factory.mktemp("wrong_net") / "train.py"
     script.write_text(
         "import torch, pytorch_lightning as pl\n"

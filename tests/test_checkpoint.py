@@ -20,7 +20,7 @@ from seqstab.data.loaders import QuietLoader, ResumableLoader
 from seqstab.lightning.resume import AtomicCheckpointIO
 from seqstab.nets.recurrent import RecurrentNet
 from seqstab.tasks import SequenceRegressor
-from tests.helpers import Started, until_teardown
+from tests.helpers import Started, asked_for, until_teardown
 from tests.test_resume import python_path
 
 TINY = ["--data.num_train", "40", "--data.num_val", "20", "--data.seq_len", "10", "--data.batch_size", "10"]
@@ -95,8 +95,11 @@ KILLED_WRITER = textwrap.dedent(
 
 
 @pytest.fixture(scope="module", autouse=True)
-def killed_writers(tmp_path_factory):
+def killed_writers(request, tmp_path_factory):
     """Both writers of the test below, each in a process of its own, started when this module starts."""
+    if not asked_for(request):  # no selected test reads the runs: start none
+        yield None
+        return
     env = {**os.environ, "PYTHONPATH": python_path()}
     writers = {}
     for writer in ("atomic", "plain"):

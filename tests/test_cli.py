@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from seqstab.cli.train import main
-from tests.helpers import scalars, start_cli, until_teardown
+from tests.helpers import asked_for, scalars, start_cli, until_teardown
 
 TINY = ["--data.num_train", "100", "--data.num_val", "50", "--trainer.max_epochs", "1"]
 QUIET = ["--trainer.enable_progress_bar", "false"]
@@ -182,9 +182,12 @@ BAD_YAML = (
 
 
 @pytest.fixture(scope="module", autouse=True)
-def started(tmp_path_factory):
+def started(request, tmp_path_factory):
     """The commands of the tests below, all started when this module starts: each spends seconds importing, on one
     core, while the in-process tests above run on the other. Each in a folder of its own."""
+    if not asked_for(request):  # no selected test reads the runs: start none
+        yield None
+        return
     cwd = {name: tmp_path_factory.mktemp(name) for name in ("default", "bare", "dotted", "bad_yaml", "warnings")}
     (cwd["bad_yaml"] / "bad.yaml").write_text(BAD_YAML)
     runs = {

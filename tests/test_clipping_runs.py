@@ -18,7 +18,7 @@ from seqstab.core.clipping import AutoClip, ClipResult, NormClip, ZClip
 from seqstab.core.monitor import GradMonitor
 from seqstab.nets.recurrent import RecurrentNet
 from seqstab.tasks import SequenceRegressor
-from tests.helpers import TinyStream, quiet_trainer, scalars, start_cli, until_teardown
+from tests.helpers import TinyStream, asked_for, quiet_trainer, scalars, start_cli, until_teardown
 
 QUIET = ["--trainer.enable_progress_bar", "false"]
 
@@ -57,8 +57,11 @@ C = 20.0  # the default experiment's first updates reach pre-clip norms of ~10-7
 
 
 @pytest.fixture(scope="module", autouse=True)
-def started(tmp_path_factory):
+def started(request, tmp_path_factory):
     """The two command-line runs below, started together when this module starts (each in a folder of its own)."""
+    if not asked_for(request):  # no selected test reads the runs: start none
+        yield None
+        return
     args = ["fit", "--data.num_train", "200", "--data.num_val", "20", "--data.seq_len", "40"]
     args += ["--trainer.max_epochs", "1", "--trainer.num_sanity_val_steps", "0", "--model.clipping.max_norm", str(C)]
     runs = {

@@ -23,7 +23,7 @@ from seqstab.cli.train import main as train
 from seqstab.core import io as checkpoint
 from seqstab.core.io import CheckpointError
 from tests.data_paths import SHARED_DATA, TEST_CACHE
-from tests.helpers import REPO, Started, until_teardown
+from tests.helpers import REPO, Started, asked_for, until_teardown
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 SMALL = ["--model", "seqstab.tasks.LanguageModel", "--model.net.hidden_size", "16", "--trainer.limit_val_batches", "1"]
@@ -86,10 +86,13 @@ CHAR_GENERATION = ["--prompt", "ROMEO:", "--tokens", "60", "--seed", "7"]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def started(shakespeare):
+def started(request):
     """The two ``python -m`` commands (generate and score on the character model), started as soon as the model is
     trained, when this module starts: they run beside the in-process tests."""
-    ckpt, _, test_file = shakespeare
+    if not asked_for(request):  # no selected test reads the runs: start none
+        yield None
+        return
+    ckpt, _, test_file = request.getfixturevalue("shakespeare")  # trained here only when a reader runs
     runs = {
         "generate": [sys.executable, "-m", "seqstab.generate", "--ckpt_path", str(ckpt), *CHAR_GENERATION],
         "score": [sys.executable, "-m", "seqstab.score", "--ckpt_path", str(ckpt), str(test_file)],

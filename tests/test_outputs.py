@@ -19,7 +19,7 @@ from seqstab.cli import command as cli
 from seqstab.cli.train import DEFAULT_CONFIG, main
 from seqstab.core.logs import record
 from tests.data_paths import SHARED_DATA
-from tests.helpers import scalars, start_cli, until_teardown
+from tests.helpers import asked_for, scalars, start_cli, until_teardown
 
 ETTH1 = SHARED_DATA / "timeseries" / "ETTh1.csv"
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "timeseries" / "etth1_lstm.yaml"
@@ -212,9 +212,9 @@ def wandb_history(run_file: Path) -> list[dict[str, str]]:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def wandb_run(tmp_path_factory):
+def wandb_run(request, tmp_path_factory):
     """The W&B test's command-line run, started when this module starts: it runs beside the in-process tests."""
-    if importlib.util.find_spec("wandb") is None:
+    if not asked_for(request) or importlib.util.find_spec("wandb") is None:  # no selected reader, or no W&B
         yield None
         return
     cwd = tmp_path_factory.mktemp("wandb")

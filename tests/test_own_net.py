@@ -14,7 +14,7 @@ import torch
 from seqstab.cli.replay import main as replay_main
 from seqstab.cli.train import main
 from seqstab.nets.example import IndRNN
-from tests.helpers import REPO, scalars, start_cli, until_teardown
+from tests.helpers import REPO, asked_for, scalars, start_cli, until_teardown
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
@@ -91,9 +91,12 @@ def test_a_net_that_offers_nothing_still_gets_the_guard_replay_and_exact_resume(
 
 
 @pytest.fixture(scope="module", autouse=True)
-def example_net_run(tmp_path_factory):
+def example_net_run(request, tmp_path_factory):
     """The example net's command-line run, started when this module starts: it runs beside the in-process tests, and
     the test reading it comes last."""
+    if not asked_for(request):  # no selected test reads the runs: start none
+        yield None
+        return
     config = REPO / "configs" / "synthetic" / "adding_indrnn.yaml"
     args = ["--data.seq_len", "20", "--data.num_train", "100", "--data.num_val", "50", "--trainer.max_steps", "3"]
     cwd = tmp_path_factory.mktemp("indrnn")

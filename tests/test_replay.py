@@ -18,7 +18,7 @@ from seqstab.core.clipping import NoClip
 from seqstab.core.guard import SNAPSHOT_FORMAT
 from seqstab.nets.recurrent import RecurrentNet
 from seqstab.tasks import SequenceRegressor
-from tests.helpers import REPO, FlagAt, Started, TinyStream, quiet_trainer, scalars, until_teardown
+from tests.helpers import REPO, FlagAt, Started, TinyStream, asked_for, quiet_trainer, scalars, until_teardown
 
 EXPLODE = REPO / "configs" / "explode" / "adding_rnn.yaml"
 
@@ -97,10 +97,13 @@ def test_foreign_file_is_not_a_snapshot(tmp_path, capsys):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def replays_of_evil(tmp_path_factory):
+def replays_of_evil(request, tmp_path_factory):
     """The test below's two ``python -m seqstab.replay`` commands, each in a folder of its own beside ``evil.py``,
     started together when this module starts: a snapshot whose task is evil.Task, and one whose task is seqstab's
     and whose net is evil.Task."""
+    if not asked_for(request):  # no selected test reads the runs: start none
+        yield None
+        return
     snapshot = {"format": SNAPSHOT_FORMAT, "task_class": "evil.Task", "hparams": {}, "chunk": {}, "logged": {}}
     net = {"net": {"class_path": "evil.Task", "init_args": {}}, "spec": {"kind": "regression"}}
     snapshots = {"task": snapshot, "net": {**snapshot, "hparams": net, "task_class": "seqstab.tasks.SequenceRegressor"}}

@@ -15,7 +15,7 @@ import pytest
 from seqstab.cli.sweep import DONE_FILE, Combination, Sweep, command, summarize
 from seqstab.cli.sweep import main as sweep_main
 from seqstab.cli.train import main as train_main
-from tests.helpers import REPO, Started, until_teardown
+from tests.helpers import REPO, Started, asked_for, until_teardown
 
 BASE = """\
 model:
@@ -341,9 +341,12 @@ BROKEN = "base: base.yaml\nvariants:\n  broken: {model.net.hidden_size: -1}\n"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def started(tmp_path_factory):
+def started(request, tmp_path_factory):
     """``python -m seqstab.sweep`` of the tests below, started when this module starts (each in a folder of its own):
     their runs share the cores with the tests above, mostly one process busy at a time."""
+    if not asked_for(request):  # no selected test reads the runs: start none
+        yield None
+        return
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     sweeps = {}
     for name, text, jobs in (("broken", BROKEN, "1"), ("tiny", TINY, "2")):
