@@ -15,6 +15,7 @@ BENCH = REPO / "benchmarks"
 sys.path.insert(0, str(BENCH))
 import bench_peer  # noqa: E402  (a script's module: its folder is on sys.path above)
 import bench_stations  # noqa: E402
+import smoke  # noqa: E402
 
 CORPORA = {
     "wikitext-2": SHARED_DATA / "wikitext-2" / "train.txt",
@@ -74,3 +75,8 @@ def test_etth1_bench_reads_the_test_metrics_back(benches):
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [line.split("|") for line in done.stdout.splitlines() if line.startswith("| LSTM")]
     assert len(rows) == 1 and float(rows[0][3]) > 0  # the test MAE of the LSTM row
+
+
+def test_smoke_runs_every_benchmark():
+    """``benchmarks/smoke.py`` has a command for every ``bench_*.py``, and for nothing else."""
+    assert set(smoke.SMOKE) == {p.stem for p in BENCH.glob("bench_*.py")}
