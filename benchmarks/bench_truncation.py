@@ -1,7 +1,7 @@
 """Truncation policies side by side: WikiText-2 with fixed k = 35 against AWD-LSTM's variable length, and the explode
 sweep's truncation rows.
 
-    python benchmarks/bench_truncation.py --data-dir ../shared/data/wikitext-2 --fraction 0.25 --sweep
+    python benchmarks/bench_truncation.py --fraction 0.25 --sweep   # WikiText-2 from ../shared/data, or --data-dir
 
 1. ``configs/lm/wikitext2_lstm.yaml`` (fixed k = 35: 35-token batches, one update each) and
    ``configs/lm/wikitext2_lstm_awd_bptt.yaml`` (140-token batches cut by ``VariableLength(70, 5, 0.05)``, lr × length
@@ -31,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 
+import _common
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -175,7 +176,7 @@ def unbiased_convergence() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", required=True, help="WikiText-2 (train.txt, valid.txt, test.txt)")
+    parser.add_argument("--data-dir", help="WikiText-2 (train.txt, valid.txt, test.txt; default: ../shared/data)")
     parser.add_argument("--fraction", type=float, default=1.0, help="of an epoch's batches (1: a full epoch)")
     parser.add_argument("--sweep", action="store_true", help="also run the explode sweep's truncation rows")
     parser.add_argument("--limit-val", type=int, default=None, help="validation batches (smoke tests; default all)")
@@ -183,7 +184,8 @@ def main() -> None:
     parser.add_argument("--skip-lm", action="store_true", help="only the sweep")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_truncation"))
     args = parser.parse_args()
-    args.data_dir = str(Path(args.data_dir).resolve())
+    if not args.bias:  # the bias table needs no data
+        args.data_dir = str(_common.wikitext2_dir(args.data_dir).resolve())
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.md"
