@@ -1,8 +1,8 @@
 """Every benchmark of this folder run once in its smallest setting, one after the other: does each still run to the
 end and print its figures? The figures themselves mean nothing at these sizes. A change that moves files, tags or
-exit codes breaks benchmarks that no test runs. In the eighth session three were broken; this script found them.
+exit codes breaks benchmarks that no test runs. On 2026-12-07 four were found broken this way.
 
-    python benchmarks/smoke.py                      # all of them, ~15 min on 2 cores
+    python benchmarks/smoke.py                      # all of them, ~13 min on 2 cores (2026-12-07)
     python benchmarks/smoke.py bench_etth1 bench_peer   # some of them
     .venv-peers/bin/python benchmarks/smoke.py bench_callback_peers bench_neuralforecast   # the peers' own
                                                                                            # environment
