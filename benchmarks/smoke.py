@@ -51,7 +51,7 @@ SMOKE: dict[str, tuple[tuple[str, ...], list[list[str]]]] = {
         ],
     ),
     "bench_sweep_backends": (("ray",), [["--budget", "1", "--rounds", "1"]]),
-    "bench_etth1": ((), [["--epochs", "1"]]),
+    "bench_etth1": ((), [["--epochs", "1", "--models", "lstm"]]),
     "bench_forecast": (
         (),
         [

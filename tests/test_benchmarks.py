@@ -54,7 +54,7 @@ def benches():
     if not (CORPORA["tinyshakespeare"].is_file() and ETTH1.is_file()):
         pytest.skip("../shared/data not found")
     stations = ["bench_stations.py", "--corpus", "tinyshakespeare", "--updates", "3", "--warmup", "2"]
-    etth1 = ["bench_etth1.py", "--epochs", "1", "--path", str(ETTH1)]
+    etth1 = ["bench_etth1.py", "--epochs", "1", "--models", "lstm", "--path", str(ETTH1)]
     yield from until_teardown(
         {cmd[0]: Started([sys.executable, str(BENCH / cmd[0]), *cmd[1:]], cwd=REPO) for cmd in (stations, etth1)}
     )
