@@ -166,7 +166,8 @@ def asked_for(request) -> bool:
     start runs are autouse, so that the runs start with the module; a ``-k`` or a test id that selects none of their
     readers then starts none of them (``if not asked_for(request): yield None; return``)."""
     return any(
-        item.module is request.module and request.fixturename in inspect.signature(item.function).parameters
+        getattr(item, "module", None) is request.module  # (a doctest item has none)
+        and request.fixturename in inspect.signature(item.function).parameters
         for item in request.session.items
     )
 
