@@ -392,7 +392,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--every", type=int, default=50, help="a mark every this many updates")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (floor: --floor-threads)")
     parser.add_argument("--floor-threads", type=int, default=1, help="torch threads in the floor setting")
-    parser.add_argument("--data-dir", type=Path, help="WikiText-2 train.txt (default: ../shared/data/wikitext-2)")
+    parser.add_argument("--data-dir", type=Path, help="WikiText-2's folder (default: ../shared/data/wikitext-2)")
     parser.add_argument("--corpus", default="wikitext-2", choices=list(CORPORA),
                         help="the text every setting is cut from: WikiText-2's train.txt, or tiny Shakespeare "
                         "(../shared/data/tinyshakespeare/input.txt: a corpus nothing was tuned on)")  # fmt: skip

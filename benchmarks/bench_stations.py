@@ -140,19 +140,20 @@ def run(program: str, rows, data: Path, work: Path, args) -> tuple[dict[str, flo
 
 
 def main(argv: list[str] | None = None) -> None:
+    sys.path.insert(0, str(BENCH))
+    import bench_peer
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--setting", default="floor", choices=["floor", "char", "wt2-10k", "wt2-33k"])
     parser.add_argument("--updates", type=int, default=1000, help="updates timed")
     parser.add_argument("--warmup", type=int, default=100, help="updates before the timed ones")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--data-dir", type=Path, help="WikiText-2's folder (default: ../shared/data/wikitext-2)")
-    parser.add_argument("--corpus", default="wikitext-2", choices=["wikitext-2", "tinyshakespeare"],
+    parser.add_argument("--corpus", default="wikitext-2", choices=list(bench_peer.CORPORA),
                         help="the text the setting is cut from, as bench_peer.py's --corpus")  # fmt: skip
     args = parser.parse_args(argv)
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
-    sys.path.insert(0, str(BENCH))
     import _common
-    import bench_peer
     import torch
 
     torch.set_num_threads(args.threads)

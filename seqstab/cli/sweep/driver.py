@@ -7,10 +7,9 @@ from typing import Any
 
 from seqstab.cli.sweep.backends import LocalBackend, RayBackend
 from seqstab.cli.sweep.combination import Combination
-from seqstab.cli.sweep.folders import finished
+from seqstab.cli.sweep.folders import GUARD_STOPPED, guard_stopped
 from seqstab.cli.sweep.plan import Plan
 from seqstab.cli.sweep.processes import Stop
-from seqstab.cli.sweep.readback import GUARD_STOPPED
 from seqstab.cli.sweep.spec import Sweep
 
 
@@ -60,4 +59,4 @@ def _outcome_word(exit_code: int) -> str:
     """How the progress bar names a run's end."""
     if exit_code == 0:
         return "ok"
-    return GUARD_STOPPED if finished(exit_code) else "FAILED"
+    return GUARD_STOPPED if guard_stopped(exit_code) else "FAILED"

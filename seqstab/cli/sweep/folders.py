@@ -22,6 +22,7 @@ DONE_FILE = "done.json"  # a run that finished (see finished): skipped when the 
 FAILED_FILE = "failed.json"  # a run that failed (any other exit code): run again when the sweep is started again
 OVERRIDES_FILE = "overrides.yaml"  # the run's overrides, the config file read after the base
 TRAIN_LOG = "train.log"  # the run's stdout and stderr
+GUARD_STOPPED = "guard stopped"  # the report's status of a run that guard_stopped, and the progress bar's word
 REPORT_FILE = "report.md"
 REPORT_CSV = "report.csv"
 MAP_CSV = "stability_map.csv"
@@ -34,12 +35,18 @@ def is_done(run_dir: Path) -> bool:
     return (run_dir / DONE_FILE).is_file()
 
 
+def guard_stopped(exit_code: int) -> bool:
+    """Whether a run's ``exit_code`` is 3 (``EXIT_NOTHING_APPLIED``): the explosion guard applied no update, or
+    stopped the run after ``max_consecutive_skips`` withheld updates in a row. Its report row says
+    :data:`GUARD_STOPPED`."""
+    return exit_code == EXIT_NOTHING_APPLIED
+
+
 def finished(exit_code: int) -> bool:
-    """Whether a run that exited with ``exit_code`` finished: 0, or 3 (``EXIT_NOTHING_APPLIED``: the explosion guard
-    applied no update, or stopped the run after ``max_consecutive_skips`` withheld updates in a row). A sweep that
-    drives runs into divergence (the stability map, the explode sweeps) gets the second as an outcome to report, the
-    same at every rerun, not a failure to run again."""
-    return exit_code in (0, EXIT_NOTHING_APPLIED)
+    """Whether a run that exited with ``exit_code`` finished: 0, or stopped by the guard (:func:`guard_stopped`). A
+    sweep that drives runs into divergence (the stability map, the explode sweeps) gets the second as an outcome to
+    report, the same at every rerun, not a failure to run again."""
+    return exit_code == 0 or guard_stopped(exit_code)
 
 
 def check_folder_name(what: str, name: str, beside_report: bool = True) -> None:

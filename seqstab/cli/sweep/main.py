@@ -24,7 +24,7 @@ from pathlib import Path
 from seqstab.cli.sweep.backends import RayBackend
 from seqstab.cli.sweep.command import command_line
 from seqstab.cli.sweep.driver import run_sweep
-from seqstab.cli.sweep.folders import REPORT_FILE, TRAIN_LOG, finished, is_done
+from seqstab.cli.sweep.folders import REPORT_FILE, TRAIN_LOG, finished, guard_stopped, is_done
 from seqstab.cli.sweep.plan import Plan
 from seqstab.cli.sweep.processes import EXIT_INTERRUPTED, Stop
 from seqstab.cli.sweep.readback import is_finished
@@ -113,7 +113,7 @@ def _summary(
         return EXIT_INTERRUPTED
     failed = [o for o in outcomes if not finished(o["exit_code"])]
     print(f"sweep {sweep.name}: {len(outcomes)} run(s) now, {done}/{len(rows)} done, {wall:.1f} s; report: {report}")
-    stopped = [o["run"] for o in outcomes if o["exit_code"] != 0 and finished(o["exit_code"])]
+    stopped = [o["run"] for o in outcomes if guard_stopped(o["exit_code"])]
     if stopped:  # finished: their rows are in the report, like any other
         named = ", ".join(stopped)
         print(f"  {len(stopped)} stopped by the explosion guard (exit 3; 'guard stopped' in the report): {named}")

@@ -9,13 +9,11 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from seqstab.cli.console import EXIT_NOTHING_APPLIED
 from seqstab.cli.sweep.combination import Combination, format_value
-from seqstab.cli.sweep.folders import DONE_FILE, FAILED_FILE
+from seqstab.cli.sweep.folders import DONE_FILE, FAILED_FILE, GUARD_STOPPED, guard_stopped
 
 TRAIN_TAIL = 20  # final train loss: mean over the last this many updates
 SPIKE_REASONS = ("spike", "non-finite")  # spike_count: events of these reasons (a max_norm event is not counted)
-GUARD_STOPPED = "guard stopped"  # the status of a run that finished with exit 3
 
 
 def is_finished(row: dict[str, Any]) -> bool:
@@ -84,5 +82,5 @@ def status(data: dict[str, Any]) -> str:
     """``done``, ``guard stopped`` (finished with exit 3: the explosion guard applied no update, or stopped the run
     for skipping too many in a row), ``failed (exit N)`` or ``missing`` (never run, or stopped)."""
     if data["done"]:
-        return GUARD_STOPPED if data["done"].get("exit_code") == EXIT_NOTHING_APPLIED else "done"
+        return GUARD_STOPPED if guard_stopped(data["done"].get("exit_code")) else "done"
     return f"failed (exit {data['failed']['exit_code']})" if data["failed"] else "missing"
