@@ -4,6 +4,7 @@ the same for Lightning's floor (``benchmarks/lightning_floor.py``).
     python benchmarks/bench_stations.py                       # the floor setting (2×16 LSTM, 100 words), ~1 min
     python benchmarks/bench_stations.py --setting char --updates 300 --threads 2     # 2×200, characters, ~1 min
     python benchmarks/bench_stations.py --setting wt2-10k --updates 100 --warmup 20 --threads 2   # 10k words, ~1 min
+    python benchmarks/bench_stations.py --ops                 # + the tensor operations each station dispatches
 
 The corpus is ``bench_peer.py``'s for the setting (same files, same vocabulary; ``--corpus tinyshakespeare`` cuts it
 from tiny Shakespeare instead of WikiText-2), written into a temporary folder.
@@ -17,6 +18,11 @@ gradient-flow probe every 50, the heatmap every 1,000, the flush every ``log_eve
 updates timed, as it is in a run.
 
 The figures are of one process on a shared machine: compare rows within a run, and runs on the same machine state.
+``--ops`` adds what does not depend on the machine's state: both programs trained again, the same updates, with a
+``TorchDispatchMode`` counting every tensor operation that reaches a kernel (after autograd, the backward's
+included; views and in-place ones count, Python between them does not), per update and station, nested as the
+times are. Each such operation costs the host ~0.5–5 µs whatever its size (a view the least): the count is the part
+of the host cost that a change of code moves, and a noisy machine does not.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from torch.utils._python_dispatch import TorchDispatchMode
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -61,11 +69,16 @@ FLOOR_ROWS = [
 
 
 class Timer:
-    """Wall time per wrapped method, counted once ``on`` is set."""
+    """Wall time per wrapped method, counted once ``on`` is set; with ``count_ops``, the tensor operations each
+    dispatches instead (:class:`OpCounter`: the wrappers keep the stack of stations running)."""
 
-    def __init__(self) -> None:
+    def __init__(self, count_ops: bool = False) -> None:
         self.on = False
         self.seconds: collections.Counter = collections.Counter()
+        self.ops: collections.Counter = collections.Counter()
+        self.running: list[str] = []  # the stations running, outermost first (only while counting operations)
+        self.counter = OpCounter(self) if count_ops else None
+        self.wrapped: list[tuple[object, str, object]] = []  # (owner, name, original): what restore() puts back
 
     def wrap(self, label: str, module: str, owner: str | None, name: str) -> None:
         import importlib
@@ -78,31 +91,68 @@ class Timer:
         def timed(*args, **kwargs):
             if not self.on:
                 return original(*args, **kwargs)
+            if self.counter is not None:
+                self.running.append(label)
+                try:
+                    return original(*args, **kwargs)
+                finally:
+                    self.running.pop()
             start = time.perf_counter()
             try:
                 return original(*args, **kwargs)
             finally:
                 self.seconds[label] += time.perf_counter() - start
 
+        self.wrapped.append((target, name, original))
         setattr(target, name, timed)
 
+    def restore(self) -> None:
+        """Put every wrapped method back (a later run wraps the originals, not these wrappers)."""
+        for target, name, original in reversed(self.wrapped):
+            setattr(target, name, original)
+        self.wrapped = []
 
-def run(program: str, rows, data: Path, work: Path, args) -> tuple[dict[str, float], int]:
-    """Train ``program`` in this process with ``rows`` timed; ms per update of each row, and the updates timed."""
+
+class OpCounter(TorchDispatchMode):
+    """Counts each operation once for every station running (a nested row holds its children's), and under ``all``
+    every operation while the timer is on (what Lightning's loop runs outside the rows, too)."""
+
+    def __init__(self, timer: Timer) -> None:
+        super().__init__()
+        self.timer = timer
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        timer = self.timer
+        if timer.on:
+            timer.ops["all"] += 1
+            for label in set(timer.running):
+                timer.ops[label] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def run(program: str, rows, data: Path, work: Path, args, count_ops: bool = False) -> tuple[dict[str, float], int]:
+    """Train ``program`` in this process with ``rows`` timed; ms per update of each row, and the updates timed.
+    ``count_ops``: operations per update of each row instead (and of ``all``)."""
+    import contextlib
+
     import pytorch_lightning as pl
 
-    timer = Timer()
+    timer = Timer(count_ops)
     for row in rows:
         timer.wrap(*row)
     counted = {"updates": 0}
 
     class Window(pl.Callback):
+        """On from the end of update ``warmup - 1`` to the end of the last update timed: Lightning's loop, which
+        calls these hooks, is timed from the start of the first update timed (with 0, from the first hook of the
+        first update), and the fit's end (the last flush and checkpoint, the final heatmap) is not an update's."""
+
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
             timer.on = batch_idx >= args.warmup
             counted["updates"] += timer.on
 
-        def on_train_end(self, trainer, module):
-            timer.on = False  # the fit's end (the last flush, the final heatmap) is not an update's
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            timer.on = args.warmup <= batch_idx + 1 < args.warmup + args.updates
 
     original_fit = pl.Trainer.fit
 
@@ -113,29 +163,34 @@ def run(program: str, rows, data: Path, work: Path, args) -> tuple[dict[str, flo
     pl.Trainer.fit = fit
     hidden = 16 if args.setting == "floor" else 200
     last = args.warmup + args.updates
+    counting = timer.counter if timer.counter is not None else contextlib.nullcontext()
     try:
-        if program == "seqstab":
-            from seqstab.cli.train import main
+        with counting:
+            if program == "seqstab":
+                from seqstab.cli.train import main
 
-            main([
-                "fit", "-c", str(REPO / "configs" / "lm" / "wikitext2_lstm.yaml"), "--data.data_dir", str(data),
-                "--data.cache_dir", str(work / "cache"), "--trainer.default_root_dir", str(work / "runs"),
-                "--trainer.max_steps", str(last), "--trainer.limit_val_batches", "0",
-                "--trainer.enable_progress_bar", "false", "--model.init_args.embedding_size", str(hidden),
-                "--model.init_args.net.init_args.hidden_size", str(hidden),
-            ])  # fmt: skip
-        else:
-            import lightning_floor
+                main([
+                    "fit", "-c", str(REPO / "configs" / "lm" / "wikitext2_lstm.yaml"), "--data.data_dir", str(data),
+                    "--data.cache_dir", str(work / "cache"), "--trainer.default_root_dir", str(work / "runs"),
+                    "--trainer.max_steps", str(last), "--trainer.limit_val_batches", "0",
+                    "--trainer.enable_progress_bar", "false", "--model.init_args.embedding_size", str(hidden),
+                    "--model.init_args.net.init_args.hidden_size", str(hidden),
+                ])  # fmt: skip
+            else:
+                import lightning_floor
 
-            lightning_floor.main(["--data", str(data), "--emsize", str(hidden), "--nhid", str(hidden),
-                                  "--every", str(10**9), "--max-steps", str(last)])  # fmt: skip
+                lightning_floor.main(["--data", str(data), "--emsize", str(hidden), "--nhid", str(hidden),
+                                      "--every", str(10**9), "--max-steps", str(last)])  # fmt: skip
     except SystemExit as stop:
         if stop.code not in (0, None):
             raise
     finally:
         pl.Trainer.fit = original_fit
         timer.on = False
+        timer.restore()
     n = max(counted["updates"], 1)
+    if count_ops:
+        return {label: timer.ops[label] / n for label in ["all", *(label for label, *_ in rows)]}, n
     return {label: timer.seconds[label] / n * 1000 for label, *_ in rows}, n
 
 
@@ -151,6 +206,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", type=Path, help="WikiText-2's folder (default: ../shared/data/wikitext-2)")
     parser.add_argument("--corpus", default="wikitext-2", choices=list(bench_peer.CORPORA),
                         help="the text the setting is cut from, as bench_peer.py's --corpus")  # fmt: skip
+    parser.add_argument("--ops", action="store_true",
+                        help="then train both again counting the tensor operations of each station")  # fmt: skip
     args = parser.parse_args(argv)
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     import _common
@@ -166,6 +223,9 @@ def main(argv: list[str] | None = None) -> None:
         bench_peer.write_corpus(args.setting, source, data, tokens)
         seqstab, n = run("seqstab", SEQSTAB_ROWS, data, work / "seqstab", args)
         floor, m = run("lightning-floor", FLOOR_ROWS, data, work / "floor", args)
+        if args.ops:
+            seqstab_ops, _ = run("seqstab", SEQSTAB_ROWS, data, work / "seqstab-ops", args, count_ops=True)
+            floor_ops, _ = run("lightning-floor", FLOOR_ROWS, data, work / "floor-ops", args, count_ops=True)
     timed = f"{n} updates of seqstab, {m} of Lightning's floor, after {args.warmup}"
     print(f"\n### {args.setting}: ms per update ({timed})\n")
     print("| station | seqstab | Lightning's floor |\n|---|---:|---:|")
@@ -174,6 +234,14 @@ def main(argv: list[str] | None = None) -> None:
         other = f"{floors[label]:.3f}" if label in floors else ""
         print(f"| {label} | {seqstab[label]:.3f} | {other} |")
     print(f"\nseqstab's loop over Lightning's floor's: {seqstab['loop'] - floor['loop']:+.3f} ms an update")
+    if args.ops:
+        print(f"\n### {args.setting}: tensor operations per update (the same updates, trained again)\n")
+        print("| station | seqstab | Lightning's floor |\n|---|---:|---:|")
+        for label in ["all", *(label for label, *_ in SEQSTAB_ROWS)]:
+            other = f"{floor_ops[label]:.1f}" if label in floor_ops else ""
+            print(f"| {label} | {seqstab_ops[label]:.1f} | {other} |")
+        extra = seqstab_ops["all"] - floor_ops["all"]
+        print(f"\nseqstab dispatches {extra:+.1f} operations an update more than Lightning's floor")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ SMOKE: dict[str, tuple[tuple[str, ...], list[list[str]]]] = {
     "bench_memory": ((), [["--lengths", "5000,10000"]]),
     "bench_onset": ((), [["--out", "{out}/onset"]]),
     "bench_faults": ((), [["--points", "9"]]),
-    "bench_stations": ((), [["--updates", "20", "--warmup", "5"]]),
+    "bench_stations": ((), [["--updates", "20", "--warmup", "5", "--ops"]]),
     "bench_peer": ((), [["--settings", "floor", "--rounds", "1", "--updates", "10", "--warmup", "5", "--every", "5"]]),
     "bench_truncation": (
         (),

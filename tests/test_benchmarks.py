@@ -55,7 +55,7 @@ def benches(request):
     if not asked_for(request) or not (CORPORA["tinyshakespeare"].is_file() and ETTH1.is_file()):
         yield None  # no selected test reads the runs, or ../shared/data is not there (they skip)
         return
-    stations = ["bench_stations.py", "--corpus", "tinyshakespeare", "--updates", "3", "--warmup", "2"]
+    stations = ["bench_stations.py", "--corpus", "tinyshakespeare", "--updates", "3", "--warmup", "2", "--ops"]
     etth1 = ["bench_etth1.py", "--epochs", "1", "--models", "lstm", "--path", str(ETTH1)]
     yield from until_teardown(
         {cmd[0]: Started([sys.executable, str(BENCH / cmd[0]), *cmd[1:]], cwd=REPO) for cmd in (stations, etth1)}
@@ -63,14 +63,25 @@ def benches(request):
 
 
 def test_stations_bench_prints_every_row(benches):
-    """``bench_stations.py`` cuts its corpus as the peer bench does and times both programs: every station a row."""
+    """``bench_stations.py`` cuts its corpus as the peer bench does and times both programs: every station a row;
+    with ``--ops``, a second table counts each station's tensor operations, nested as the times are."""
     if benches is None:
         pytest.skip("../shared/data not found")
     done = benches["bench_stations.py"].result()
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = [line.split("|")[1].strip() for line in done.stdout.splitlines() if line.startswith("| ")]
+    times, ops = done.stdout.split("tensor operations per update")
+    rows = [line.split("|")[1].strip() for line in times.splitlines() if line.startswith("| ")]
     assert rows[1:] == [label for label, *_ in bench_stations.SEQSTAB_ROWS]
-    assert "seqstab's loop over Lightning's floor's" in done.stdout
+    assert "seqstab's loop over Lightning's floor's" in times
+    table = [[cell.strip() for cell in line.split("|")[1:-1]] for line in ops.splitlines() if line.startswith("| ")]
+    assert [row[0] for row in table[1:]] == ["all", *(label for label, *_ in bench_stations.SEQSTAB_ROWS)]
+    seqstab = {row[0]: float(row[1]) for row in table[1:]}
+    floor = {row[0]: float(row[2]) for row in table[1:] if row[2]}
+    for counts in (seqstab, floor):  # a row holds what the rows inside it run
+        assert counts["all"] >= counts["loop"] >= counts["training_step"] >= counts["backward"] > 0
+    assert seqstab["update"] >= seqstab["backward"] + seqstab["clip"] + seqstab["guard.decide"] + seqstab["withhold"]
+    assert seqstab["guard.decide"] > 0 and seqstab["clip"] > 0
+    assert "operations an update more than Lightning's floor" in ops
 
 
 def test_etth1_bench_reads_the_test_metrics_back(benches):
