@@ -269,9 +269,13 @@ def spike(name: str, steps: int, root: Path, at: int) -> dict[str, Any]:
             fit_model.last.save(str(saved), clean=True)  # the user's saved model, what replay's factory loads
             # (clean: darts' safe load refuses the TensorBoardLogger darts itself put in its Trainer arguments)
             os.environ[f"PEERS_DARTS_{name.split('_')[1].upper()}"] = str(saved)
-    lines = [json.loads(line) for line in (log_dir / "explosions.jsonl").read_text().splitlines()]
+    record = log_dir / "explosions.jsonl"  # written at the first event
+    lines = [json.loads(line) for line in record.read_text().splitlines()] if record.is_file() else []
     out: dict[str, Any] = {"events": [(e["update"], e["reason"], e["action"]) for e in lines]}
     out["norms"] = [run_loop.norms[i] for i in sorted(run_loop.norms)] if name == "loop" else norms_of(log_dir)
+    if not lines:  # a finding, not a failure: e.g. early in training, where the norms still swing by 10x
+        out["missed"] = f"no event: the guard did not flag the spike planted at update {at} of {steps}"
+        return out
     first = lines[0]
     diagnosis = first.get("diagnosis", {})
     data = next(f for f in diagnosis["ranked"] if f["mechanism"] == "data")
@@ -406,6 +410,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--norms", type=Path, default=None, help="write the healthy runs' norms here (JSON)")
     args = parser.parse_args(argv)
+    if "spike" in args.only.split(",") and not 0 <= args.spike_at < args.steps:
+        parser.error(f"--spike-at {args.spike_at}: the spike is planted at an update of the run, 0 to {args.steps - 1}")
     torch.set_num_threads(args.threads)
     for logger_name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch", "lightning.fabric", "darts"):
         logging.getLogger(logger_name).setLevel(logging.ERROR)
@@ -469,7 +475,8 @@ def report(results: dict, models: list[str], parts: list[str], args) -> None:
         h, s, z = r.get("healthy", {}), r.get("spike", {}), r.get("resume", {})
         healthy_cell = f"{h.get('events')} / {h.get('skipped')} of {h.get('updates')}" if "updates" in h else h.get(
             "error", "")  # fmt: skip
-        spike_cell = ", ".join(f"{u} {why} {act}" for u, why, act in s.get("events", [])) or s.get("error", "")
+        spike_cell = ", ".join(f"{u} {why} {act}" for u, why, act in s.get("events", [])) or s.get(
+            "missed", s.get("error", ""))  # fmt: skip
         factor = f"{s['data_factor']:.3g}" if isinstance(s.get("data_factor"), float) else ""
         replayed = f"{s.get('replay_python')} / {s.get('replay_command')}" if "replay_python" in s else ""
         print(f"| {name} | {healthy_cell} | {spike_cell} | {s.get('top', '')} | {factor} | {replayed} "
