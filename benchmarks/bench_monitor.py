@@ -3,6 +3,7 @@
     python benchmarks/bench_monitor.py                      # WikiText-2 from ../shared/data (or --data-dir DIR)
     python benchmarks/bench_monitor.py --synthetic          # random tokens, WikiText-2's vocabulary size (33,278)
     python benchmarks/bench_monitor.py --threads 1 --cycles 5          # steadier CPU-time figures on a shared box
+    python benchmarks/bench_monitor.py --spectra 200,650,1000,1500     # the spectra by hidden size, ~1 min
 
 The model is pytorch/examples' word LM as ``configs/lm/wikitext2_lstm.yaml`` trains it: embedding 200, 2 × 200
 LSTM, dropout 0.2, decoder to 33,278 words, 20 streams × 35 tokens per update, SGD (lr 1 here: no clipping is
@@ -24,6 +25,11 @@ for wall time and for the process's CPU time (steadier on a shared machine; use 
 worker threads do not spin). The heatmap image (redrawn every 1000 updates and at the end of fit) is timed alone
 and shown amortised. The saturation tags (``rnn/saturation/...``, measured with each gradient-flow measurement) are
 accounted on their own: the CPU time inside ``saturation_tensors`` per update, against a bare update.
+
+``--spectra H,...`` measures only the spectra (``rnn/sigma_max/*``, ``rnn/spectral_radius/*``) of a 2-layer LSTM's
+``W_hh`` at each hidden size: the time to compute them on the training thread, as the monitor did before it handed
+them to its worker thread (:mod:`seqstab.core.monitor.background`), against what the training thread now spends:
+handing them over at one flush and polling at the next, while the worker computes the same values.
 """
 
 from __future__ import annotations
@@ -291,6 +297,77 @@ def print_saturation(accounts: Accounts, times: dict, names: list[str], block: i
         )
 
 
+def spectra_table(sizes: list[int]) -> None:
+    """The spectra of a 2-layer LSTM's ``W_hh`` at each hidden size: on this thread, and handed to the worker; then
+    what a worker beside it does to this thread's own parallel work."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from seqstab.core.monitor.background import Background
+    from seqstab.core.monitor.spectra import recurrent_spectra
+
+    def lstm(hidden: int):
+        g = torch.Generator().manual_seed(hidden)
+        return [torch.randn(4 * hidden, hidden, generator=g) / hidden**0.5 for _ in range(2)]
+
+    print(
+        f"\nspectra of a 2-layer LSTM's W_hh; this thread runs {torch.get_num_threads()} torch thread(s), the worker 1"
+    )
+    print("| hidden | computed on this thread, s | handed to the worker, ms | a later flush's poll, ms "
+          "| worker's time, s | largest relative difference |")  # fmt: skip
+    print("|---:|---:|---:|---:|---:|---:|")
+    worker = Background()  # one for the run, as a monitor keeps one for its fit
+    worker.submit(None, recurrent_spectra, [torch.eye(8)], "rnn")  # its thread started and warm
+    worker.results(wait=True)
+    for hidden in sizes:
+        weights = lstm(hidden)
+        start = time.perf_counter()
+        inline = recurrent_spectra(weights, "lstm")
+        inline_s = time.perf_counter() - start
+        start = time.perf_counter()
+        worker.submit(hidden, recurrent_spectra, weights, "lstm")
+        handed = time.perf_counter() - start
+        start = time.perf_counter()
+        worker.results()  # what a flush while the worker is busy costs the training thread
+        polled = time.perf_counter() - start
+        ((_, background),) = worker.results(wait=True)
+        total = time.perf_counter() - start + handed
+        diff = max(abs(background[k] - v) / max(abs(v), 1e-300) for k, v in inline.items())
+        print(f"| {hidden} | {inline_s:.2f} | {handed * 1e3:.2f} | {polled * 1e3:.3f} | {total:.2f} | {diff:.1e} |")
+
+    layer = torch.nn.LSTM(200, 200, batch_first=True)
+    x = torch.randn(20, 35, 200)
+
+    def layer_ms(calls: int = 20) -> float:
+        start = time.perf_counter()
+        for _ in range(calls):
+            layer(x)[0].sum().backward()
+        return (time.perf_counter() - start) / calls * 1e3
+
+    layer_ms(5)
+    alone = statistics.median(layer_ms() for _ in range(3))
+    busy = worker._pool.submit(recurrent_spectra, lstm(max(sizes)), "lstm")  # noqa: SLF001 (the bench's own job)
+    beside = []
+    while not busy.done() and len(beside) < 5:
+        beside.append(layer_ms(5))
+    busy.result()
+    worker.close()
+    threads = torch.get_num_threads()
+
+    def team_job() -> None:  # what a worker keeping the training thread's count would run
+        torch.set_num_threads(threads)
+        recurrent_spectra(lstm(200), "lstm")
+
+    team = ThreadPoolExecutor(max_workers=1)
+    team.submit(team_job).result()
+    kept = statistics.median(layer_ms() for _ in range(3))  # the worker idle, alive, its team kept
+    team.shutdown()
+    print(f"\nthis thread's 1-layer 200-unit LSTM forward + backward (20 × 35 × 200, {threads} thread(s)), ms:")
+    print(f"  alone {alone:.2f}")
+    if beside:
+        print(f"  beside the worker computing {max(sizes)} units on one thread: {statistics.median(beside):.2f}")
+    print(f"  beside an idle worker that ran {threads} threads: {kept:.2f}")
+
+
 def machine() -> str:
     cpu = platform.processor() or "unknown CPU"
     try:
@@ -315,9 +392,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=5, help="untimed updates first")
     parser.add_argument("--only", nargs="*", help="configurations to run (bare is always included)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--spectra", help="only the spectra, at these hidden sizes (comma list, e.g. 200,1500)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.spectra:
+        try:
+            sizes = [int(h) for h in args.spectra.split(",")]
+        except ValueError:
+            parser.error(f"--spectra {args.spectra!r}: a comma list of hidden sizes, e.g. 200,1500")
+        print(f"machine: {machine()}")
+        spectra_table(sizes)
+        return
 
     names = ["bare", *[n for n in configurations() if n != "bare" and (not args.only or n in args.only)]]
     schedule = [name for c in range(args.cycles) for name in names[c % len(names) :] + names[: c % len(names)]]

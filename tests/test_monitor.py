@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import pickle
+import threading
+import time
 from functools import partial
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -16,6 +19,7 @@ from torch.utils.data import DataLoader
 from datamodules.base import DataSpec, SeqDataModule, StreamWindows
 from datamodules.synthetic import AddingProblem
 from seqstab.core.monitor import FlowProbe, GradMonitor, flow_summary
+from seqstab.core.monitor.background import Background
 from seqstab.core.monitor.heatmap import Heatmap, render_heatmap
 from seqstab.core.monitor.spectra import recurrent_spectra
 from seqstab.core.record import StaticRun
@@ -390,3 +394,91 @@ def test_flow_probe_and_saturation_of_a_layer_without_biases(cell):
         name = "forget" if kind == "lstm" else "update"
         expected_mean = torch.sigmoid(gates[..., 5 * mean_block : 5 * (mean_block + 1)]).mean()
         assert tags[f"rnn/saturation/layer_0/{name}_mean"] == pytest.approx(float(expected_mean), rel=1e-5)
+
+
+# -- the spectra off the training thread (where the net trains on a GPU) ------------------------------------------
+
+
+def test_background_gives_results_back_in_order_and_raises_on_the_caller():
+    """One worker, jobs in order: a poll returns the finished prefix only; ``wait`` every one; a job's exception is
+    raised by the call that takes its result back; a pickled owner carries no job."""
+    gate = threading.Event()
+    worker = Background()
+    worker.submit("first", lambda: (gate.wait(10), torch.get_num_threads())[1])
+    worker.submit("second", lambda: "done")
+    assert worker.results() == [] and len(worker) == 2  # the first still runs: nothing, not even the second
+    gate.set()
+    assert worker.results(wait=True) == [("first", 1), ("second", "done")]  # the job ran on one torch thread
+    worker.submit("bad", lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        worker.results(wait=True)
+    worker.submit("kept", lambda: 1)
+    assert len(pickle.loads(pickle.dumps(worker))) == 0
+    worker.close()
+    assert len(worker) == 0
+
+
+def _spectra_fit(tmp_path, name: str, off_thread: bool, **checkpointing) -> EventAccumulator:
+    torch.manual_seed(0)
+    data = AddingProblem(seq_len=12, num_train=48, num_val=16, num_test=16, batch_size=8)
+    model = SequenceRegressor(
+        net=partial(RecurrentNet, cell="lstm", hidden_size=24, num_layers=2),
+        spec=data.spec,
+        monitor=GradMonitor(grad_flow_every_n_steps=None, spectrum_every_n_steps=2, spectra_off_thread=off_thread),
+    )
+    logger = TensorBoardLogger(tmp_path, name=name, default_hp_metric=False)
+    quiet_trainer(logger=logger, max_steps=6, log_every_n_steps=2, **checkpointing).fit(model, data)
+    return events(logger.log_dir)
+
+
+def test_spectra_off_the_training_thread_are_the_values_it_would_write(tmp_path, monkeypatch):
+    """``spectra_off_thread=True`` on the CPU: every spectrum at its step, the same values the training thread
+    writes with one thread, and nothing else in the run moved."""
+    computed_on: dict[str, set[str]] = {"inline": set(), "off": set()}
+    run_name = ["inline"]
+
+    def spectra(weights, cells):
+        computed_on[run_name[0]].add(threading.current_thread().name)
+        return recurrent_spectra(weights, cells)
+
+    monkeypatch.setattr("seqstab.core.monitor.monitor.recurrent_spectra", spectra)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the worker's count: the values bitwise
+    try:
+        inline = _spectra_fit(tmp_path, "inline", False)
+        run_name[0] = "off"
+        off = _spectra_fit(tmp_path, "off", True)
+    finally:
+        torch.set_num_threads(threads)
+    assert computed_on["inline"] == {threading.main_thread().name}
+    assert len(computed_on["off"]) == 1 and computed_on["off"].pop().startswith("seqstab-monitor")
+    tags = inline.Tags()["scalars"]
+    assert "rnn/spectral_radius/layer_1/gate_f" in tags and sorted(off.Tags()["scalars"]) == sorted(tags)
+    for tag in tags:
+        assert series(off, tag) == series(inline, tag), tag
+    assert [s for s, _ in series(off, "rnn/sigma_max/layer_0/gate_i")] == [0, 2, 4]
+
+
+def test_a_checkpoint_waits_for_the_spectra_measured_before_it(tmp_path, monkeypatch):
+    """A spectrum still being computed when a checkpoint is saved is written before the checkpoint: a run resumed
+    from it, which trains from the step after, would never write it."""
+    measured: list[int] = []
+
+    def spectra(weights, cells):
+        time.sleep(0.3)  # longer than the updates up to the next flush
+        measured.append(len(weights))
+        return recurrent_spectra(weights, cells)
+
+    monkeypatch.setattr("seqstab.core.monitor.monitor.recurrent_spectra", spectra)
+    written_at_save: list[int] = []
+
+    class AtSave(pl.Callback):  # after the task's own on_save_checkpoint: what the event file holds by then
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == 3:
+                pl_module.on_save_checkpoint({"state_dict": pl_module.state_dict()})
+                logs = events(trainer.logger.log_dir)
+                written_at_save.extend(s for s, _ in series(logs, "rnn/sigma_max/layer_0/gate_i"))
+
+    acc = _spectra_fit(tmp_path, "ckpt", True, callbacks=[AtSave()])
+    assert written_at_save == [0, 2]  # both measured before update 3, both in the file before its checkpoint
+    assert [s for s, _ in series(acc, "rnn/sigma_max/layer_0/gate_i")] == [0, 2, 4] and measured == [2, 2, 2]

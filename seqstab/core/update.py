@@ -18,7 +18,8 @@ loss hands it to :meth:`UpdateCore.update` with callables for what only the call
     every log_every_n_steps updates        core.flush(run): one read-back of every row since the last one; each
     (and at validation, a checkpoint,      update's tags to every logger at its own step; the guard settles the
     the end of fit)                        events (explosions.jsonl, console, diagnosis, snapshot); the monitor
-                                           writes what was due
+                                           writes what was due, and the spectra its worker thread has finished
+                                           (at a checkpoint and the fit's end: all of them)
 
 No host synchronisation happens between flushes: a GPU queue is never stalled by the stations. Three callers, one
 path: :class:`seqstab.tasks.SeqTask` (its chunk loop), the :class:`seqstab.callbacks.GradientStability` callback
@@ -213,11 +214,16 @@ class UpdateCore:
             self._withholding = withholding(optimizer, scaled=run.loss_scale is not None)
         return self._withholding
 
-    def flush(self, run: Run) -> list[Update]:
+    def flush(self, run: Run, complete: bool = False) -> list[Update]:
         """Read back every update since the last flush (one transfer), settle the guard's verdicts in order, and
-        write each update's tags to the loggers at its own step. Returns the updates read back."""
+        write each update's tags to the loggers at its own step; then what the monitor computed off the training
+        thread since (the spectra; ``complete``: all it was given, waiting for it, as before a checkpoint).
+        Returns the updates read back."""
         pending, self._pending = self._pending, []
         if not pending:
+            if complete and self.monitor is not None:
+                self.monitor.collect(run, wait=True)
+                logs.flush(run)
             return []
         values = _read_back(pending)
         for item, read in zip(pending, values, strict=True):
@@ -241,6 +247,8 @@ class UpdateCore:
                 self.stop_requested = True
         if self.guard is not None:
             self.guard.flushed(pending[-1].update.step)
+        if self.monitor is not None:
+            self.monitor.collect(run, wait=complete)
         logs.flush(run)
         self.last = pending[-1].update
         return [item.update for item in pending]

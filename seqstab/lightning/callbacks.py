@@ -315,7 +315,7 @@ class GradientStability(*_callback_bases()):
 
     def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         if self.run is not None:
-            self.core.flush(self.run)
+            self.core.flush(self.run, complete=True)  # the spectra measured so far written too: none is lost on resume
         check_finite_weights(checkpoint["state_dict"])  # never write a checkpoint holding inf/nan weights
 
     def state_dict(self) -> dict[str, Any]:

@@ -374,7 +374,8 @@ class SeqTask(Evaluation, pl.LightningModule):
     # -- checkpoint: the task's own state (the resume machinery is seqstab.resume.ExactResume) -----------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.core.flush(self.run)  # every update up to here read back: the guard's state is whole
+        self.core.flush(self.run, complete=True)  # every update read back (the guard's state is whole), every
+        # spectrum measured so far written: a run resumed from here misses none
         check_finite_weights(checkpoint["state_dict"])  # never write a checkpoint holding inf/nan weights
         checkpoint.setdefault(STATE_KEY, {}).update(self.core.state_dict())
         checkpoint[STATE_KEY]["truncation"] = self.truncation.state_dict()  # a random policy's generator

@@ -9,8 +9,10 @@ The monitor hangs off the update core (:class:`seqstab.update.UpdateCore`) at fi
                    step_tensors(...)    after backward, before clipping: per-module norms as device tensors (read
                                         back with the loss in the update's one sync); gradient flow; host copies
                                         of what emit needs, queued behind that same sync
-                   emit(run, update)    after the step: write what is due (flow scalars, spectra, histograms, image)
-    fit end        finish(run)          the final gradient-flow heatmap
+                   emit(run, update)    at the flush, each update read back: write what is due (flow scalars,
+                                        histograms, image); on a GPU, hand the spectra to a worker thread
+                   collect(run, wait)   the flush's end: write the spectra the worker has finished (wait: all)
+    fit end        finish(run)          the spectra still being computed; the final gradient-flow heatmap
 
 On a step where nothing is due each station returns after an integer test or two. What a net offers for gradient
 flow and spectra is the recurrent contract of :mod:`seqstab.nets` (:func:`flow_layers`, :func:`spectral_weights`).

@@ -22,6 +22,7 @@ class HostCopy:
 
     def __init__(self, tensor: torch.Tensor):
         cuda = tensor.is_cuda
+        self.device = tensor.device  # where the tensor was copied from
         self.tensor = tensor.detach().to("cpu", non_blocking=cuda, copy=True)
         self.event = None
         if cuda:

@@ -11,6 +11,7 @@ from torch import nn
 
 from seqstab.core.errors import check_positive
 from seqstab.core.logs import add_image, log_metrics, writes
+from seqstab.core.monitor.background import Background
 from seqstab.core.monitor.contract import flow_layers, spectral_weights
 from seqstab.core.monitor.copies import HostCopy, ModuleGroups, write_histograms
 from seqstab.core.monitor.dashboard import write_dashboard
@@ -53,6 +54,13 @@ class GradMonitor:
         saturation: With each gradient-flow measurement, the saturation of every recurrent layer
             (``rnn/saturation/layer_<i>/...``: saturated tanh units, LSTM/GRU gates near 0 or 1, dead ReLUs;
             :mod:`seqstab.core.monitor.saturation`), recomputed from what the flow probe captured.
+        spectra_off_thread: Compute the spectra on a worker thread, with one CPU thread, and write them at their
+            own step at a later flush — at the latest before the next checkpoint is saved and at the fit's end —
+            instead of at the flush, on the training thread (:mod:`seqstab.core.monitor.background`). None (default):
+            when the net trains on a GPU, whose queue would run dry while the host computes (a measurement of a
+            2×1,500 LSTM takes 9–12 s on 2 cores); on the CPU the training's own threads need the cores. True: on the
+            CPU too, for a host with a core to spare. Their last bits may differ from the training thread's where
+            it runs several threads.
     """
 
     def __init__(
@@ -64,6 +72,7 @@ class GradMonitor:
         heatmap_every_n_steps: int | None = 1000,
         dashboard: bool = True,
         saturation: bool = True,
+        spectra_off_thread: bool | None = None,
     ):
         check_positive(
             grad_flow_every_n_steps=grad_flow_every_n_steps,
@@ -78,12 +87,16 @@ class GradMonitor:
         self.heatmap_every_n_steps = heatmap_every_n_steps
         self.dashboard = dashboard
         self.saturation = saturation
+        self.spectra_off_thread = spectra_off_thread
         self._reset()
 
     def _reset(self) -> None:
         self._probe: FlowProbe | None = None  # hooks of the flow step in progress
         self._flow: dict[int, HostCopy] = {}  # step -> (L, k) norms, awaiting emit (at the flush)
         self._weights: dict[int, list[tuple[HostCopy, str]]] = {}  # step -> W_hh snapshots awaiting emit
+        if getattr(self, "_spectra", None) is not None:
+            self._spectra.close()
+        self._spectra = Background()  # the spectra being computed off the training thread, by step
         self._hist: dict[int, dict[str, HostCopy]] = {}  # step -> tag -> values awaiting emit
         self._groups: ModuleGroups | None = None
         self.flow_history: list[tuple[int, np.ndarray]] = []  # (step, (L, k) norms): the heatmap's columns
@@ -96,7 +109,7 @@ class GradMonitor:
 
     def __getstate__(self) -> dict[str, Any]:  # hooks and pending copies do not travel (e.g. to spawned workers)
         state = dict(self.__dict__)
-        state.update(_probe=None, _flow={}, _weights={}, _hist={}, _groups=None)
+        state.update(_probe=None, _flow={}, _weights={}, _hist={}, _groups=None, _spectra=Background())
         return state
 
     # -- stations ------------------------------------------------------------------------------------------
@@ -168,12 +181,24 @@ class GradMonitor:
             update.values.update(self._emit_flow(run, step, self._flow.pop(step)))
         if step in self._weights:
             copies = self._weights.pop(step)
-            metrics = recurrent_spectra([c.get() for c, _ in copies], [cell for _, cell in copies])
-            log_metrics(run, metrics, step)
+            weights, cells = [c.get() for c, _ in copies], [cell for _, cell in copies]
+            off_thread = self.spectra_off_thread
+            if off_thread is None:
+                off_thread = copies[0][0].device.type != "cpu"
+            if off_thread:  # written by collect(), at a later flush
+                self._spectra.submit(step, recurrent_spectra, weights, cells)
+            else:
+                log_metrics(run, recurrent_spectra(weights, cells), step)
         if step in self._hist:
             write_histograms(run, step, self._hist.pop(step))
         if _due(self.heatmap_every_n_steps, update.step) and len(self.flow_history) > self._drawn:
             self._draw_heatmap(run, update.step)
+
+    def collect(self, run: Run, wait: bool = False) -> None:
+        """At the end of a flush: write the spectra computed since, each at its own step (``wait``: every one given,
+        waiting for them, as before a checkpoint is saved)."""
+        for step, metrics in self._spectra.results(wait):
+            log_metrics(run, metrics, step, flushed=False)  # the flush that called makes them readable
 
     def drop(self, step: int) -> None:
         """What was measured at ``step`` is not to be written (an update that is not logged)."""
@@ -181,10 +206,14 @@ class GradMonitor:
             pending.pop(step, None)
 
     def finish(self, run: Run) -> None:
-        """Fit end: draw the gradient-flow heatmap with every column measured."""
+        """Fit end: write the spectra still being computed; draw the gradient-flow heatmap with every column
+        measured."""
         if self._probe is not None:
             self._probe.remove()
             self._probe = None
+        for step, metrics in self._spectra.results(wait=True):
+            log_metrics(run, metrics, step)
+        self._spectra.close()
         if len(self.flow_history) > self._drawn and writes(run):
             self._draw_heatmap(run, self.flow_history[-1][0])
         for writer in run.writers:

@@ -5,7 +5,9 @@ explode if ``σ_max(W_hh) > 1/γ`` (γ = 1 for tanh, relu and linear; 1/4 for si
 vanish. The spectral radius ρ (largest |eigenvalue|) is the long-run growth rate of a linear RNN: its gradient
 through k steps scales as ρ^k. For LSTM and GRU each gate's square block of ``W_hh`` is reported on its own.
 
-Tags (values computed on the host in float64, from a snapshot of the weights taken before the update)::
+Tags (values computed on the host in float64, from a snapshot of the weights taken before the update; where the net
+trains on a GPU on the monitor's worker thread, written at their own step at a later flush:
+:mod:`seqstab.core.monitor.background`)::
 
     rnn/sigma_max/layer_<i>                 vanilla RNN
     rnn/spectral_radius/layer_<i>
