@@ -27,9 +27,11 @@ and shown amortised. The saturation tags (``rnn/saturation/...``, measured with 
 accounted on their own: the CPU time inside ``saturation_tensors`` per update, against a bare update.
 
 ``--spectra H,...`` measures only the spectra (``rnn/sigma_max/*``, ``rnn/spectral_radius/*``) of a 2-layer LSTM's
-``W_hh`` at each hidden size: the time to compute them on the training thread, as the monitor did before it handed
-them to its worker thread (:mod:`seqstab.core.monitor.background`), against what the training thread now spends:
-handing them over at one flush and polling at the next, while the worker computes the same values.
+``W_hh`` at each hidden size: the time to compute them on the training thread (as the monitor does on the CPU),
+against what the training thread spends where they go to the monitor's worker thread (on a GPU:
+:mod:`seqstab.core.monitor.background`): handing them over at one flush and polling at the next, while the worker
+computes them on one thread. Then a 200-unit LSTM layer on this thread, alone and beside the worker, busy and idle:
+why the CPU keeps them on the training thread, and why the worker keeps to one thread.
 """
 
 from __future__ import annotations

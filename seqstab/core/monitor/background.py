@@ -6,14 +6,14 @@ measurement of a 2-layer LSTM takes 0.1–0.2 s at 200 units, ~2 s at 650 and 9�
 benchmarks/bench_monitor.py --spectra 200,650,1500``). Computed at the flush, on the thread that trains, every such
 second is a second the loop stops: on a GPU, whose queue runs dry meanwhile, and where 500 updates of such a net
 take seconds, it could wait about as long as it trains (an estimate: no GPU was lent to measure it). So there
-:class:`Background` runs them on a worker thread
-(LAPACK releases the GIL), and the training thread writes each result, at its own step, at a later flush — at the
-latest before the next checkpoint is saved and at the fit's end, so a run resumed from a checkpoint misses none.
+:class:`Background` runs them on a worker thread (LAPACK releases the GIL), and the training thread writes each
+result, at its own step, at a later flush — at the latest before the next checkpoint is saved and at the fit's end,
+so a run resumed from a checkpoint misses none.
 
 On the CPU the monitor computes them on the training thread, as before (``GradMonitor(spectra_off_thread=...)``):
 there the training's own threads use the cores, and an OpenMP team waits at every barrier for its slowest thread —
-a 2-thread LSTM layer's forward and backward ran 2–3× slower on the 2-core VM while a worker computed
-beside it (``bench_monitor.py --spectra`` prints it).
+a 2-thread LSTM layer's forward and backward ran 2–3× slower on the 2-core VM while a worker computed beside it
+(``bench_monitor.py --spectra`` prints it).
 """
 
 from __future__ import annotations
