@@ -7,6 +7,7 @@ import json
 import math
 import re
 import struct
+import time
 import warnings
 
 import pytest
@@ -219,6 +220,34 @@ def test_a_stacked_lstm_gets_per_layer_norms_and_spectra_and_says_once_why_no_fl
     assert {"grad/norm/lstm.l0.ih", "grad/norm/lstm.l0.hh", "grad/norm/lstm.l1.hh", "grad/norm/out"} <= tags
     assert {"rnn/sigma_max/layer_0/gate_f", "rnn/spectral_radius/layer_1/gate_o"} <= tags
     assert not any(t.startswith("grad_flow/") for t in tags)
+
+
+def test_the_callback_writes_off_thread_spectra_before_each_checkpoint(tmp_path, monkeypatch):
+    """``GradMonitor(spectra_off_thread=True)`` under the callback: a spectrum still being computed when Lightning
+    saves a checkpoint is in the event file by the time the next callback sees the checkpoint."""
+    from seqstab.core.monitor import GradMonitor
+    from seqstab.core.monitor.spectra import recurrent_spectra
+
+    def slow(weights, cells):
+        time.sleep(0.2)  # longer than an update: still running at the flush after it
+        return recurrent_spectra(weights, cells)
+
+    monkeypatch.setattr("seqstab.core.monitor.monitor.recurrent_spectra", slow)
+    seen: dict[int, list[int]] = {}
+
+    class AtSave(pl.Callback):  # after GradientStability in the list: its on_save_checkpoint has run
+        def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+            seen[trainer.global_step] = [
+                s for s, _ in scalars(tmp_path / "run").get("rnn/sigma_max/layer_0/gate_f", [])
+            ]
+
+    monitor = GradMonitor(grad_flow_every_n_steps=None, spectrum_every_n_steps=1, spectra_off_thread=True)
+    stability = GradientStability(net="lstm", monitor=monitor)
+    every_two = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1)
+    trainer(pl, tmp_path, [stability, every_two, AtSave()], max_epochs=1, limit_train_batches=4,
+            enable_checkpointing=True).fit(PLClassifier(), data())  # fmt: skip
+    assert seen == {2: [0, 1], 4: [0, 1, 2, 3]}  # every update before the checkpoint measured and written
+    assert [s for s, _ in scalars(tmp_path / "run")["rnn/sigma_max/layer_0/gate_f"]] == [0, 1, 2, 3]
 
 
 def test_two_clippers_manual_optimization_and_a_wrong_net_are_one_line_errors(tmp_path):
