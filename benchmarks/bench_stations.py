@@ -21,8 +21,9 @@ The figures are of one process on a shared machine: compare rows within a run, a
 ``--ops`` adds what does not depend on the machine's state: both programs trained again, the same updates, with a
 ``TorchDispatchMode`` counting every tensor operation that reaches a kernel (after autograd, the backward's
 included; views and in-place ones count, Python between them does not), per update and station, nested as the
-times are. Each such operation costs the host ~0.5–5 µs whatever its size (a view the least): the count is the part
-of the host cost that a change of code moves, and a noisy machine does not.
+times are. Each such operation costs the host ~0.5–5 µs whatever its size on the 2-core VM of ``RESULTS.md`` (a view
+the least, one after a backward the most): the count is the part of the host cost that a change of code moves, and
+a noisy machine does not.
 """
 
 from __future__ import annotations

@@ -220,12 +220,7 @@ class UpdateCore:
         thread since (the spectra; ``complete``: all it was given, waiting for it, as before a checkpoint).
         Returns the updates read back."""
         pending, self._pending = self._pending, []
-        if not pending:
-            if complete and self.monitor is not None:
-                self.monitor.collect(run, wait=True)
-                logs.flush(run)
-            return []
-        values = _read_back(pending)
+        values = _read_back(pending) if pending else []
         for item, read in zip(pending, values, strict=True):
             update = item.update
             update.values = read["values"]
@@ -245,12 +240,13 @@ class UpdateCore:
                 self.monitor.drop(update.step)
             if update.action is Action.STOP:
                 self.stop_requested = True
-        if self.guard is not None:
-            self.guard.flushed(pending[-1].update.step)
+        if pending:
+            if self.guard is not None:
+                self.guard.flushed(pending[-1].update.step)
+            self.last = pending[-1].update
         if self.monitor is not None:
             self.monitor.collect(run, wait=complete)
         logs.flush(run)
-        self.last = pending[-1].update
         return [item.update for item in pending]
 
     def log(self, run: Run, update: Update) -> None:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from seqstab.core.errors import check_positive
-from seqstab.core.logs import add_image, log_metrics, writes
+from seqstab.core.logs import add_image, flush, log_metrics, writes
 from seqstab.core.monitor.background import Background
 from seqstab.core.monitor.contract import flow_layers, spectral_weights
 from seqstab.core.monitor.copies import HostCopy, ModuleGroups, write_histograms
@@ -195,8 +195,9 @@ class GradMonitor:
             self._draw_heatmap(run, update.step)
 
     def collect(self, run: Run, wait: bool = False) -> None:
-        """At the end of a flush: write the spectra computed since, each at its own step (``wait``: every one given,
-        waiting for them, as before a checkpoint is saved)."""
+        """At the end of a flush (and at :meth:`finish`): write the spectra computed since, each at its own step
+        (``wait``: every one given, waiting for them, as before a checkpoint is saved). The caller flushes the
+        loggers."""
         for step, metrics in self._spectra.results(wait):
             log_metrics(run, metrics, step, flushed=False)  # the flush that called makes them readable
 
@@ -211,8 +212,8 @@ class GradMonitor:
         if self._probe is not None:
             self._probe.remove()
             self._probe = None
-        for step, metrics in self._spectra.results(wait=True):
-            log_metrics(run, metrics, step)
+        self.collect(run, wait=True)
+        flush(run)
         self._spectra.close()
         if len(self.flow_history) > self._drawn and writes(run):
             self._draw_heatmap(run, self.flow_history[-1][0])
