@@ -243,6 +243,32 @@ def test_events_are_logged_to_tensorboard_and_jsonl(tmp_path, monkeypatch, capsy
     assert b"module" in texts[0].tensor_proto.string_val[0]
 
 
+def test_a_warn_guard_without_snapshot_finds_on_the_host_what_the_device_finds(tmp_path, monkeypatch):
+    """``warn`` without a snapshot runs the event rule at the flush, on the host (``seqstab.core.guard.reports``); with
+    a snapshot the device runs it. The same exploding run under both: every scalar (``explosion/events`` and
+    ``grad/spike_score`` included), every event's line and the checkpointed guard state are the same, bit for bit."""
+    monkeypatch.chdir(tmp_path)
+    runs = {}
+    for snapshot in ("false", "true"):
+        args = ["fit", "--config", str(EXPLODE), *QUIET, "--trainer.max_epochs", "1", "--trainer.logger.save_dir"]
+        args += [snapshot, "--data.seq_len", "50", "--data.num_train", "750", "--data.num_val", "50"]
+        args += ["--model.guard.snapshot", snapshot, "--model.guard.log_spike_score", "true"]
+        args += ["--model.guard.spike_factor", "2", "--model.guard.window", "20"]
+        args += ["--trainer.log_every_n_steps", "7"]
+        assert main(args) == 0
+        run_dir = next(Path(snapshot).glob("seqstab/version_*"))
+        lines = [json.loads(line) for line in (run_dir / "explosions.jsonl").read_text().splitlines()]
+        for line in lines:  # the snapshot, and the first event's diagnosis measured on its weights, are the device's
+            line.pop("snapshot", None), line.pop("diagnosis", None)
+        state = torch.load(next(run_dir.glob("checkpoints/*.ckpt")), weights_only=True)["seqstab"]["guard"]
+        state = {k: state[k] for k in ("norms", "recent", "spikes", "events", "first_event", "peak", "applied_max")}
+        runs[snapshot] = scalars(run_dir), lines, state
+    (host, host_lines, host_state), (device, device_lines, device_state) = runs["false"], runs["true"]
+    assert host_lines == device_lines and "spike" in {line["reason"] for line in host_lines}
+    assert host_state == device_state and host_state["events"] == len(host_lines) and host_state["norms"]
+    assert host == device and max(v for _, v in host["grad/spike_score"]) > 0
+
+
 def test_checkpoint_with_non_finite_weights_is_refused(tmp_path):
     task, data = tiny_task(ExplosionGuard(), NoClip())
     trainer = quiet_trainer(max_steps=1, default_root_dir=tmp_path)

@@ -3,7 +3,9 @@
 ``ExplosionGuard.decide`` keeps its windows as device tensors and decides with masks, never a Python branch on a
 device value; this file says the same rule with host floats, lists and ``if``s, one update at a time, and checks
 that both give the same verdict — reason, the median the norm met, applied or not, the action, the event count and
-the spike score — for every policy and setting, on norms that spike, vanish, overflow and go non-finite.
+the spike score — for every policy and setting, on norms that spike, vanish, overflow and go non-finite. A guard
+whose events change nothing (``warn`` without a snapshot) decides only the action on the device and the rest at the
+flush, on the host (:mod:`seqstab.core.guard.reports`): it is held to the same reference, through ``settle``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -105,30 +108,55 @@ NORMS = st.one_of(
     max_norm=st.sampled_from([None, 5.0, 500.0]),
     max_consecutive_skips=st.sampled_from([None, 1, 3]),
     amp=st.booleans(),
+    snapshot=st.booleans(),
     norms=st.lists(NORMS, min_size=1, max_size=40),
 )
 def test_the_device_verdict_is_the_rule_said_on_the_host(
-    policy, spike_factor, window, data, max_norm, max_consecutive_skips, amp, norms
+    policy, spike_factor, window, data, max_norm, max_consecutive_skips, amp, snapshot, norms
 ):
     min_history = data.draw(st.integers(1, window), label="min_history")
     kwargs = dict(policy=policy, spike_factor=spike_factor, window=window, min_history=min_history, max_norm=max_norm)
-    kwargs |= dict(max_consecutive_skips=max_consecutive_skips)
-    guard = ExplosionGuard(**kwargs, snapshot=False, log_spike_score=True, diagnose=False, vanishing=None)
-    reference = Reference(**kwargs)
+    assert_the_rule(kwargs | dict(max_consecutive_skips=max_consecutive_skips), snapshot, amp, norms)
+
+
+@pytest.mark.parametrize(("policy", "snapshot"), [("warn", False), ("warn", True), ("skip", False)])
+def test_a_norm_at_the_spike_threshold_is_no_spike_and_one_float_above_is(policy, snapshot):
+    """The threshold's edge, which random norms rarely hit: ``spike_factor`` × the baseline exactly is no spike, the
+    next float32 above it is one (on the device, and in the host rule of a ``warn`` guard without a snapshot)."""
+    edge = float(np.nextafter(np.float32(2.0), np.float32(3.0)))
+    kwargs = dict(policy=policy, spike_factor=2.0, window=4, min_history=2, max_norm=None, max_consecutive_skips=None)
+    assert assert_the_rule(kwargs, snapshot, False, [1.0, 1.0, 1.0, 2.0, edge]) == [None, None, None, None, "spike"]
+
+
+def assert_the_rule(kwargs: dict, snapshot: bool, amp: bool, norms: list[float]) -> list[str | None]:
+    """Each of ``norms`` through the guard and through :class:`Reference`: the same verdict at every update (the
+    guard's device verdict, or its host rule through ``settle`` where it has one). Returns the reasons."""
+    guard = ExplosionGuard(**kwargs, snapshot=snapshot, log_spike_score=True, diagnose=False, vanishing=None)
+    reference, reasons = Reference(**kwargs), []
     for step, value in enumerate(norms):
         norm32 = torch.tensor(value, dtype=torch.float32)  # what the clip station hands over
         tensor_norms = torch.stack([norm32, torch.tensor(1.0)])
         clip = ClipResult(norm32, norm32, torch.tensor(False), tensor_norms=tensor_norms)
-        verdict = guard.decide(None, Update(step, None, None, clip, {}), overflow_possible=amp)
+        update = Update(step, None, None, clip, {})
+        verdict = guard.decide(None, update, overflow_possible=amp)
         expected = reference.decide(float(np.float32(value)), amp)
-        got = {
-            "reason": REASONS[int(verdict.reason)],
-            "median": float(verdict.median),
-            "apply": bool(verdict.apply),
-            "action": ACTIONS[int(verdict.action)],
-            "events": int(verdict.events),
-            "spike_score": float(verdict.spike_score),
-        }
+        got = {"apply": bool(verdict.apply), "action": ACTIONS[int(verdict.action)]}
+        if verdict.reason is None:  # the host rule, as the flush runs it on the values read back
+            assert kwargs["policy"] == "warn" and not snapshot
+            update.values = {"grad/norm_total": float(np.float32(value))}
+            if amp:
+                update.values["amp/overflow"] = float(not math.isfinite(value))
+            read = {"action": ACTIONS.index(got["action"])}
+            guard.settle(None, update, read)
+            median = math.nan if read["median"] is None else read["median"]
+            got |= {"reason": REASONS[read["reason"]], "median": median}
+            got |= {"events": int(update.values["explosion/events"]), "spike_score": update.values["grad/spike_score"]}
+        else:
+            assert not (kwargs["policy"] == "warn" and not snapshot)
+            got |= {"reason": REASONS[int(verdict.reason)], "median": float(verdict.median)}
+            got |= {"events": int(verdict.events), "spike_score": float(verdict.spike_score)}
         assert got["median"] == expected["median"] or math.isnan(got["median"]) and math.isnan(expected["median"])
         got["median"] = expected["median"]
         assert got == expected, (step, value, norms[: step + 1])
+        reasons.append(got["reason"])
+    return reasons

@@ -3,7 +3,10 @@
 At every update the update core (:class:`seqstab.core.update.UpdateCore`) calls :meth:`ExplosionGuard.decide`
 with the update's clip result: the running median (:mod:`~seqstab.core.guard.window`), the spike test and the
 policy are tensor operations on the training device, and the verdict (a :class:`Verdict` of 0-dim tensors) withholds
-the update there (:mod:`seqstab.core.withhold`) — no host synchronisation. When the update core reads its rows back
+the update there (:mod:`seqstab.core.withhold`) — no host synchronisation. A guard whose events change nothing
+(``policy="warn"`` without a snapshot, the tasks' and the callback's default) decides only the action there and runs
+the rest of the rule at the flush, on the norms read back (:mod:`~seqstab.core.guard.reports`, the same values). When
+the update core reads its rows back
 (every ``log_every_n_steps`` updates, and at validation, a checkpoint and the end of fit) the guard settles each
 verdict in order (:meth:`ExplosionGuard.settle`): the closing lines' peak, the diagnosis's O(1) statistics, and what
 an event leaves.
