@@ -13,8 +13,9 @@ what is timed is training), in this process; Lightning's floor runs its module t
 ``--warmup`` on, a wrapper around each method below adds its wall time (``time.perf_counter``; the wrappers cost
 ~1 µs a call) and the table gives each one's ms per update, averaged over the updates timed. Nested rows hold
 their children (``update`` holds ``backward`` … ``flush``; ``flush`` holds ``log`` and ``monitor.emit``), so rows do
-not add up; ``loop`` is Lightning's whole batch (fetch, hooks, ``training_step``). Work done every n-th update (the
-gradient-flow probe every 50, the heatmap every 1,000, the flush every ``log_every_n_steps``) is spread over the
+not add up; ``loop`` is Lightning's whole batch (fetch, hooks, ``training_step``; ``monitor.step_tensors`` holds
+the gradient-flow probe's re-run of each layer and the saturation tags' gate products). Work done every n-th update
+(the gradient-flow probe every 50, the heatmap every 1,000, the flush every ``log_every_n_steps``) is spread over the
 updates timed, as it is in a run.
 
 The figures are of one process on a shared machine: compare rows within a run, and runs on the same machine state.
@@ -50,6 +51,8 @@ SEQSTAB_ROWS = [  # (label, module, owner, method)
     ("update", "seqstab.core.update", "UpdateCore", "update"),
     ("backward", "seqstab.tasks.base", "SeqTask", "_backward"),
     ("monitor.step_tensors", "seqstab.core.monitor.monitor", "GradMonitor", "step_tensors"),
+    ("step_tensors: flow probe", "seqstab.core.monitor.flow", "FlowProbe", "norms"),
+    ("step_tensors: saturation", "seqstab.core.monitor.monitor", None, "saturation_tensors"),
     ("clip", "seqstab.core.clipping.policy", "ClipPolicy", "__call__"),
     ("guard.decide", "seqstab.core.guard.guard", "ExplosionGuard", "decide"),
     ("guard.keep", "seqstab.core.guard.guard", "ExplosionGuard", "keep"),

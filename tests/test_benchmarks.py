@@ -55,7 +55,8 @@ def benches(request):
     if not asked_for(request) or not (CORPORA["tinyshakespeare"].is_file() and ETTH1.is_file()):
         yield None  # no selected test reads the runs, or ../shared/data is not there (they skip)
         return
-    stations = ["bench_stations.py", "--corpus", "tinyshakespeare", "--updates", "3", "--warmup", "2", "--ops"]
+    # updates 1-50: the gradient-flow probe of update 50 (one every 50) is among the updates timed
+    stations = ["bench_stations.py", "--corpus", "tinyshakespeare", "--updates", "50", "--warmup", "1", "--ops"]
     etth1 = ["bench_etth1.py", "--epochs", "1", "--models", "lstm", "--path", str(ETTH1)]
     yield from until_teardown(
         {cmd[0]: Started([sys.executable, str(BENCH / cmd[0]), *cmd[1:]], cwd=REPO) for cmd in (stations, etth1)}
@@ -81,6 +82,8 @@ def test_stations_bench_prints_every_row(benches):
         assert counts["all"] >= counts["loop"] >= counts["training_step"] >= counts["backward"] > 0
     assert seqstab["update"] >= seqstab["backward"] + seqstab["clip"] + seqstab["guard.decide"] + seqstab["withhold"]
     assert seqstab["guard.decide"] > 0 and seqstab["clip"] > 0
+    probe, saturation = seqstab["step_tensors: flow probe"], seqstab["step_tensors: saturation"]
+    assert seqstab["monitor.step_tensors"] >= probe + saturation and probe > 0 and saturation > 0
     assert "operations an update more than Lightning's floor" in ops
 
 
