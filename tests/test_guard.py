@@ -35,31 +35,59 @@ def guard_with(norms: list[float], **kwargs) -> ExplosionGuard:
     return guard
 
 
-def test_detect_spike_against_running_median():
-    guard = guard_with([1.0, 2.0, 3.0, 4.0, 100.0], spike_factor=10, min_history=5)  # median 3
+HOST_RULE = {"policy": "warn", "snapshot": False}  # a guard whose events change nothing: the rule runs on the host
+
+
+@pytest.mark.parametrize("mode", [{}, HOST_RULE], ids=["device", "host"])
+def test_detect_spike_against_running_median(mode):
+    guard = guard_with([1.0, 2.0, 3.0, 4.0, 100.0], spike_factor=10, min_history=5, **mode)  # median 3
     assert guard.detect(29.0) == (None, 3.0)
     assert guard.detect(31.0) == ("spike", 3.0)
     assert guard.detect(math.inf)[0] == "non-finite"
     assert guard.detect(math.nan)[0] == "non-finite"
 
 
-def test_no_spike_before_min_history_but_non_finite_and_max_norm_always():
-    guard = guard_with([1.0, 1.0], spike_factor=10, min_history=5, max_norm=1e6)
+@pytest.mark.parametrize("mode", [{}, HOST_RULE], ids=["device", "host"])
+def test_no_spike_before_min_history_but_non_finite_and_max_norm_always(mode):
+    guard = guard_with([1.0, 1.0], spike_factor=10, min_history=5, max_norm=1e6, **mode)
     assert guard.detect(1e5) == (None, None)  # 1e5x the median, but no baseline yet
     assert guard.detect(2e6)[0] == "max_norm"
     assert guard.detect(math.nan)[0] == "non-finite"
-    assert ExplosionGuard(spike_factor=None).detect(1e30) == (None, None)
+    assert ExplosionGuard(spike_factor=None, **mode).detect(1e30) == (None, None)
 
 
-def test_window_is_bounded_and_round_trips_through_state_dict():
-    guard = guard_with([float(i) for i in range(1, 200)], window=50)
+@pytest.mark.parametrize("mode", [{}, HOST_RULE], ids=["device", "host"])
+def test_window_is_bounded_and_round_trips_through_state_dict(mode):
+    guard = guard_with([float(i) for i in range(1, 200)], window=50, **mode)
     state = guard.state_dict()
     assert state["norms"] == [float(i) for i in range(150, 200)]
     assert all(type(v) in (int, float, str, list, type(None)) for v in state.values())  # plain: weights_only loads it
-    clone = ExplosionGuard(window=50)
+    clone = ExplosionGuard(window=50, **mode)
     clone.load_state_dict(state)
     assert clone.detect(1745.0) == guard.detect(1745.0) == (None, 174.5)  # median of 150..199, times 10
     assert clone.detect(1746.0) == guard.detect(1746.0) == ("spike", 174.5)
+
+
+def test_the_host_rule_and_the_device_rule_keep_the_same_state_and_resume_alike():
+    """The same norms through a guard deciding on the device and one running its rule on the host: the same actions,
+    checkpointed state and next verdicts; and each one's state, loaded into the other kind, goes on as the original."""
+    # ... ending on a smooth rise: its recent level (the median of the last 3 calm norms, 4) is what keeps 10 calm
+    norms = [1.0, 1.1, math.nan, 0.9, 30.0, 1.2, 0.0, math.inf, 1.0, 45.0, 1.3, 0.8] * 3 + [2.0, 4.0, 8.0]
+    kwargs = dict(spike_factor=5.0, window=8, min_history=3, log_spike_score=True, diagnose=False, vanishing=None)
+    device, host = ExplosionGuard(policy="warn", snapshot=True, **kwargs), ExplosionGuard(**HOST_RULE, **kwargs)
+    for norm in norms:
+        assert device.check(None, norm) == host.check(None, norm)
+    state = host.state_dict()
+    assert state == device.state_dict() and state["events"] == device.events == 12 and len(state["norms"]) == 8
+    for original, kind in ((device, HOST_RULE), (host, {"policy": "warn", "snapshot": True})):
+        clone = ExplosionGuard(**kind, **kwargs)
+        clone.load_state_dict(original.state_dict())
+        reason, median = original.detect(10.0)
+        assert reason is None and 5 * median < 10.0  # a spike against the window's median, not the recent level
+        for norm in (10.0, 1.0, 40.0, math.nan, 2.0):
+            first, second = Update(0, None, None, None, {"grad/norm_total": norm}), Update(0, None, None, None, {})
+            second.values["grad/norm_total"] = norm
+            assert clone.check(None, first) == original.check(None, second) and first.values == second.values
 
 
 @pytest.mark.parametrize(
