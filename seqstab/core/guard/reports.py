@@ -28,9 +28,11 @@ import math
 from collections import deque
 from typing import Any
 
-from seqstab.core.guard.verdict import REASONS
+import torch
 
-__all__ = ["HostRule"]
+from seqstab.core.guard.verdict import REASONS, Verdict
+
+__all__ = ["HostRule", "finite_only"]
 
 
 class Window:
@@ -166,3 +168,19 @@ class HostRule:
             self._spikes.clear()
             self._spikes.extend(bool(s) for s in spikes[-self._spikes.maxlen :])
         self.events = events
+
+
+def finite_only(
+    norm: torch.Tensor, skipped: torch.Tensor, limit: int | None, constants: dict[str, torch.Tensor]
+) -> tuple[Verdict, torch.Tensor]:
+    """What the device decides for a guard whose rule runs here: the update is applied where its pre-clip ``norm``
+    is finite, until the ``limit``-th (``max_consecutive_skips``) withheld update in a row stops the run. Returns the
+    verdict (``apply`` and ``action`` only) and the new count of updates withheld in a row (``skipped``: 0-dim long,
+    the whole state: nothing else stops such a guard, so it has stopped once the count reached the limit, and every
+    update after is withheld). 9 kernels, 4 without a limit; ``constants``: the guard's device codes."""
+    finite = norm.abs() < math.inf  # NaN and inf fail it (two kernels, where isfinite takes four)
+    if limit is None:
+        return Verdict(apply=finite, action=(~finite).long()), skipped
+    apply = finite & (skipped < limit)
+    skipped = torch.where(apply, constants["zero"], skipped + 1)
+    return Verdict(apply=apply, action=skipped.clamp(max=1) + (skipped == limit)), skipped  # 0 step, 1 skip, 2 stop
