@@ -213,25 +213,25 @@ class ExplosionGuard:
         self._admit_row(update, positive)
         self._events = self._events + event
         apply = flagged if self.policy == "warn" else flagged & calm  # never a non-finite one, none after a stop
-        verdict = self._withhold(apply, live, event if self.policy == "stop" else None)
-        verdict.reason, verdict.median, verdict.events = reason, torch.where(known, median, torch.nan), self._events
-        verdict.spike_score = self._spikes.rate() if self.log_spike_score else None
-        verdict.reset = reset
-        return verdict
-
-    def _withhold(self, apply: torch.Tensor, live: torch.Tensor, stop: torch.Tensor | None) -> Verdict:
-        """The action: step where ``apply``, else skip; stop where ``stop`` (the policy's: an update withheld that
-        also ends the run) or after ``max_consecutive_skips`` updates in a row were withheld."""
         withheld = ~apply
+        stop = event if self.policy == "stop" else None  # an update withheld that also ends the run
         if self.max_consecutive_skips is not None:
-            self._skipped = torch.where(withheld, self._skipped + 1, self._constants["zero"])  # >= 1: withheld
+            self._skipped = torch.where(withheld, self._skipped + 1, k["zero"])  # >= 1: this one is withheld
             limit = live & (self._skipped >= self.max_consecutive_skips)
             stop = limit if stop is None else stop | limit
         action = withheld.long()  # step 0, skip 1, stop 2 (a stop is withheld too)
         if stop is not None:
             action = action + stop
             self._stopped = self._stopped | stop
-        return Verdict(apply=apply, action=action)
+        return Verdict(
+            reason=reason,
+            median=torch.where(known, median, torch.nan),
+            apply=apply,
+            action=action,
+            events=self._events,
+            spike_score=self._spikes.rate() if self.log_spike_score else None,
+            reset=reset,
+        )
 
     def _ready(self, device: torch.device) -> None:
         if self._events is None:
