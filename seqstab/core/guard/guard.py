@@ -137,10 +137,7 @@ class ExplosionGuard:
         """The device state (and the host rule's, for a guard whose events change nothing), empty."""
         self._host: HostRule | None = None
         if self.policy == "warn" and not self.snapshot:
-            stops = self.max_consecutive_skips is not None
-            self._host = HostRule(self.spike_factor, self.window, self.min_history, self.max_norm, stops,
-                                  self.log_spike_score)  # fmt: skip
-        self._host_stopped = False  # host: a STOP was settled (the host rule's updates after it are not live)
+            self._host = HostRule(self.spike_factor, self.window, self.min_history, self.max_norm, self.log_spike_score)
         self._norms = RunningMedian(self.window)  # the last `window` finite, non-zero norms
         self._recent = RecentLevel(self.min_history)  # the last `min_history` of them that were not events
         self._spikes = RunningRate(self.window)  # the spike test of the last `window` updates
@@ -179,7 +176,8 @@ class ExplosionGuard:
         norm = update.clip.pre_norm.detach()
         self._ready(norm.device)
         if self._host is not None:  # events change nothing: the rest of the rule runs at the flush (settle)
-            verdict, self._skipped = finite_only(norm, self._skipped, self.max_consecutive_skips, self._constants)
+            limit, zero = self.max_consecutive_skips, self._constants["zero"]
+            verdict, self._skipped = finite_only(norm, self._skipped, limit, zero)
             return verdict
         live = ~self._stopped  # after a STOP, nothing is decided any more: everything is withheld
         norm = (norm if norm.dtype == torch.float32 else norm.float()).double()  # float32 first: the value logged
@@ -284,8 +282,7 @@ class ExplosionGuard:
         summary and snapshot. Returns the action."""
         action = ACTIONS[int(read["action"])]
         if self._host is not None:  # the rule's reason, median, event count and score, from the norm read back
-            self._host.fill(update.values, read, live=not self._host_stopped)
-            self._host_stopped = self._host_stopped or action is Action.STOP
+            self._host.fill(update.values, read, live=self.stop_reason is None)  # set below, at a STOP
         reason = REASONS[int(read["reason"])]
         self._keep_peak(update, action)
         if self._tracker is not None:  # O(1): what the next event's diagnosis compares against

@@ -14,7 +14,7 @@ the median is the mean of the two middle values as :class:`~seqstab.core.guard.w
 (``(a + b) / 2``, and ``a - (-b) == a + b`` exactly), the spike threshold the same IEEE product, the score the same
 quotient. ``tests/test_guard_rule.py`` holds both against one plain reference of the rule.
 
->>> rule = HostRule(spike_factor=10.0, window=4, min_history=2, max_norm=None, stops=False, spike_score=False)
+>>> rule = HostRule(spike_factor=10.0, window=4, min_history=2, max_norm=None, spike_score=False)
 >>> [rule.judge(norm, live=True, amp=False)[0] for norm in (1.0, 2.0, 1.5, 40.0)]
 [None, None, None, 'spike']
 >>> rule.events, rule.norms()
@@ -70,8 +70,6 @@ class HostRule:
 
     Args:
         spike_factor, window, min_history, max_norm: The guard's.
-        stops: Whether the guard can stop the run (``max_consecutive_skips``): then an update after the stop is
-            no event.
         spike_score: Keep the spike test of the last ``window`` updates (``grad/spike_score``).
     """
 
@@ -81,10 +79,9 @@ class HostRule:
         window: int,
         min_history: int,
         max_norm: float | None,
-        stops: bool,
         spike_score: bool,
     ):
-        self.spike_factor, self.max_norm, self.min_history, self.stops = spike_factor, max_norm, min_history, stops
+        self.spike_factor, self.max_norm, self.min_history = spike_factor, max_norm, min_history
         self._norms = Window(window)  # the last `window` finite, non-zero norms counted
         self._recent = Window(min_history)  # the last `min_history` of them that were no event
         self._spikes: deque[bool] | None = deque(maxlen=window) if spike_score else None
@@ -110,8 +107,8 @@ class HostRule:
             reason = "max_norm"
         if amp and live and not finite:
             reason = "overflow"  # the GradScaler's: withheld, no event
-        elif not counted and (amp or self.stops):
-            reason = None  # after a stop: no more events
+        elif not counted:
+            reason = None  # not live: after a stop, no more events
         event = reason is not None and reason != "overflow"
         if self._spikes is not None and counted:
             self._spikes.append(not finite or above)
@@ -171,16 +168,16 @@ class HostRule:
 
 
 def finite_only(
-    norm: torch.Tensor, skipped: torch.Tensor, limit: int | None, constants: dict[str, torch.Tensor]
+    norm: torch.Tensor, skipped: torch.Tensor, limit: int | None, zero: torch.Tensor
 ) -> tuple[Verdict, torch.Tensor]:
     """What the device decides for a guard whose rule runs here: the update is applied where its pre-clip ``norm``
     is finite, until the ``limit``-th (``max_consecutive_skips``) withheld update in a row stops the run. Returns the
     verdict (``apply`` and ``action`` only) and the new count of updates withheld in a row (``skipped``: 0-dim long,
     the whole state: nothing else stops such a guard, so it has stopped once the count reached the limit, and every
-    update after is withheld). 9 kernels, 4 without a limit; ``constants``: the guard's device codes."""
+    update after is withheld). 9 kernels, 4 without a limit; ``zero``: a 0-dim long 0 on the device (made once)."""
     finite = norm.abs() < math.inf  # NaN and inf fail it (two kernels, where isfinite takes four)
     if limit is None:
         return Verdict(apply=finite, action=(~finite).long()), skipped
     apply = finite & (skipped < limit)
-    skipped = torch.where(apply, constants["zero"], skipped + 1)
+    skipped = torch.where(apply, zero, skipped + 1)
     return Verdict(apply=apply, action=skipped.clamp(max=1) + (skipped == limit)), skipped  # 0 step, 1 skip, 2 stop
