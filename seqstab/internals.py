@@ -15,6 +15,11 @@ accessor                                  what it relies on
                                           layers sequence first, past the modules, only while nothing hooks them)
 :func:`skip_unused_batch_hooks`           Lightning's ``_call_callback_hooks`` skips a hook attribute that is not
                                           callable (a callback's inherited no-ops, set to ``None``, cost no call)
+:func:`lightning_steps_are_bare`        Lightning's ``manual_backward`` and ``LightningOptimizer.step`` go through
+:func:`count_step`                        the strategy and precision plugin to ``loss.backward()`` and the
+                                          optimizer's step, calling the backward and step hooks of the module and of
+                                          every callback on the way (``_fabric``, ``LightningOptimizer._on_before_step``
+                                          and ``_on_after_step``: the manual loop's step counters)
 :func:`steps_with_found_inf`              ``Optimizer._step_supports_amp_scaling`` (fused optimizers: a device-side
                                           skip through ``found_inf``)
 :func:`show_in_progress_bar`              ``Trainer.progress_bar_metrics`` is the logger connector's live dict of the
@@ -108,6 +113,48 @@ def _base_callback_noop(method: Any) -> bool:
     """``method`` is the no-op of Lightning's ``Callback`` (``pytorch_lightning`` or ``lightning.pytorch``)."""
     owner = getattr(method, "__qualname__", "").split(".")[0]
     return owner == "Callback" and getattr(method, "__module__", "").endswith("callbacks.callback")
+
+
+STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")  # called around backward and step
+
+
+def lightning_steps_are_bare(trainer: Any, module: Any) -> bool:
+    """Whether Lightning's ``manual_backward(loss)`` and ``LightningOptimizer.step()`` would do nothing here but
+    ``loss.backward()``, the optimizer's step and the step count (:func:`count_step`), so that ``module`` may call
+    those itself: one device (``SingleDeviceStrategy``, no gradient all-reduce to prepare), 32-bit precision (the
+    plain ``Precision`` plugin: no loss scaling), no profiler, no Fabric, ``LightningModule.backward`` itself, and
+    nobody overriding the hooks Lightning calls on the way (:data:`STEP_HOOKS`: the module's, and every callback's
+    that is not ``Callback``'s no-op or set to None by :func:`skip_unused_batch_hooks`).
+
+    Both wrappers and the hook dispatch cost ~0.1 ms an update of host time (2×16 LSTM on the 2-core VM of
+    ``benchmarks/RESULTS.md``: ``python benchmarks/bench_stations.py``), most of an update at that size."""
+    from pytorch_lightning import LightningModule
+    from pytorch_lightning.plugins.precision import Precision
+    from pytorch_lightning.profilers import PassThroughProfiler
+    from pytorch_lightning.strategies import SingleDeviceStrategy
+    from pytorch_lightning.utilities.model_helpers import is_overridden
+
+    strategy = trainer.strategy
+    if type(strategy) is not SingleDeviceStrategy or type(strategy.precision_plugin) is not Precision:
+        return False
+    if not isinstance(trainer.profiler, PassThroughProfiler) or getattr(module, "_fabric", None) is not None:
+        return False
+    if type(module).backward is not LightningModule.backward or any(is_overridden(h, module) for h in STEP_HOOKS):
+        return False
+    return all(
+        hook is None or _base_callback_noop(hook)
+        for callback in trainer.callbacks
+        for hook in (getattr(callback, name, None) for name in STEP_HOOKS)
+    )
+
+
+def count_step(optimizer: Any) -> None:
+    """``optimizer.step()`` of a ``LightningOptimizer`` without its strategy and precision round trip, where
+    :func:`lightning_steps_are_bare` says that round trip only steps: the wrapped optimizer's step between the
+    manual loop's ``_on_before_step`` and ``_on_after_step`` (its progress counters: ``trainer.global_step``)."""
+    optimizer._on_before_step()
+    optimizer.optimizer.step()
+    optimizer._on_after_step()
 
 
 def steps_with_found_inf(optimizer: Any) -> bool:

@@ -236,3 +236,72 @@ def test_skip_unused_batch_hooks_leaves_a_callbacks_own_hooks_and_lightning_skip
                          enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
     trainer.fit(Tiny(), torch.utils.data.DataLoader(torch.randn(6, 2), batch_size=2))  # Lightning skips the Nones
     assert calls == [0, 1, 2]
+
+
+class _Recorded(pl.Callback):
+    """Records Lightning's step hooks as it calls them."""
+
+    def __init__(self):
+        self.calls = []
+
+    def on_before_backward(self, trainer, pl_module, loss):
+        self.calls.append("on_before_backward")
+
+    def on_after_backward(self, trainer, pl_module):
+        self.calls.append("on_after_backward")
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.calls.append("on_before_optimizer_step")
+
+
+def _fit_regressor(*callbacks, **trainer_args) -> tuple[SequenceRegressor, pl.Trainer]:
+    torch.manual_seed(0)
+    data = TinyStream()
+    model = SequenceRegressor(spec=data.spec, net=lambda n: RecurrentNet(n, 4))
+    trainer = quiet_trainer(max_steps=6, callbacks=list(callbacks), **trainer_args)
+    trainer.fit(model, datamodule=data)
+    return model, trainer
+
+
+def test_lightning_steps_are_bare_where_its_wrappers_only_step_and_the_task_then_steps_the_same():
+    bare, bare_trainer = _fit_regressor()
+    assert bare._bare_steps  # one CPU, 32-bit, no hooks: the task calls backward and the step itself
+    recorded = _Recorded()
+    wrapped, wrapped_trainer = _fit_regressor(recorded)
+    assert not wrapped._bare_steps  # a callback's hooks: through Lightning, which calls them at every update
+    assert recorded.calls == ["on_before_backward", "on_after_backward", "on_before_optimizer_step"] * 6
+    assert bare_trainer.global_step == wrapped_trainer.global_step == 6  # count_step counts as Lightning does
+    for (name, a), b in zip(bare.state_dict().items(), wrapped.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name  # the same updates, bit for bit
+
+
+def test_lightning_steps_are_not_bare_under_a_module_hook_a_profiler_loss_scaling_or_fabric():
+    class Hooked(SequenceRegressor):
+        def on_after_backward(self):
+            self.seen = True
+
+    data = TinyStream()
+    model = Hooked(spec=data.spec, net=lambda n: RecurrentNet(n, 4))
+    trainer = quiet_trainer(max_steps=2)
+    trainer.fit(model, datamodule=data)
+    assert not model._bare_steps and model.seen
+    _, plain = _fit_regressor()
+    assert internals.lightning_steps_are_bare(plain, plain.lightning_module)
+    assert not internals.lightning_steps_are_bare(quiet_trainer(profiler="simple"), plain.lightning_module)
+    assert not internals.lightning_steps_are_bare(quiet_trainer(precision="bf16-mixed"), plain.lightning_module)
+    plain.lightning_module._fabric = object()  # LightningModule's attribute for a Fabric-driven module
+    assert not internals.lightning_steps_are_bare(plain, plain.lightning_module)
+
+
+def test_count_step_drives_the_manual_loops_step_counters():
+    from pytorch_lightning.core.optimizer import LightningOptimizer
+
+    sgd = torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=0.1)
+    wrapped = LightningOptimizer(sgd)
+    assert {"_on_before_step", "_on_after_step"} <= set(vars(wrapped)) and wrapped.optimizer is sgd
+    calls = []
+    wrapped._on_before_step, wrapped._on_after_step = lambda: calls.append("before"), lambda: calls.append("after")
+    internals.count_step(wrapped)
+    assert calls == ["before", "after"]
+    assert inspect.signature(pl.LightningModule.backward).parameters.keys() >= {"loss"}
+    assert "_fabric" in vars(pl.LightningModule())

@@ -125,6 +125,7 @@ class SeqTask(Evaluation, pl.LightningModule):
         self._resume = ExactResume()
         self._eval_sums: dict[str, torch.Tensor] = {}
         self._trained: list[torch.Tensor] | None = None  # the trained parameters, listed at an epoch's start
+        self._bare_steps = False  # backward and step past Lightning's wrappers (internals.lightning_steps_are_bare)
 
     def _build_modules(self, spec: DataSpec, net: NetFactory | dict) -> list[nn.Module]:
         """Encoder, net and head as ``__init__`` builds them (for :func:`check_fits_memory`, on the meta device)."""
@@ -214,6 +215,7 @@ class SeqTask(Evaluation, pl.LightningModule):
         return [self._resume]
 
     def on_fit_start(self) -> None:
+        self._bare_steps = internals.lightning_steps_are_bare(self.trainer, self)
         stations = {"clipping": self.clipping, "guard": self.guard, "truncation": self.truncation}
         self.core.start(self.run, hparam_values(self, stations), metric_tags(self))
 
@@ -327,7 +329,10 @@ class SeqTask(Evaluation, pl.LightningModule):
 
     def _backward(self, optimizer, loss: torch.Tensor) -> None:
         optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(loss)  # DDP all-reduce happens here
+        if self._bare_steps:  # all that manual_backward would do here (one device, no hooks, no loss scaling)
+            loss.backward()
+        else:
+            self.manual_backward(loss)  # DDP all-reduce happens here
 
     def _unscale(self, optimizer) -> None:
         """Under 16-bit AMP with a GradScaler the policy must see unscaled gradients (Lightning #18089)."""
@@ -336,10 +341,13 @@ class SeqTask(Evaluation, pl.LightningModule):
             scaler.unscale_(optimizer.optimizer)
 
     def _step(self, optimizer) -> None:
-        """Step through Lightning (its hooks, ``global_step``), then a per-update scheduler. Under a GradScaler the
-        gradients were unscaled at :meth:`_unscale`, so Lightning's second unscale is turned off for this step."""
+        """Step through Lightning (its hooks, ``global_step``; where they are all no-ops, only the step and its count),
+        then a per-update scheduler. Under a GradScaler the gradients were unscaled at :meth:`_unscale`, so
+        Lightning's second unscale is turned off for this step."""
         scaler = self.run.scaler
-        if scaler is None:
+        if self._bare_steps:
+            internals.count_step(optimizer)
+        elif scaler is None:
             optimizer.step()
         else:
             with internals.unscaled_once(scaler):
