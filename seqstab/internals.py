@@ -59,23 +59,20 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+from torch.nn.modules import module as _modules
 
 foreach_norm = torch._foreach_norm  # (tensors, ord=2, dtype=None) -> list of 0-dim norms
 foreach_mul_ = torch._foreach_mul_  # (tensors, scalar | tensor | list of tensors), in place
 foreach_copy_ = torch._foreach_copy_  # (targets, sources), in place
 
 
-def forward_hooked(module: torch.nn.Module) -> bool:
-    """Whether anything hooks ``module``'s forward: its own forward and pre-forward hooks (``Module._forward_hooks``,
-    ``_forward_pre_hooks``) or the global ones of ``torch.nn.modules.module.register_module_forward_hook``."""
-    from torch.nn.modules import module as modules
-
-    return bool(
-        module._forward_hooks
-        or module._forward_pre_hooks
-        or modules._global_forward_hooks
-        or modules._global_forward_pre_hooks
-    )
+def forward_hooked(*modules: torch.nn.Module) -> bool:
+    """Whether anything hooks the forward of any of ``modules``: their own forward and pre-forward hooks
+    (``Module._forward_hooks``, ``_forward_pre_hooks``) or the global ones of
+    ``torch.nn.modules.module.register_module_forward_hook``."""
+    if _modules._global_forward_hooks or _modules._global_forward_pre_hooks:
+        return True
+    return any(module._forward_hooks or module._forward_pre_hooks for module in modules)
 
 
 BATCH_HOOKS = (  # the callback hooks Lightning calls at every batch

@@ -193,11 +193,12 @@ def test_throttle_progress_bar_wraps_tqdm_progress_bars_should_update(monkeypatc
 
 
 def test_forward_hooked_sees_a_modules_own_hooks_and_the_global_ones():
-    layer = nn.Linear(2, 2)
-    assert not internals.forward_hooked(layer)
+    layer, other = nn.Linear(2, 2), nn.Linear(2, 2)
+    assert not internals.forward_hooked(layer) and not internals.forward_hooked(other, layer)
     for register in (layer.register_forward_hook, layer.register_forward_pre_hook):
         handle = register(lambda *_: None)
-        assert internals.forward_hooked(layer)
+        assert internals.forward_hooked(layer) and internals.forward_hooked(other, layer)
+        assert not internals.forward_hooked(other)
         handle.remove()
     from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 

@@ -43,8 +43,8 @@ def map_tensors(fn: Callable[[torch.Tensor], Any], nest: Any) -> Any:
     hidden state: a tuple of ``h`` or ``(h, c)`` per layer; a batch; a state dict); other leaves pass through."""
     if isinstance(nest, torch.Tensor):
         return fn(nest)
-    if isinstance(nest, (tuple, list)):
-        return type(nest)(map_tensors(fn, value) for value in nest)
+    if isinstance(nest, (tuple, list)):  # a list built first: a generator costs more (the hidden state, every update)
+        return type(nest)([map_tensors(fn, value) for value in nest])
     if isinstance(nest, dict):
         return {key: map_tensors(fn, value) for key, value in nest.items()}
     return nest

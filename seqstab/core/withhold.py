@@ -79,12 +79,13 @@ class MaskGradient(Withholding):
         by_width: dict[torch.dtype, list[torch.Tensor]] = {}
         other = []
         for p in params:
-            if p.grad is None:
+            values = p.grad
+            if values is None:
                 continue
-            if p.grad.is_sparse:  # its values, coalesced (a view of the gradient's own)
+            if values.is_sparse:  # its values, coalesced (a view of the gradient's own)
                 p.grad = p.grad.coalesce()
-            values = p.grad.values() if p.grad.is_sparse else p.grad
-            bits = None if values.is_complex() else _BITS.get(values.element_size())
+                values = p.grad.values()
+            bits = _BITS.get(values.dtype)
             if bits is None:
                 other.append(values)
             else:
@@ -95,7 +96,12 @@ class MaskGradient(Withholding):
             values.mul_(apply.to(values.dtype)).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
 
 
-_BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}  # an integer view of a gradient, by width
+_WIDTHS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+_BITS = {  # an integer view of a real floating-point gradient, of its width (a complex one has none)
+    dtype: _WIDTHS[dtype.itemsize]
+    for dtype in vars(torch).values()
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point
+}
 
 
 class FoundInf(Withholding):

@@ -38,7 +38,8 @@ def keep_mask(like: torch.Tensor, keep: float) -> torch.Tensor:
     drawn from torch's default CPU generator in memory order: one ``int64`` draw per two elements."""
     count = like.numel()
     draws = torch.empty((count + 1) // 2, dtype=torch.int64).random_()  # [0, 2^63): 63 random bits each
-    halves = draws.view(torch.int32)[:count].bitwise_and_(2**_BITS - 1)  # 31 random bits each, the sign bit cleared
+    halves = draws.view(torch.int32)
+    halves = (halves if count % 2 == 0 else halves[:count]).bitwise_and_(2**_BITS - 1)  # 31 random bits each
     halves = halves.view(like.shape) if like.is_contiguous() else halves.as_strided(like.shape, _dense_strides(like))
     return halves < round(keep * 2**_BITS)
 

@@ -197,7 +197,7 @@ class RecurrentNet(nn.Module):
             and not self.residual
             and self.norms is None
             and isinstance(self.layers[0], nn.RNNBase)
-            and not any(internals.forward_hooked(module) for module in (*self.layers, self.dropout))
+            and not internals.forward_hooked(*self.layers, self.dropout)
         )
 
     def _chain(self, x: torch.Tensor, hidden: Hidden | None) -> tuple[torch.Tensor, Hidden]:
