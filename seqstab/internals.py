@@ -123,8 +123,8 @@ def lightning_steps_are_bare(trainer: Any, module: Any) -> bool:
     nobody overriding the hooks Lightning calls on the way (:data:`STEP_HOOKS`: the module's, and every callback's
     that is not ``Callback``'s no-op or set to None by :func:`skip_unused_batch_hooks`).
 
-    Both wrappers and the hook dispatch cost ~0.1 ms an update of host time (2×16 LSTM on the 2-core VM of
-    ``benchmarks/RESULTS.md``: ``python benchmarks/bench_stations.py``), most of an update at that size."""
+    Both wrappers and their hook dispatch cost ~0.1 ms of host time an update (~6 % of an update of a 2×16 LSTM
+    on the 2-core VM of ``benchmarks/RESULTS.md``: ``python benchmarks/bench_stations.py``)."""
     from pytorch_lightning import LightningModule
     from pytorch_lightning.plugins.precision import Precision
     from pytorch_lightning.profilers import PassThroughProfiler
