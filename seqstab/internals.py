@@ -15,7 +15,7 @@ accessor                                  what it relies on
                                           layers sequence first, past the modules, only while nothing hooks them)
 :func:`skip_unused_batch_hooks`           Lightning's ``_call_callback_hooks`` skips a hook attribute that is not
                                           callable (a callback's inherited no-ops, set to ``None``, cost no call)
-:func:`lightning_steps_are_bare`        Lightning's ``manual_backward`` and ``LightningOptimizer.step`` go through
+:func:`lightning_steps_are_bare`          Lightning's ``manual_backward`` and ``LightningOptimizer.step`` go through
 :func:`count_step`                        the strategy and precision plugin to ``loss.backward()`` and the
                                           optimizer's step, calling the backward and step hooks of the module and of
                                           every callback on the way (``_fabric``, ``LightningOptimizer._on_before_step``
