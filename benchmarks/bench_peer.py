@@ -64,8 +64,10 @@ Per setting a table: each round's ms/update and CPU ms/update (user + sys) of ea
 main.py ms ÷ seqstab ms, ≥ 1 when seqstab is faster; CPU: seqstab CPU ÷ main.py CPU, ≤ 1 when cheaper; sys ÷ sys)
 and the medians; then the whole processes, with each program's fastest lap of ``--every`` updates over all rounds
 (the stretch a neighbour disturbed least: on a shared machine, a floor on what the program itself costs). At the
-end one summary table against the goals: speed ratio ≥ 1.0 and CPU ratio ≤ 1.0 in every setting, sys ratio ≤ 1.2,
-and in the floor setting seqstab's ms/update ≤ 1.15 × main.py's.
+end one summary table against the goals (:func:`judge`): speed ratio ≥ 1.0 and CPU ratio ≤ 1.0 in every setting but
+the floor, sys ratio ≤ 1.2 where main.py's system time spans enough clock ticks to divide, and in the floor setting
+seqstab's ms/update ≤ 1.15 × main.py's, or, where Lightning's floor alone is above that, within 0.2 ms of it (medians
+and fastest laps).
 
 On a GPU (``--device cuda``): main.py gets ``--accel``, seqstab ``--trainer.accelerator gpu --trainer.devices 1``, and
 seqstab's marks wait for the device (``UpdateMarks(sync=True)``: seqstab reads nothing back between its flushes, so
@@ -507,6 +509,51 @@ def main(argv: list[str] | None = None) -> None:
 # -- the report ------------------------------------------------------------------------------------------------------
 
 
+FLOOR_MARGIN_MS = 0.2  # the floor setting: seqstab within this of Lightning's floor, where that floor misses 1.15×
+MIN_SYS_TICKS = 10  # main.py's system time over the timed updates, in clock ticks, for a sys ratio to be judged
+
+
+def judge(
+    setting: str,
+    speed: float,
+    cpu: float,
+    sys: float,
+    sys_ticks: float,
+    ms: dict[str, float],
+    fastest: dict[str, float],
+) -> tuple[list[str], list[str]]:
+    """The goals of a setting that its figures miss, and notes on what was not judged (issue 30's acceptance).
+
+    * speed ≥ 1.0 and CPU ≤ 1.0 (main.py's over seqstab's, seqstab's over main.py's): each vocabulary, not the floor
+      setting, which has its own goal;
+    * sys ≤ 1.2, where main.py's system time over the timed updates (``sys_ticks``, median of rounds) spans at least
+      :data:`MIN_SYS_TICKS` ticks of the CPU clock: fewer are too coarse to divide (at the floor a whole run's is a tick
+      or two);
+    * the floor: seqstab's ms/update ≤ 1.15× main.py's; where Lightning's floor alone is above that, seqstab within
+      :data:`FLOOR_MARGIN_MS` of Lightning's floor, in the medians (``ms``) and in the fastest laps (``fastest``).
+    """
+    missed, notes = [], []
+    if setting != "floor":
+        if speed < 1.0:
+            missed.append(f"speed {speed:.3f} < 1.0")
+        if cpu > 1.0:
+            missed.append(f"CPU {cpu:.3f} > 1.0")
+    if sys_ticks < MIN_SYS_TICKS:
+        notes.append(f"sys {sys:.3f}: main.py's spans {sys_ticks:.0f} clock ticks, not judged")
+    elif sys > 1.2:
+        missed.append(f"sys {sys:.3f} > 1.2")
+    if setting == "floor":
+        goal = 1.15 * ms["main.py"]
+        if "lightning-floor" in ms and ms["lightning-floor"] > goal:
+            for figure, values in (("medians", ms), ("fastest laps", fastest)):
+                over = values["seqstab"] - values["lightning-floor"]
+                if over > FLOOR_MARGIN_MS:
+                    missed.append(f"{figure} {over:+.3f} ms over Lightning's floor > +{FLOOR_MARGIN_MS}")
+        elif ms["seqstab"] > goal:
+            missed.append(f"ms {ms['seqstab'] / ms['main.py']:.3f}× > 1.15× main.py's")
+    return missed, notes
+
+
 def _ratio(a: float, b: float) -> float:
     return a / b if b else float("inf") if a else float("nan")
 
@@ -599,20 +646,13 @@ def report(runs: dict[str, dict], args, updates: dict[str, int]) -> None:
                 f" seqstab {fastest['seqstab'] - fastest['lightning-floor']:+.2f} ms over Lightning's floor"
             )
         speed, cpu_ratio, sys_ratio = (med(ratios["seqstab"][k]) for k in ("speed", "cpu", "sys"))
-        missed = []
-        if speed < 1.0:
-            missed.append(f"speed {speed:.3f} < 1.0")
-        if cpu_ratio > 1.0:
-            missed.append(f"CPU {cpu_ratio:.3f} > 1.0")
-        if sys_ratio > 1.2:
-            missed.append(f"sys {sys_ratio:.3f} > 1.2")
-        if setting == "floor" and ms["seqstab"] > 1.15 * ms["main.py"]:
-            missed.append(f"ms {ms['seqstab'] / ms['main.py']:.3f}× > 1.15×")
+        sys_ticks = med([x["sys_ms"] for x in results["main.py"]]) * updates[setting] * os.sysconf("SC_CLK_TCK") / 1e3
+        missed, notes = judge(setting, speed, cpu_ratio, sys_ratio, sys_ticks, ms, fastest)
         floor_ms = f"{ms['lightning-floor']:.2f}" if "lightning-floor" in ms else "–"
         summary.append(
             f"| {setting} | {vocab['main.py']:,} / {vocab['seqstab']:,} | {speed:.3f} | {cpu_ratio:.3f} "
             f"| {sys_ratio:.3f} | {ms['seqstab']:.2f} | {ms['main.py']:.2f} | {floor_ms} "
-            f"| {'met' if not missed else 'not met: ' + '; '.join(missed)} |"
+            f"| {'met' if not missed else 'not met: ' + '; '.join(missed)}{''.join(f' ({n})' for n in notes)} |"
         )
         medians = {n: {"ms": ms[n], "tokens_per_s": TOKENS / ms[n] * 1e3, "cpu_ms": cpu[n],
                        "effective_gflops": flops / ms[n] / 1e6} for n in names}  # fmt: skip
@@ -622,7 +662,8 @@ def report(runs: dict[str, dict], args, updates: dict[str, int]) -> None:
                             "commands": commands_run, "ratios": ratios, "runs": results}  # fmt: skip
     goals = "goals set for the CPU, shown for reference: " if cuda else "goals: "
     print(
-        f"\n### Summary (medians over rounds; {goals}speed ≥ 1.0, CPU ≤ 1.0, sys ≤ 1.2, floor ms ≤ 1.15× main.py)\n\n"
+        f"\n### Summary (medians over rounds; {goals}speed ≥ 1.0, CPU ≤ 1.0, sys ≤ 1.2; the floor: ms ≤ 1.15× main.py, "
+        f"or ≤ Lightning's floor + {FLOOR_MARGIN_MS} ms where that floor alone is above it)\n\n"
         "| setting | vocabulary main.py / seqstab | speed: main.py ms ÷ seqstab ms | CPU: seqstab ÷ main.py "
         "| sys: seqstab ÷ main.py | seqstab ms/update | main.py ms/update | Lightning floor ms/update | goals |\n"
         "|---|---:|---:|---:|---:|---:|---:|---:|---|"

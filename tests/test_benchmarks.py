@@ -100,3 +100,25 @@ def test_etth1_bench_reads_the_test_metrics_back(benches):
 def test_smoke_runs_every_benchmark():
     """``benchmarks/smoke.py`` has a command for every ``bench_*.py``, and for nothing else."""
     assert set(smoke.SMOKE) == {p.stem for p in BENCH.glob("bench_*.py")}
+
+
+def test_peer_bench_judges_each_goal_of_its_summary():
+    """``bench_peer.judge``: the goals the summary table reports, as issue 30 set them."""
+    fast = {"main.py": 10.0, "seqstab": 9.9}
+    assert bench_peer.judge("char", 1.01, 0.99, 1.1, 40, fast, fast) == ([], [])
+    missed, _ = bench_peer.judge("wt2-10k", 0.99, 1.01, 1.3, 40, fast, fast)
+    assert missed == ["speed 0.990 < 1.0", "CPU 1.010 > 1.0", "sys 1.300 > 1.2"]
+    missed, notes = bench_peer.judge("char", 1.01, 0.99, 3.0, 6, fast, fast)  # 6 ticks: a ratio of clock ticks
+    assert missed == [] and notes == ["sys 3.000: main.py's spans 6 clock ticks, not judged"]
+    # the floor: speed and CPU are not its goals; 1.15x main.py, or Lightning's floor + 0.2 where that floor misses it
+    ms = {"main.py": 1.30, "seqstab": 1.45, "lightning-floor": 1.40}
+    assert bench_peer.judge("floor", 0.6, 1.5, 1.0, 0, ms, ms)[0] == []  # 1.115x main.py
+    ms = {"main.py": 1.30, "seqstab": 1.79, "lightning-floor": 1.58}
+    laps = {"main.py": 1.22, "seqstab": 1.68, "lightning-floor": 1.47}
+    assert bench_peer.judge("floor", 0.7, 1.4, 1.0, 0, ms, laps)[0] == [
+        "medians +0.210 ms over Lightning's floor > +0.2",
+        "fastest laps +0.210 ms over Lightning's floor > +0.2",
+    ]
+    assert bench_peer.judge("floor", 0.7, 1.4, 1.0, 0, {**ms, "seqstab": 1.77}, {**laps, "seqstab": 1.66})[0] == []
+    ms = {"main.py": 1.30, "seqstab": 1.60, "lightning-floor": 1.45}  # Lightning's floor within 1.15x: that goal
+    assert bench_peer.judge("floor", 0.8, 1.2, 1.0, 0, ms, ms)[0] == ["ms 1.231× > 1.15× main.py's"]
