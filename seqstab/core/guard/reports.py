@@ -24,6 +24,7 @@ quotient. ``tests/test_guard_rule.py`` holds both against one plain reference of
 from __future__ import annotations
 
 import bisect
+import copy
 import math
 from collections import deque
 from typing import Any
@@ -134,18 +135,9 @@ class HostRule:
 
     def detect(self, norm: float) -> tuple[str | None, float | None]:
         """:meth:`ExplosionGuard.detect`: why ``norm`` would be an event now, and the median it would meet; changes
-        nothing."""
-        known = len(self._norms.values) >= self.min_history
-        median = self._norms.median() if known else None
-        if not math.isfinite(norm):
-            return "non-finite", median
-        if self.max_norm is not None and norm > self.max_norm:
-            return "max_norm", median
-        if self.spike_factor is not None and median is not None:
-            level = self._recent.lower()
-            if norm > self.spike_factor * (median if math.isnan(level) else max(median, level)):
-                return "spike", median
-        return None, median
+        nothing (:meth:`judge` on a copy: one rule)."""
+        reason, median, _ = copy.deepcopy(self).judge(norm, live=True, amp=False)
+        return reason, None if math.isnan(median) else median
 
     # -- checkpoint: the lists ExplosionGuard.state_dict always held ---------------------------------------------
 
