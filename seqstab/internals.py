@@ -20,6 +20,11 @@ accessor                                  what it relies on
                                           optimizer's step, calling the backward and step hooks of the module and of
                                           every callback on the way (``_fabric``, ``LightningOptimizer._on_before_step``
                                           and ``_on_after_step``: the manual loop's step counters)
+:func:`keep_data_hooks`                   ``Trainer._data_connector._datahook_selector`` (``_DataHookSelector``:
+                                          which of module and datamodule defines each batch-transfer hook, asked
+                                          three times a batch)
+:func:`signature_kept`                    Lightning's ``_TrainingEpochLoop._build_kwargs`` reads the signature of
+                                          ``training_step`` at every batch (``__signature__`` is ``inspect``'s own)
 :func:`steps_with_found_inf`              ``Optimizer._step_supports_amp_scaling`` (fused optimizers: a device-side
                                           skip through ``found_inf``)
 :func:`show_in_progress_bar`              ``Trainer.progress_bar_metrics`` is the logger connector's live dict of the
@@ -53,8 +58,9 @@ accessor                                  what it relies on
 from __future__ import annotations
 
 import functools
+import inspect
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -152,6 +158,48 @@ def count_step(optimizer: Any) -> None:
     optimizer._on_before_step()
     optimizer.optimizer.step()
     optimizer._on_after_step()
+
+
+def keep_data_hooks(trainer: Any) -> None:
+    """Let this fit's batches find their transfer hooks without asking Lightning's ``is_overridden`` each time.
+
+    ``LightningModule._call_batch_hook`` asks the trainer's ``_DataHookSelector.get_instance`` (its
+    ``_data_connector._datahook_selector``, made when a fit attaches its data) whether the datamodule or the module
+    defines ``on_before_batch_transfer``, ``transfer_batch_to_device`` and ``on_after_batch_transfer``, three times a
+    batch, and each answer runs ``is_overridden`` on both (~2.5 µs a hook on the 2-core VM of
+    ``benchmarks/RESULTS.md``). The answers depend on the two objects' methods, which do not change during a fit:
+    the selector is wrapped in one that keeps each answer (Lightning's warning for a hook both define, given once,
+    as before). A later fit, validate or test attaches a new selector."""
+    connector = trainer._data_connector
+    selector = connector._datahook_selector
+    if selector is not None and not isinstance(selector, _KeptDataHooks):
+        connector._datahook_selector = _KeptDataHooks(selector)
+
+
+class _KeptDataHooks:
+    """A ``_DataHookSelector`` whose ``get_instance`` answers are kept (its other attributes are the selector's)."""
+
+    def __init__(self, selector: Any):
+        self.selector = selector
+        self._found: dict[str, Any] = {}
+
+    def get_instance(self, hook_name: str) -> Any:
+        found = self._found.get(hook_name)
+        if found is None:
+            found = self._found[hook_name] = self.selector.get_instance(hook_name)
+        return found
+
+    def __getattr__(self, name: str) -> Any:  # model, datamodule, _valid_hooks
+        return getattr(self.selector, name)
+
+
+def signature_kept(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function`` with its signature worked out once (``__signature__``, which ``inspect`` returns as it is):
+    Lightning's training loop calls ``inspect.getfullargspec(training_step)`` at every batch
+    (``_TrainingEpochLoop._build_kwargs``: whether to pass ``batch_idx``), which builds it from the code each time:
+    the check takes ~7 µs on the 2-core VM of ``benchmarks/RESULTS.md``, ~2.5 with ``__signature__`` set."""
+    function.__signature__ = inspect.signature(function)
+    return function
 
 
 def steps_with_found_inf(optimizer: Any) -> bool:

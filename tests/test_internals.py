@@ -306,3 +306,49 @@ def test_count_step_drives_the_manual_loops_step_counters():
     assert calls == ["before", "after"]
     assert inspect.signature(pl.LightningModule.backward).parameters.keys() >= {"loss"}
     assert "_fabric" in vars(pl.LightningModule())
+
+
+def test_keep_data_hooks_keeps_the_selectors_answers_and_a_datamodules_own_hook_still_runs():
+    from pytorch_lightning.trainer.connectors.data_connector import _DataHookSelector
+
+    class Moved(TinyStream):
+        """Defines one of the three batch-transfer hooks (the module's own no-ops answer the other two)."""
+
+        seen = 0
+
+        def on_after_batch_transfer(self, batch, dataloader_idx):
+            Moved.seen += 1
+            return batch
+
+    data = Moved()
+    model = SequenceRegressor(spec=data.spec, net=lambda n: RecurrentNet(n, 4))
+    trainer = quiet_trainer(max_steps=4)
+    trainer.fit(model, datamodule=data)
+    kept = trainer._data_connector._datahook_selector
+    assert isinstance(kept, internals._KeptDataHooks)  # SeqTask.on_fit_start wrapped the fit's selector
+    assert isinstance(kept.selector, _DataHookSelector) and kept.model is model and kept.datamodule is data
+    hooks = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
+    assert set(kept._found) == set(hooks) == set(_DataHookSelector(model, data)._valid_hooks)
+    fresh = _DataHookSelector(model, data)
+    assert [kept.get_instance(h) for h in hooks] == [fresh.get_instance(h) for h in hooks] == [model, model, data]
+    assert Moved.seen == 4  # the datamodule's hook, at every batch
+    internals.keep_data_hooks(trainer)
+    assert trainer._data_connector._datahook_selector is kept  # twice: wrapped once
+
+
+def test_signature_kept_gives_lightning_the_signature_it_would_build():
+    from pytorch_lightning.utilities.signature_utils import is_param_in_hook_signature
+
+    from seqstab.tasks.base import SeqTask
+
+    def step(self, batch, batch_idx):
+        return batch
+
+    built = inspect.signature(step)
+    kept = internals.signature_kept(step)
+    assert kept is step and vars(step)["__signature__"] == built == inspect.signature(step)
+    assert inspect.getfullargspec(step).args == ["self", "batch", "batch_idx"]
+    assert "__signature__" in vars(SeqTask.training_step)
+    model = SequenceRegressor(spec=TinyStream().spec, net=lambda n: RecurrentNet(n, 4))
+    assert is_param_in_hook_signature(model.training_step, "batch_idx", min_args=2)  # what _build_kwargs asks
+    assert "_build_kwargs" in vars(pl.loops.training_epoch_loop._TrainingEpochLoop)

@@ -216,6 +216,7 @@ class SeqTask(Evaluation, pl.LightningModule):
 
     def on_fit_start(self) -> None:
         self._bare_steps = internals.lightning_steps_are_bare(self.trainer, self)
+        internals.keep_data_hooks(self.trainer)
         stations = {"clipping": self.clipping, "guard": self.guard, "truncation": self.truncation}
         self.core.start(self.run, hparam_values(self, stations), metric_tags(self))
 
@@ -237,6 +238,7 @@ class SeqTask(Evaluation, pl.LightningModule):
         """An epoch ends (called by :class:`~seqstab.resume.ExactResume`): the per-epoch scheduler step."""
         self._step_scheduler("epoch")
 
+    @internals.signature_kept  # Lightning reads it at every batch
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         noted = batch.pop(SCORED_STEPS, None)
         optimizer = self.optimizers()
