@@ -664,3 +664,18 @@ def test_policies_do_not_synchronise_with_the_host(make):
             policy(list(model.parameters()))
         finally:
             torch.cuda.set_sync_debug_mode("default")
+
+
+def test_a_norm_clip_reports_whether_the_norm_was_finite_for_the_guard_to_take():
+    from seqstab.core.clipping.norms import scale_to
+
+    norms = torch.tensor([0.0, 0.5, 2.0, math.inf, math.nan])
+    threshold = torch.tensor(1.0)
+    results = [scale_to(norm, threshold) for norm in norms]
+    assert [bool(finite) for _, _, finite in results] == [True, True, True, False, False]
+    assert [bool(clipped) for clipped, _, _ in results] == [False, False, True, False, False]
+    assert [float(scale) for _, scale, _ in results] == [1.0, 1.0, 0.5, 1.0, 1.0]
+    weight = torch.nn.Parameter(torch.zeros(2))
+    for grad, finite in (([3.0, 4.0], True), ([math.inf, 0.0], False), ([math.nan, 1.0], False)):
+        weight.grad = torch.tensor(grad)
+        assert bool(NormClip(max_norm=1.0)([weight]).finite) is finite

@@ -56,7 +56,7 @@ import torch
 from seqstab.core import logs
 from seqstab.core.clipping import ClipPolicy, NoClip
 from seqstab.core.guard import ExplosionGuard
-from seqstab.core.guard.guard import Verdict
+from seqstab.core.guard.verdict import READ_BACK, Verdict
 from seqstab.core.logs import log_metrics
 from seqstab.core.monitor import GradMonitor
 from seqstab.core.record import Action, Run, Update
@@ -314,7 +314,7 @@ def _read_back(pending: list[_Pending]) -> list[dict[str, Any]]:
             if tensor is not None:
                 add(i, name, tensor, True)
         if verdict is not None:
-            for name in ("reason", "median", "action", "events", "spike_score"):
+            for name in READ_BACK:
                 tensor = getattr(verdict, name)
                 if tensor is not None:
                     add(i, name, tensor, False)
@@ -334,7 +334,7 @@ def _read_back(pending: list[_Pending]) -> list[dict[str, Any]]:
         for i in indices:
             value = flat[at]
             at += 1
-            if name in ("reason", "median", "action"):
+            if name in ("reason", "median", "action", "skipped"):
                 reads[i][name] = None if name == "median" and math.isnan(value) else value
             elif name == "events":
                 reads[i]["values"]["explosion/events"] = value

@@ -63,9 +63,9 @@ class AutoClip(ClipPolicy):
         grads = grads_of(params)
         norms, norm = norms_and_total(grads)
         threshold = torch.nanquantile(self._record(norm), self.percentile / 100, interpolation="linear")
-        clipped, scale = scale_to(norm, threshold)
+        clipped, scale, finite = scale_to(norm, threshold)
         rescale_(grads, scale)
-        return ClipResult(norm, norm * scale, clipped, threshold, norms)
+        return ClipResult(norm, norm * scale, clipped, threshold, norms, finite)
 
     def state_dict(self) -> dict:
         if self._norms is None:
@@ -142,10 +142,10 @@ class ZClip(ClipPolicy):
             cap = torch.full_like(norm, self.max_grad_norm)
             target = torch.minimum(target, cap)
             threshold = cap if threshold is None else torch.minimum(threshold, cap)
-        clipped, scale = scale_to(norm, target)
+        clipped, scale, finite = scale_to(norm, target)
         rescale_(grads, scale)
         self.steps += 1
-        return ClipResult(norm, norm * scale, clipped, threshold, norms)
+        return ClipResult(norm, norm * scale, clipped, threshold, norms, finite)
 
     def _collect(self, norm: torch.Tensor) -> torch.Tensor:
         """Warm-up: store the norm; at the last warm-up step, start the EMA. Returns the (unclipped) target."""
@@ -254,7 +254,7 @@ class AdaGC(ClipPolicy):
         finite = torch.isfinite(norm)
         if self.steps < self.warmup_steps:
             threshold = torch.full_like(norm, self.max_norm)
-            clipped, scale = scale_to(norm, threshold)
+            clipped, scale, _ = scale_to(norm, threshold)
             rescale_(grads, scale)
             kept, post = norms * scale, norm * scale  # (P,) clipped per-tensor norms; clipped global norm
             updated = torch.fmin(gamma_now, kept)  # fmin: a missing γ (NaN) takes the norm

@@ -23,6 +23,8 @@ class ClipResult:
             exceeds it), or None for policies without one (per-element, per-tensor and per-unit rules).
         tensor_norms: ``(P,)`` L2 norm of each gradient tensor before clipping, in :func:`grads_of` order (the
             pass ``pre_norm`` came from); the guard names the largest on an event. None where not computed.
+        finite: Whether ``pre_norm`` is finite (bool), where the policy tested it (:func:`scale_to`): the guard
+            takes it instead of testing again. None where not computed.
     """
 
     pre_norm: torch.Tensor
@@ -30,6 +32,7 @@ class ClipResult:
     clipped: torch.Tensor
     threshold: torch.Tensor | None = None
     tensor_norms: torch.Tensor | None = None
+    finite: torch.Tensor | None = None
 
 
 def grads_of(params: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -59,10 +62,12 @@ def norms_and_total(grads: list[torch.Tensor], norm_type: float = 2.0) -> tuple[
     return norms, torch.linalg.vector_norm(norms, norm_type)
 
 
-def scale_to(norm: torch.Tensor, threshold: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(clipped, scale)`` for rescaling a finite ``norm`` above ``threshold`` down to it; scale is 1 otherwise."""
-    clipped = (norm > threshold) & (norm < math.inf)  # NaN fails both tests, inf the second
-    return clipped, torch.where(clipped, threshold / norm, 1.0)
+def scale_to(norm: torch.Tensor, threshold: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(clipped, scale, finite)`` for rescaling a finite ``norm`` above ``threshold`` down to it; scale is 1
+    otherwise. ``finite``: whether ``norm`` (a norm: NaN or >= 0) is finite."""
+    finite = norm < math.inf  # NaN fails it, and inf
+    clipped = (norm > threshold) & finite
+    return clipped, torch.where(clipped, threshold / norm, 1.0), finite
 
 
 def rescale_(grads: list[torch.Tensor], scale: torch.Tensor) -> None:

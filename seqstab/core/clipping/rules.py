@@ -79,9 +79,9 @@ class NormClip(ClipPolicy):
         grads = grads_of(params)
         norms, norm = norms_and_total(grads, self.norm_type)
         threshold = torch.full_like(norm, self.max_norm)  # a fill, not a host-to-device copy (which syncs)
-        clipped, scale = scale_to(norm, threshold)
+        clipped, scale, finite = scale_to(norm, threshold)
         rescale_(grads, scale)
-        return ClipResult(norm, norm * scale, clipped, threshold, norms if self.norm_type == 2 else None)
+        return ClipResult(norm, norm * scale, clipped, threshold, norms if self.norm_type == 2 else None, finite)
 
 
 class PerParameterNormClip(ClipPolicy):

@@ -15,8 +15,8 @@ from seqstab.core.guard.events import record_event
 from seqstab.core.guard.keep import EventCopy
 from seqstab.core.guard.moments import reset_moments_of, spiked_tensors
 from seqstab.core.guard.recent import RecentLevel
-from seqstab.core.guard.reports import HostRule, finite_only
-from seqstab.core.guard.verdict import ACTIONS, REASONS, Verdict
+from seqstab.core.guard.reports import HostRule, action_code, finite_only
+from seqstab.core.guard.verdict import ACTIONS, READ_BACK, REASONS, Verdict
 from seqstab.core.guard.window import RunningMedian, RunningRate
 from seqstab.core.record import Action, Run, Update
 
@@ -164,9 +164,9 @@ class ExplosionGuard:
     @torch.inference_mode()
     def decide(self, run: Run | None, update: Update, overflow_possible: bool = False) -> Verdict:
         """The verdict on ``update`` (its ``clip`` is set), as device tensors; updates the running state. In inference
-        mode (~45 small operations without autograd's bookkeeping: ~95 µs alone on a 2-core VM; 9 where the event
-        rule runs at the flush, ``warn`` without a snapshot), so state and verdict are inference tensors: read
-        anywhere, never changed in place outside (a load makes new ones).
+        mode (~45 small operations without autograd's bookkeeping: ~95 µs alone on a 2-core VM; 4 where the event
+        rule runs at the flush, ``warn`` without a snapshot, and the clip tested the norm's finiteness), so state and
+        verdict are inference tensors: read anywhere, never changed in place outside (a load makes new ones).
 
         Args:
             run: The run (the optimizer's moments, for ``reset_moments``); None without one.
@@ -176,8 +176,11 @@ class ExplosionGuard:
         norm = update.clip.pre_norm.detach()
         self._ready(norm.device)
         if self._host is not None:  # events change nothing: the rest of the rule runs at the flush (settle)
+            finite = update.clip.finite
+            if finite is None:  # a policy that did not test it
+                finite = norm.abs() < math.inf  # NaN and inf fail it (two kernels, where isfinite takes four)
             limit, zero = self.max_consecutive_skips, self._constants["zero"]
-            verdict, self._skipped = finite_only(norm, self._skipped, limit, zero)
+            verdict, self._skipped = finite_only(finite, self._skipped, limit, zero)
             return verdict
         live = ~self._stopped  # after a STOP, nothing is decided any more: everything is withheld
         norm = (norm if norm.dtype == torch.float32 else norm.float()).double()  # float32 first: the value logged
@@ -280,9 +283,11 @@ class ExplosionGuard:
         """At the flush, in update order: what the device decided about ``update`` (``read``: its verdict read back,
         ``reason``, ``median``, ``action``, ``reset``), recorded — peak, diagnosis statistics, the event's line,
         summary and snapshot. Returns the action."""
-        action = ACTIONS[int(read["action"])]
         if self._host is not None:  # the rule's reason, median, event count and score, from the norm read back
             self._host.fill(update.values, read, live=self.stop_reason is None)  # set below, at a STOP
+            norm = read.get("norm", update.values["grad/norm_total"])
+            read["action"] = action_code(read, norm, self.max_consecutive_skips)
+        action = ACTIONS[int(read["action"])]
         reason = REASONS[int(read["reason"])]
         self._keep_peak(update, action)
         if self._tracker is not None:  # O(1): what the next event's diagnosis compares against
@@ -334,7 +339,7 @@ class ExplosionGuard:
             update.clip = ClipResult(norm, norm, torch.zeros((), dtype=torch.bool), tensor_norms=norms)
         amp = bool(values.get("amp/overflow"))
         verdict = self.decide(run, update, overflow_possible=amp)
-        names = [n for n in ("reason", "median", "action", "events", "spike_score") if getattr(verdict, n) is not None]
+        names = [n for n in READ_BACK if getattr(verdict, n) is not None]
         read = dict(zip(names, torch.stack([getattr(verdict, n).double() for n in names]).tolist(), strict=True))
         norm = float(update.clip.pre_norm.float())
         values.setdefault("grad/norm_total", norm)

@@ -33,7 +33,7 @@ import torch
 
 from seqstab.core.guard.verdict import REASONS, Verdict
 
-__all__ = ["HostRule", "finite_only"]
+__all__ = ["HostRule", "action_code", "finite_only"]
 
 
 class Window:
@@ -160,16 +160,27 @@ class HostRule:
 
 
 def finite_only(
-    norm: torch.Tensor, skipped: torch.Tensor, limit: int | None, zero: torch.Tensor
+    finite: torch.Tensor, skipped: torch.Tensor, limit: int | None, zero: torch.Tensor
 ) -> tuple[Verdict, torch.Tensor]:
-    """What the device decides for a guard whose rule runs here: the update is applied where its pre-clip ``norm``
-    is finite, until the ``limit``-th (``max_consecutive_skips``) withheld update in a row stops the run. Returns the
-    verdict (``apply`` and ``action`` only) and the new count of updates withheld in a row (``skipped``: 0-dim long,
-    the whole state: nothing else stops such a guard, so it has stopped once the count reached the limit, and every
-    update after is withheld). 9 kernels, 4 without a limit; ``zero``: a 0-dim long 0 on the device (made once)."""
-    finite = norm.abs() < math.inf  # NaN and inf fail it (two kernels, where isfinite takes four)
+    """What the device decides for a guard whose rule runs here: the update is applied where its pre-clip norm is
+    finite (``finite``: 0-dim bool, the clip's test where it made one), until the ``limit``-th
+    (``max_consecutive_skips``) withheld update in a row stops the run. Returns the verdict (``apply``, and the
+    count of updates withheld in a row, this one included, from which the host reads the action at the flush:
+    :func:`action_code`) and the new count (``skipped``: 0-dim long, the whole state: nothing else stops such a
+    guard, so it has stopped once the count reached the limit, and every update after is withheld). 4 kernels, none
+    without a limit; ``zero``: a 0-dim long 0 on the device (made once)."""
     if limit is None:
-        return Verdict(apply=finite, action=(~finite).long()), skipped
+        return Verdict(apply=finite), skipped
     apply = finite & (skipped < limit)
     skipped = torch.where(apply, zero, skipped + 1)
-    return Verdict(apply=apply, action=skipped.clamp(max=1) + (skipped == limit)), skipped  # 0 step, 1 skip, 2 stop
+    return Verdict(apply=apply, skipped=skipped), skipped
+
+
+def action_code(read: dict[str, Any], norm: float, limit: int | None) -> int:
+    """The action (an index into ``ACTIONS``) of :func:`finite_only`'s verdict, on the host at the flush: from
+    the count read back (0: step; the ``limit``-th in a row: stop; else skip), or without a limit from the pre-clip
+    ``norm`` read back (finite: step)."""
+    if limit is None:
+        return 0 if math.isfinite(norm) else 1
+    skipped = int(read["skipped"])
+    return 0 if skipped == 0 else 2 if skipped == limit else 1
