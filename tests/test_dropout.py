@@ -130,3 +130,35 @@ def test_one_int64_draw_serves_two_elements_where_bernoulli_draws_one_each():
     with Names() as names:
         F.dropout(x, 0.5)
     assert any(name.startswith("bernoulli") for name, _ in names.calls)
+
+
+def test_masks_of_a_kept_buffer_are_new_tensors_in_and_out_of_inference_mode_and_on_each_thread():
+    import threading
+
+    from seqstab.nets import dropout as module
+
+    torch.manual_seed(2)
+    like = torch.empty(4, 7)  # an odd-free shape and, below, an odd count: both reuse their buffer
+    first, second = keep_mask(like, 0.5), keep_mask(like, 0.5)
+    assert first.data_ptr() != second.data_ptr() and not torch.equal(first, second)  # the buffer refilled, not them
+    torch.manual_seed(2)
+    assert torch.equal(keep_mask(like, 0.5), first)  # the same draws from the same generator state
+    with torch.inference_mode():
+        inside = dropout(torch.ones(3, 5), 0.5)  # the buffers made here are plain tensors
+    outside = dropout(torch.ones(3, 5, requires_grad=True), 0.5)
+    outside.sum().backward()
+    assert inside.is_inference() and not outside.is_inference()
+    masks = {}
+
+    def draw(name):
+        torch.manual_seed(3)  # one generator: each thread in turn (joined below)
+        masks[name] = keep_mask(like, 0.5)
+
+    for name in ("a", "b"):
+        thread = threading.Thread(target=draw, args=(name,))
+        thread.start()
+        thread.join()
+    assert torch.equal(masks["a"], masks["b"])  # each thread its own buffers, the same draws
+    for n in range(1, 3 * module._KEPT_SHAPES):
+        keep_mask(torch.empty(n), 0.5)
+    assert len(module._BUFFERS.draws) <= module._KEPT_SHAPES  # the oldest shapes let go
