@@ -320,6 +320,16 @@ def test_the_heatmap_kept_between_draws_is_the_image_a_fresh_figure_draws():
     assert pickle.loads(pickle.dumps(heatmap))._figure is None  # copies carry no figure
 
 
+def test_the_heatmaps_colour_bar_labels_its_decades_in_plain_text_at_every_draw():
+    rng = np.random.default_rng(1)
+    heatmap = Heatmap()
+    for scale in (1.0, 1e-4):  # the second draw's new norm would reset the labels to mathtext's
+        heatmap.render([(50 * i, scale * (rng.random((1, 8)) + 0.01)) for i in range(4)])
+        labels = [label.get_text() for label in heatmap._bar.ax.get_yticklabels() if label.get_text()]
+        assert labels and all("$" not in label and "10" in label for label in labels), labels
+    assert "10\u207b\u2074" in labels or "10\u207b\u00b3" in labels  # 10⁻⁴ or 10⁻³: superscript digits
+
+
 @pytest.mark.parametrize("step", [0, 1, 127, 128, 10**6, 2**40, -1])
 def test_scalar_events_are_the_bytes_protobuf_serializes(step):
     """seqstab encodes its scalar events itself (``seqstab.core.logs.scalar_event``): the same bytes as the messages

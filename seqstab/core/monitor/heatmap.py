@@ -15,8 +15,9 @@ class Heatmap:
     A run redraws the image every ``heatmap_every_n_steps`` updates with more columns; most of a fresh figure's cost
     is matplotlib building its axes and their ticks, so the figure, its panels and the colour bar are made once and
     only the meshes are replaced, the colour bar following their new scale (two layers, 20–40 columns, on the 2-core
-    VM of ``benchmarks/RESULTS.md``: ~130 ms a fresh draw, ~55 ms a kept one). Copies and pickles carry no figure:
-    it is made again at the next draw.
+    VM of ``benchmarks/RESULTS.md``: ~130 ms a fresh draw, ~55 ms a kept one; in the VM's state of 2026-12-07 a
+    process's first draw ~75 ms, a kept one ~37, the colour bar labelled in plain text). Copies and pickles carry no
+    figure: it is made again at the next draw.
     """
 
     def __init__(self) -> None:
@@ -63,6 +64,7 @@ class Heatmap:
             self._bar.ax.tick_params(labelsize=7)
         else:  # the kept colour bar follows the new mesh's scale (its axis and ticks are reused)
             self._bar.update_normal(mesh)
+        self._bar.formatter = _plain_log_formatter()  # after each new norm, which resets it to mathtext's
         canvas.draw()
         return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
@@ -88,6 +90,30 @@ class Heatmap:
         figure.suptitle(TITLE, fontsize=9)
         self._figure, self._bar = (figure, canvas, panels, bar_axes), None
         return self._figure
+
+
+def _plain_log_formatter() -> Any:
+    """The colour bar's tick labels as matplotlib's ``LogFormatterSciNotation`` gives them (``10^-2``,
+    ``2×10^-3``), in plain text with superscript digits instead of mathtext: the mathtext parser costs ~80 ms at a
+    process's first draw (fonts and grammar set up) and a layout of its own at every draw."""
+    import re
+
+    from matplotlib.ticker import LogFormatterSciNotation
+
+    math = re.compile(r"^\$\\mathdefault\{(.*)\}\$$")
+    power = re.compile(r"\^\{(-?\d+)\}")
+    superscript = str.maketrans("-0123456789", "\u207b\u2070\u00b9\u00b2\u00b3\u2074\u2075\u2076\u2077\u2078\u2079")
+
+    class PlainLogFormatter(LogFormatterSciNotation):
+        def __call__(self, x: float, pos: int | None = None) -> str:
+            label = super().__call__(x, pos)
+            found = math.match(label)
+            if found is None:
+                return label
+            text = found.group(1).replace("\\times", "\u00d7")
+            return power.sub(lambda m: m.group(1).translate(superscript), text)
+
+    return PlainLogFormatter()
 
 
 def render_heatmap(history: list[tuple[int, np.ndarray]]) -> np.ndarray:
