@@ -160,14 +160,14 @@ class UpdateCore:
         measured = self.monitor.step_tensors(run, index) if self.monitor is not None else {}
         clip = self.clipping(params)
         update = Update(index, chunk, hidden_in, clip, {})
-        verdict = None
+        verdict, amp, optimizer = None, run.loss_scale is not None, run.optimizer
         if self.guard is not None:
-            verdict = self.guard.decide(run, update, overflow_possible=run.loss_scale is not None)
-        host = {"global_step": run.global_step, "epoch": run.epoch, "log": log, "amp": run.loss_scale is not None}
+            verdict = self.guard.decide(run, update, overflow_possible=amp)
+        host = {"global_step": run.global_step, "epoch": run.epoch, "log": log, "amp": amp}
         if verdict is not None:  # whose gradient the clip's tensor_norms measured, for naming them at an event
             host["with_grad"] = [p for p in params if p.grad is not None]
-        if run.optimizer is not None:  # the rate this update is applied with: read before a scheduler steps
-            host["lr"] = float(run.optimizer.param_groups[0]["lr"])
+        if optimizer is not None:  # the rate this update is applied with: read before a scheduler steps
+            host["lr"] = float(optimizer.param_groups[0]["lr"])
         self._pending.append(_Pending(update, loss.detach(), measured, verdict, host))
         self.updates += 1
         if verdict is None:
@@ -175,12 +175,12 @@ class UpdateCore:
                 step()
             return update
         self.guard.keep(run, verdict, index)
-        withholding = self._withholding_of(run)
+        withholding = self._withholding_of(optimizer, amp)
         due = log and index % max(run.log_every_n_steps, 1) == 0
         if withholding is None or due or withholding.host_decides(params):
             self.flush(run)  # the verdict read before the step: the host takes it, or takes and undoes it
             withheld = update.action is not Action.STEP
-            undo = undoable(run.optimizer, params) if withheld and run.optimizer is not None else None
+            undo = undoable(optimizer, params) if withheld and optimizer is not None else None
             self._after = _AfterStep(verdict, params, undo=undo)
             take = not withheld or undo is not None  # with no optimizer to undo, a withheld step is not taken
         else:
@@ -206,12 +206,12 @@ class UpdateCore:
             after.withholding.after(after.params, after.verdict.apply)
         self.guard.after_step(run, after.verdict)
 
-    def _withholding_of(self, run: Run) -> Withholding | None:
-        optimizer = getattr(run.optimizer, "optimizer", run.optimizer)
+    def _withholding_of(self, optimizer: Any, scaled: bool) -> Withholding | None:
+        optimizer = getattr(optimizer, "optimizer", optimizer)  # a LightningOptimizer's own
         if optimizer is None:
             return None
         if self._withholding is None or self._withholding.optimizer is not optimizer:
-            self._withholding = withholding(optimizer, scaled=run.loss_scale is not None)
+            self._withholding = withholding(optimizer, scaled=scaled)
         return self._withholding
 
     def flush(self, run: Run, complete: bool = False) -> list[Update]:

@@ -173,7 +173,7 @@ class ExplosionGuard:
             update: The update, its clip result set.
             overflow_possible: Under 16-bit AMP: a non-finite norm is the GradScaler's overflow (withheld, no event).
         """
-        norm = update.clip.pre_norm.detach()
+        norm = update.clip.pre_norm  # no graph: inference mode records none (a detach would cost an operation)
         self._ready(norm.device)
         if self._host is not None:  # events change nothing: the rest of the rule runs at the flush (settle)
             finite = update.clip.finite
