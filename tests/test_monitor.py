@@ -320,6 +320,27 @@ def test_the_heatmap_kept_between_draws_is_the_image_a_fresh_figure_draws():
     assert pickle.loads(pickle.dumps(heatmap))._figure is None  # copies carry no figure
 
 
+def test_add_image_writes_what_summary_writers_add_image_writes(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    from seqstab.core.logs import add_image
+
+    image = render_heatmap([(50 * i, np.random.default_rng(i).random((2, 9)) + 0.01) for i in range(3)])
+    theirs, ours = SummaryWriter(tmp_path / "theirs"), SummaryWriter(tmp_path / "ours")
+    theirs.add_image("grad_flow/heatmap", image, global_step=7, dataformats="HWC")
+    add_image(StaticRun(writers=[ours]), "grad_flow/heatmap", image, 7)
+    read = []
+    for writer in (theirs, ours):
+        writer.flush()
+        acc = EventAccumulator(writer.log_dir)
+        acc.Reload()
+        read.append(acc.Images("grad_flow/heatmap"))
+    assert [(i.step, i.width, i.height, i.encoded_image_string) for i in read[0]] == [
+        (i.step, i.width, i.height, i.encoded_image_string) for i in read[1]
+    ]
+    assert read[1][0].height == image.shape[0]
+
+
 def test_the_heatmaps_colour_bar_labels_its_decades_in_plain_text_at_every_draw():
     rng = np.random.default_rng(1)
     heatmap = Heatmap()

@@ -140,9 +140,19 @@ def _masked_crc(data: bytes) -> int:
 
 
 def add_image(run: Run, tag: str, image: Any, step: int) -> None:
-    """An ``(H, W, 3)`` uint8 image to every TensorBoard writer, MLflow logger and W&B logger of the run."""
-    for writer in run.writers:
-        writer.add_image(tag, image, global_step=step, dataformats="HWC")
+    """An ``(H, W, 3)`` uint8 image to every TensorBoard writer, MLflow logger and W&B logger of the run.
+
+    A TensorBoard writer gets the summary its ``add_image`` writes, built from the uint8 pixels as they are:
+    ``add_image`` turns them into float32 and back first (a scale factor of 1 for uint8), half its cost (~7 of
+    ~12 ms for the heatmap's 630×387 image on the 2-core VM of ``benchmarks/RESULTS.md``)."""
+    writers = run.writers
+    if writers:
+        from tensorboard.compat.proto.summary_pb2 import Summary
+        from torch.utils.tensorboard.summary import make_image
+
+        summary = Summary(value=[Summary.Value(tag=tag, image=make_image(image))])
+        for writer in writers:
+            internals.file_writer(writer).add_summary(summary, step)
     for logger in _not_tensorboard(run):
         if _is(logger, "MLFlowLogger"):
             logger.experiment.log_image(logger.run_id, image, key=tag, step=step)
