@@ -326,7 +326,7 @@ def test_add_image_writes_what_summary_writers_add_image_writes(tmp_path):
     from seqstab.core.logs import add_image
 
     image = render_heatmap([(50 * i, np.random.default_rng(i).random((2, 9)) + 0.01) for i in range(3)])
-    theirs, ours = SummaryWriter(tmp_path / "theirs"), SummaryWriter(tmp_path / "ours")
+    theirs, ours = SummaryWriter(str(tmp_path / "theirs")), SummaryWriter(str(tmp_path / "ours"))
     theirs.add_image("grad_flow/heatmap", image, global_step=7, dataformats="HWC")
     add_image(StaticRun(torch.nn.Linear(1, 1), writers=[ours]), "grad_flow/heatmap", image, 7)
     read = []
