@@ -23,9 +23,10 @@ class Heatmap:
     def __init__(self) -> None:
         self._figure: tuple[Any, Any, list[Any], Any] | None = None  # (figure, canvas, panels, colour bar axes)
         self._bar: Any = None  # the colour bar drawn on the kept figure
+        self._labels: Any = None  # its tick labels' formatter
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"_figure": None, "_bar": None}
+        return {"_figure": None, "_bar": None, "_labels": None}
 
     def render(self, history: list[tuple[int, np.ndarray]]) -> np.ndarray:
         """The image: ``‖∂L/∂h_t‖`` by time step (y) and training step (x), log colour scale.
@@ -64,7 +65,7 @@ class Heatmap:
             self._bar.ax.tick_params(labelsize=7)
         else:  # the kept colour bar follows the new mesh's scale (its axis and ticks are reused)
             self._bar.update_normal(mesh)
-        self._bar.formatter = _plain_log_formatter()  # after each new norm, which resets it to mathtext's
+        self._bar.formatter = self._labels  # after each new norm, which resets it to mathtext's
         canvas.draw()
         return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
@@ -91,7 +92,7 @@ class Heatmap:
         panels[-1].set_xlabel("training step", fontsize=8)
         bar_axes = figure.add_axes((0.87, bottom, 0.025, top - bottom))
         figure.suptitle(TITLE, fontsize=9)
-        self._figure, self._bar = (figure, canvas, panels, bar_axes), None
+        self._figure, self._bar, self._labels = (figure, canvas, panels, bar_axes), None, _plain_log_formatter()
         return self._figure
 
 
