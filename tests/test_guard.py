@@ -90,6 +90,17 @@ def test_the_host_rule_and_the_device_rule_keep_the_same_state_and_resume_alike(
             assert clone.check(None, first) == original.check(None, second) and first.values == second.values
 
 
+def test_check_without_a_limit_on_skips_reads_the_host_rules_action_from_the_norm():
+    """A host-rule guard with ``max_consecutive_skips: null`` decides on the device only ``apply``: ``check`` has no
+    device field to read back, and takes the action from the norm, as the device rule's guard does."""
+    kwargs = dict(spike_factor=5.0, window=8, min_history=3, max_consecutive_skips=None, diagnose=False, vanishing=None)
+    device, host = ExplosionGuard(policy="warn", snapshot=True, **kwargs), ExplosionGuard(**HOST_RULE, **kwargs)
+    norms = [1.0, math.nan, 1.1, math.inf, 0.9, 30.0, 1.0] * 2
+    actions = [host.check(None, norm) for norm in norms]
+    assert actions == [device.check(None, norm) for norm in norms]
+    assert [a is Action.SKIP for a in actions] == [not math.isfinite(n) for n in norms]
+
+
 @pytest.mark.parametrize(
     "kwargs,needle",
     [

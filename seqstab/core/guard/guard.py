@@ -339,8 +339,9 @@ class ExplosionGuard:
             update.clip = ClipResult(norm, norm, torch.zeros((), dtype=torch.bool), tensor_norms=norms)
         amp = bool(values.get("amp/overflow"))
         verdict = self.decide(run, update, overflow_possible=amp)
-        names = [n for n in READ_BACK if getattr(verdict, n) is not None]
-        read = dict(zip(names, torch.stack([getattr(verdict, n).double() for n in names]).tolist(), strict=True))
+        names = [n for n in READ_BACK if getattr(verdict, n) is not None]  # none: warn, no snapshot, no limit
+        values_read = torch.stack([getattr(verdict, n).double() for n in names]).tolist() if names else []
+        read = dict(zip(names, values_read, strict=True))
         norm = float(update.clip.pre_norm.float())
         values.setdefault("grad/norm_total", norm)
         if "events" in read:  # the device's verdict (else settle's host rule fills them, from norm and amp)
