@@ -36,7 +36,9 @@ from torch import nn
 __all__ = ["Dropout", "dropout", "keep_mask"]
 
 _BITS = 31  # random bits per element: each half of a 63-bit draw
-_KEPT_SHAPES = 16  # draw buffers kept per thread (one per mask shape and layout: a net has a few)
+# draw buffers kept per thread, one per mask shape and layout: a word LM has three layouts, times the shorter last
+# chunk; 4 bytes an element (the 2×1,500 LM's masks: ~4 MiB each, 25 MiB for six)
+_KEPT_SHAPES = 6
 
 
 class _Buffers(threading.local):
