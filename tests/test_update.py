@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from functools import partial
 
 import pytest
 import torch
@@ -99,3 +100,37 @@ def test_the_cores_state_round_trips_and_clips_on_as_it_would_have():
 def test_a_threshold_far_below_the_first_norm_warns_once():
     with pytest.warns(UserWarning, match="clip threshold 1e-06 is .*x below the first gradient norm"):
         own_loop(UpdateCore(NormClip(max_norm=1e-6)), 2)
+
+
+def test_read_back_gives_each_update_its_values_in_the_order_of_its_fields_whatever_their_kinds():
+    """``_read_back`` stacks the 0-dim tensors by kind (value or code, dtype, device), not field by field: each update
+    still gets its own values, float32 values rounded as logged, codes as they were, and the tags in the order the
+    fields first came in the flush (a field of one update only, like the per-module norms, included)."""
+    from seqstab.core.clipping import ClipResult
+    from seqstab.core.guard.verdict import Verdict
+    from seqstab.core.record import Update
+    from seqstab.core.update import _Pending, _read_back
+
+    f32, code = partial(torch.tensor, dtype=torch.float32), partial(torch.tensor, dtype=torch.long)
+
+    def pending(step, measured, verdict):
+        clip = ClipResult(f32(2.0 + step), f32(0.25), torch.tensor(step != 1), f32(0.25))
+        return _Pending(Update(step, None, None, clip, {}), f32(4.5 + step), measured, verdict)
+
+    third = 1 / 3  # float32 rounds it: the value read back is float32's, as float
+    items = [
+        pending(0, {"rnn/saturation/x": f32(0.5)}, Verdict(apply=torch.tensor(True), skipped=code(0))),
+        pending(1, {"grad/norm/a": f32(third), "rnn/saturation/x": f32(0.75)}, None),
+        pending(2, {"grad/norm/a": f32(1.5)}, Verdict(apply=torch.tensor(False), skipped=code(3))),
+    ]
+    reads = _read_back(items)
+    first = ["train/loss", "grad/norm_total", "grad/norm_total_clipped", "grad/clipped", "grad/clip_threshold"]
+    assert [list(r["values"]) for r in reads] == [
+        [*first, "rnn/saturation/x"],
+        [*first, "rnn/saturation/x", "grad/norm/a"],  # the flush's field order: saturation came first (update 0)
+        [*first, "grad/norm/a"],
+    ]
+    assert reads[1]["values"]["grad/norm/a"] == float(torch.tensor(third, dtype=torch.float32)) != third
+    assert [r["values"]["train/loss"] for r in reads] == [4.5, 5.5, 6.5]
+    assert [r["values"]["grad/clipped"] for r in reads] == [1.0, 0.0, 1.0]
+    assert reads[0]["skipped"] == 0 and reads[2]["skipped"] == 3 and "skipped" not in reads[1]

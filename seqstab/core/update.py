@@ -300,7 +300,8 @@ class UpdateCore:
 def _read_back(pending: list[_Pending]) -> list[dict[str, Any]]:
     """Every pending update's values in one host transfer: the loss, the clip results, the monitor's tensors and the
     guard's verdict, in the order and the rounding the loggers always got (float32 values, as float). The 0-dim
-    tensors are stacked field by field (a few dozen operations a flush, however many updates it holds)."""
+    tensors are stacked by kind (a value or a code) and dtype, a handful of stacks a flush however many fields and
+    updates it holds (the per-module norms and saturation tags are ~25 fields of one update each)."""
     fields: dict[tuple[str, bool, torch.dtype], list[tuple[int, torch.Tensor]]] = {}  # (name, as float32?, dtype)
 
     def add(index: int, name: str, tensor: torch.Tensor, value: bool) -> None:
@@ -322,15 +323,22 @@ def _read_back(pending: list[_Pending]) -> list[dict[str, Any]]:
                 for j, flag in enumerate(verdict.reset.unbind()):
                     add(i, f"reset/{j}", flag, False)
     device = pending[0].loss.device
-    stacks, where = [], []
-    for (name, value, _), entries in fields.items():
-        stacked = torch.stack([t for _, t in entries]).to(device)
-        stacks.append(stacked.float().double() if value else stacked.double())  # values: float32 first, as logged
-        where.append((name, [i for i, _ in entries]))
+    kinds: dict[tuple[bool, torch.dtype, torch.device], list[torch.Tensor]] = {}  # its tensors, field by field
+    where = []  # per field, in its order: (name, its updates, its kind, where its values start in the kind's)
+    for (name, value, dtype), entries in fields.items():
+        kind = (value, dtype, entries[0][1].device)  # as float32?, dtype, device
+        tensors = kinds.setdefault(kind, [])
+        where.append((name, [i for i, _ in entries], kind, len(tensors)))
+        tensors.extend(t for _, t in entries)
+    starts, stacks, size = {}, [], 0
+    for kind, tensors in kinds.items():
+        stacked = torch.stack(tensors).to(device)
+        stacks.append(stacked.float().double() if kind[0] else stacked.double())  # values: float32 first, as logged
+        starts[kind], size = size, size + len(tensors)
     flat = torch.cat(stacks).tolist()  # the one host synchronisation of the flush
     reads: list[dict[str, Any]] = [{"values": {}} for _ in pending]
-    at = 0
-    for name, indices in where:
+    for name, indices, kind, offset in where:  # field by field: each update's values in the order they always came
+        at = starts[kind] + offset
         for i in indices:
             value = flat[at]
             at += 1
