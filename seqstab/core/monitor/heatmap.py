@@ -62,7 +62,7 @@ class Heatmap:
         if self._bar is None:
             self._bar = figure.colorbar(mesh, cax=bar_axes)
             self._bar.set_label("‖∂L/∂h_t‖ (log scale)", fontsize=8)
-            self._bar.ax.tick_params(labelsize=7)
+            self._bar.ax.tick_params(which="both", labelsize=7)  # minor ticks labelled within a decade too
         else:  # the kept colour bar follows the new mesh's scale (its axis and ticks are reused)
             self._bar.update_normal(mesh)
         self._bar.formatter = self._labels  # after each new norm, which resets it to mathtext's
