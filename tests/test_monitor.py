@@ -320,6 +320,18 @@ def test_the_heatmap_kept_between_draws_is_the_image_a_fresh_figure_draws():
     assert pickle.loads(pickle.dumps(heatmap))._figure is None  # copies carry no figure
 
 
+def test_the_heatmaps_colour_bar_labels_stay_inside_the_image_when_the_norms_span_less_than_a_decade():
+    heatmap = Heatmap()
+    image = heatmap.render([(0, np.concatenate([np.full((1, 48), 0.34), np.full((1, 2), 0.46)], axis=1))])
+    figure, canvas = heatmap._figure[:2]
+    renderer = canvas.get_renderer()
+    axis = heatmap._bar.ax.yaxis
+    labels = [t for t in axis.get_ticklabels(which="both") if t.get_visible() and t.get_text()]
+    assert len(labels) > 3  # the minor ticks are labelled within a decade
+    assert all(t.get_window_extent(renderer).x1 <= image.shape[1] for t in labels)
+    assert axis.label.get_window_extent(renderer).x1 <= image.shape[1]  # the bar's own label too
+
+
 def test_add_image_writes_what_summary_writers_add_image_writes(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 

@@ -90,7 +90,7 @@ class Heatmap:
             ax.yaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))  # ~20 % of a redraw is drawing them
             panels.append(ax)
         panels[-1].set_xlabel("training step", fontsize=8)
-        bar_axes = figure.add_axes((0.87, bottom, 0.025, top - bottom))
+        bar_axes = figure.add_axes((0.86, bottom, 0.025, top - bottom))  # room for its labels at the right
         figure.suptitle(TITLE, fontsize=9)
         self._figure, self._bar, self._labels = (figure, canvas, panels, bar_axes), None, _plain_log_formatter()
         return self._figure
