@@ -98,8 +98,9 @@ class Heatmap:
 
 def _plain_log_formatter() -> Any:
     """The colour bar's tick labels as matplotlib's ``LogFormatterSciNotation`` gives them (``10^-2``,
-    ``2×10^-3``), in plain text with superscript digits instead of mathtext: the mathtext parser costs ~80 ms at a
-    process's first draw (fonts and grammar set up) and a layout of its own at every draw."""
+    ``2×10^-3``), in plain text with superscript digits instead of mathtext, whose parser and fonts are set up at a
+    process's first draw: 112 → ~75 ms for that draw (one scratch timing on the 2-core VM of
+    ``benchmarks/RESULTS.md``)."""
     import re
 
     from matplotlib.ticker import LogFormatterSciNotation
