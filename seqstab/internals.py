@@ -25,6 +25,9 @@ accessor                                  what it relies on
                                           three times a batch)
 :func:`signature_kept`                    Lightning's ``_TrainingEpochLoop._build_kwargs`` reads the signature of
                                           ``training_step`` at every batch (``__signature__`` is ``inspect``'s own)
+:func:`set_hook_name`                     ``LightningModule._current_fx_name``: Lightning's ``trainer/call.py`` sets
+                                          it to the hook's name before and after every hook it calls on the module
+                                          (~19 times an update)
 :func:`steps_with_found_inf`              ``Optimizer._step_supports_amp_scaling`` (fused optimizers: a device-side
                                           skip through ``found_inf``)
 :func:`show_in_progress_bar`              ``Trainer.progress_bar_metrics`` is the logger connector's live dict of the
@@ -200,6 +203,21 @@ def signature_kept(function: Callable[..., Any]) -> Callable[..., Any]:
     the check takes ~7 µs on the 2-core VM of ``benchmarks/RESULTS.md``, ~2.5 with ``__signature__`` set."""
     function.__signature__ = inspect.signature(function)
     return function
+
+
+HOOK_NAME = "_current_fx_name"  # what LightningModule.log reads to know which hook logs
+
+
+def set_hook_name(module: Any, name: str, value: Any) -> bool:
+    """Store ``value`` as ``module.<name>`` directly and return True where ``name`` is the attribute Lightning's
+    loop sets around every hook call on the module (``_current_fx_name``, a hook's name or None: never a parameter,
+    buffer or submodule); False otherwise, to be set as usual. ``nn.Module.__setattr__`` checks every value for a
+    parameter, a submodule and a buffer (~1 µs on the 2-core VM of ``benchmarks/RESULTS.md``, where this takes
+    ~0.3), ~19 times an update of a seqstab task."""
+    if name != HOOK_NAME:
+        return False
+    object.__setattr__(module, name, value)
+    return True
 
 
 def steps_with_found_inf(optimizer: Any) -> bool:

@@ -308,6 +308,34 @@ def test_count_step_drives_the_manual_loops_step_counters():
     assert "_fabric" in vars(pl.LightningModule())
 
 
+def test_set_hook_name_stores_lightnings_hook_name_past_module_setattr(monkeypatch):
+    from pytorch_lightning.trainer import call
+
+    for setter in (call._call_lightning_module_hook, call._call_callback_hooks, call._call_strategy_hook):
+        assert f"pl_module.{internals.HOOK_NAME} = hook_name" in inspect.getsource(setter)
+    assert internals.HOOK_NAME in vars(pl.LightningModule())  # LightningModule.log reads it
+    seen, slow = [], []
+
+    class Watched(SequenceRegressor):
+        def training_step(self, batch, batch_idx):
+            seen.append(self._current_fx_name)
+            return super().training_step(batch, batch_idx)
+
+    model = Watched(spec=TinyStream().spec, net=lambda n: RecurrentNet(n, 4))
+    module_setattr = nn.Module.__setattr__
+
+    def counted(self, name, value):
+        slow.append(name)
+        module_setattr(self, name, value)
+
+    monkeypatch.setattr(nn.Module, "__setattr__", counted)
+    quiet_trainer(max_steps=3).fit(model, datamodule=TinyStream())
+    assert seen == ["training_step"] * 3  # what Lightning set arrives
+    assert internals.HOOK_NAME not in slow  # never through nn.Module.__setattr__
+    assert model._current_fx_name is None and "_current_fx_name" not in model._modules
+    assert not internals.set_hook_name(model, "lr", 0.1)  # any other name: set as usual
+
+
 def test_keep_data_hooks_keeps_the_selectors_answers_and_a_datamodules_own_hook_still_runs():
     from pytorch_lightning.trainer.connectors.data_connector import _DataHookSelector
 

@@ -73,6 +73,10 @@ class SeqTask(Evaluation, pl.LightningModule):
     kind: str | None = None  # the DataSpec.kind a task trains on (None: any; a subclass of one's own decides)
     main_metric = "loss"  # the eval metric the progress bar shows (val/<main_metric>)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        if not internals.set_hook_name(self, name, value):  # Lightning's, ~19 times an update: set directly
+            super().__setattr__(name, value)
+
     def __init__(
         self,
         spec: DataSpec | None = None,
