@@ -276,7 +276,7 @@ class SeqTask(Evaluation, pl.LightningModule):
                     params,
                     loss,
                     backward=lambda loss: self._backward(optimizer, loss),
-                    unscale=lambda: self._unscale(optimizer),
+                    unscale=None if self._bare_steps else lambda: self._unscale(optimizer),  # bare: 32-bit, no scaler
                     step=lambda: self._step(optimizer),
                     chunk=chunk,
                     hidden_in=hidden,
@@ -350,10 +350,9 @@ class SeqTask(Evaluation, pl.LightningModule):
         """Step through Lightning (its hooks, ``global_step``; where they are all no-ops, only the step and its count),
         then a per-update scheduler. Under a GradScaler the gradients were unscaled at :meth:`_unscale`, so
         Lightning's second unscale is turned off for this step."""
-        scaler = self.run.scaler
         if self._bare_steps:
             internals.count_step(optimizer)
-        elif scaler is None:
+        elif (scaler := self.run.scaler) is None:
             optimizer.step()
         else:
             with internals.unscaled_once(scaler):
