@@ -212,8 +212,8 @@ def set_hook_name(module: Any, name: str, value: Any) -> bool:
     """Store ``value`` as ``module.<name>`` directly and return True where ``name`` is the attribute Lightning's
     loop sets around every hook call on the module (``_current_fx_name``, a hook's name or None: never a parameter,
     buffer or submodule); False otherwise, to be set as usual. ``nn.Module.__setattr__`` checks every value for a
-    parameter, a submodule and a buffer (~1 µs on the 2-core VM of ``benchmarks/RESULTS.md``, where this takes
-    ~0.3), ~19 times an update of a seqstab task."""
+    parameter, a submodule and a buffer (~1 µs on the 2-core VM of ``benchmarks/RESULTS.md``; a task's
+    ``__setattr__`` through this takes ~0.2), ~19 times an update of a seqstab task."""
     if name != HOOK_NAME:
         return False
     object.__setattr__(module, name, value)
