@@ -138,7 +138,7 @@ def test_masks_of_a_kept_buffer_are_new_tensors_in_and_out_of_inference_mode_and
     from seqstab.nets import dropout as module
 
     torch.manual_seed(2)
-    like = torch.empty(4, 7)  # an odd-free shape and, below, an odd count: both reuse their buffer
+    like = torch.empty(4, 7)  # an even count here, odd ones below (n = 1, 3, ...): each reuses its buffer
     first, second = keep_mask(like, 0.5), keep_mask(like, 0.5)
     assert first.data_ptr() != second.data_ptr() and not torch.equal(first, second)  # the buffer refilled, not them
     torch.manual_seed(2)
