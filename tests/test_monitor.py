@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import pickle
 import threading
 import time
@@ -309,27 +310,70 @@ def test_language_model_module_paths_and_chunks(tmp_path):
     assert [i.step for i in acc.Images("grad_flow/heatmap")] == [0, 8]  # every 8 steps (the end of fit adds none)
 
 
-def test_the_heatmap_kept_between_draws_is_the_image_a_fresh_figure_draws():
+def test_a_heatmap_kept_between_draws_draws_what_a_fresh_one_draws():
     rng = np.random.default_rng(0)
     history = [(50 * i, rng.random((2, 35)) + 0.01) for i in range(20)]
     longer = history + [(50 * i, 10 * rng.random((2, 35))) for i in range(20, 40)]
     heatmap = Heatmap()
-    heatmap.render(history)  # the figure is kept ...
-    assert np.array_equal(heatmap.render(longer), render_heatmap(longer))  # ... and redraws what a fresh one draws
-    assert heatmap.render([(0, rng.random((1, 10)))]).shape[:2] != (387, 630)  # one layer: a figure of its own height
-    assert pickle.loads(pickle.dumps(heatmap))._figure is None  # copies carry no figure
+    heatmap.render(history)  # its labels are kept ...
+    assert np.array_equal(heatmap.render(longer), render_heatmap(longer))  # ... and it redraws what a fresh one draws
+    assert heatmap.render(history).shape == (387, 630, 3)
+    assert heatmap.render([(0, rng.random((1, 10)))]).shape == (234, 630, 3)  # one layer: an image of its own height
+    assert pickle.loads(pickle.dumps(heatmap))._texts == {}  # copies carry no rasterized labels
 
 
-def test_the_heatmaps_colour_bar_labels_stay_inside_the_image_when_the_norms_span_less_than_a_decade():
+def test_the_heatmap_shows_each_norm_at_its_time_step_and_training_step_on_a_log_colour_scale():
+    from seqstab.core.monitor.heatmap import LEFT, PANEL, RIGHT, TOP, _colour_table
+
+    norms = np.full((1, 4), 1e-3)  # (L, k): t = 1..4
+    norms[0, 0] = 1.0  # t = 1: the largest
+    early, late = norms.copy(), norms * 10**1.5  # the later step half-way up the scale
+    late[0, 0] = 0.0  # no value: no colour
+    image = render_heatmap([(0, early), (50, late)])
+    magma = _colour_table()
+    bottom, middle = TOP + PANEL - 2, RIGHT - (RIGHT - LEFT) // 2
+    row_of_t1, row_of_t4 = bottom, TOP + 1  # t = 1 at the bottom, t = 4 at the top
+    left, right = LEFT + 2, RIGHT - 2  # step 0 at the left, step 50 at the right
+    assert image[row_of_t4, left].tolist() == magma[0].tolist()  # the smallest norm: the table's first colour
+    assert image[row_of_t1, left].tolist() == magma[255].tolist()  # the largest: its last
+    assert image[row_of_t4, right].tolist() == magma[128].tolist()  # 10^-1.5: half-way on the log scale
+    assert image[row_of_t1, right].tolist() == [255, 255, 255]  # zero: white
+    assert image[row_of_t4, middle - 3].tolist() == magma[0].tolist()  # the columns meet half-way between steps
+    assert image[row_of_t4, middle + 3].tolist() == magma[128].tolist()
+
+
+@pytest.mark.parametrize(
+    ("layers", "low", "high"),
+    [(1, 0.34, 0.46), (1, 0.11, 0.99), (2, 0.2, 0.9), (2, 1e-3, 1.0), (3, 1e-12, 1e3), (1, 7.0, 7.0), (2, 1e-30, 1e30)],
+)
+def test_the_heatmaps_labels_stay_inside_the_image_and_the_colour_bars_do_not_overlap(layers, low, high):
+    from seqstab.core.monitor.heatmap import BAR_RIGHT
+
+    rng = np.random.default_rng(layers)
+    history = [(50 * i, np.exp(rng.uniform(np.log(low), np.log(high), (layers, 12)))) for i in range(30)]
+    history[0][1][0, :2] = low, high
     heatmap = Heatmap()
-    image = heatmap.render([(0, np.concatenate([np.full((1, 48), 0.34), np.full((1, 2), 0.46)], axis=1))])
-    figure, canvas = heatmap._figure[:2]
-    renderer = canvas.get_renderer()
-    axis = heatmap._bar.ax.yaxis
-    labels = [t for t in axis.get_ticklabels(which="both") if t.get_visible() and t.get_text()]
-    assert len(labels) > 3  # the minor ticks are labelled within a decade
-    assert all(t.get_window_extent(renderer).x1 <= image.shape[1] for t in labels)
-    assert axis.label.get_window_extent(renderer).x1 <= image.shape[1]  # the bar's own label too
+    image = heatmap.render(history)
+    height, width = image.shape[:2]
+    for text, (x0, y0, x1, y1) in heatmap.labels:
+        assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height, text
+    bar = sorted(
+        (box for text, box in heatmap.labels if box[0] > BAR_RIGHT and "log scale" not in text), key=lambda b: b[1]
+    )
+    assert bar, heatmap.labels  # at least one tick of the colour bar is labelled
+    assert all(a[3] < b[1] for a, b in itertools.pairwise(bar)), bar  # one above the other, apart
+
+
+def test_the_heatmaps_colour_bar_labels_decades_in_plain_text_and_digits_within_a_decade():
+    heatmap = Heatmap()
+
+    def bar_labels(low, high):
+        heatmap.render([(0, np.array([[low, high, (low * high) ** 0.5]]))])
+        return [text for text, box in heatmap.labels if box[0] > 560 and "log scale" not in text]
+
+    assert bar_labels(2e-5, 3e-1) == ["10\u207b\u2074", "10\u207b\u00b3", "10\u207b\u00b2", "10\u207b\u00b9"]
+    assert "2\u00d710\u207b\u00b9" in bar_labels(0.15, 0.9)  # 2×10⁻¹: within a decade the digits too
+    assert bar_labels(0.34, 0.46) == ["0.34", "0.36", "0.38", "0.4", "0.42", "0.44", "0.46"]  # linear ticks
 
 
 def test_add_image_writes_what_summary_writers_add_image_writes(tmp_path):
@@ -351,16 +395,6 @@ def test_add_image_writes_what_summary_writers_add_image_writes(tmp_path):
         (i.step, i.width, i.height, i.encoded_image_string) for i in read[1]
     ]
     assert read[1][0].height == image.shape[0]
-
-
-def test_the_heatmaps_colour_bar_labels_its_decades_in_plain_text_at_every_draw():
-    rng = np.random.default_rng(1)
-    heatmap = Heatmap()
-    for scale in (1.0, 1e-4):  # the second draw's new norm would reset the labels to mathtext's
-        heatmap.render([(50 * i, scale * (rng.random((1, 8)) + 0.01)) for i in range(4)])
-        labels = [label.get_text() for label in heatmap._bar.ax.get_yticklabels() if label.get_text()]
-        assert labels and all("$" not in label and "10" in label for label in labels), labels
-    assert "10\u207b\u2074" in labels or "10\u207b\u00b3" in labels  # 10⁻⁴ or 10⁻³: superscript digits
 
 
 @pytest.mark.parametrize("step", [0, 1, 127, 128, 10**6, 2**40, -1])

@@ -101,7 +101,7 @@ class GradMonitor:
         self._groups: ModuleGroups | None = None
         self.flow_history: list[tuple[int, np.ndarray]] = []  # (step, (L, k) norms): the heatmap's columns
         self._drawn = 0  # columns in the last heatmap drawn
-        self._heatmap = Heatmap()  # its figure, kept between draws
+        self._heatmap = Heatmap()  # its fonts and rasterized labels, kept between draws
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_") and k != "flow_history")
