@@ -111,7 +111,7 @@ class Heatmap:
                 continue
             y = top + round((length + 0.5 - t) / length * (PANEL - 1))
             image[y, LEFT - 1 - TICK : LEFT - 1] = 0
-            self._text(image, f"{t:g}", SMALL, LEFT - 3 - TICK, y, "right", "middle")
+            self._text(image, f"{t:.0f}", SMALL, LEFT - 3 - TICK, y, "right", "middle")
         self._text(image, label, LARGE, LEFT - 31, top + PANEL // 2, "center", "middle", vertical=True)
 
     def _x_axis(self, image: np.ndarray, y: int, first: float, last: float, labelled: bool) -> None:
@@ -123,7 +123,7 @@ class Heatmap:
             x = LEFT + round((step - first) / (last - first) * (RIGHT - LEFT - 1))
             image[y + 1 : y + 1 + TICK, x] = 0
             if labelled:
-                self._text(image, f"{step:g}", SMALL, x, y + 3 + TICK, "center", "top")
+                self._text(image, f"{step:.0f}", SMALL, x, y + 3 + TICK, "center", "top")
 
     def _colour_bar(self, image: np.ndarray, top: int, bottom: int, low: float, high: float) -> None:
         """The bar from ``high`` (top) to ``low`` on a log scale, its ticks and their labels, skipping a label
