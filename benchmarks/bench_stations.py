@@ -16,7 +16,9 @@ their children (``update`` holds ``backward`` … ``flush``; ``flush`` holds ``l
 not add up; ``loop`` is Lightning's whole batch (fetch, hooks, ``training_step``; ``monitor.step_tensors`` holds
 the gradient-flow probe's re-run of each layer and the saturation tags' gate products). Work done every n-th update
 (the gradient-flow probe every 50, the heatmap every 1,000, the flush every ``log_every_n_steps``) is spread over the
-updates timed, as it is in a run.
+updates timed, as it is in a run. ``garbage collection`` is the time Python's cycle collector runs during the
+updates timed (``gc.callbacks``), wherever it interrupts: the objects each program keeps across updates (seqstab's
+updates awaiting their flush, with their 0-dim tensors) set how often it runs and how much it walks.
 
 The figures are of one process on a shared machine: compare rows within a run, and runs on the same machine state.
 ``--ops`` adds what does not depend on the machine's state: both programs trained again, the same updates, with a
@@ -32,6 +34,7 @@ from __future__ import annotations
 import argparse
 import collections
 import functools
+import gc
 import os
 import sys
 import tempfile
@@ -140,6 +143,7 @@ class OpCounter(TorchDispatchMode):
 
 
 DTYPE_VIEW, DETACH = torch.ops.aten.view.dtype, torch.ops.aten.detach.default
+GC_ROW = "garbage collection"  # gc.callbacks: the cycle collector's passes during the updates timed, in any row
 
 
 def run(program: str, rows, data: Path, work: Path, args, count_ops: bool = False) -> tuple[dict[str, float], int]:
@@ -153,6 +157,15 @@ def run(program: str, rows, data: Path, work: Path, args, count_ops: bool = Fals
     for row in rows:
         timer.wrap(*row)
     counted = {"updates": 0}
+    collecting = {"since": 0.0}
+
+    def collector(phase: str, info: dict) -> None:  # Python's cycle collector, wherever in the update it runs
+        if phase == "start":
+            collecting["since"] = time.perf_counter()
+        elif timer.on:
+            timer.seconds[GC_ROW] += time.perf_counter() - collecting["since"]
+
+    gc.callbacks.append(collector)
 
     class Window(pl.Callback):
         """On from the end of update ``warmup - 1`` to the end of the last update timed: Lightning's loop, which
@@ -200,10 +213,11 @@ def run(program: str, rows, data: Path, work: Path, args, count_ops: bool = Fals
         pl.Trainer.fit = original_fit
         timer.on = False
         timer.restore()
+        gc.callbacks.remove(collector)
     n = max(counted["updates"], 1)
     if count_ops:
         return {label: timer.ops[label] / n for label in ["all", *(label for label, *_ in rows)]}, n
-    return {label: timer.seconds[label] / n * 1000 for label, *_ in rows}, n
+    return {label: timer.seconds[label] / n * 1000 for label in [*(label for label, *_ in rows), GC_ROW]}, n
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -242,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n### {args.setting}: ms per update ({timed})\n")
     print("| station | seqstab | Lightning's floor |\n|---|---:|---:|")
     floors = dict(floor)
-    for label, *_ in SEQSTAB_ROWS:
+    for label in [*(label for label, *_ in SEQSTAB_ROWS), GC_ROW]:
         other = f"{floors[label]:.3f}" if label in floors else ""
         print(f"| {label} | {seqstab[label]:.3f} | {other} |")
     print(f"\nseqstab's loop over Lightning's floor's: {seqstab['loop'] - floor['loop']:+.3f} ms an update")
