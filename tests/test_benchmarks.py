@@ -64,16 +64,19 @@ def benches(request):
 
 
 def test_stations_bench_prints_every_row(benches):
-    """``bench_stations.py`` cuts its corpus as the peer bench does and times both programs: every station a row;
-    with ``--ops``, a second table counts each station's tensor operations, nested as the times are."""
+    """``bench_stations.py`` cuts its corpus as the peer bench does and times both programs: every station a row, and
+    the cycle collector's time; with ``--ops``, a second table counts each station's tensor operations, nested as the
+    times are."""
     if benches is None:
         pytest.skip("../shared/data not found")
     done = benches["bench_stations.py"].result()
     assert done.returncode == 0, done.stderr[-3000:]
     times, ops = done.stdout.split("tensor operations per update")
     rows = [line.split("|")[1].strip() for line in times.splitlines() if line.startswith("| ")]
-    assert rows[1:] == [label for label, *_ in bench_stations.SEQSTAB_ROWS]
+    assert rows[1:] == [*(label for label, *_ in bench_stations.SEQSTAB_ROWS), bench_stations.GC_ROW]
     assert "seqstab's loop over Lightning's floor's" in times
+    collected = [line.split("|")[2:4] for line in times.splitlines() if line.startswith(f"| {bench_stations.GC_ROW} ")]
+    assert all(float(cell) >= 0 for cell in collected[0]), collected  # both programs' collector time, measured
     table = [[cell.strip() for cell in line.split("|")[1:-1]] for line in ops.splitlines() if line.startswith("| ")]
     assert [row[0] for row in table[1:]] == ["all", *(label for label, *_ in bench_stations.SEQSTAB_ROWS)]
     seqstab = {row[0]: float(row[1]) for row in table[1:]}
