@@ -34,6 +34,15 @@ def nav_pages(nav) -> list[str]:
     return [page for item in nav for page in nav_pages(item)]
 
 
+def test_ci_builds_the_site_strict_and_not_quiet():
+    """``--quiet`` drops MkDocs' warnings before ``--strict`` counts them: with both, a build with warnings passes
+    (two from a docstring did, for a while)."""
+    builds = [line.split() for line in (ROOT / ".ci" / "run").read_text().splitlines() if "mkdocs build" in line]
+    assert builds, ".ci/run does not build the docs site"
+    for words in builds:
+        assert "--strict" in words and not {"--quiet", "-q"} & set(words), " ".join(words)
+
+
 def test_every_docs_page_is_in_the_nav_and_every_nav_entry_is_a_page():
     pages = {p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md")}
     listed = nav_pages(MKDOCS["nav"])

@@ -122,13 +122,14 @@ def pack(nest: Any, tensor: Callable[[torch.Tensor], torch.Tensor] | None = None
     Raises:
         PackError: naming the first value with no plain form and where it is (``batch[0]['x']``).
 
-    >>> import collections
-    >>> Pair = collections.namedtuple("Pair", "x y")
-    >>> packed = pack({"x": torch.ones(2), "meta": (Pair(torch.zeros(1), 3), None)})
-    >>> packed["structure"]["dict"][0], len(packed["tensors"])
-    (['x', {'t': 0}], 2)
-    >>> unpack(packed, lambda path: Pair)["meta"][0].y
-    3
+    Examples:
+        >>> import collections
+        >>> Pair = collections.namedtuple("Pair", "x y")
+        >>> packed = pack({"x": torch.ones(2), "meta": (Pair(torch.zeros(1), 3), None)})
+        >>> packed["structure"]["dict"][0], len(packed["tensors"])
+        (['x', {'t': 0}], 2)
+        >>> unpack(packed, lambda path: Pair)["meta"][0].y
+        3
     """
     tensors: list[torch.Tensor] = []
     structure = _describe(nest, tensors, tensor or (lambda t: t), "batch")
