@@ -364,6 +364,16 @@ def test_the_heatmaps_labels_stay_inside_the_image_and_the_colour_bars_do_not_ov
     assert all(a[3] < b[1] for a, b in itertools.pairwise(bar)), bar  # one above the other, apart
 
 
+def test_the_heatmap_draws_steps_out_of_order_or_measured_twice():
+    norms = [np.full((1, 3), v) for v in (1.0, 2.0, 4.0)]
+    for history in ([(5, norms[0])] * 2, [(100, norms[0]), (50, norms[1]), (100, norms[2])]):
+        heatmap = Heatmap()
+        image = heatmap.render(history)
+        assert image.shape == (234, 630, 3)
+        steps = [text for text, box in heatmap.labels if box[1] > 174 and text.isdigit()]  # under the panel
+        assert steps and steps == sorted(steps, key=int), steps
+
+
 def test_the_heatmaps_colour_bar_labels_decades_in_plain_text_and_digits_within_a_decade():
     heatmap = Heatmap()
 

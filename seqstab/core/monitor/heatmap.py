@@ -68,6 +68,7 @@ class Heatmap:
             history: ``(training step, (L, k) norms)`` per measurement; one panel per layer. Returns ``(H, W, 3)``
                 uint8.
         """
+        history = sorted(history, key=lambda column: column[0])  # stable: a step measured twice keeps its order
         steps = np.array([step for step, _ in history], dtype=float)
         layers = history[0][1].shape[0]
         length = max(norms.shape[1] for _, norms in history)
@@ -78,7 +79,8 @@ class Heatmap:
         finite = data[np.isfinite(data)]
         low, high = (finite.min(), finite.max()) if finite.size else (1e-8, 1.0)
         high = high if high > low else low * 10
-        gap = np.diff(steps).min() if len(steps) > 1 else 1.0
+        gaps = np.diff(steps)
+        gap = gaps[gaps > 0].min() if np.any(gaps > 0) else 1.0  # a column's width where the steps are spaced
         x_edges = np.concatenate([[steps[0] - gap / 2], (steps[1:] + steps[:-1]) / 2, [steps[-1] + gap / 2]])
 
         height = TOP + layers * PANEL + (layers - 1) * GAP + BOTTOM
