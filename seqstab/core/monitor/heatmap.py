@@ -3,11 +3,11 @@
 Drawn with numpy and Pillow, not through matplotlib's axes, whose draws spent their time building ticks and laying
 out text in Python, on the training thread, every ``heatmap_every_n_steps`` updates: a process's first draw ~65 ms,
 a kept figure's ~35. Here the cells are coloured by indexing a lookup table, the frames and ticks are rows and
-columns of pixels, and each label is rasterized once per :class:`Heatmap` and pasted: a first draw ~10 ms, a redraw
-~2 (two layers of 35 steps, 20 columns; the 2-core VM of ``benchmarks/RESULTS.md``, a scratch timing of
-:meth:`Heatmap.render` after importing ``seqstab.cli.train``). matplotlib still supplies what it is good at: the
-``magma`` colour map, the font (the DejaVu Sans it bundles) and where ticks go (``MaxNLocator``, ``LogLocator``).
-The layout::
+columns of pixels, and each label is rasterized once per :class:`Heatmap` and pasted: a process's first draw ~10 ms,
+a fresh :class:`Heatmap`'s after it ~4, a kept one's redraw ~2 (two layers of 35 steps, 20 columns, on the 2-core VM
+of ``benchmarks/RESULTS.md``; ``benchmarks/bench_monitor.py`` prints the last two). matplotlib still supplies what it
+is good at: the ``magma`` colour map, the font (the DejaVu Sans it bundles) and where ticks go (``MaxNLocator``,
+``LogLocator``). The layout::
 
     ┌─────────────────────── title ────────────────────────┐
     │ t ┌──────────────────────────────────┐ ┌┐ 10⁰         │   one panel per layer: time step t (y, 1 at the
