@@ -145,10 +145,10 @@ class Heatmap:
             y = top + round(math.log10(high / value) / span * (bottom - top - 1))
             image[y, BAR_RIGHT : BAR_RIGHT + length] = 0
             text = _log_label(value, style)
-            alpha = self._rasterized(text, SMALL, False) if text else None
-            if alpha is None:
+            if not text:
                 continue
-            upper, lower = y - alpha.shape[0] // 2, y - alpha.shape[0] // 2 + alpha.shape[0]
+            height = self._rasterized(text, SMALL, False).shape[0]
+            upper, lower = y - height // 2, y - height // 2 + height  # the rows _text will ink
             if any(upper <= b + 1 and lower >= a - 1 for a, b in taken):
                 continue
             taken.append((upper, lower))
@@ -164,7 +164,15 @@ class Heatmap:
         image[top - 1 : bottom + 1, right] = 0
 
     def _text(
-        self, image: np.ndarray, text: str, size: float, x: int, y: int, align: str, valign: str, vertical=False
+        self,
+        image: np.ndarray,
+        text: str,
+        size: float,
+        x: int,
+        y: int,
+        align: str,
+        valign: str,
+        vertical: bool = False,
     ) -> None:
         """Black ``text`` anchored at ``(x, y)``: ``align`` left/center/right, ``valign`` top/middle/bottom of its
         inked box (``vertical``: turned a quarter counter-clockwise); clipped to the image."""
