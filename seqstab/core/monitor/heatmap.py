@@ -86,9 +86,10 @@ class Heatmap:
         height = TOP + layers * PANEL + (layers - 1) * GAP + BOTTOM
         image = np.full((height, WIDTH, 3), 255, dtype=np.uint8)  # (H, W, 3)
         self.labels = []
-        shade = _shades(data, low, high)  # (L, k, columns) colour indices; NaN -> WHITE's row
         columns = np.searchsorted(x_edges, _centres(x_edges[0], x_edges[-1], RIGHT - LEFT), side="right") - 1
         columns = columns.clip(0, len(history) - 1)  # (W_panel,) the measurement each pixel column shows
+        shown, columns = np.unique(columns, return_inverse=True)  # only those shown are coloured (a long run's)
+        shade = _shades(data[:, :, shown], low, high)  # (L, k, shown) colour indices; NaN -> WHITE's row
         rows = np.floor(_centres(length + 0.5, 0.5, PANEL) - 0.5).astype(int).clip(0, length - 1)  # (H_panel,) t - 1
         lut = _colour_table()
         for i in range(layers):
