@@ -143,9 +143,10 @@ def add_image(run: Run, tag: str, image: Any, step: int) -> None:
     """An ``(H, W, 3)`` uint8 image to every TensorBoard writer, MLflow logger and W&B logger of the run.
 
     A TensorBoard writer gets the summary its ``add_image`` writes, built from the uint8 pixels as they are:
-    ``add_image`` turns them into float32 and back first (a scale factor of 1 for uint8): ~12 → ~8.5 ms for the
-    heatmap's 630×387 image (one scratch timing on the 2-core VM of ``benchmarks/RESULTS.md``; the PNG encoding is
-    most of the rest)."""
+    ``add_image`` turns them into float32 and back first (a scale factor of 1 for uint8): ~10 → ~7 ms for the
+    heatmap's 630×387 image (medians of 7 calls, a scratch timing on the 2-core VM of ``benchmarks/RESULTS.md``, the
+    image ``seqstab.core.monitor.heatmap`` draws since 2026-12-07; ~12 → ~8.5 for matplotlib's before). The PNG
+    encoding is most of the rest."""
     writers = run.writers
     if writers:
         from tensorboard.compat.proto.summary_pb2 import Summary

@@ -1,11 +1,11 @@
 """The ``grad_flow/heatmap`` image: ``‖∂L/∂h_t‖`` by time step and training step.
 
 Drawn with numpy and Pillow, not through matplotlib's axes, whose draws spent their time building ticks and laying
-out text in Python, on the training thread, every ``heatmap_every_n_steps`` updates: a process's first draw ~65 ms,
-a kept figure's ~35. Here the cells are coloured by indexing a lookup table, the frames and ticks are rows and
-columns of pixels, and each label is rasterized once per :class:`Heatmap` and pasted: a process's first draw ~10 ms,
-a fresh :class:`Heatmap`'s after it ~4, a kept one's redraw ~2 (two layers of 35 steps, 20 columns, on the 2-core VM
-of ``benchmarks/RESULTS.md``; ``benchmarks/bench_monitor.py`` prints the last two). matplotlib still supplies what it
+out text in Python, on the training thread, every ``heatmap_every_n_steps`` updates. Here the cells are coloured by
+indexing a lookup table, the frames and ticks are rows and columns of pixels, and each label is rasterized once per
+:class:`Heatmap` and pasted. Two layers of 35 steps, 20 columns, on the 2-core VM of ``benchmarks/RESULTS.md`` (run
+U there): a process's first draw ~65 → ~10 ms, a kept figure's redraw ~35 → ~2 (a fresh :class:`Heatmap` after the
+first ~4; ``benchmarks/bench_monitor.py`` prints these two). matplotlib still supplies what it
 is good at: the ``magma`` colour map, the font (the DejaVu Sans it bundles) and where ticks go (``MaxNLocator``,
 ``LogLocator``). The layout::
 
@@ -40,7 +40,7 @@ BAR_LEFT, BAR_RIGHT = 542, 558  # the colour bar
 TICK, MINOR_TICK = 4, 2  # tick lengths, outward
 SMALL, LARGE = 8.75, 10.0  # font sizes in pixels: tick labels (7 pt at 90 dpi); axis labels (8 pt)
 TITLE_SIZE = 11.25  # 9 pt
-WHITE = 255  # cells with no value (zero, non-finite, above a shorter chunk) are left white
+WHITE = 255  # the background, and the cells with no value (zero, non-finite, above a shorter chunk)
 
 
 class Heatmap:
@@ -84,7 +84,7 @@ class Heatmap:
         x_edges = np.concatenate([[steps[0] - gap / 2], (steps[1:] + steps[:-1]) / 2, [steps[-1] + gap / 2]])
 
         height = TOP + layers * PANEL + (layers - 1) * GAP + BOTTOM
-        image = np.full((height, WIDTH, 3), 255, dtype=np.uint8)  # (H, W, 3)
+        image = np.full((height, WIDTH, 3), WHITE, dtype=np.uint8)  # (H, W, 3)
         self.labels = []
         columns = np.searchsorted(x_edges, _centres(x_edges[0], x_edges[-1], RIGHT - LEFT), side="right") - 1
         columns = columns.clip(0, len(history) - 1)  # (W_panel,) the measurement each pixel column shows
