@@ -4,6 +4,7 @@ themselves come from the benchmarks, never from a test)."""
 
 from __future__ import annotations
 
+import statistics
 import sys
 from argparse import Namespace
 
@@ -125,3 +126,15 @@ def test_peer_bench_judges_each_goal_of_its_summary():
     assert bench_peer.judge("floor", 0.7, 1.4, 1.0, 0, {**ms, "seqstab": 1.77}, {**laps, "seqstab": 1.66})[0] == []
     ms = {"main.py": 1.30, "seqstab": 1.60, "lightning-floor": 1.45}  # Lightning's floor within 1.15x: that goal
     assert bench_peer.judge("floor", 0.8, 1.2, 1.0, 0, ms, ms)[0] == ["ms 1.231× > 1.15× main.py's"]
+
+
+def test_peer_bench_pairs_the_floor_round_by_round():
+    """The floor's difference round by round pairs each round's two runs; its median is not the medians' difference
+    the goal takes (RESULTS.md's V3: +0.18 between the medians, +0.23 the rounds' median)."""
+    seqstab = [1.82, 1.71, 1.82, 1.90, 1.85]  # V3's rounds, as bench_peer.py printed them
+    floor = [1.57, 1.64, 1.68, 1.67, 1.60]
+    results = {"seqstab": [{"ms": x} for x in seqstab], "lightning-floor": [{"ms": x} for x in floor]}
+    rounds = bench_peer.over_floor_by_round(results)
+    assert rounds == pytest.approx([0.25, 0.07, 0.14, 0.23, 0.25])
+    assert statistics.median(rounds) == pytest.approx(0.23)
+    assert statistics.median(seqstab) - statistics.median(floor) == pytest.approx(0.18)
