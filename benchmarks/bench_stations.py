@@ -5,9 +5,11 @@ the same for Lightning's floor (``benchmarks/lightning_floor.py``).
     python benchmarks/bench_stations.py --setting char --updates 300 --threads 2     # 2×200, characters, ~1 min
     python benchmarks/bench_stations.py --setting wt2-10k --updates 100 --warmup 20 --threads 2   # 10k words, ~1 min
     python benchmarks/bench_stations.py --ops                 # + the tensor operations each station dispatches
+    python benchmarks/bench_stations.py --setting wt2-10k --hidden 650 --updates 100 --warmup 50 --threads 2  # ~5 min
 
 The corpus is ``bench_peer.py``'s for the setting (same files, same vocabulary; ``--corpus tinyshakespeare`` cuts it
-from tiny Shakespeare instead of WikiText-2), written into a temporary folder.
+from tiny Shakespeare instead of WikiText-2), written into a temporary folder; ``--hidden`` replaces the setting's
+width for both programs, as in ``bench_peer.py``.
 seqstab runs ``python -m seqstab.train fit -c configs/lm/wikitext2_lstm.yaml`` as shipped (bar off, no validation:
 what is timed is training), in this process; Lightning's floor runs its module the same way. From update
 ``--warmup`` on, a wrapper around each method below adds its wall time (``time.perf_counter``; the wrappers cost
@@ -146,11 +148,12 @@ DTYPE_VIEW, DETACH = torch.ops.aten.view.dtype, torch.ops.aten.detach.default
 GC_ROW = "garbage collection"  # gc.callbacks: the cycle collector's passes during the updates timed, in any row
 
 
-def run(program: str, rows, data: Path, work: Path, args, count_ops: bool = False) -> tuple[dict[str, float], int]:
-    """Train ``program`` in this process with ``rows`` timed; ms per update of each row, and the updates timed.
-    ``count_ops``: operations per update of each row instead (and of ``all``)."""
+def run(program: str, rows, data: Path, work: Path, args, count_ops: bool = False) -> tuple[dict[str, float], int, int]:
+    """Train ``program`` in this process with ``rows`` timed; ms per update of each row, the updates timed and the
+    module's parameter count. ``count_ops``: operations per update of each row instead (and of ``all``)."""
     import contextlib
 
+    import bench_peer
     import pytorch_lightning as pl
 
     timer = Timer(count_ops)
@@ -175,6 +178,7 @@ def run(program: str, rows, data: Path, work: Path, args, count_ops: bool = Fals
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
             timer.on = batch_idx >= args.warmup
             counted["updates"] += timer.on
+            counted["parameters"] = sum(p.numel() for p in module.parameters())
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             timer.on = args.warmup <= batch_idx + 1 < args.warmup + args.updates
@@ -186,7 +190,7 @@ def run(program: str, rows, data: Path, work: Path, args, count_ops: bool = Fals
         return original_fit(trainer, *a, **k)
 
     pl.Trainer.fit = fit
-    hidden = 16 if args.setting == "floor" else 200
+    hidden = bench_peer.hidden_size(args, args.setting)
     last = args.warmup + args.updates
     counting = timer.counter if timer.counter is not None else contextlib.nullcontext()
     try:
@@ -214,10 +218,10 @@ def run(program: str, rows, data: Path, work: Path, args, count_ops: bool = Fals
         timer.on = False
         timer.restore()
         gc.callbacks.remove(collector)
-    n = max(counted["updates"], 1)
+    n, parameters = max(counted["updates"], 1), counted["parameters"]
     if count_ops:
-        return {label: timer.ops[label] / n for label in ["all", *(label for label, *_ in rows)]}, n
-    return {label: timer.seconds[label] / n * 1000 for label in [*(label for label, *_ in rows), GC_ROW]}, n
+        return {label: timer.ops[label] / n for label in ["all", *(label for label, *_ in rows)]}, n, parameters
+    return {label: timer.seconds[label] / n * 1000 for label in [*(label for label, *_ in rows), GC_ROW]}, n, parameters
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -229,6 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--updates", type=int, default=1000, help="updates timed")
     parser.add_argument("--warmup", type=int, default=100, help="updates before the timed ones")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--hidden", type=int, help="embedding = hidden units of each layer (default: the setting's)")
     parser.add_argument("--data-dir", type=Path, help="WikiText-2's folder (default: ../shared/data/wikitext-2)")
     parser.add_argument("--corpus", default="wikitext-2", choices=list(bench_peer.CORPORA),
                         help="the text the setting is cut from, as bench_peer.py's --corpus")  # fmt: skip
@@ -247,13 +252,15 @@ def main(argv: list[str] | None = None) -> None:
         data = work / "data"
         tokens = (args.warmup + args.updates + 5) * bench_peer.BATCH * bench_peer.BPTT + bench_peer.BATCH
         bench_peer.write_corpus(args.setting, source, data, tokens)
-        seqstab, n = run("seqstab", SEQSTAB_ROWS, data, work / "seqstab", args)
-        floor, m = run("lightning-floor", FLOOR_ROWS, data, work / "floor", args)
+        seqstab, n, ours = run("seqstab", SEQSTAB_ROWS, data, work / "seqstab", args)
+        floor, m, theirs = run("lightning-floor", FLOOR_ROWS, data, work / "floor", args)
         if args.ops:
-            seqstab_ops, _ = run("seqstab", SEQSTAB_ROWS, data, work / "seqstab-ops", args, count_ops=True)
-            floor_ops, _ = run("lightning-floor", FLOOR_ROWS, data, work / "floor-ops", args, count_ops=True)
+            seqstab_ops, *_ = run("seqstab", SEQSTAB_ROWS, data, work / "seqstab-ops", args, count_ops=True)
+            floor_ops, *_ = run("lightning-floor", FLOOR_ROWS, data, work / "floor-ops", args, count_ops=True)
     timed = f"{n} updates of seqstab, {m} of Lightning's floor, after {args.warmup}"
+    width = bench_peer.hidden_size(args, args.setting)
     print(f"\n### {args.setting}: ms per update ({timed})\n")
+    print(f"2×{width} LSTM: seqstab's net {ours:,} parameters, Lightning's floor's {theirs:,}\n")
     print("| station | seqstab | Lightning's floor |\n|---|---:|---:|")
     floors = dict(floor)
     for label in [*(label for label, *_ in SEQSTAB_ROWS), GC_ROW]:

@@ -57,7 +57,8 @@ def benches(request):
         yield None  # no selected test reads the runs, or ../shared/data is not there (they skip)
         return
     # updates 1-50: the gradient-flow probe of update 50 (one every 50) is among the updates timed
-    stations = ["bench_stations.py", "--corpus", "tinyshakespeare", "--updates", "50", "--warmup", "1", "--ops"]
+    stations = ["bench_stations.py", "--corpus", "tinyshakespeare", "--updates", "50", "--warmup", "1", "--ops",
+                "--hidden", "12"]  # fmt: skip
     etth1 = ["bench_etth1.py", "--epochs", "1", "--models", "lstm", "--path", str(ETTH1)]
     yield from until_teardown(
         {cmd[0]: Started([sys.executable, str(BENCH / cmd[0]), *cmd[1:]], cwd=REPO) for cmd in (stations, etth1)}
@@ -76,6 +77,9 @@ def test_stations_bench_prints_every_row(benches):
     rows = [line.split("|")[1].strip() for line in times.splitlines() if line.startswith("| ")]
     assert rows[1:] == [*(label for label, *_ in bench_stations.SEQSTAB_ROWS), bench_stations.GC_ROW]
     assert "seqstab's loop over Lightning's floor's" in times
+    # --hidden reaches both programs: the same net, 2×12 over the floor setting's 100 words (embedding 100×12, two
+    # LSTM layers 4·12·(12 + 12) + 8·12 each, decoder 12×100 + 100)
+    assert "2×12 LSTM: seqstab's net 4,996 parameters, Lightning's floor's 4,996" in times
     collected = [line.split("|")[2:4] for line in times.splitlines() if line.startswith(f"| {bench_stations.GC_ROW} ")]
     assert all(float(cell) >= 0 for cell in collected[0]), collected  # both programs' collector time, measured
     table = [[cell.strip() for cell in line.split("|")[1:-1]] for line in ops.splitlines() if line.startswith("| ")]
