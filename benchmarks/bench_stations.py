@@ -5,7 +5,7 @@ the same for Lightning's floor (``benchmarks/lightning_floor.py``).
     python benchmarks/bench_stations.py --setting char --updates 300 --threads 2     # 2×200, characters, ~1 min
     python benchmarks/bench_stations.py --setting wt2-10k --updates 100 --warmup 20 --threads 2   # 10k words, ~1 min
     python benchmarks/bench_stations.py --ops                 # + the tensor operations each station dispatches
-    python benchmarks/bench_stations.py --setting wt2-10k --hidden 650 --updates 100 --warmup 50 --threads 2  # ~5 min
+    python benchmarks/bench_stations.py --setting wt2-10k --hidden 650 --updates 100 --warmup 50 --threads 2  # ~2 min
 
 The corpus is ``bench_peer.py``'s for the setting (same files, same vocabulary; ``--corpus tinyshakespeare`` cuts it
 from tiny Shakespeare instead of WikiText-2), written into a temporary folder; ``--hidden`` replaces the setting's
@@ -159,7 +159,7 @@ def run(program: str, rows, data: Path, work: Path, args, count_ops: bool = Fals
     timer = Timer(count_ops)
     for row in rows:
         timer.wrap(*row)
-    counted = {"updates": 0}
+    counted = {"updates": 0, "parameters": 0}
     collecting = {"since": 0.0}
 
     def collector(phase: str, info: dict) -> None:  # Python's cycle collector, wherever in the update it runs
