@@ -4,7 +4,6 @@ themselves come from the benchmarks, never from a test)."""
 
 from __future__ import annotations
 
-import statistics
 import sys
 from argparse import Namespace
 
@@ -138,7 +137,6 @@ def test_peer_bench_pairs_the_floor_round_by_round():
     seqstab = [1.82, 1.71, 1.82, 1.90, 1.85]  # V3's rounds, as bench_peer.py printed them
     floor = [1.57, 1.64, 1.68, 1.67, 1.60]
     results = {"seqstab": [{"ms": x} for x in seqstab], "lightning-floor": [{"ms": x} for x in floor]}
-    rounds = bench_peer.over_floor_by_round(results)
-    assert rounds == pytest.approx([0.25, 0.07, 0.14, 0.23, 0.25])
-    assert statistics.median(rounds) == pytest.approx(0.23)
-    assert statistics.median(seqstab) - statistics.median(floor) == pytest.approx(0.18)
+    # each round's seqstab run against that round's floor run, in order (their median, +0.23, is what the report
+    # prints beside the medians' difference)
+    assert bench_peer.over_floor_by_round(results) == pytest.approx([0.25, 0.07, 0.14, 0.23, 0.25])
