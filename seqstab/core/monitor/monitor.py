@@ -39,9 +39,9 @@ class GradMonitor:
             LSTM/GRU) every this many updates (``rnn/...``), and at the first. An eigendecomposition of each gate
             block is costly: ~110 ms a measurement of the 2×200 LSTM on 2 CPU cores (its eigenvalues ~90 ms), 4 %
             of the ~27 ms updates between two measurements at 100, 0.8 % at the default 500 (``python
-            benchmarks/bench_peer.py --profile --settings char``). Cubic in the hidden size: at 2×650, 1.2–2.3 s a
-            measurement, 1–2 % of the ~230 ms updates between two at 500 (``benchmarks/RESULTS.md``, run X); raise
-            it for wide nets trained on the CPU. None turns it off.
+            benchmarks/bench_peer.py --profile --settings char``). Cubic in the hidden size: at 2×650 on the same 2
+            cores, 1.2–2.3 s a measurement, 1–2 % of the 10k-word LM's ~230 ms updates between two at 500
+            (``benchmarks/RESULTS.md``, run X); raise it for wide nets trained on the CPU. None turns it off.
         histogram_every_n_steps: Histograms of the gradient (pre-clip) and the weights of every module every this
             many updates (``hist/grad/<module>``, ``hist/weight/<module>``). None (default) turns them off.
         per_module: Log ``grad/norm/<module>`` (pre-clip, like ``grad/norm_total``) and ``weight/norm/<module>``
