@@ -6,14 +6,15 @@
 
 A manual-optimization ``LightningModule`` whose ``training_step`` runs only the forward, the backward and the
 optimizer step of the same kind of net as the two others: embedding → ``nn.LSTM`` (``--nlayers``, sequence-first as
-main.py) → linear decoder, dropout 0.2 on the embedding, between the layers and before the decoder, embedding and
-decoder U(±0.1), decoder bias 0; the hidden state carried from batch to batch and detached; batch 20 × bptt 35 read
-as main.py reads it (the token stream cut into 20 rows, contiguous windows of 35); token-mean cross-entropy,
-``clip_grad_norm_`` 0.25, ``torch.optim.SGD`` lr 20 stepped through Lightning's optimizer wrapper. The vocabulary is
-seqstab's (``<unk>``, ``<eos>`` and the types of ``train.txt``), so the decoder has the same size. No validation, no
-logger, no checkpoint, no progress bar, no model summary; one epoch over ``train.txt``. It prints the marks
-``bench_peer.py`` times (its ``UpdateMarks`` callback, the one seqstab's run gets): what the Trainer's loop costs
-per update, without anything seqstab adds on top.
+main.py; ``--cell gru``, ``rnn_tanh`` or ``rnn_relu``: ``nn.GRU`` or ``nn.RNN``, as main.py's ``--model``) → linear
+decoder, dropout 0.2 on the embedding, between the layers and before the decoder, embedding and decoder U(±0.1),
+decoder bias 0; the hidden state carried from batch to batch and detached; batch 20 × bptt 35 read as main.py reads
+it (the token stream cut into 20 rows, contiguous windows of 35); token-mean cross-entropy, ``clip_grad_norm_`` 0.25,
+``torch.optim.SGD`` lr 20 stepped through Lightning's optimizer wrapper. The vocabulary is seqstab's (``<unk>``,
+``<eos>`` and the types of ``train.txt``), so the decoder has the same size. No validation, no logger, no
+checkpoint, no progress bar, no model summary; one epoch over ``train.txt``. It prints the marks ``bench_peer.py``
+times (its ``UpdateMarks`` callback, the one seqstab's run gets): what the Trainer's loop costs per update, without
+anything seqstab adds on top.
 """
 
 from __future__ import annotations
@@ -59,27 +60,47 @@ class Windows(Dataset):
         return self.data[start : start + length], self.data[start + 1 : start + 1 + length]
 
 
-class FloorLM(pl.LightningModule):
-    """Embedding → LSTM → decoder; forward, backward, clip, SGD step; nothing else."""
+CELLS = {  # --cell: the recurrent module, as main.py's --model builds it
+    "lstm": lambda i, h, n, p: nn.LSTM(i, h, n, dropout=p),
+    "gru": lambda i, h, n, p: nn.GRU(i, h, n, dropout=p),
+    "rnn_tanh": lambda i, h, n, p: nn.RNN(i, h, n, nonlinearity="tanh", dropout=p),
+    "rnn_relu": lambda i, h, n, p: nn.RNN(i, h, n, nonlinearity="relu", dropout=p),
+}
 
-    def __init__(self, ntoken: int, emsize: int, nhid: int, nlayers: int, dropout: float, lr: float, clip: float):
+
+class FloorLM(pl.LightningModule):
+    """Embedding → LSTM (or GRU, RNN) → decoder; forward, backward, clip, SGD step; nothing else."""
+
+    def __init__(
+        self,
+        ntoken: int,
+        emsize: int,
+        nhid: int,
+        nlayers: int,
+        dropout: float,
+        lr: float,
+        clip: float,
+        cell: str = "lstm",
+    ):
         super().__init__()
         self.automatic_optimization = False
         self.ntoken, self.lr, self.clip = ntoken, lr, clip
         self.drop = nn.Dropout(dropout)
         self.encoder = nn.Embedding(ntoken, emsize)
-        self.rnn = nn.LSTM(emsize, nhid, nlayers, dropout=dropout)
+        self.rnn = CELLS[cell](emsize, nhid, nlayers, dropout)
         self.decoder = nn.Linear(nhid, ntoken)
         nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
         nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
         nn.init.zeros_(self.decoder.bias)
-        self.hidden: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.hidden: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None  # LSTM: (h, c)
         self.updates = 0  # what UpdateMarks reads
 
     def training_step(self, batch, batch_idx):
         x, y = batch
         opt = self.optimizers()
-        hidden = None if self.hidden is None else tuple(h.detach() for h in self.hidden)
+        hidden = self.hidden
+        if hidden is not None:
+            hidden = tuple(h.detach() for h in hidden) if isinstance(hidden, tuple) else hidden.detach()
         out, self.hidden = self.rnn(self.drop(self.encoder(x)), hidden)
         logits = self.decoder(self.drop(out))
         loss = F.cross_entropy(logits.view(-1, self.ntoken), y.reshape(-1))
@@ -106,13 +127,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bptt", type=int, default=35)
     parser.add_argument("--every", type=int, default=50, help="a mark every this many updates")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cell", default="lstm", choices=list(CELLS), help="the recurrent layers (main.py's --model)")
     parser.add_argument("--max-steps", type=int, default=-1, help="stop after this many updates (-1: one epoch)")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     ids, ntoken = read_stream(args.data / "train.txt")
     print(f"lightning-floor: {ids.numel():,} tokens, vocabulary {ntoken:,}", flush=True)
     loader = DataLoader(Windows(ids, args.batch_size, args.bptt), batch_size=None, shuffle=False)
-    model = FloorLM(ntoken, args.emsize, args.nhid, args.nlayers, args.dropout, args.lr, args.clip)
+    model = FloorLM(ntoken, args.emsize, args.nhid, args.nlayers, args.dropout, args.lr, args.clip, args.cell)
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=1,
