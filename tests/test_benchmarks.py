@@ -140,3 +140,44 @@ def test_peer_bench_pairs_the_floor_round_by_round():
     # each round's seqstab run against that round's floor run, in order (their median, +0.23, is what the report
     # prints beside the medians' difference)
     assert bench_peer.over_floor_by_round(results) == pytest.approx([0.25, 0.07, 0.14, 0.23, 0.25])
+
+
+@pytest.mark.parametrize("cell", sorted(bench_peer.CELLS))
+def test_peer_bench_cell_gives_every_program_one_net(tmp_path, cell):
+    """``bench_peer.py --cell``: main.py (its ``--model``, read by its own ``model.py``), seqstab (its net's arguments)
+    and Lightning's floor (``--cell``) each build the same recurrent layers, of the same size."""
+    model_py = bench_peer.PEER.parent / "model.py"
+    if not model_py.is_file():
+        pytest.skip(f"{model_py} not found (../shared/peers beside the checkout)")
+    import importlib.util
+
+    import lightning_floor
+    import torch
+
+    from seqstab.nets import RecurrentNet
+
+    spec = importlib.util.spec_from_file_location("peer_model", model_py)
+    peer_model = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(peer_model)
+    args = Namespace(peer=bench_peer.PEER, every=50, hidden=None, seqstab_args=[], unfused=False, cell=cell)
+    programs = bench_peer.commands(args, "floor", tmp_path / "data", tmp_path)
+    peer, seqstab, floor = (programs[name][0] for name in ("main.py", "seqstab", "lightning-floor"))
+
+    def option(cmd: list[str], name: str, default: str | None = None) -> str | None:
+        return cmd[cmd.index(name) + 1] if name in cmd else default
+
+    prefix = "--model.init_args.net.init_args."
+    net_args = {cmd[len(prefix) :]: seqstab[i + 1] for i, cmd in enumerate(seqstab) if cmd.startswith(prefix)}
+    hidden = int(net_args.pop("hidden_size", 200))
+    assert hidden == int(option(peer, "--nhid")) == int(option(floor, "--nhid")) == 16  # the floor setting's width
+    main_rnn = peer_model.RNNModel(option(peer, "--model", "LSTM"), 100, hidden, hidden, 2, 0.2).rnn
+    floor_rnn = lightning_floor.FloorLM(100, hidden, hidden, 2, 0.2, 20.0, 0.25, option(floor, "--cell")).rnn
+    ours = RecurrentNet(hidden, hidden, num_layers=2, dropout=0.2, **net_args)
+    expected = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN_TANH", "rnn_relu": "RNN_RELU"}[cell]  # nn.RNNBase.mode
+    assert main_rnn.mode == floor_rnn.mode == expected
+    assert [layer.mode for layer in ours.layers] == [expected, expected]
+
+    def size(module: torch.nn.Module) -> int:
+        return sum(p.numel() for p in module.parameters())
+
+    assert size(main_rnn) == size(floor_rnn) == size(ours.layers)
