@@ -9,7 +9,7 @@ the same for Lightning's floor (``benchmarks/lightning_floor.py``).
 
 The corpus is ``bench_peer.py``'s for the setting (same files, same vocabulary; ``--corpus tinyshakespeare`` cuts it
 from tiny Shakespeare instead of WikiText-2), written into a temporary folder; ``--hidden`` replaces the setting's
-width for both programs, as in ``bench_peer.py``.
+width for both programs, and ``--cell`` their LSTM (``gru``, ``rnn_tanh``, ``rnn_relu``), as in ``bench_peer.py``.
 seqstab runs ``python -m seqstab.train fit -c configs/lm/wikitext2_lstm.yaml`` as shipped (bar off, no validation:
 what is timed is training), in this process; Lightning's floor runs its module the same way. From update
 ``--warmup`` on, a wrapper around each method below adds its wall time (``time.perf_counter``; the wrappers cost
@@ -203,13 +203,14 @@ def run(program: str, rows, data: Path, work: Path, args, count_ops: bool = Fals
                     "--data.cache_dir", str(work / "cache"), "--trainer.default_root_dir", str(work / "runs"),
                     "--trainer.max_steps", str(last), "--trainer.limit_val_batches", "0",
                     "--trainer.enable_progress_bar", "false", "--model.init_args.embedding_size", str(hidden),
-                    "--model.init_args.net.init_args.hidden_size", str(hidden),
+                    "--model.init_args.net.init_args.hidden_size", str(hidden), *bench_peer.CELLS[args.cell][1],
                 ])  # fmt: skip
             else:
                 import lightning_floor
 
                 lightning_floor.main(["--data", str(data), "--emsize", str(hidden), "--nhid", str(hidden),
-                                      "--every", str(10**9), "--max-steps", str(last)])  # fmt: skip
+                                      "--every", str(10**9), "--max-steps", str(last),
+                                      "--cell", args.cell])  # fmt: skip
     except SystemExit as stop:
         if stop.code not in (0, None):
             raise
@@ -234,6 +235,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=100, help="updates before the timed ones")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--hidden", type=int, help="embedding = hidden units of each layer (default: the setting's)")
+    parser.add_argument("--cell", default="lstm", choices=list(bench_peer.CELLS),
+                        help="both programs' recurrent layers, as bench_peer.py's --cell")  # fmt: skip
     parser.add_argument("--data-dir", type=Path, help="WikiText-2's folder (default: ../shared/data/wikitext-2)")
     parser.add_argument("--corpus", default="wikitext-2", choices=list(bench_peer.CORPORA),
                         help="the text the setting is cut from, as bench_peer.py's --corpus")  # fmt: skip
@@ -260,7 +263,8 @@ def main(argv: list[str] | None = None) -> None:
     timed = f"{n} updates of seqstab, {m} of Lightning's floor, after {args.warmup}"
     width = bench_peer.hidden_size(args, args.setting)
     print(f"\n### {args.setting}: ms per update ({timed})\n")
-    print(f"2×{width} LSTM: seqstab's net {ours:,} parameters, Lightning's floor's {theirs:,}\n")
+    net = f"2×{width} {bench_peer.CELLS[args.cell][0]}"
+    print(f"{net}: seqstab's net {ours:,} parameters, Lightning's floor's {theirs:,}\n")
     print("| station | seqstab | Lightning's floor |\n|---|---:|---:|")
     floors = dict(floor)
     for label in [*(label for label, *_ in SEQSTAB_ROWS), GC_ROW]:
