@@ -80,7 +80,9 @@ update); the goals, set for the CPU, are printed for reference.
 ``--cell`` trains another recurrent layer in every program: ``gru``, ``rnn_tanh`` or ``rnn_relu`` (main.py's ``--model
 GRU``, ``RNN_TANH``, ``RNN_RELU``; seqstab's ``--model.init_args.net.init_args.cell`` and ``nonlinearity``;
 ``lightning_floor.py --cell``). Everything else stays as above: a vanilla RNN at SGD lr 20 with clipping at 0.25 is
-the setup seqstab exists for, and neither program is tuned for it.
+the setup seqstab exists for, and neither program is tuned for it. ``rnn_relu`` cannot be timed at 200 units: its
+activations overflow within a few updates; main.py trains on NaN, and seqstab's guard holds every update back and
+stops the run (exit 3), which ends this script with that reason.
 """
 
 from __future__ import annotations
@@ -276,6 +278,12 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
+GUARD_STOPPED = (  # seqstab.train's exit 3 (seqstab.cli.console.EXIT_NOTHING_APPLIED)
+    " (seqstab's explosion guard let no update through, or stopped the run after too many held back in a row: this "
+    "net and learning rate diverge, and the setting cannot be timed; its lines below say why)"
+)
+
+
 def run_timed(cmd: list[str], env: dict, cwd: Path, mark: re.Pattern, log: Path) -> dict:
     """Run ``cmd``; at each stdout line matching ``mark`` (group 1: updates done) stamp wall clock and the child's
     user and system CPU time. Returns the stamps and the whole process's wall, user and system seconds."""
@@ -296,7 +304,8 @@ def run_timed(cmd: list[str], env: dict, cwd: Path, mark: re.Pattern, log: Path)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         tail = "".join(lines[-5:]) + log.read_text()[-3000:]
-        raise SystemExit(f"{cmd[:4]}... exited {proc.returncode}:\n{tail}")
+        why = GUARD_STOPPED if proc.returncode == 3 and "seqstab.train" in cmd else ""
+        raise SystemExit(f"{cmd[:4]}... exited {proc.returncode}{why}:\n{tail}")
     return {
         "stamps": stamps,
         "wall": wall,
