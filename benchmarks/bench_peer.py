@@ -58,7 +58,8 @@ vocabulary, validation and the checkpoint lie outside it. The whole process's wa
 system deltas of ``resource.getrusage(RUSAGE_CHILDREN)``) are printed beside it. Rounds run every selected setting in
 turn, and within a setting the programs in rotating order (A B, then B A; with three programs A B C, B C A, C A B),
 so a neighbour's burst on a shared machine falls on both; each ratio is taken within a round, and the headline is
-the median over rounds.
+the median over rounds. A program that fails (or a seqstab run its explosion guard stops) ends its setting, not the
+run: the other settings are timed and reported, and the script then ends non-zero, naming what was not timed.
 
 Per setting a table: each round's ms/update and CPU ms/update (user + sys) of each program, the ratios (speed:
 main.py ms ÷ seqstab ms, ≥ 1 when seqstab is faster; CPU: seqstab CPU ÷ main.py CPU, ≤ 1 when cheaper; sys ÷ sys)
@@ -82,7 +83,7 @@ GRU``, ``RNN_TANH``, ``RNN_RELU``; seqstab's ``--model.init_args.net.init_args.c
 ``lightning_floor.py --cell``). Everything else stays as above: a vanilla RNN at SGD lr 20 with clipping at 0.25 is
 the setup seqstab exists for, and neither program is tuned for it. ``rnn_relu`` cannot be timed at 200 units: its
 activations overflow within a few updates; main.py trains on NaN, and seqstab's guard holds every update back and
-stops the run (exit 3), which ends this script with that reason.
+stops the run (exit 3): the setting is reported as not timed, with that reason.
 """
 
 from __future__ import annotations
@@ -508,8 +509,11 @@ def main(argv: list[str] | None = None) -> None:
                 profile_programs(args, setting, programs, swork, env)
         if args.profile:
             return
+        failed: dict[str, str] = {}  # setting -> why it could not be timed (the others go on)
         for r in range(args.rounds):
             for setting in settings:
+                if setting in failed:
+                    continue
                 programs, results = runs[setting]["programs"], runs[setting]["results"]
                 names = list(programs)
                 order = names[r % len(names) :] + names[: r % len(names)]
@@ -517,9 +521,14 @@ def main(argv: list[str] | None = None) -> None:
                 for name in order:
                     cmd, cwd, mark = programs[name]
                     log = work / setting / f"{name.replace(' ', '_')}-{r}.log"
-                    out = run_timed(cmd, runs[setting]["env"], cwd, mark, log)
-                    stamps = out.pop("stamps")
-                    ms, user, sys_ms = per_update(stamps, first, last)
+                    try:
+                        out = run_timed(cmd, runs[setting]["env"], cwd, mark, log)
+                        stamps = out.pop("stamps")
+                        ms, user, sys_ms = per_update(stamps, first, last)
+                    except SystemExit as why:
+                        failed[setting] = f"round {r + 1}, {name}: {why}"
+                        print(f"round {r + 1} {setting} {name}: FAILED, the setting is not timed: {why}", flush=True)
+                        break
                     laps = [per_update(stamps, n, n + args.every)[0] for n in range(first, last, args.every)]
                     results[name].append(
                         {**out, "ms": ms, "user_ms": user, "sys_ms": sys_ms, "order": order.index(name), "laps": laps}
@@ -532,7 +541,13 @@ def main(argv: list[str] | None = None) -> None:
                         + ", ".join(f"{x:.1f}" for x in laps),
                         flush=True,
                     )
-    report(runs, args, updates)
+    timed = {setting: run for setting, run in runs.items() if setting not in failed}
+    if timed:
+        report(timed, args, updates)
+    if failed:
+        raise SystemExit(
+            "\nnot timed: " + "; ".join(f"{setting} ({why.splitlines()[0]})" for setting, why in failed.items())
+        )
 
 
 # -- the report ------------------------------------------------------------------------------------------------------

@@ -181,3 +181,32 @@ def test_peer_bench_cell_gives_every_program_one_net(tmp_path, cell):
         return sum(p.numel() for p in module.parameters())
 
     assert size(main_rnn) == size(floor_rnn) == size(ours.layers)
+
+
+def test_peer_bench_reports_a_setting_it_could_not_time(tmp_path, capsys):
+    """A program that fails ends its setting, not the run: the other settings are still timed and reported, and the
+    script ends non-zero naming the setting and why. main.py is a stand-in here: in the char setting it exits 4 at
+    once; in the floor setting it prints main.py's lines at the marks the bench times (seqstab and Lightning's floor
+    run for real, 100 updates each)."""
+    if not CORPORA["wikitext-2"].is_file():
+        pytest.skip(f"{CORPORA['wikitext-2']} not found (../shared/data beside the checkout)")
+    peer = tmp_path / "main.py"
+    peer.write_text(
+        "import sys, time\n"
+        "if 'char' in sys.argv[sys.argv.index('--data') + 1]:\n"
+        "    print('no model here', file=sys.stderr)\n"
+        "    sys.exit(4)\n"
+        "for n in (50, 100):\n"
+        "    time.sleep(0.05)\n"
+        "    print(f'| epoch   1 | {n:5d}/  200 batches | lr 20.00', flush=True)\n"
+    )
+    with pytest.raises(SystemExit) as ended:
+        bench_peer.main(["--settings", "char,floor", "--rounds", "1", "--updates", "50", "--peer", str(peer)])
+    message = str(ended.value)
+    assert message.startswith("\nnot timed: char (round 1, main.py: [") and "exited 4" in message
+    out = capsys.readouterr().out
+    assert "round 1 char main.py: FAILED, the setting is not timed" in out and "no model here" in out
+    assert "round 1 char seqstab" not in out  # the failed setting's other programs did not run
+    summary = out.split("### Summary")[1]
+    rows = [line.split("|")[1].strip() for line in summary.splitlines() if line.startswith("| ")]
+    assert rows[1:] == ["floor"]  # the floor was timed and reported; char has no row
