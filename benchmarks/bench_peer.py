@@ -81,9 +81,10 @@ update); the goals, set for the CPU, are printed for reference.
 ``--cell`` trains another recurrent layer in every program: ``gru``, ``rnn_tanh`` or ``rnn_relu`` (main.py's ``--model
 GRU``, ``RNN_TANH``, ``RNN_RELU``; seqstab's ``--model.init_args.net.init_args.cell`` and ``nonlinearity``;
 ``lightning_floor.py --cell``). Everything else stays as above: a vanilla RNN at SGD lr 20 with clipping at 0.25 is
-the setup seqstab exists for, and neither program is tuned for it. ``rnn_relu`` cannot be timed at 200 units: its
-activations overflow within a few updates; main.py trains on NaN, and seqstab's guard holds every update back and
-stops the run (exit 3): the setting is reported as not timed, with that reason.
+the setup seqstab exists for, and neither program is tuned for it. ``rnn_relu`` cannot be timed at lr 20: at 200
+units its activations overflow within a few updates, main.py trains on NaN, and seqstab's guard holds every update
+back and stops the run (exit 3); in the floor setting main.py itself ends (``math.exp`` of its loss overflows). Each
+such setting is reported as not timed, with its reason.
 """
 
 from __future__ import annotations
