@@ -544,7 +544,7 @@ def main(argv: list[str] | None = None) -> None:
                     )
     timed = {setting: run for setting, run in runs.items() if setting not in failed}
     if timed:
-        report(timed, args, updates)
+        report(timed, args, updates, failed)
     if failed:
         raise SystemExit(
             "\nnot timed: " + "; ".join(f"{setting} ({why.splitlines()[0]})" for setting, why in failed.items())
@@ -609,7 +609,9 @@ def flops_per_update(hidden: int, vocab: int, layers: int = 2) -> float:
     return 3 * (layers * 2 * 4 * hidden * 2 * hidden + 2 * hidden * vocab) * BATCH * BPTT
 
 
-def report(runs: dict[str, dict], args, updates: dict[str, int]) -> None:
+def report(runs: dict[str, dict], args, updates: dict[str, int], not_timed: dict[str, str] | None = None) -> None:
+    """Each setting's tables, the summary against the goals, and with ``--json`` the figures (``not_timed``: the
+    settings a failing program ended, and why)."""
     import _common
     import torch
 
@@ -742,7 +744,8 @@ def report(runs: dict[str, dict], args, updates: dict[str, int]) -> None:
     if args.json:
         out = {"device": torch.cuda.get_device_name() if cuda else "cpu", "rounds": args.rounds,
                "warmup": args.warmup, "every": args.every, "threads": args.threads, "matmul_peak_gflops": peak,
-               "fused_loss": args.fused_loss, "settings": figures}  # fmt: skip
+               "fused_loss": args.fused_loss, "cell": args.cell, "settings": figures,
+               "not_timed": not_timed or {}}  # fmt: skip
         args.json.write_text(json.dumps(out, indent=1))
 
 

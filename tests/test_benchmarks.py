@@ -4,6 +4,7 @@ themselves come from the benchmarks, never from a test)."""
 
 from __future__ import annotations
 
+import json
 import sys
 from argparse import Namespace
 
@@ -201,7 +202,8 @@ def test_peer_bench_reports_a_setting_it_could_not_time(tmp_path, capsys):
         "    print(f'| epoch   1 | {n:5d}/  200 batches | lr 20.00', flush=True)\n"
     )
     with pytest.raises(SystemExit) as ended:
-        bench_peer.main(["--settings", "char,floor", "--rounds", "1", "--updates", "50", "--peer", str(peer)])
+        bench_peer.main(["--settings", "char,floor", "--rounds", "1", "--updates", "50", "--peer", str(peer),
+                         "--json", str(tmp_path / "figures.json")])  # fmt: skip
     message = str(ended.value)
     assert message.startswith("\nnot timed: char (round 1, main.py: [") and "exited 4" in message
     out = capsys.readouterr().out
@@ -210,3 +212,6 @@ def test_peer_bench_reports_a_setting_it_could_not_time(tmp_path, capsys):
     summary = out.split("### Summary")[1]
     rows = [line.split("|")[1].strip() for line in summary.splitlines() if line.startswith("| ")]
     assert rows[1:] == ["floor"]  # the floor was timed and reported; char has no row
+    figures = json.loads((tmp_path / "figures.json").read_text())
+    assert list(figures["settings"]) == ["floor"] and list(figures["not_timed"]) == ["char"]
+    assert figures["cell"] == "lstm"
