@@ -25,7 +25,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from bench_peer import UpdateMarks  # this file's folder is on sys.path when it runs as a program
+from bench_peer import CELLS, UpdateMarks  # this file's folder is on sys.path when it runs as a program
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -60,12 +60,13 @@ class Windows(Dataset):
         return self.data[start : start + length], self.data[start + 1 : start + 1 + length]
 
 
-CELLS = {  # --cell: the recurrent module, as main.py's --model builds it
-    "lstm": lambda i, h, n, p: nn.LSTM(i, h, n, dropout=p),
-    "gru": lambda i, h, n, p: nn.GRU(i, h, n, dropout=p),
-    "rnn_tanh": lambda i, h, n, p: nn.RNN(i, h, n, nonlinearity="tanh", dropout=p),
-    "rnn_relu": lambda i, h, n, p: nn.RNN(i, h, n, nonlinearity="relu", dropout=p),
-}
+def recurrent(cell: str, emsize: int, nhid: int, nlayers: int, dropout: float) -> nn.RNNBase:
+    """The recurrent module of ``--cell`` (a key of ``bench_peer.CELLS``), as main.py's ``--model`` of the same name
+    builds it: ``LSTM``, ``GRU``, or ``RNN_TANH`` / ``RNN_RELU`` (an ``nn.RNN`` with that nonlinearity)."""
+    mode = CELLS[cell][0]
+    if mode in ("LSTM", "GRU"):
+        return getattr(nn, mode)(emsize, nhid, nlayers, dropout=dropout)
+    return nn.RNN(emsize, nhid, nlayers, nonlinearity=mode.removeprefix("RNN_").lower(), dropout=dropout)
 
 
 class FloorLM(pl.LightningModule):
@@ -87,7 +88,7 @@ class FloorLM(pl.LightningModule):
         self.ntoken, self.lr, self.clip = ntoken, lr, clip
         self.drop = nn.Dropout(dropout)
         self.encoder = nn.Embedding(ntoken, emsize)
-        self.rnn = CELLS[cell](emsize, nhid, nlayers, dropout)
+        self.rnn = recurrent(cell, emsize, nhid, nlayers, dropout)
         self.decoder = nn.Linear(nhid, ntoken)
         nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
         nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
