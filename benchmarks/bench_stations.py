@@ -175,10 +175,12 @@ def run(program: str, rows, data: Path, work: Path, args, count_ops: bool = Fals
         calls these hooks, is timed from the start of the first update timed (with 0, from the first hook of the
         first update), and the fit's end (the last flush and checkpoint, the final heatmap) is not an update's."""
 
+        def on_train_start(self, trainer, module):  # the net Lightning trains, counted once, outside the updates
+            counted["parameters"] = sum(p.numel() for p in module.parameters())
+
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
             timer.on = batch_idx >= args.warmup
             counted["updates"] += timer.on
-            counted["parameters"] = sum(p.numel() for p in module.parameters())
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             timer.on = args.warmup <= batch_idx + 1 < args.warmup + args.updates
