@@ -7,6 +7,7 @@ against ``python -m seqstab.train fit -c configs/lm/wikitext2_lstm.yaml``, on th
     python benchmarks/bench_peer.py --settings char --lightning-floor   # + Lightning's floor beside main.py in char
     python benchmarks/bench_peer.py --profile --unfused --threads 1 --warmup 10 --updates 50 --every 10 \\
         --settings wt2-33k                                          # torch.profiler, ~3 min
+    python benchmarks/bench_peer.py --profile --profile-updates 40:60 --settings char --cell gru   # those updates only
     python benchmarks/bench_peer.py --device cuda --settings wt2-33k --fused-loss true --unfused --rounds 2 \\
         [--hidden 1500]                                             # on a GPU (benchmarks/gpu_check.sh's peer_* steps)
 
@@ -384,32 +385,60 @@ def commands(args, setting: str, data: Path, work: Path) -> dict[str, tuple[list
 
 
 PROFILE = """
-import runpy, sys, torch
+import runpy, sys, time, torch
 from torch.profiler import ProfilerActivity, profile
-target, out, rows = sys.argv[1], sys.argv[2], int(sys.argv[3])
-sys.argv = [target, *sys.argv[4:]]
-with profile(activities=[ProfilerActivity.CPU]) as prof:
-    try:
-        if target.endswith(".py"):
-            sys.path.insert(0, target.rsplit("/", 1)[0])
-            runpy.run_path(target, run_name="__main__")
-        else:
-            runpy.run_module(target, run_name="__main__", alter_sys=True)
-    except SystemExit:
-        pass
-open(out, "w").write(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+target, out, rows, window = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+sys.argv = [target, *sys.argv[5:]]
+prof = profile(activities=[ProfilerActivity.CPU])
+if window:  # updates A..B: from the start of the A-th Tensor.backward to the B-th's (every program: one an update)
+    first, last = map(int, window.split(":"))
+    backward, calls, clock = torch.Tensor.backward, [0], [0.0, 0.0]
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == first:
+            prof.start()
+            clock[0] = time.perf_counter()
+        elif calls[0] == last:
+            clock[1] = time.perf_counter()
+            prof.stop()
+        return backward(*args, **kwargs)
+
+    torch.Tensor.backward = counted
+else:
+    prof.start()
+try:
+    if target.endswith(".py"):
+        sys.path.insert(0, target.rsplit("/", 1)[0])
+        runpy.run_path(target, run_name="__main__")
+    else:
+        runpy.run_module(target, run_name="__main__", alter_sys=True)
+except SystemExit:
+    pass
+if not window:
+    prof.stop()
+table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+if window:  # the operators' self CPU against the wall clock: the rest is the program's host time (and the profiler's)
+    wall = (clock[1] - clock[0]) * 1e3 / (last - first)
+    ops = sum(e.self_cpu_time_total for e in prof.key_averages()) / 1e3 / (last - first)
+    table += f"per update under the profiler: wall {wall:.3f} ms, operators' self CPU {ops:.3f} ms, "
+    table += f"the rest {wall - ops:.3f} ms\\n"
+open(out, "w").write(table)
 """
 
 
 def profile_programs(args, setting: str, programs: dict, work: Path, env: dict) -> None:
-    """Each program once under ``torch.profiler`` (CPU), the whole run: the top operators by self CPU time."""
+    """Each program once under ``torch.profiler`` (CPU): the top operators by self CPU time, of the whole run or of
+    the updates ``--profile-updates`` names."""
+    window = args.profile_updates or ""
     for name, (cmd, cwd, _mark) in programs.items():
         out = work / f"profile-{setting}-{name.replace(' ', '_')}.txt"
         target = cmd[1] if cmd[1] != "-m" else cmd[2]
         rest = cmd[2:] if cmd[1] != "-m" else cmd[3:]
-        subprocess.run([sys.executable, "-c", PROFILE, target, str(out), str(args.top), *rest], cwd=cwd, env=env,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)  # fmt: skip
-        print(f"\n{setting}, {name}: top operators by self CPU time, whole run (start-up and validation included)")
+        subprocess.run([sys.executable, "-c", PROFILE, target, str(out), str(args.top), window, *rest], cwd=cwd,
+                       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)  # fmt: skip
+        what = f"updates {window.replace(':', '..')}" if window else "whole run (start-up and validation included)"
+        print(f"\n{setting}, {name}: top operators by self CPU time, {what}")
         print(out.read_text())
 
 
@@ -450,6 +479,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="the recurrent layers of all programs: main.py --model LSTM, GRU, RNN_TANH or RNN_RELU; "
                         "seqstab's net cell (and nonlinearity); lightning_floor.py --cell")  # fmt: skip
     parser.add_argument("--profile", action="store_true", help="each program once under torch.profiler instead")
+    parser.add_argument("--profile-updates", metavar="A:B",
+                        help="with --profile: only updates A..B of each run (from the A-th call of Tensor.backward "
+                        "to the B-th), not the whole run")  # fmt: skip
     parser.add_argument("--top", type=int, default=20, help="operators shown by --profile")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("seqstab_args", nargs="*", help="more arguments for seqstab.train (after --)")
@@ -461,6 +493,10 @@ def main(argv: list[str] | None = None) -> None:
     updates = {s: args.updates or SETTINGS[s].updates for s in settings}
     if args.warmup % args.every or any(n % args.every for n in updates.values()):
         parser.error("--warmup and --updates must be multiples of --every")
+    if args.profile_updates is not None:
+        window = re.fullmatch(r"(\d+):(\d+)", args.profile_updates)
+        if not args.profile or not window or not 0 < int(window[1]) < int(window[2]):
+            parser.error(f"--profile-updates {args.profile_updates}: give A:B with 0 < A < B, with --profile")
     if args.device == "cuda" and ("floor" in settings or args.lightning_floor):
         parser.error("--device cuda: lightning-floor runs on the CPU only (the floor setting, --lightning-floor)")
     sys.path.insert(0, str(BENCH))

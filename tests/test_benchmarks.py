@@ -5,6 +5,8 @@ themselves come from the benchmarks, never from a test)."""
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 import sys
 from argparse import Namespace
 
@@ -215,3 +217,29 @@ def test_peer_bench_reports_a_setting_it_could_not_time(tmp_path, capsys):
     figures = json.loads((tmp_path / "figures.json").read_text())
     assert list(figures["settings"]) == ["floor"] and list(figures["not_timed"]) == ["char"]
     assert figures["cell"] == "lstm"
+
+
+def test_peer_bench_profiles_only_the_updates_asked_for(tmp_path):
+    """``--profile-updates A:B`` profiles from the start of the A-th ``Tensor.backward`` to the B-th's: a stand-in
+    program's marker operation, run after each of its eight backwards, is counted for backwards 3, 4 and 5 only."""
+    target = tmp_path / "program.py"
+    target.write_text(
+        "import torch\n"
+        "for i in range(1, 9):\n"
+        "    x = torch.ones(3, requires_grad=True)\n"
+        "    (x * i).sum().backward()\n"
+        "    torch.cumsum(torch.ones(4), 0)\n"
+    )
+    out = tmp_path / "table.txt"
+    subprocess.run([sys.executable, "-c", bench_peer.PROFILE, str(target), str(out), "50", "3:6"], check=True)
+    table = out.read_text()
+    row = next(line for line in table.splitlines() if line.strip().startswith("aten::cumsum"))
+    assert row.split()[-1] == "3"
+    assert re.search(r"per update under the profiler: wall [\d.]+ ms, operators' self CPU [\d.]+ ms", table)
+
+
+def test_peer_bench_refuses_a_profile_window_it_cannot_use(capsys):
+    for window, extra in (("5:5", ["--profile"]), ("0:4", ["--profile"]), ("40-60", ["--profile"]), ("2:4", [])):
+        with pytest.raises(SystemExit):
+            bench_peer.main(["--settings", "char", "--profile-updates", window, *extra])
+        assert f"--profile-updates {window}: give A:B with 0 < A < B, with --profile" in capsys.readouterr().err
