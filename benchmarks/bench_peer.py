@@ -387,9 +387,9 @@ def commands(args, setting: str, data: Path, work: Path) -> dict[str, tuple[list
 PROFILE = """
 import runpy, sys, time, torch
 from torch.profiler import ProfilerActivity, profile
-target, out, rows, window = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-sys.argv = [target, *sys.argv[5:]]
-prof = profile(activities=[ProfilerActivity.CPU])
+target, out, rows, window, shapes = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5] == "1"
+sys.argv = [target, *sys.argv[6:]]
+prof = profile(activities=[ProfilerActivity.CPU], record_shapes=shapes)
 if window:  # updates A..B: from the start of the A-th Tensor.backward to the B-th's (every program: one an update)
     first, last = map(int, window.split(":"))
     backward, calls, clock = torch.Tensor.backward, [0], [0.0, 0.0]
@@ -417,7 +417,8 @@ except SystemExit:
     pass
 if not window:
     prof.stop()
-table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+widths = {"max_name_column_width": 40, "max_shapes_column_width": 80} if shapes else {}
+table = prof.key_averages(group_by_input_shape=shapes).table(sort_by="self_cpu_time_total", row_limit=rows, **widths)
 if window:  # the operators' self CPU against the wall clock: the rest is the program's host time (and the profiler's)
     wall = (clock[1] - clock[0]) * 1e3 / (last - first)
     ops = sum(e.self_cpu_time_total for e in prof.key_averages()) / 1e3 / (last - first)
@@ -435,8 +436,9 @@ def profile_programs(args, setting: str, programs: dict, work: Path, env: dict) 
         out = work / f"profile-{setting}-{name.replace(' ', '_')}.txt"
         target = cmd[1] if cmd[1] != "-m" else cmd[2]
         rest = cmd[2:] if cmd[1] != "-m" else cmd[3:]
-        subprocess.run([sys.executable, "-c", PROFILE, target, str(out), str(args.top), window, *rest], cwd=cwd,
-                       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)  # fmt: skip
+        shapes = "1" if args.profile_shapes else "0"
+        subprocess.run([sys.executable, "-c", PROFILE, target, str(out), str(args.top), window, shapes, *rest],
+                       cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)  # fmt: skip
         what = f"updates {window.replace(':', '..')}" if window else "whole run (start-up and validation included)"
         print(f"\n{setting}, {name}: top operators by self CPU time, {what}")
         print(out.read_text())
@@ -482,6 +484,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile-updates", metavar="A:B",
                         help="with --profile: only updates A..B of each run (from the A-th call of Tensor.backward "
                         "to the B-th), not the whole run")  # fmt: skip
+    parser.add_argument(
+        "--profile-shapes",
+        action="store_true",
+        help="with --profile: one row per operator and input shapes (which tensors each call took)",
+    )
     parser.add_argument("--top", type=int, default=20, help="operators shown by --profile")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("seqstab_args", nargs="*", help="more arguments for seqstab.train (after --)")
@@ -497,6 +504,8 @@ def main(argv: list[str] | None = None) -> None:
         window = re.fullmatch(r"(\d+):(\d+)", args.profile_updates)
         if not args.profile or not window or not 0 < int(window[1]) < int(window[2]):
             parser.error(f"--profile-updates {args.profile_updates}: give A:B with 0 < A < B, with --profile")
+    if args.profile_shapes and not args.profile:
+        parser.error("--profile-shapes: only with --profile")
     if args.device == "cuda" and ("floor" in settings or args.lightning_floor):
         parser.error("--device cuda: lightning-floor runs on the CPU only (the floor setting, --lightning-floor)")
     sys.path.insert(0, str(BENCH))

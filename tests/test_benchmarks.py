@@ -230,16 +230,22 @@ def test_peer_bench_profiles_only_the_updates_asked_for(tmp_path):
         "    (x * i).sum().backward()\n"
         "    torch.cumsum(torch.ones(4), 0)\n"
     )
-    out = tmp_path / "table.txt"
-    subprocess.run([sys.executable, "-c", bench_peer.PROFILE, str(target), str(out), "50", "3:6"], check=True)
-    table = out.read_text()
-    row = next(line for line in table.splitlines() if line.strip().startswith("aten::cumsum"))
-    assert row.split()[-1] == "3"
-    assert re.search(r"per update under the profiler: wall [\d.]+ ms, operators' self CPU [\d.]+ ms", table)
+    for shapes in ("0", "1"):  # 1: --profile-shapes, a row per operator and input shapes
+        out = tmp_path / f"table-{shapes}.txt"
+        subprocess.run([sys.executable, "-c", bench_peer.PROFILE, str(target), str(out), "50", "3:6", shapes],
+                       check=True)  # fmt: skip
+        table = out.read_text()
+        row = next(line for line in table.splitlines() if line.strip().startswith("aten::cumsum"))
+        assert row.split("[[")[0].split()[-1] == "3"  # its calls (before the shapes' column, where there is one)
+        assert (shapes == "1") == ("[[4], [], []]" in row)  # cumsum's input (4,), its dim and dtype
+        assert re.search(r"per update under the profiler: wall [\d.]+ ms, operators' self CPU [\d.]+ ms", table)
 
 
-def test_peer_bench_refuses_a_profile_window_it_cannot_use(capsys):
+def test_peer_bench_refuses_profile_options_it_cannot_use(capsys):
     for window, extra in (("5:5", ["--profile"]), ("0:4", ["--profile"]), ("40-60", ["--profile"]), ("2:4", [])):
         with pytest.raises(SystemExit):
             bench_peer.main(["--settings", "char", "--profile-updates", window, *extra])
         assert f"--profile-updates {window}: give A:B with 0 < A < B, with --profile" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench_peer.main(["--settings", "char", "--profile-shapes"])
+    assert "--profile-shapes: only with --profile" in capsys.readouterr().err
