@@ -484,11 +484,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile-updates", metavar="A:B",
                         help="with --profile: only updates A..B of each run (from the A-th call of Tensor.backward "
                         "to the B-th), not the whole run")  # fmt: skip
-    parser.add_argument(
-        "--profile-shapes",
-        action="store_true",
-        help="with --profile: one row per operator and input shapes (which tensors each call took)",
-    )
+    parser.add_argument("--profile-shapes", action="store_true",
+                        help="with --profile: a row per operator and input shapes (which tensors each call "
+                        "took)")  # fmt: skip
     parser.add_argument("--top", type=int, default=20, help="operators shown by --profile")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("seqstab_args", nargs="*", help="more arguments for seqstab.train (after --)")
