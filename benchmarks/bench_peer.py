@@ -413,10 +413,15 @@ try:
         runpy.run_path(target, run_name="__main__")
     else:
         runpy.run_module(target, run_name="__main__", alter_sys=True)
-except SystemExit:
-    pass
+except SystemExit as ended:
+    if ended.code not in (None, 0):  # the program failed: its own exit, not a table
+        raise
 if not window:
     prof.stop()
+elif calls[0] < last:  # the run ended inside the window, or before it
+    if calls[0] >= first:
+        prof.stop()
+    sys.exit(f"--profile-updates {window}: the program ran {calls[0]} updates")
 widths = {"max_name_column_width": 40, "max_shapes_column_width": 80} if shapes else {}
 table = prof.key_averages(group_by_input_shape=shapes).table(sort_by="self_cpu_time_total", row_limit=rows, **widths)
 if window:  # the operators' self CPU against the wall clock: the rest is the program's host time (and the profiler's)
@@ -437,8 +442,11 @@ def profile_programs(args, setting: str, programs: dict, work: Path, env: dict) 
         target = cmd[1] if cmd[1] != "-m" else cmd[2]
         rest = cmd[2:] if cmd[1] != "-m" else cmd[3:]
         shapes = "1" if args.profile_shapes else "0"
-        subprocess.run([sys.executable, "-c", PROFILE, target, str(out), str(args.top), window, shapes, *rest],
-                       cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)  # fmt: skip
+        wrapper = [sys.executable, "-c", PROFILE, target, str(out), str(args.top), window, shapes, *rest]
+        done = subprocess.run(wrapper, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if done.returncode:
+            last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+            raise SystemExit(f"--profile: {name} in {setting} exited {done.returncode}: {last}")
         what = f"updates {window.replace(':', '..')}" if window else "whole run (start-up and validation included)"
         print(f"\n{setting}, {name}: top operators by self CPU time, {what}")
         print(out.read_text())
@@ -502,6 +510,9 @@ def main(argv: list[str] | None = None) -> None:
         window = re.fullmatch(r"(\d+):(\d+)", args.profile_updates)
         if not args.profile or not window or not 0 < int(window[1]) < int(window[2]):
             parser.error(f"--profile-updates {args.profile_updates}: give A:B with 0 < A < B, with --profile")
+        if int(window[2]) > args.warmup + min(updates.values()):
+            parser.error(f"--profile-updates {args.profile_updates}: past the runs' last update (--warmup + --updates: "
+                         f"{args.warmup + min(updates.values())})")  # fmt: skip
     if args.profile_shapes and not args.profile:
         parser.error("--profile-shapes: only with --profile")
     if args.device == "cuda" and ("floor" in settings or args.lightning_floor):

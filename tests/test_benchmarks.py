@@ -239,6 +239,11 @@ def test_peer_bench_profiles_only_the_updates_asked_for(tmp_path):
         assert row.split("[[")[0].split()[-1] == "3"  # its calls (before the shapes' column, where there is one)
         assert (shapes == "1") == ("[[4], [], []]" in row)  # cumsum's input (4,), its dim and dtype
         assert re.search(r"per update under the profiler: wall [\d.]+ ms, operators' self CPU [\d.]+ ms", table)
+    for window in ("6:12", "10:12"):  # the program ends inside the window, or before it opens: said, not a table
+        ended = subprocess.run([sys.executable, "-c", bench_peer.PROFILE, str(target), str(tmp_path / "none.txt"), "50",
+                                window, "0"], capture_output=True, text=True)  # fmt: skip
+        assert ended.returncode == 1 and not (tmp_path / "none.txt").exists()
+        assert ended.stderr.strip().splitlines()[-1] == f"--profile-updates {window}: the program ran 8 updates"
 
 
 def test_peer_bench_refuses_profile_options_it_cannot_use(capsys):
@@ -247,5 +252,20 @@ def test_peer_bench_refuses_profile_options_it_cannot_use(capsys):
             bench_peer.main(["--settings", "char", "--profile-updates", window, *extra])
         assert f"--profile-updates {window}: give A:B with 0 < A < B, with --profile" in capsys.readouterr().err
     with pytest.raises(SystemExit):
+        bench_peer.main(["--settings", "char,floor", "--profile", "--profile-updates", "60:360"])
+    assert "--profile-updates 60:360: past the runs' last update (--warmup + --updates: 350)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
         bench_peer.main(["--settings", "char", "--profile-shapes"])
     assert "--profile-shapes: only with --profile" in capsys.readouterr().err
+
+
+def test_peer_bench_says_why_a_profiled_program_failed(tmp_path):
+    """A program that fails under ``--profile`` ends the script with one line: which program, where, its exit code and
+    its last line (main.py is a stand-in that exits 4)."""
+    if not CORPORA["wikitext-2"].is_file():
+        pytest.skip(f"{CORPORA['wikitext-2']} not found (../shared/data beside the checkout)")
+    peer = tmp_path / "main.py"
+    peer.write_text("import sys\nprint('no model here', file=sys.stderr)\nsys.exit(4)\n")
+    with pytest.raises(SystemExit) as ended:
+        bench_peer.main(["--settings", "char", "--profile", "--profile-updates", "60:110", "--peer", str(peer)])
+    assert str(ended.value) == "--profile: main.py in char exited 4: no model here"
