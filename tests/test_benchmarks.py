@@ -247,6 +247,7 @@ def test_peer_bench_profiles_only_the_updates_asked_for(tmp_path):
 
 
 def test_peer_bench_refuses_profile_options_it_cannot_use(capsys):
+    """A profile option that cannot work is refused before anything runs, with one line naming it."""
     for window, extra in (("5:5", ["--profile"]), ("0:4", ["--profile"]), ("40-60", ["--profile"]), ("2:4", [])):
         with pytest.raises(SystemExit):
             bench_peer.main(["--settings", "char", "--profile-updates", window, *extra])
