@@ -424,7 +424,8 @@ elif calls[0] < last:  # the run ended inside the window, or before it
     sys.exit(f"--profile-updates {window}: the program ran {calls[0]} updates")
 widths = {"max_name_column_width": 40, "max_shapes_column_width": 80} if shapes else {}
 table = prof.key_averages(group_by_input_shape=shapes).table(sort_by="self_cpu_time_total", row_limit=rows, **widths)
-if window:  # the operators' self CPU against the wall clock: the rest is the program's host time (and the profiler's)
+if window:  # every row's self CPU (operators, and torch's named ranges) against the wall clock: the rest is host
+    # time outside them (and the profiler's)
     wall = (clock[1] - clock[0]) * 1e3 / (last - first)
     ops = sum(e.self_cpu_time_total for e in prof.key_averages()) / 1e3 / (last - first)
     table += f"per update under the profiler: wall {wall:.3f} ms, operators' self CPU {ops:.3f} ms, "
