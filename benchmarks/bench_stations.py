@@ -61,7 +61,7 @@ SEQSTAB_ROWS = [  # (label, module, owner, method)
     ("clip", "seqstab.core.clipping.policy", "ClipPolicy", "__call__"),
     ("guard.decide", "seqstab.core.guard.guard", "ExplosionGuard", "decide"),
     ("guard.keep", "seqstab.core.guard.guard", "ExplosionGuard", "keep"),
-    ("withhold", "seqstab.core.withhold", "MaskGradient", "before"),
+    ("withhold", "seqstab.core.withhold", "ReadOnHost", "before"),  # on the CPU: the decision read
     ("optimizer step", "seqstab.tasks.base", "SeqTask", "_step"),
     ("flush", "seqstab.core.update", "UpdateCore", "flush"),
     ("flush: log", "seqstab.core.update", "UpdateCore", "log"),

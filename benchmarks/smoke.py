@@ -42,6 +42,7 @@ SMOKE: dict[str, tuple[tuple[str, ...], list[list[str]]]] = {
     "bench_onset": ((), [["--out", "{out}/onset"]]),
     "bench_faults": ((), [["--points", "9"]]),
     "bench_stations": ((), [["--updates", "20", "--warmup", "5", "--ops"]]),
+    "bench_withhold": ((), [["--vocab", "1000", "--hidden", "16", "--rounds", "1", "--steps", "2"]]),
     "bench_peer": ((), [["--settings", "floor", "--rounds", "1", "--updates", "10", "--warmup", "5", "--every", "5"]]),
     "bench_truncation": (
         (),

@@ -18,6 +18,7 @@ BENCH = REPO / "benchmarks"
 sys.path.insert(0, str(BENCH))
 import bench_peer  # noqa: E402  (a script's module: its folder is on sys.path above)
 import bench_stations  # noqa: E402
+import bench_withhold  # noqa: E402
 import smoke  # noqa: E402
 
 CORPORA = {
@@ -105,6 +106,23 @@ def test_etth1_bench_reads_the_test_metrics_back(benches):
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [line.split("|") for line in done.stdout.splitlines() if line.startswith("| LSTM")]
     assert len(rows) == 1 and float(rows[0][3]) > 0  # the test MAE of the LSTM row
+
+
+def test_withhold_bench_names_the_way_each_optimizer_takes(capsys):
+    """``bench_withhold.py`` times every optimizer's step with the CPU's way around it and with a GPU's, and names
+    them: on the CPU the decision read for all; on a GPU plain SGD's gradient zeroed, a fused kernel's ``found_inf``,
+    the rest restored."""
+    bench_withhold.main(["--vocab", "50", "--hidden", "4", "--rounds", "1", "--steps", "1"])
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1:]
+    ways = {row[0].strip(): (row[2].strip(), row[4].strip()) for row in rows}
+    assert ways == {
+        "SGD": ("ReadOnHost", "MaskGradient"),
+        "SGD momentum": ("ReadOnHost", "Restore"),
+        "Adam": ("ReadOnHost", "Restore"),
+        "AdamW": ("ReadOnHost", "Restore"),
+        "Adam fused": ("ReadOnHost", "FoundInf"),
+    }
+    assert all(float(row[1]) > 0 for row in rows)
 
 
 def test_smoke_runs_every_benchmark():

@@ -1,7 +1,9 @@
 """No device→host read on the update path between logging steps: 200 updates of the default experiment, of a word
 LM and of the callback on a plain module, with every clipping policy, the guard and the default monitor, read back
 exactly once per ``log_every_n_steps`` updates (``tests/host_reads.py`` counts the reads on the CPU as a GPU would
-wait on them; ``benchmarks/gpu/sync_check.py`` repeats it on a GPU under ``torch.cuda.set_sync_debug_mode``)."""
+wait on them, and the update path takes the CPU for a device: ``seqstab.core.withhold.reads_wait``;
+``benchmarks/gpu/sync_check.py`` repeats it on a GPU under ``torch.cuda.set_sync_debug_mode``). On the CPU as it
+is, where a read waits for nothing, the update path reads the guard's decision once an update, and nothing else."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from datamodules.synthetic import AddingProblem
 from seqstab import clipping
+from seqstab.core import withhold
 from seqstab.core.guard import ExplosionGuard
 from seqstab.core.update import UpdateCore
 from seqstab.lightning.callbacks import GradientStability
@@ -51,8 +54,11 @@ class Marks(pl.Callback):
         self.reads.counting = False
 
 
-def count(fit, module, monkeypatch) -> tuple[DeviceReads, list[tuple[int, int]]]:
-    """Run ``fit(callbacks)``; the reads, and per flush (reads in it, events it settled)."""
+def count(fit, module, monkeypatch, device: bool = True) -> tuple[DeviceReads, list[tuple[int, int]]]:
+    """Run ``fit(callbacks)``; the reads, and per flush (reads in it, events it settled). ``device``: the update
+    path takes the CPU for an accelerator (a read waits there), as the counting does."""
+    if device:
+        monkeypatch.setattr(withhold, "reads_wait", lambda device: True)
     reads, flushes = DeviceReads(), []
     flush = UpdateCore.flush
 
@@ -130,3 +136,20 @@ def test_the_callback_reads_back_once_per_logging_step_with_every_policy(policy,
     reads, flushes = count(run, module, monkeypatch)
     assert stability.updates == UPDATES
     check(reads, flushes)
+
+
+def test_on_the_cpu_the_update_path_reads_only_the_guards_decision(tmp_path, monkeypatch):
+    data = AddingProblem(seq_len=50, num_train=4000, num_val=50, num_test=50, batch_size=50)
+    torch.manual_seed(0)
+    net = partial(RecurrentNet, cell="rnn", nonlinearity="relu", init="identity", hidden_size=64)
+    task = SequenceRegressor(spec=data.spec, net=net, clipping=clipping.NormClip(max_norm=1.0))
+    # Adam, not fused: on a device its withheld update would be restored from copies taken at every update
+    task.configure_optimizers = lambda: torch.optim.Adam(task.parameters(), lr=3e-3)
+    fit = lambda cbs: trainer(cbs, default_root_dir=tmp_path).fit(task, data)  # noqa: E731
+    reads, flushes = count(fit, task, monkeypatch, device=False)
+    assert task.core.updates == UPDATES
+    outside = {where: n for where, n in reads.where.items() if where.startswith("elsewhere")}
+    assert outside and all("withhold.py" in where and where.endswith(" before") for where in outside), outside
+    logged = UPDATES // EVERY  # updates 0, 50, 100, 150: read at their flush, before their step
+    assert reads.reads["elsewhere"] == UPDATES - logged
+    assert all(n == 1 for n, events in flushes if not events)

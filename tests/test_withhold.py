@@ -1,6 +1,6 @@
-"""A withheld update, decided on the device, leaves weights and optimizer state exactly as they were — for every
-optimizer a config can name — and a run read back only every 50 updates ends bitwise where one read back at every
-update (the host deciding) ends."""
+"""A withheld update leaves weights and optimizer state exactly as they were — for every optimizer a config can
+name, decided on the device (as on a GPU) or read on the host (on the CPU) — and a run read back only every 50
+updates ends bitwise where one read back at every update (the host deciding) ends."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ import math
 import pytest
 import torch
 
+from seqstab.core import withhold
 from seqstab.core.clipping import NormClip
 from seqstab.core.guard import ExplosionGuard
 from seqstab.core.record import Action, StaticRun
 from seqstab.core.update import UpdateCore
-from seqstab.core.withhold import FoundInf, MaskGradient, Restore, withholding
+from seqstab.core.withhold import FoundInf, MaskGradient, ReadOnHost, Restore, withholding
 
 OPTIMIZERS = {
     "sgd": (lambda ps: torch.optim.SGD(ps, lr=0.1), MaskGradient),
@@ -83,9 +84,24 @@ def same(a: dict, b: dict) -> bool:
     )
 
 
+@pytest.fixture
+def as_on_a_device(monkeypatch):
+    """The CPU taken for an accelerator: reading a value waits (``withhold.reads_wait``), so the device's ways run."""
+    monkeypatch.setattr(withhold, "reads_wait", lambda device: True)
+
+
+@pytest.fixture(params=["device", "cpu"])
+def where(request, monkeypatch) -> str:
+    """Each test twice: the device's ways (the CPU taken for an accelerator), and the CPU's (the decision read)."""
+    if request.param == "device":
+        monkeypatch.setattr(withhold, "reads_wait", lambda device: True)
+    return request.param
+
+
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
-def test_withheld_on_the_device_is_bitwise_the_host_decision(name):
+def test_withheld_on_the_device_is_bitwise_the_host_decision(name, where):
     make, strategy = OPTIMIZERS[name]
+    strategy = strategy if where == "device" else ReadOnHost
     assert type(withholding(make([torch.nn.Parameter(torch.zeros(2))]))) is strategy
     device, device_core, device_end = loop(make, every=1000)  # read back at update 0 and at the end only
     host, host_core, host_end = loop(make, every=1)  # read back at every update, before its step
@@ -100,7 +116,7 @@ def test_withheld_on_the_device_is_bitwise_the_host_decision(name):
     assert device_core.applied == host_core.applied == 12 - len(NON_FINITE_AT) - 1
 
 
-def test_under_warn_a_finite_spike_is_applied_and_a_non_finite_update_never():
+def test_under_warn_a_finite_spike_is_applied_and_a_non_finite_update_never(where):
     make = OPTIMIZERS["adam"][0]
     seen, core, _ = loop(make, every=1000, policy="warn")
     withheld = [update.step for update, *_ in seen if update.action is not Action.STEP]
@@ -109,7 +125,7 @@ def test_under_warn_a_finite_spike_is_applied_and_a_non_finite_update_never():
     assert not same(before, after) and core.guard.events == len(NON_FINITE_AT) + 1
 
 
-def test_the_stop_policy_withholds_everything_after_the_stop():
+def test_the_stop_policy_withholds_everything_after_the_stop(where):
     make = OPTIMIZERS["sgd"][0]
     seen, core, end = loop(make, every=1000, policy="stop")
     assert core.stop_requested
@@ -119,7 +135,7 @@ def test_the_stop_policy_withholds_everything_after_the_stop():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
-def test_mask_gradient_keeps_every_bit_of_an_applied_gradient_and_zeroes_a_withheld_one(dtype):
+def test_mask_gradient_keeps_every_bit_of_an_applied_gradient_and_zeroes_a_withheld_one(dtype, as_on_a_device):
     odd = [1.5, -2.0, -0.0, math.nan, math.inf, -math.inf, 1e-40 if dtype != torch.float16 else 1e-7]
     params = [torch.nn.Parameter(torch.zeros(len(odd), dtype=dtype)), torch.nn.Parameter(torch.zeros(3, 2))]
     params[0].grad = torch.tensor(odd, dtype=dtype)
@@ -134,7 +150,7 @@ def test_mask_gradient_keeps_every_bit_of_an_applied_gradient_and_zeroes_a_withh
         assert not bits(p.grad).any()
 
 
-def test_mask_gradient_keeps_an_applied_sparse_gradient_and_zeroes_a_withheld_one():
+def test_mask_gradient_keeps_an_applied_sparse_gradient_and_zeroes_a_withheld_one(as_on_a_device):
     embedding = torch.nn.Embedding(5, 2, sparse=True)
     embedding(torch.tensor([[1, 3]])).sum().backward()
     strategy = withholding(torch.optim.SGD(embedding.parameters(), lr=0.1))
@@ -146,7 +162,7 @@ def test_mask_gradient_keeps_an_applied_sparse_gradient_and_zeroes_a_withheld_on
     assert torch.equal(embedding.weight.grad.to_dense(), torch.zeros(5, 2))
 
 
-def test_mask_gradient_zeroes_a_complex_gradient_in_two_passes():
+def test_mask_gradient_zeroes_a_complex_gradient_in_two_passes(as_on_a_device):
     param = torch.nn.Parameter(torch.zeros(3, dtype=torch.complex64))
     param.grad = torch.tensor([1 + 2j, complex(math.inf, 1), complex(math.nan, -1)], dtype=torch.complex64)
     withholding(torch.optim.SGD([param], lr=0.1)).before([param], torch.tensor(False))

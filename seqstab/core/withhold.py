@@ -1,27 +1,41 @@
-"""Withholding an update on the device: the guard decides there, and the host never asks.
+"""Withholding an update: on a GPU the guard decides on the device and the host never asks; on the CPU the host
+reads the decision, which waits for nothing there.
 
 Every update calls the optimizer's ``step``. When the guard's decision (a 0-dim bool tensor, ``apply``) says the
 update is withheld, the step must leave the weights *and* the optimizer's state (momentum, Adam's moments and step
-count) exactly as they were — without the host reading ``apply``, which would stall a GPU queue. How, depends on
-the optimizer; :func:`withholding` picks the cheapest exact way:
+count) exactly as they were. On an accelerator this happens without the host reading ``apply``, which would stall
+the device's queue. How, depends on where the parameters live and on the optimizer; :func:`withholding` picks the
+cheapest exact way:
 
 =====================  ==========================================================  ==============================
 strategy               when                                                        cost per update
 =====================  ==========================================================  ==============================
-:class:`MaskGradient`  ``torch.optim.SGD`` without momentum and weight decay: a    one pass over the gradients
-                       zero gradient steps nothing (``p - lr·0 == p``), so the     (a fused multiply of their bits,
-                       gradient is zeroed where withheld (non-finite values too)   viewed as integers)
-:class:`FoundInf`      an optimizer whose step reads ``found_inf`` (``fused``      nothing: the fused kernel skips
-                       Adam, AdamW, SGD, Adagrad), not under a GradScaler          itself, step count included
-:class:`Restore`       any other optimizer: params and state tensors are copied    a copy before and a select
-                       before the step and selected back after it (``where``)      after, over params and state
+:class:`ReadOnHost`    the parameters live on the CPU: a CPU kernel has run by     one read of a 0-dim tensor; a
+                       the time Python reads its result, so reading ``apply``      withheld update: a copy of
+                       waits for nothing (:func:`reads_wait`); a withheld update   what its step changes, made
+                       is stepped, then undone from copies made for it alone       for it alone (:func:`undoable`)
+:class:`MaskGradient`  on a device, ``torch.optim.SGD`` without momentum and       one pass over the gradients
+                       weight decay: a zero gradient steps nothing (``p - lr·0     (a fused multiply of their bits,
+                       == p``), so the gradient is zeroed where withheld           viewed as integers)
+                       (non-finite values too)
+:class:`FoundInf`      on a device, an optimizer whose step reads ``found_inf``    nothing: the fused kernel skips
+                       (``fused`` Adam, AdamW, SGD, Adagrad), not under a          itself, step count included
+                       GradScaler
+:class:`Restore`       on a device, any other optimizer: params and state          a copy before and a select
+                       tensors are copied before the step and selected back        after, over params and state
+                       after it (``where``)
 =====================  ==========================================================  ==============================
 
-Two cases read ``apply`` on the host instead (one sync for that update): before the optimizer's first step (its
-state does not exist yet, and a withheld first step must leave none), and where the optimizer keeps a state
-tensor on another device than its parameter (``torch.optim.Adam`` on a GPU, neither fused nor capturable, counts
-steps on the CPU). Then the step is taken and undone exactly on the host. Under a GradScaler (16-bit AMP) the
-scaler skips an overflowing step itself; the guard's mask comes on top.
+On the CPU the device's ways would cost time for nothing: over the 14 M parameters of the 2×200 word LM at 33k
+words, ``Restore`` added 14–31 ms to each step of ``torch.optim.Adam`` (19–64 ms, with the machine's state) and
+``MaskGradient`` 1.1–1.6 ms to plain SGD's 1.5–2.8; reading the decision added nothing the runs' noise did not
+(three runs of ``python benchmarks/bench_withhold.py`` on the 2-core VM of ``benchmarks/RESULTS.md``).
+
+On a device, two cases read ``apply`` on the host instead (one sync for that update): before the optimizer's first
+step (its state does not exist yet, and a withheld first step must leave none), and where the optimizer keeps a
+state tensor on another device than its parameter (``torch.optim.Adam`` on a GPU, neither fused nor capturable,
+counts steps on the CPU). Then the step is taken and undone exactly on the host, as :class:`ReadOnHost` does. Under
+a GradScaler (16-bit AMP) the scaler skips an overflowing step itself; the guard's mask comes on top.
 """
 
 from __future__ import annotations
@@ -32,7 +46,16 @@ import torch
 
 from seqstab import internals
 
-__all__ = ["FoundInf", "MaskGradient", "Restore", "Withholding", "undoable", "withholding"]
+__all__ = [
+    "FoundInf",
+    "MaskGradient",
+    "ReadOnHost",
+    "Restore",
+    "Withholding",
+    "reads_wait",
+    "undoable",
+    "withholding",
+]
 
 
 class Withholding:
@@ -59,6 +82,27 @@ class Withholding:
 
     def after(self, params: list[torch.Tensor], apply: torch.Tensor) -> None:
         """After the optimizer's step."""
+
+
+class ReadOnHost(Withholding):
+    """Parameters on the CPU: ``apply`` is read on the host (nothing to wait for there), and a withheld update is
+    stepped, then undone from copies of what the step changes, made for that update alone (:func:`undoable`: the
+    parameters, their state tensors, and no state where the step created it). An applied update costs the read."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer):
+        super().__init__(optimizer)
+        self._undo: Callable[[], None] | None = None
+
+    def host_decides(self, params: list[torch.Tensor]) -> bool:
+        return False  # it always does, here, and undoable() covers a step that creates the state too
+
+    def before(self, params: list[torch.Tensor], apply: torch.Tensor) -> None:
+        self._undo = None if bool(apply) else undoable(self.optimizer, params)
+
+    def after(self, params: list[torch.Tensor], apply: torch.Tensor) -> None:
+        undo, self._undo = self._undo, None
+        if undo is not None:
+            undo()
 
 
 class MaskGradient(Withholding):
@@ -152,11 +196,20 @@ def stepped_tensors(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]
     return tensors
 
 
+def reads_wait(device: torch.device) -> bool:
+    """Whether the host waits when it reads a value computed on ``device``: on an accelerator, whose queue runs ahead
+    of the host, it does; on the CPU, whose kernels have run by the time the next line of Python does, it does not.
+    (The tests that count reads on the CPU as an accelerator's, ``tests/host_reads.py``, make it say yes there.)"""
+    return device.type != "cpu"
+
+
 def withholding(optimizer: torch.optim.Optimizer, scaled: bool = False) -> Withholding:
     """The cheapest exact way to withhold an update of ``optimizer`` (see the module's table); ``scaled``: a
     GradScaler drives the step (it sets ``found_inf`` itself)."""
     optimizer = getattr(optimizer, "optimizer", optimizer)  # Lightning's wrapper
     groups = optimizer.param_groups
+    if not any(reads_wait(p.device) for group in groups for p in group["params"]):
+        return ReadOnHost(optimizer)
     if type(optimizer) is torch.optim.SGD and all(
         g.get("momentum", 0) == 0 and g.get("weight_decay", 0) == 0 for g in groups
     ):
