@@ -29,7 +29,13 @@ threads) are printed too, and ``--threads 1`` keeps OpenMP from spinning on core
 Lightning with ``accelerator="gpu"``) and sets the figures against a float32 ``torch.mm`` on that GPU. ``--size`` and
 ``--layers`` change the LSTM (``--size 1500``: the PTB-large width of Zaremba et al.). Two more variants measure
 gradient flow (``GradMonitor``): ``seqstab+flow`` every update, ``seqstab-flow`` never (``seqstab`` has the
-default, every 50th update). ``--json FILE`` also writes the figures as JSON.
+default, every 50th update). Two measure the recurrent spectra (an SVD and an eigendecomposition of each gate block of
+``W_hh`` in float64 on the host, cubic in the width), every ``SPECTRA_EVERY`` updates instead of the default 500, so
+that a timed run holds several: ``seqstab+spectra`` where ``GradMonitor`` puts them by default (a worker thread when
+the net trains on a GPU, the training thread on the CPU), ``seqstab+spectra-on-thread`` on the training thread
+everywhere. On a GPU the two show what the worker thread saves the loop; on the CPU they are the same run twice. The
+spectra are computed at the flushes (every 50 updates), so their cost falls on the updates there: compare the
+per-run rates and per-round ratios, not the median update. ``--json FILE`` also writes the figures as JSON.
 """
 
 from __future__ import annotations
@@ -59,6 +65,9 @@ from seqstab.nets.recurrent import RecurrentNet
 from seqstab.tasks import LanguageModel, SeqTask
 
 BATCH, BPTT, SIZE, LAYERS, DROPOUT, LR, CLIP = 20, 35, 200, 2, 0.2, 20.0, 0.25
+SPECTRA_EVERY = 10  # the spectra variants' spectrum_every_n_steps
+VARIANTS = ("bare", "bare+net", "seqstab", "seqstab+bar", "seqstab+flow", "seqstab-flow", "seqstab+spectra",
+            "seqstab+spectra-on-thread")  # fmt: skip
 DEVICE = torch.device("cpu")  # --device
 
 
@@ -465,7 +474,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--updates", type=int, default=20, help="timed updates per run")
     parser.add_argument("--warmup", type=int, default=3, help="untimed updates before timing")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (one run of each variant each)")
-    parser.add_argument("--variants", default="bare,seqstab,seqstab+bar,bare+net")
+    parser.add_argument("--variants", default="bare,seqstab,seqstab+bar,bare+net",
+                        help=f"comma list, the first the base of the ratios: {', '.join(VARIANTS)}")  # fmt: skip
     parser.add_argument("--data-dir", help="WikiText-2 train/valid/test.txt (default: ../shared/data or download)")
     parser.add_argument("--profile", action="store_true", help="cProfile one seqstab run instead of timing")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, = cores)")
@@ -477,6 +487,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vocab", default="33278,200000", help="vocabulary sizes for --fused")
     parser.add_argument("--repeats", type=int, default=10, help="interleaved repeats for --fused")
     args = parser.parse_args(argv)
+    variants = args.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"--variants: no variant {', '.join(map(repr, unknown))} (choose from {', '.join(VARIANTS)})")
     if args.threads:
         torch.set_num_threads(args.threads)
     configure(args.size, args.layers, args.device)
@@ -509,8 +523,19 @@ def main(argv: list[str] | None = None) -> None:
         "seqstab-flow": lambda: run_seqstab(
             rows, vocab_size, args.updates, args.warmup, False, GradMonitor(grad_flow_every_n_steps=None)
         ),
+        "seqstab+spectra": lambda: run_seqstab(
+            rows, vocab_size, args.updates, args.warmup, False, GradMonitor(spectrum_every_n_steps=SPECTRA_EVERY)
+        ),
+        "seqstab+spectra-on-thread": lambda: run_seqstab(
+            rows,
+            vocab_size,
+            args.updates,
+            args.warmup,
+            False,
+            GradMonitor(spectrum_every_n_steps=SPECTRA_EVERY, spectra_off_thread=False),
+        ),
     }
-    variants = args.variants.split(",")
+    assert set(runners) == set(VARIANTS)
     times: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}  # every timed update, pooled
     run_rates: dict[str, list[float]] = {v: [] for v in variants}  # wall tokens/s of each whole run
     tokens = BATCH * BPTT

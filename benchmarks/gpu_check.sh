@@ -344,7 +344,8 @@ if gpu_step peer_2x200 && needs_wiki peer_2x200 && needs_peer peer_2x200; then
 fi
 if gpu_step throughput_2x200 && needs_wiki throughput_2x200; then
     run_step throughput_2x200 150 "$PY" benchmarks/bench_throughput.py --device "$DEVICE" --data-dir "$WIKI" \
-        --variants bare,seqstab,seqstab-flow,seqstab+flow,bare+net "${BENCH_SMALL[@]}" \
+        --variants bare,seqstab,seqstab-flow,seqstab+flow,bare+net,seqstab+spectra,seqstab+spectra-on-thread \
+        "${BENCH_SMALL[@]}" \
         --json "$WORK/json/throughput_2x200.json"
 fi
 if gpu_step peer_2x1500 && needs_wiki peer_2x1500 && needs_peer peer_2x1500; then

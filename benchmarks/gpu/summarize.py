@@ -419,8 +419,11 @@ class Summary:
             self.say("")
         self.say(
             "(`seqstab`: GradMonitor defaults, gradient flow every 50th update; `seqstab+flow`: every update; "
-            "`seqstab-flow`: never. A median update far above the time its FLOPs need at peak means the model is "
-            "launch- and latency-bound, not compute-bound.)",
+            "`seqstab-flow`: never; `seqstab+spectra`: the recurrent spectra every 10 updates, on GradMonitor's "
+            "worker thread (its default on a GPU), `seqstab+spectra-on-thread` on the training thread: they are "
+            "computed at the flushes, so compare their per-round ratios, not the median update. A median update "
+            "far above the time its FLOPs need at peak means the model is launch- and latency-bound, not "
+            "compute-bound.)",
             "",
         )
 
