@@ -99,7 +99,7 @@ def where(request, monkeypatch) -> str:
 
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
-def test_withheld_on_the_device_is_bitwise_the_host_decision(name, where):
+def test_withheld_between_read_backs_is_bitwise_the_host_decision(name, where):
     make, strategy = OPTIMIZERS[name]
     strategy = strategy if where == "device" else ReadOnHost
     assert type(withholding(make([torch.nn.Parameter(torch.zeros(2))]))) is strategy
