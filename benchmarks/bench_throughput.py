@@ -33,9 +33,11 @@ default, every 50th update). Two measure the recurrent spectra (an SVD and an ei
 ``W_hh`` in float64 on the host, cubic in the width), every ``SPECTRA_EVERY`` updates instead of the default 500, so
 that a timed run holds several: ``seqstab+spectra`` where ``GradMonitor`` puts them by default (a worker thread when
 the net trains on a GPU, the training thread on the CPU), ``seqstab+spectra-on-thread`` on the training thread
-everywhere. On a GPU the two show what the worker thread saves the loop; on the CPU they are the same run twice. The
-spectra are computed at the flushes (every 50 updates), so their cost falls on the updates there: compare the
-per-run rates and per-round ratios, not the median update. ``--json FILE`` also writes the figures as JSON.
+everywhere. On a GPU the two show what the worker thread saves the loop; on the CPU they are the same run twice. On
+the training thread the spectra are computed at the flushes (every 50 updates), so their cost falls on the updates
+there: compare the per-run rates and per-round ratios, not the median update. What the worker has not finished by
+the last update is waited for at the fit's end, outside the updates timed: the figures are the loop's. ``--json
+FILE`` also writes the figures as JSON.
 """
 
 from __future__ import annotations
