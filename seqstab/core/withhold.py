@@ -27,7 +27,7 @@ strategy               when                                                     
 =====================  ==========================================================  ==============================
 
 On the CPU the device's ways would cost time for nothing: over the 14 M parameters of the 2×200 word LM at 33k
-words, ``Restore`` added 14–31 ms to each step of ``torch.optim.Adam`` (19–64 ms, with the machine's state) and
+words, ``Restore`` added 14–31 ms to each step of ``torch.optim.Adam`` (19–64 ms, at one or two threads) and
 ``MaskGradient`` 1.1–1.6 ms to plain SGD's 1.5–2.8; reading the decision added nothing the runs' noise did not
 (three runs of ``python benchmarks/bench_withhold.py`` on the 2-core VM of ``benchmarks/RESULTS.md``).
 
